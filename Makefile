@@ -1,0 +1,67 @@
+# The README's commands. `make up` and `make test` install whatever is missing first.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := .stamps
+PORT ?= 8080
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+export CDK_DISABLE_VERSION_CHECK := 1
+
+.PHONY: install up up-memory test test-unit test-integration test-infra test-e2e synth bench lint clean
+
+install: $(STAMPS)/java $(STAMPS)/python $(STAMPS)/node
+
+# DynamoDB Local needs Java 17+; Debian's headless JRE is enough.
+$(STAMPS)/java:
+	@mkdir -p $(STAMPS)
+	@if java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])'; then echo "java: $$(java -version 2>&1 | head -1)"; \
+	else echo "installing Java 17 for DynamoDB Local"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; fi
+	@touch $@
+
+$(STAMPS)/python: pyproject.toml constraints.txt
+	@mkdir -p $(STAMPS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+$(STAMPS)/node: package.json package-lock.json
+	@mkdir -p $(STAMPS)
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+up: install
+	$(VENV)/bin/agentserver up --port $(PORT)
+
+up-memory: install
+	$(VENV)/bin/agentserver up --port $(PORT) --in-memory
+
+test: install
+	$(PY) -m pytest tests/unit tests/infra tests/integration tests/e2e
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+test-integration: install
+	$(PY) -m pytest tests/integration
+
+test-infra: install
+	$(PY) -m pytest tests/infra
+
+test-e2e: install
+	$(PY) -m pytest tests/e2e
+
+synth: install
+	npx cdk synth --quiet
+
+bench: install
+	$(PY) bench/local_gateway.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(STAMPS) cdk.out .pytest_cache

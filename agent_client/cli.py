@@ -1,0 +1,21 @@
+"""The `agentserver` command line."""
+
+import typer
+
+from embedded.cli import up
+
+app = typer.Typer(name="agentserver", help="Operate a fleet of AI coding agents.", no_args_is_help=True,
+                  add_completion=False)
+app.command()(up)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    from layers.shared.settings import VERSION
+
+    typer.echo(VERSION)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,57 @@
+"""The `agentserver up` command."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from embedded.aws_services import StartupError
+
+DEFAULT_STATE_DIR = Path("~/.agentserver/local")
+
+
+def up(
+    port: Annotated[int, typer.Option(help="Port of the gateway (console, API, WebSocket).")] = 8080,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    state_dir: Annotated[Path, typer.Option(help="Where DynamoDB Local keeps its data.")] = DEFAULT_STATE_DIR,
+    in_memory: Annotated[bool, typer.Option("--in-memory", help="Keep everything in memory (moto); no Java.")] = False,
+    idle_timeout: Annotated[float, typer.Option(help="WebSocket idle timeout in seconds (API Gateway: 600).")] = 600,
+    max_connection_age: Annotated[
+        float, typer.Option(help="WebSocket maximum connection age in seconds (API Gateway: 7200).")
+    ] = 7200,
+    schedule_interval: Annotated[
+        float | None, typer.Option(help="Run every scheduled function this often (seconds) instead of its rate.")
+    ] = None,
+    queue_visibility_timeout: Annotated[
+        int | None, typer.Option(help="Override every queue's visibility timeout (seconds).")
+    ] = None,
+    ttl_sweep_interval: Annotated[float, typer.Option(help="How often expired TTL items are deleted (s).")] = 60,
+) -> None:
+    """Start the embedded local stack: no AWS account, no Docker."""
+    from embedded.stack import EmbeddedStack, StackOptions
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto server's per-request lines
+    console = Console(stderr=True, soft_wrap=True)
+    options = StackOptions(
+        port=port,
+        host=host,
+        state_dir=state_dir.expanduser(),
+        in_memory=in_memory,
+        idle_timeout_seconds=idle_timeout,
+        max_connection_age_seconds=max_connection_age,
+        schedule_interval_seconds=schedule_interval,
+        queue_visibility_timeout_seconds=queue_visibility_timeout,
+        ttl_sweep_interval_seconds=ttl_sweep_interval,
+    )
+    try:
+        EmbeddedStack(options, console=console).run()
+    except StartupError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(code=1) from None
+    except KeyboardInterrupt:
+        pass

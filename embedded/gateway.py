@@ -1,0 +1,424 @@
+"""The local API gateway: one ASGI app that plays the HTTP API, the WebSocket API (with its
+@connections management endpoint) and the console's static hosting, all on one port.
+
+HTTP routes and WebSocket routes come from the topology; every request becomes the event API
+Gateway would send, handed to the real Lambda handler. The limits of API Gateway are enforced
+here (sizes, timeouts, 410 for a dead connection) so that what passes locally holds on AWS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import mimetypes
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from embedded import events
+from embedded.lambda_runtime import InvocationTimeout, LambdaRuntime
+from embedded.ws_protocol import MESSAGE_LIMIT_BYTES
+from layers.shared.topology import Function, Topology
+
+log = logging.getLogger("agentserver.gateway")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+HTTP_PAYLOAD_LIMIT_BYTES = 10 * 1024 * 1024  # HTTP API request payload quota
+HTTP_INTEGRATION_TIMEOUT_SECONDS = 30
+GOING_AWAY = 1001
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    websocket_path: str = "/ws"
+    websocket_stage: str = "local"
+    idle_timeout_seconds: float = 600  # API Gateway: 10 minutes without a message
+    max_connection_age_seconds: float = 7200  # API Gateway: 2 hours
+    static_dir: Path | None = None
+    client_config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CompiledRoute:
+    method: str
+    pattern: re.Pattern[str]
+    route_key: str
+    function: Function
+    specificity: tuple[int, int]
+
+
+def compile_route(method: str, path: str, function: Function) -> CompiledRoute:
+    """API Gateway path syntax to a regex: `{name}` is one segment, `{name+}` the rest of the path."""
+    regex, literal_chars, greedy = "", 0, 0
+    for part in re.split(r"(\{[^}]+\})", path):
+        if part.startswith("{") and part.endswith("+}"):
+            regex += f"(?P<{part[1:-2]}>.+)"
+            greedy = 1
+        elif part.startswith("{"):
+            regex += f"(?P<{part[1:-1]}>[^/]+)"
+        else:
+            regex += re.escape(part)
+            literal_chars += len(part)
+    # API Gateway prefers the most specific match: no greedy variable, then the longest literal.
+    return CompiledRoute(method.upper(), re.compile(f"^{regex}$"), f"{method.upper()} {path}", function,
+                         (-greedy, literal_chars))
+
+
+@dataclass
+class LocalConnection:
+    connection_id: str
+    send: Send
+    source_ip: str
+    user_agent: str
+    domain_name: str
+    connected_at: float = field(default_factory=time.time)
+    last_active_at: float = field(default_factory=time.time)
+    close_code: int | None = None
+    close_reason: str = ""
+
+    def touch(self) -> None:
+        self.last_active_at = time.time()
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.close_code is not None:
+            return
+        self.close_code, self.close_reason = code, reason
+        try:
+            await self.send({"type": "websocket.close", "code": code, "reason": reason})
+        except Exception:  # already gone; the receive loop will see the disconnect
+            log.debug("close on a dead connection %s", self.connection_id)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[str, str]] | None = None) -> None:
+    raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers or []]
+    raw_headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _respond_json(send: Send, status: int, document: Any, headers: list[tuple[str, str]] | None = None) -> None:
+    await _respond(send, status, json.dumps(document).encode(), [("content-type", "application/json"),
+                                                                  *(headers or [])])
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None when it is over the limit."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b""
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def lambda_result_to_http(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Payload format 2.0 response mapping, including the inferred form (a bare JSON value)."""
+    if not (isinstance(result, dict) and "statusCode" in result):
+        return 200, [("content-type", "application/json")], json.dumps(result).encode()
+    headers = [(str(k), str(v)) for k, v in (result.get("headers") or {}).items()]
+    for name, values in (result.get("multiValueHeaders") or {}).items():
+        headers += [(str(name), str(v)) for v in values]
+    headers += [("set-cookie", cookie) for cookie in result.get("cookies") or []]
+    body = result.get("body") or ""
+    raw = base64.b64decode(body) if result.get("isBase64Encoded") else str(body).encode()
+    headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+    return int(result["statusCode"]), headers, raw
+
+
+class LocalGateway:
+    def __init__(self, topology: Topology, runtime: LambdaRuntime, config: GatewayConfig):
+        self.topology = topology
+        self.runtime = runtime
+        self.config = config
+        self.routes = sorted(
+            (compile_route(route.method, route.path, function) for route, function in topology.http_routes),
+            key=lambda route: route.specificity,
+            reverse=True,
+        )
+        self.websocket_routes = topology.websocket_routes
+        self.custom_websocket_routes = {key for key in self.websocket_routes if not key.startswith("$")}
+        self.connections: dict[str, LocalConnection] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            if scope["path"] == self.config.websocket_path:
+                await self._websocket(scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1008})
+        elif scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await self.close_all()
+            await send({"type": "lifespan.shutdown.complete"})
+
+    # HTTP API ---------------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        if path.startswith("/@connections/"):
+            await self._management(scope, receive, send, unquote(path[len("/@connections/"):]))
+            return
+        for route in self.routes:
+            if route.method not in ("ANY", method):
+                continue
+            match = route.pattern.match(path)
+            if match:
+                await self._invoke_http(scope, receive, send, route, match.groupdict())
+                return
+        if path == "/config.json" and method in ("GET", "HEAD"):
+            await _respond_json(send, 200, self.config.client_config, [("cache-control", "no-store")])
+            return
+        if method in ("GET", "HEAD") and self.config.static_dir is not None:
+            await self._static(send, path)
+            return
+        await _respond_json(send, 404, {"message": "Not Found"})
+
+    async def _invoke_http(self, scope: Scope, receive: Receive, send: Send, route: CompiledRoute,
+                           path_parameters: dict[str, str]) -> None:
+        body = await _read_body(receive, HTTP_PAYLOAD_LIMIT_BYTES)
+        if body is None:
+            await _respond_json(send, 413, {"message": "Request Entity Too Large"})
+            return
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        event = events.http_v2_event(
+            method=scope["method"],
+            path=raw_path.decode("latin-1"),
+            raw_query=scope.get("query_string", b"").decode("latin-1"),
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
+            body=body,
+            route_key=route.route_key,
+            path_parameters=path_parameters,
+            source_ip=(scope.get("client") or ("127.0.0.1", 0))[0],
+            domain_name=_header(scope, b"host") or "localhost",
+        )
+        try:
+            result = await self.runtime.invoke(route.function, event, timeout=HTTP_INTEGRATION_TIMEOUT_SECONDS)
+        except InvocationTimeout:
+            log.warning("%s timed out on %s %s", route.function.name, scope["method"], scope["path"])
+            await _respond_json(send, 503, {"message": "Service Unavailable"})
+            return
+        except Exception:
+            log.exception("%s failed on %s %s", route.function.name, scope["method"], scope["path"])
+            await _respond_json(send, 500, {"message": "Internal Server Error"})
+            return
+        status, headers, payload = lambda_result_to_http(result)
+        await _respond(send, status, b"" if scope["method"] == "HEAD" else payload, headers)
+
+    async def _static(self, send: Send, path: str) -> None:
+        root = self.config.static_dir
+        assert root is not None
+        candidate = (root / path.lstrip("/")).resolve()
+        if root.resolve() not in candidate.parents and candidate != root.resolve():
+            await _respond_json(send, 404, {"message": "Not Found"})
+            return
+        if candidate.is_dir():
+            candidate = candidate / "index.html"
+        if not candidate.is_file():
+            # A single-page app answers deep links with its index; asset misses stay 404.
+            if "." in path.rsplit("/", 1)[-1]:
+                await _respond_json(send, 404, {"message": "Not Found"})
+                return
+            candidate = root / "index.html"
+        content_type = mimetypes.guess_type(candidate.name)[0] or "application/octet-stream"
+        await _respond(send, 200, candidate.read_bytes(), [("content-type", content_type)])
+
+    # WebSocket API ----------------------------------------------------------------------------
+
+    def _ws_event(self, connection: LocalConnection, route_key: str, event_type: str, **extra: Any) -> dict[str, Any]:
+        return events.websocket_event(
+            route_key=route_key,
+            event_type=event_type,
+            connection_id=connection.connection_id,
+            connected_at_ms=int(connection.connected_at * 1000),
+            domain_name=connection.domain_name,
+            stage=self.config.websocket_stage,
+            source_ip=connection.source_ip,
+            user_agent=connection.user_agent,
+            **extra,
+        )
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()  # websocket.connect
+        connection = LocalConnection(
+            connection_id=base64.urlsafe_b64encode(os.urandom(12)).decode(),
+            send=send,
+            source_ip=(scope.get("client") or ("127.0.0.1", 0))[0],
+            user_agent=_header(scope, b"user-agent"),
+            domain_name=_header(scope, b"host") or "localhost",
+        )
+        accepted = await self._connect(scope, send, connection)
+        if not accepted:
+            return
+        self.connections[connection.connection_id] = connection
+        connection.touch()  # idle time counts from the accepted handshake
+        disconnect = (1000, "")
+        try:
+            while True:
+                timeout, reason = self._time_left(connection)
+                try:
+                    message = await asyncio.wait_for(receive(), timeout)
+                except TimeoutError:
+                    await connection.close(GOING_AWAY, reason)
+                    continue
+                if message["type"] == "websocket.disconnect":
+                    disconnect = (connection.close_code or message.get("code", 1005),
+                                  connection.close_reason or message.get("reason") or "")
+                    break
+                connection.touch()
+                body = message["text"] if message.get("text") is not None else message.get("bytes", b"")
+                self._spawn(self._dispatch(connection, body))
+        finally:
+            self.connections.pop(connection.connection_id, None)
+            await self._disconnect(connection, disconnect)
+
+    def _time_left(self, connection: LocalConnection) -> tuple[float, str]:
+        now = time.time()
+        idle_left = connection.last_active_at + self.config.idle_timeout_seconds - now
+        age_left = connection.connected_at + self.config.max_connection_age_seconds - now
+        if idle_left <= age_left:
+            return max(idle_left, 0.0), "Idle timeout"
+        return max(age_left, 0.0), "Maximum connection age reached"
+
+    async def _connect(self, scope: Scope, send: Send, connection: LocalConnection) -> bool:
+        function = self.websocket_routes.get("$connect")
+        subprotocol = None
+        if function is not None:
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+            event = self._ws_event(connection, "$connect", "CONNECT", headers=headers,
+                                   raw_query=scope.get("query_string", b"").decode("latin-1"))
+            try:
+                result = await self.runtime.invoke(function, event)
+            except Exception:
+                log.exception("$connect failed")
+                result = {"statusCode": 500}
+            status = int(result.get("statusCode", 200)) if isinstance(result, dict) else 200
+            if not 200 <= status < 300:
+                await send({"type": "websocket.http.response.start", "status": status, "headers": []})
+                await send({"type": "websocket.http.response.body", "body": b""})
+                return False
+            response_headers = {k.lower(): v for k, v in ((result or {}).get("headers") or {}).items()}
+            subprotocol = response_headers.get("sec-websocket-protocol")
+        await send({"type": "websocket.accept", "subprotocol": subprotocol})
+        return True
+
+    def _select_route(self, body: str | bytes) -> str:
+        """`$request.body.action`: a JSON text message whose `action` names a custom route."""
+        if isinstance(body, str) and self.custom_websocket_routes:
+            try:
+                action = json.loads(body).get("action")
+            except (ValueError, AttributeError):
+                action = None
+            if isinstance(action, str) and action in self.custom_websocket_routes:
+                return action
+        return "$default"
+
+    async def _dispatch(self, connection: LocalConnection, body: str | bytes) -> None:
+        route_key = self._select_route(body)
+        function = self.websocket_routes.get(route_key)
+        if function is None:
+            return
+        event = self._ws_event(connection, route_key, "MESSAGE", body=body)
+        try:
+            await self.runtime.invoke(function, event)
+        except Exception:
+            log.exception("%s failed on %s", function.name, route_key)
+            # What API Gateway sends back when the integration fails.
+            error = {"message": "Internal server error", "connectionId": connection.connection_id,
+                     "requestId": event["requestContext"]["requestId"]}
+            if connection.close_code is None:
+                try:
+                    await connection.send({"type": "websocket.send", "text": json.dumps(error)})
+                except Exception:
+                    log.debug("could not report the failure to %s", connection.connection_id)
+
+    async def _disconnect(self, connection: LocalConnection, disconnect: tuple[int, str]) -> None:
+        function = self.websocket_routes.get("$disconnect")
+        if function is None:
+            return
+        event = self._ws_event(connection, "$disconnect", "DISCONNECT", disconnect=disconnect)
+        try:
+            await self.runtime.invoke(function, event)
+        except Exception:
+            log.exception("$disconnect failed")
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close_all(self) -> None:
+        for connection in list(self.connections.values()):
+            await connection.close(GOING_AWAY, "Server shutting down")
+
+    # @connections management API --------------------------------------------------------------
+
+    async def _management(self, scope: Scope, receive: Receive, send: Send, connection_id: str) -> None:
+        connection = self.connections.get(connection_id)
+        method = scope["method"]
+        if method == "POST":
+            data = await _read_body(receive, MESSAGE_LIMIT_BYTES)
+            if data is None:
+                await self._management_error(send, 413, "PayloadTooLargeException", "Message too long")
+                return
+        if connection is None or connection.close_code is not None:
+            await self._management_error(send, 410, "GoneException", f"Connection {connection_id} is gone")
+            return
+        if method == "POST":
+            assert data is not None
+            try:
+                frame = {"type": "websocket.send", "text": data.decode()}
+            except UnicodeDecodeError:
+                frame = {"type": "websocket.send", "bytes": data}
+            try:
+                await connection.send(frame)
+            except Exception:
+                await self._management_error(send, 410, "GoneException", f"Connection {connection_id} is gone")
+                return
+            connection.touch()
+            await _respond(send, 200, b"")
+        elif method == "GET":
+            await _respond_json(send, 200, {
+                "connectedAt": _iso(connection.connected_at),
+                "identity": {"sourceIp": connection.source_ip, "userAgent": connection.user_agent},
+                "lastActiveAt": _iso(connection.last_active_at),
+            })
+        elif method == "DELETE":
+            await connection.close(1000, "Closed by the server")
+            await _respond(send, 204, b"")
+        else:
+            await self._management_error(send, 405, "MethodNotAllowed", "Use POST, GET or DELETE")
+
+    @staticmethod
+    async def _management_error(send: Send, status: int, error_type: str, message: str) -> None:
+        await _respond_json(send, status, {"message": message}, [("x-amzn-errortype", error_type)])

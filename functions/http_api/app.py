@@ -1,0 +1,61 @@
+"""The REST API as a FastAPI app; errors become api.md's error body here and nowhere else."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from functions.http_api.routers import health
+from layers.shared.errors import AppError, error_body, error_for_status
+from layers.shared.observability import logger
+from layers.shared.settings import VERSION
+
+MAX_BODY_BYTES = 1024 * 1024  # the console API takes small JSON documents
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="agentserver API",
+        version=VERSION,
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    app.include_router(health.router)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def limit_body_size(request: Request, call_next):  # type: ignore[no-untyped-def]
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return JSONResponse(error_for_status(413), status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(AppError)
+    async def app_error(_: Request, error: AppError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in issue['loc'] if part != 'body') or 'body'}: {issue['msg']}"
+            for issue in error.errors()
+        )
+        return JSONResponse(error_body("validation_error", f"The request is not valid: {problems}."), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_for_status(error.status_code), error.status_code, headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, error: Exception) -> JSONResponse:
+        logger.exception("unhandled error", extra={"error_type": type(error).__name__})
+        return JSONResponse(error_for_status(500), status_code=500)
+
+
+app = create_app()

@@ -1,0 +1,103 @@
+"""Data access for WebSocket connection records."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from botocore.exceptions import ClientError
+from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
+from pynamodb.indexes import GlobalSecondaryIndex, KeysOnlyProjection
+
+from layers.shared.dal.aws import management_client
+from layers.shared.dal.base import BaseModel, table_meta
+from layers.shared.domain.connections import Connection
+
+CONNECTION_KIND = "connection"
+
+
+class ConnectionsByExpiry(GlobalSecondaryIndex["ConnectionRecord"]):
+    class Meta:
+        index_name = "by_expiry"
+        projection = KeysOnlyProjection()
+
+    kind = UnicodeAttribute(hash_key=True)
+    expires_at = NumberAttribute(range_key=True)
+
+
+class ConnectionRecord(BaseModel):
+    Meta = table_meta("connections")
+
+    connection_id = UnicodeAttribute(hash_key=True)
+    kind = UnicodeAttribute(default=CONNECTION_KIND)
+    connected_at = UTCDateTimeAttribute()
+    source_ip = UnicodeAttribute(null=True)
+    user_agent = UnicodeAttribute(null=True)
+    management_url = UnicodeAttribute()
+    # Epoch seconds; DynamoDB's TTL deletes the record if no $disconnect ever arrives.
+    expires_at = NumberAttribute()
+    by_expiry = ConnectionsByExpiry()
+
+
+class DynamoConnectionStore:
+    """`ConnectionStore` on DynamoDB."""
+
+    def put(self, connection: Connection) -> None:
+        ConnectionRecord(
+            connection.connection_id,
+            connected_at=connection.connected_at,
+            source_ip=connection.source_ip,
+            user_agent=connection.user_agent,
+            management_url=connection.management_url,
+            expires_at=int(connection.expires_at.timestamp()),
+        ).save()
+
+    def get(self, connection_id: str) -> Connection | None:
+        try:
+            record = ConnectionRecord.get(connection_id)
+        except ConnectionRecord.DoesNotExist:
+            return None
+        return Connection(
+            connection_id=record.connection_id,
+            connected_at=record.connected_at,
+            source_ip=record.source_ip,
+            user_agent=record.user_agent,
+            management_url=record.management_url,
+            expires_at=datetime.fromtimestamp(record.expires_at, tz=UTC),
+        )
+
+    def delete(self, connection_id: str) -> None:
+        ConnectionRecord(connection_id).delete()
+
+    def expired_ids(self, now: datetime) -> Iterator[str]:
+        condition = ConnectionRecord.expires_at <= int(now.timestamp())
+        for record in ConnectionRecord.by_expiry.query(CONNECTION_KIND, range_key_condition=condition):
+            yield record.connection_id
+
+
+class ApiGatewayPusher:
+    """`ConnectionPusher` over the WebSocket API's @connections endpoint."""
+
+    def post(self, management_url: str, connection_id: str, data: bytes) -> bool:
+        try:
+            management_client(management_url).post_to_connection(ConnectionId=connection_id, Data=data)
+        except ClientError as error:
+            if _is_gone(error):
+                return False
+            raise
+        return True
+
+    def is_alive(self, management_url: str, connection_id: str) -> bool:
+        try:
+            management_client(management_url).get_connection(ConnectionId=connection_id)
+        except ClientError as error:
+            if _is_gone(error):
+                return False
+            raise
+        return True
+
+
+def _is_gone(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") == "GoneException" or (
+        error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 410
+    )

@@ -1,0 +1,113 @@
+"""WebSocket connections: what happens on connect, on each message, on disconnect, and repair.
+
+Pure domain logic: storage and delivery come in as the two small interfaces below.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Connection:
+    connection_id: str
+    connected_at: datetime
+    management_url: str
+    expires_at: datetime
+    source_ip: str | None = None
+    user_agent: str | None = None
+
+
+class ConnectionStore(Protocol):
+    def put(self, connection: Connection) -> None: ...
+    def get(self, connection_id: str) -> Connection | None: ...
+    def delete(self, connection_id: str) -> None: ...
+    def expired_ids(self, now: datetime) -> Iterator[str]: ...
+
+
+class ConnectionPusher(Protocol):
+    def post(self, management_url: str, connection_id: str, data: bytes) -> bool:
+        """Send data to a connection; False when the gateway says it is gone (410)."""
+
+    def is_alive(self, management_url: str, connection_id: str) -> bool: ...
+
+
+def open_connection(
+    store: ConnectionStore,
+    *,
+    connection_id: str,
+    management_url: str,
+    now: datetime,
+    ttl: timedelta,
+    source_ip: str | None = None,
+    user_agent: str | None = None,
+) -> Connection:
+    connection = Connection(
+        connection_id=connection_id,
+        connected_at=now,
+        management_url=management_url,
+        expires_at=now + ttl,
+        source_ip=source_ip,
+        user_agent=user_agent,
+    )
+    store.put(connection)
+    return connection
+
+
+def close_connection(store: ConnectionStore, connection_id: str) -> None:
+    store.delete(connection_id)
+
+
+def handle_message(
+    store: ConnectionStore,
+    pusher: ConnectionPusher,
+    *,
+    connection_id: str,
+    management_url: str,
+    body: bytes,
+    now: datetime,
+) -> dict[str, object]:
+    """Answer one message from a connection; returns what was sent back.
+
+    Until the tunnel protocol exists the only message is `{"action": "ping"}`, answered by a
+    `pong` pushed through @connections (API Gateway cannot reply inline without a route response).
+    """
+    try:
+        message = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        message = None
+    if isinstance(message, dict) and message.get("action") == "ping":
+        reply: dict[str, object] = {"action": "pong", "at": now.isoformat()}
+        if "id" in message:
+            reply["id"] = message["id"]
+    else:
+        reply = {
+            "action": "error",
+            "error": {"code": "unknown_message", "message": 'Send {"action": "ping"}.'},
+        }
+    delivered = pusher.post(management_url, connection_id, json.dumps(reply).encode())
+    if not delivered:
+        # The connection vanished between the message and our reply: forget it.
+        store.delete(connection_id)
+    return reply
+
+
+def reap_lost_connections(store: ConnectionStore, pusher: ConnectionPusher, *, now: datetime) -> int:
+    """Delete records past their expiry whose connection the gateway no longer knows.
+
+    A lost $disconnect leaves a record behind; DynamoDB's TTL deletes it eventually (up to days
+    later), so the reaper removes it sooner. Returns how many records were removed.
+    """
+    removed = 0
+    for connection_id in store.expired_ids(now):
+        connection = store.get(connection_id)
+        if connection is None:
+            continue
+        if not pusher.is_alive(connection.management_url, connection_id):
+            store.delete(connection_id)
+            removed += 1
+    return removed

@@ -1,0 +1,240 @@
+"""The one declaration of agentserver's functions, their triggers and the resources they use.
+
+Both runtimes are generated from this module: `infra_cdk` turns it into a CloudFormation stack and
+`embedded` turns it into local tables, queues, a gateway, pollers and timers. Nothing here imports
+AWS libraries, so the Lambda layer, the CDK app and the embedded stack can all read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+AttributeType = Literal["S", "N", "B"]
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    type: AttributeType = "S"
+
+
+@dataclass(frozen=True)
+class GlobalIndex:
+    name: str
+    partition: Key
+    sort: Key | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """A DynamoDB table; its physical name is the resource prefix + `name`."""
+
+    name: str
+    partition: Key
+    sort: Key | None = None
+    indexes: tuple[GlobalIndex, ...] = ()
+    ttl_attribute: str | None = None
+
+    @property
+    def key_attributes(self) -> dict[str, AttributeType]:
+        """Every attribute that a key of the table or of one of its indexes uses, with its type."""
+        keys = [self.partition, self.sort]
+        for index in self.indexes:
+            keys += [index.partition, index.sort]
+        return {key.name: key.type for key in keys if key is not None}
+
+
+@dataclass(frozen=True)
+class Queue:
+    """A standard SQS queue; every queue gets a dead-letter queue named `<name>-dlq`."""
+
+    name: str
+    visibility_timeout_seconds: int = 60
+    max_receive_count: int = 3
+    dlq_retention_days: int = 14
+
+    @property
+    def dlq_name(self) -> str:
+        return f"{self.name}-dlq"
+
+
+@dataclass(frozen=True)
+class Bucket:
+    name: str
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A Secrets Manager secret; `seed_env` names the variable the embedded stack seeds it from."""
+
+    name: str
+    description: str
+    seed_env: str | None = None
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    method: str  # "GET", "POST", ... or "ANY"
+    path: str  # API Gateway syntax: /api/{proxy+}
+
+
+@dataclass(frozen=True)
+class WebSocketRoute:
+    route_key: str  # "$connect", "$disconnect", "$default" or a custom key
+
+
+@dataclass(frozen=True)
+class SqsTrigger:
+    queue: str
+    batch_size: int = 10
+    max_batching_window_seconds: int = 0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """An EventBridge schedule, e.g. `rate(1 minute)`."""
+
+    expression: str
+
+    @property
+    def every_seconds(self) -> int:
+        """The period of a `rate(...)` expression, which is the only kind used here."""
+        inner = self.expression.removeprefix("rate(").removesuffix(")")
+        amount, unit = inner.split()
+        seconds = {"minute": 60, "minutes": 60, "hour": 3600, "hours": 3600, "day": 86400, "days": 86400}
+        return int(amount) * seconds[unit]
+
+
+@dataclass(frozen=True)
+class Function:
+    """A Lambda function: its handler, its size and every trigger that invokes it."""
+
+    name: str
+    handler: str  # dotted path "package.module.attribute"
+    description: str
+    memory_mb: int = 512
+    timeout_seconds: int = 30
+    environment: dict[str, str] = field(default_factory=dict)
+    http_routes: tuple[HttpRoute, ...] = ()
+    websocket_routes: tuple[WebSocketRoute, ...] = ()
+    sqs: SqsTrigger | None = None
+    schedule: Schedule | None = None
+    streaming_url: bool = False  # Function URL with RESPONSE_STREAM (through the Lambda Web Adapter)
+    tables: tuple[str, ...] = ()  # tables it reads and writes
+    queues_send: tuple[str, ...] = ()  # queues it sends to
+    manages_connections: bool = False  # may call the WebSocket @connections API
+    secrets: tuple[str, ...] = ()  # secrets it reads
+
+
+@dataclass(frozen=True)
+class Topology:
+    tables: tuple[Table, ...]
+    queues: tuple[Queue, ...]
+    buckets: tuple[Bucket, ...]
+    secrets: tuple[Secret, ...]
+    functions: tuple[Function, ...]
+    websocket_route_selection: str = "$request.body.action"
+
+    def function(self, name: str) -> Function:
+        return next(f for f in self.functions if f.name == name)
+
+    def table(self, name: str) -> Table:
+        return next(t for t in self.tables if t.name == name)
+
+    def queue(self, name: str) -> Queue:
+        return next(q for q in self.queues if q.name == name)
+
+    @property
+    def http_routes(self) -> list[tuple[HttpRoute, Function]]:
+        return [(route, fn) for fn in self.functions for route in fn.http_routes]
+
+    @property
+    def websocket_routes(self) -> dict[str, Function]:
+        return {route.route_key: fn for fn in self.functions for route in fn.websocket_routes}
+
+
+CONNECTIONS = Table(
+    name="connections",
+    partition=Key("connection_id"),
+    # Lets the reaper find connections whose TTL passed without a Scan (a lost $disconnect).
+    indexes=(GlobalIndex("by_expiry", partition=Key("kind"), sort=Key("expires_at", "N")),),
+    ttl_attribute="expires_at",
+)
+
+OPERATIONS = Table(
+    name="operations",
+    partition=Key("command_id"),
+    ttl_attribute="expires_at",
+)
+
+SANDBOX_OPS = Queue(name="sandbox-ops", visibility_timeout_seconds=60, max_receive_count=3)
+
+TOPOLOGY = Topology(
+    tables=(CONNECTIONS, OPERATIONS),
+    queues=(SANDBOX_OPS,),
+    buckets=(Bucket("console"),),
+    secrets=(
+        Secret("anthropic-api-key", "Anthropic API key used by the LLM proxy", seed_env="ANTHROPIC_API_KEY"),
+        Secret("openai-api-key", "OpenAI API key used by the LLM proxy", seed_env="OPENAI_API_KEY"),
+    ),
+    functions=(
+        Function(
+            name="http_api",
+            handler="functions.http_api.handler.handler",
+            description="The console and CLI REST API (FastAPI behind Mangum)",
+            memory_mb=1024,
+            timeout_seconds=29,  # just under the HTTP API's 30 s integration limit
+            http_routes=(HttpRoute("ANY", "/api/{proxy+}"),),
+            tables=("connections", "operations"),
+            queues_send=("sandbox-ops",),
+        ),
+        Function(
+            name="ws_connect",
+            handler="functions.ws_tunnel.handler.connect",
+            description="WebSocket $connect: records the connection",
+            memory_mb=256,
+            timeout_seconds=10,
+            websocket_routes=(WebSocketRoute("$connect"),),
+            tables=("connections",),
+        ),
+        Function(
+            name="ws_disconnect",
+            handler="functions.ws_tunnel.handler.disconnect",
+            description="WebSocket $disconnect: forgets the connection",
+            memory_mb=256,
+            timeout_seconds=10,
+            websocket_routes=(WebSocketRoute("$disconnect"),),
+            tables=("connections",),
+        ),
+        Function(
+            name="ws_default",
+            handler="functions.ws_tunnel.handler.default",
+            description="WebSocket $default: every message an agent sends",
+            memory_mb=512,
+            timeout_seconds=30,
+            websocket_routes=(WebSocketRoute("$default"),),
+            tables=("connections",),
+            manages_connections=True,
+        ),
+        Function(
+            name="sandbox_ops_worker",
+            handler="functions.workers.sandbox_ops.handler",
+            description="Consumes sandbox-ops commands (partial batch failures, idempotent by command id)",
+            memory_mb=512,
+            timeout_seconds=50,  # below the queue's visibility timeout
+            sqs=SqsTrigger(queue="sandbox-ops", batch_size=10),
+            tables=("operations",),
+        ),
+        Function(
+            name="reaper",
+            handler="functions.workers.reaper.handler",
+            description="Scheduled repair: forgets connections whose $disconnect was lost",
+            memory_mb=256,
+            timeout_seconds=60,
+            schedule=Schedule("rate(1 minute)"),
+            tables=("connections",),
+            manages_connections=True,
+        ),
+    ),
+)

@@ -1,0 +1,169 @@
+"""The WebSocket API of the local gateway: events to the ws_tunnel handlers, @connections,
+and API Gateway's limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import websockets
+from botocore.exceptions import ClientError
+
+from tests.support import RunningStack, wait_until
+
+
+def connection_ids(stack: RunningStack) -> set[str]:
+    table = stack.aws("dynamodb").scan(TableName=stack.name("connections"))
+    return {item["connection_id"]["S"] for item in table["Items"]}
+
+
+async def ping(ws: websockets.ClientConnection, message_id: int = 1) -> dict:
+    await ws.send(json.dumps({"action": "ping", "id": message_id}))
+    return json.loads(await asyncio.wait_for(ws.recv(), 10))
+
+
+def test_ping_is_answered_by_a_pong_pushed_through_connections(stack: RunningStack) -> None:
+    async def scenario() -> dict:
+        async with websockets.connect(stack.ws_url) as ws:
+            return await ping(ws, 42)
+
+    reply = asyncio.run(scenario())
+    assert reply["action"] == "pong"
+    assert reply["id"] == 42
+
+
+def test_connection_record_lives_exactly_as_long_as_the_connection(stack: RunningStack) -> None:
+    before = connection_ids(stack)
+    table = stack.name("connections")
+
+    async def scenario() -> tuple[str, dict]:
+        async with websockets.connect(stack.ws_url, user_agent_header="test-agent/1.0") as ws:
+            await ping(ws)
+            (connection_id,) = connection_ids(stack) - before
+            key = {"connection_id": {"S": connection_id}}
+            return connection_id, stack.aws("dynamodb").get_item(TableName=table, Key=key)["Item"]
+
+    # While connected, $connect has stored one record, with a TTL attribute past the 2 h age limit
+    connection_id, item = asyncio.run(scenario())
+    assert int(item["expires_at"]["N"]) > time.time() + 7200
+    assert item["user_agent"]["S"] == "test-agent/1.0"
+    assert item["source_ip"]["S"] == "127.0.0.1"
+    # After the client closes, $disconnect has removed it
+    wait_until(lambda: connection_id not in connection_ids(stack))
+
+
+def test_frame_over_32_kb_closes_with_1009(stack: RunningStack) -> None:
+    async def scenario() -> int | None:
+        async with websockets.connect(stack.ws_url, max_size=None) as ws:
+            await ws.send("x" * 40 * 1024)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+            return closed.value.rcvd.code if closed.value.rcvd else None
+
+    assert asyncio.run(scenario()) == 1009
+
+
+def test_message_of_several_small_frames_passes_until_128_kb(stack: RunningStack) -> None:
+    async def send_fragmented(total_kb: int) -> dict | int | None:
+        async with websockets.connect(stack.ws_url) as ws:
+            await ws.send(["y" * 1024 * 16 for _ in range(total_kb // 16)])  # 16 KB frames
+            try:
+                return json.loads(await asyncio.wait_for(ws.recv(), 10))
+            except websockets.ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd else None
+
+    # 96 KB in 16 KB frames is a valid message: the handler answers it (it is not a ping)
+    answer = asyncio.run(send_fragmented(96))
+    assert isinstance(answer, dict) and answer["error"]["code"] == "unknown_message"
+    # 144 KB is over the 128 KB message limit
+    assert asyncio.run(send_fragmented(144)) == 1009
+
+
+def test_unmodified_boto3_reaches_the_connections_endpoint(stack: RunningStack) -> None:
+    management = stack.management()
+
+    async def scenario() -> None:
+        before = connection_ids(stack)
+        async with websockets.connect(stack.ws_url) as ws:
+            connection_id = wait_until(lambda: connection_ids(stack) - before).pop()
+            # POST: data arrives on the socket
+            await asyncio.to_thread(management.post_to_connection, ConnectionId=connection_id, Data=b"hello")
+            assert await asyncio.wait_for(ws.recv(), 10) == "hello"
+            # GET: the connection's identity and times
+            info = await asyncio.to_thread(management.get_connection, ConnectionId=connection_id)
+            assert info["Identity"]["SourceIp"] == "127.0.0.1"
+            assert info["ConnectedAt"] <= info["LastActiveAt"]
+            # DELETE: the gateway closes the socket
+            await asyncio.to_thread(management.delete_connection, ConnectionId=connection_id)
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+        # A dead connection is 410 Gone, which boto3 surfaces as GoneException
+        with pytest.raises(ClientError) as gone:
+            await asyncio.to_thread(management.post_to_connection, ConnectionId=connection_id, Data=b"late")
+        assert gone.value.response["Error"]["Code"] == "GoneException"
+        assert gone.value.response["ResponseMetadata"]["HTTPStatusCode"] == 410
+
+    asyncio.run(scenario())
+
+
+def test_posting_more_than_128_kb_to_a_connection_is_refused(stack: RunningStack) -> None:
+    with pytest.raises(ClientError) as refused:
+        stack.management().post_to_connection(ConnectionId="anything", Data=b"z" * (128 * 1024 + 1))
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+
+
+@pytest.fixture(scope="module")
+def short_lived_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    running = RunningStack(state_dir=tmp_path_factory.mktemp("short"),
+                           extra_args=["--idle-timeout", "1", "--max-connection-age", "3"]).start()
+    yield running
+    running.stop()
+
+
+def test_idle_connection_is_closed_after_the_idle_timeout(short_lived_stack: RunningStack) -> None:
+    async def scenario() -> tuple[int | None, float]:
+        async with websockets.connect(short_lived_stack.ws_url, ping_interval=None) as ws:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+            return closed.value.rcvd.code if closed.value.rcvd else None, asyncio.get_running_loop().time() - started
+
+    code, waited = asyncio.run(scenario())
+    assert code == 1001
+    assert 0.9 <= waited < 5
+
+
+def test_protocol_pings_do_not_keep_a_connection_alive_but_messages_do(short_lived_stack: RunningStack) -> None:
+    async def scenario() -> tuple[int | None, float]:
+        # Messages every 0.5 s keep it past the 1 s idle timeout, until the 3 s maximum age.
+        async with websockets.connect(short_lived_stack.ws_url, ping_interval=0.2) as ws:
+            started = asyncio.get_running_loop().time()
+            try:
+                for number in range(20):
+                    await ping(ws, number)
+                    await asyncio.sleep(0.5)
+            except websockets.ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd else None, asyncio.get_running_loop().time() - started
+            return None, asyncio.get_running_loop().time() - started
+
+    code, lived = asyncio.run(scenario())
+    assert code == 1001
+    assert 2.5 <= lived < 6
+
+
+def test_refusing_connect_handler_means_no_connection(tmp_path: Path) -> None:
+    # An unknown WebSocket path is refused at the handshake, as API Gateway only serves its stage.
+    running = RunningStack(state_dir=tmp_path / "s").start()
+    try:
+        async def scenario() -> None:
+            with pytest.raises(websockets.InvalidStatus):
+                async with websockets.connect(f"ws://127.0.0.1:{running.port}/elsewhere"):
+                    pass
+
+        asyncio.run(scenario())
+    finally:
+        running.stop()

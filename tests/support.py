@@ -1,0 +1,123 @@
+"""Starts `agentserver up` as a real process on free ports, for integration and e2e tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENTSERVER = [sys.executable, "-m", "agent_client.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class RunningStack:
+    """One `agentserver up` process and the endpoints it wrote."""
+
+    state_dir: Path
+    port: int = field(default_factory=free_port)
+    in_memory: bool = True
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None
+    process: subprocess.Popen[str] | None = None
+    endpoints: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def command(self) -> list[str]:
+        args = [*AGENTSERVER, "up", "--port", str(self.port), "--state-dir", str(self.state_dir)]
+        return args + (["--in-memory"] if self.in_memory else []) + self.extra_args
+
+    def start(self, timeout: float = 90) -> RunningStack:
+        environment = {**os.environ, **(self.env or {})}
+        self.process = subprocess.Popen(self.command(), cwd=ROOT, env=environment, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                output = self.process.stdout.read() if self.process.stdout else ""
+                raise RuntimeError(f"agentserver up exited: {output}")
+            try:
+                if httpx.get(f"{self.base_url}/api/health", timeout=1).status_code == 200:
+                    self.endpoints = json.loads((self.state_dir / "endpoints.json").read_text())
+                    return self
+            except (httpx.HTTPError, FileNotFoundError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("agentserver up did not become healthy in time")
+
+    def stop(self, sig: int = signal.SIGINT) -> str:
+        """Stop as Ctrl-C would; returns what the process printed."""
+        if self.process is None:
+            return ""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        output = self.process.stdout.read() if self.process.stdout else ""
+        if self.process.stdout:
+            self.process.stdout.close()
+        return output
+
+    def aws(self, service: str) -> Any:
+        endpoint = self.endpoints["dynamodb"] if service == "dynamodb" else self.endpoints["aws"]
+        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
+                            aws_access_key_id="local", aws_secret_access_key="local", aws_session_token="local")
+
+    def management(self) -> Any:
+        """An unmodified boto3 @connections client pointed at the local gateway."""
+        return boto3.client("apigatewaymanagementapi", endpoint_url=self.base_url, region_name="us-east-1",
+                            aws_access_key_id="local", aws_secret_access_key="local")
+
+    def name(self, logical: str) -> str:
+        return f"{self.endpoints['resource_prefix']}{logical}"
+
+
+def wait_until(predicate: Any, timeout: float = 10, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def pids_with(text: str) -> list[int]:
+    """Processes whose command line contains `text` (to prove none outlived the stack)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found

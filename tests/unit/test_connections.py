@@ -1,0 +1,96 @@
+"""Connection domain logic (with fakes), its DynamoDB store (moto) and the ws_tunnel handlers."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from embedded.events import websocket_event
+from functions.workers import reaper
+from functions.ws_tunnel import handler as ws
+from layers.shared.dal.connections import DynamoConnectionStore
+from layers.shared.domain.connections import handle_message, open_connection, reap_lost_connections
+from tests.unit.fakes import CONTEXT, MemoryConnectionStore, RecordingPusher
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+URL = "https://api.example/prod"
+
+
+def event(route_key: str, event_type: str, connection_id: str = "c-1", **extra) -> dict:
+    return websocket_event(route_key=route_key, event_type=event_type, connection_id=connection_id,
+                           connected_at_ms=0, domain_name="api.example", stage="prod",
+                           source_ip="10.0.0.9", user_agent="agent/1", **extra)
+
+
+def test_ping_gets_a_pong_with_the_same_id() -> None:
+    store, pusher = MemoryConnectionStore(), RecordingPusher()
+    reply = handle_message(store, pusher, connection_id="c-1", management_url=URL,
+                           body=b'{"action":"ping","id":"abc"}', now=NOW)
+    assert reply["action"] == "pong" and reply["id"] == "abc"
+    assert json.loads(pusher.sent[0][2]) == reply
+
+
+def test_anything_else_gets_an_error_message_not_silence() -> None:
+    store, pusher = MemoryConnectionStore(), RecordingPusher()
+    for body in (b"not json", b"[1,2]", b'{"action":"dance"}', b"\xff\xfe"):
+        reply = handle_message(store, pusher, connection_id="c-1", management_url=URL, body=body, now=NOW)
+        assert reply["action"] == "error"
+    assert len(pusher.sent) == 4
+
+
+def test_reply_to_a_vanished_connection_forgets_it() -> None:
+    store, pusher = MemoryConnectionStore(), RecordingPusher(alive=set())
+    open_connection(store, connection_id="c-1", management_url=URL, now=NOW, ttl=timedelta(hours=2))
+    handle_message(store, pusher, connection_id="c-1", management_url=URL, body=b'{"action":"ping"}', now=NOW)
+    assert store.get("c-1") is None
+
+
+def test_reaper_removes_only_expired_connections_that_are_gone() -> None:
+    store = MemoryConnectionStore()
+    for connection_id, age in (("expired-gone", 3), ("expired-alive", 3), ("fresh-gone", 0)):
+        open_connection(store, connection_id=connection_id, management_url=URL,
+                        now=NOW - timedelta(hours=age), ttl=timedelta(hours=2))
+    removed = reap_lost_connections(store, RecordingPusher(alive={"expired-alive"}), now=NOW)
+    assert removed == 1
+    assert set(store.items) == {"expired-alive", "fresh-gone"}
+
+
+def test_handlers_store_and_forget_a_connection() -> None:
+    store = MemoryConnectionStore()
+    assert ws.connect(event("$connect", "CONNECT", headers=[("User-Agent", "agent/1")]), CONTEXT, store=store) == {
+        "statusCode": 200}
+    stored = store.get("c-1")
+    assert stored is not None
+    # Without a configured endpoint, the management URL is the stage's own
+    assert stored.management_url == "https://api.example/prod"
+    assert stored.source_ip == "10.0.0.9"
+    assert stored.expires_at > stored.connected_at + timedelta(hours=2)
+    ws.disconnect(event("$disconnect", "DISCONNECT", disconnect=(1000, "bye")), CONTEXT, store=store)
+    assert store.get("c-1") is None
+
+
+def test_default_handler_decodes_binary_frames() -> None:
+    store, pusher = MemoryConnectionStore(), RecordingPusher()
+    ws.default(event("$default", "MESSAGE", body=b'{"action":"ping"}'), CONTEXT, store=store, pusher=pusher)
+    assert json.loads(pusher.sent[0][2])["action"] == "pong"
+
+
+def test_dynamo_store_round_trip_and_expiry_index(moto_aws) -> None:
+    store = DynamoConnectionStore()
+    open_connection(store, connection_id="old", management_url=URL, now=NOW - timedelta(hours=3),
+                    ttl=timedelta(hours=2), source_ip="1.2.3.4")
+    open_connection(store, connection_id="new", management_url=URL, now=NOW, ttl=timedelta(hours=2))
+    loaded = store.get("old")
+    assert loaded is not None and loaded.source_ip == "1.2.3.4"
+    assert loaded.expires_at == (NOW - timedelta(hours=1)).replace(microsecond=0)
+    assert list(store.expired_ids(NOW)) == ["old"]
+    store.delete("old")
+    assert store.get("old") is None
+
+
+def test_reaper_handler_reports_what_it_removed(moto_aws) -> None:
+    store = DynamoConnectionStore()
+    open_connection(store, connection_id="lost", management_url=URL, now=NOW - timedelta(hours=5),
+                    ttl=timedelta(hours=2))
+    result = reaper.handler({}, CONTEXT, store=store, pusher=RecordingPusher(alive=set()))
+    assert result == {"connections_removed": 1}
