@@ -38,7 +38,7 @@ up-memory: install
 	$(VENV)/bin/agentserver up --port $(PORT) --in-memory
 
 test: install
-	$(PY) -m pytest tests/unit tests/infra tests/integration tests/e2e
+	$(PY) -m pytest $(wildcard tests/unit tests/infra tests/integration tests/e2e)
 
 test-unit: install
 	$(PY) -m pytest tests/unit

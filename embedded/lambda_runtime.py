@@ -54,12 +54,19 @@ def load_handler(dotted_path: str) -> Callable[[dict[str, Any], Any], Any]:
     return getattr(importlib.import_module(module_name), attribute)  # type: ignore[no-any-return]
 
 
+def _give_thread_an_event_loop() -> None:
+    """Lambda runs a handler on a main thread, where `asyncio.get_event_loop()` works (Mangum
+    relies on it); each worker thread here gets a loop of its own to match."""
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 class LambdaRuntime:
     """Invokes handlers on a thread pool (handlers are synchronous, like in Lambda)."""
 
     def __init__(self, region: str, max_concurrency: int = 32):
         self.region = region
-        self.executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="lambda")
+        self.executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="lambda",
+                                           initializer=_give_thread_an_event_loop)
         self._handlers: dict[str, Callable[[dict[str, Any], Any], Any]] = {}
 
     def handler(self, function: Function) -> Callable[[dict[str, Any], Any], Any]:

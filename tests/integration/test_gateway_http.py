@@ -1,5 +1,6 @@
 """The HTTP side of the local gateway, over real HTTP against `agentserver up`."""
 
+import asyncio
 import http.client
 
 import httpx
@@ -75,3 +76,14 @@ def test_query_string_and_cookies_reach_the_handler_unharmed(stack: RunningStack
     # The health route ignores them, but a malformed event would make Mangum fail with a 500.
     response = httpx.get(f"{stack.base_url}/api/health?a=1&a=2&b=", cookies={"c1": "v1", "c2": "v2"})
     assert response.status_code == 200
+
+
+def test_concurrent_requests_are_all_served(stack: RunningStack) -> None:
+    # Given many requests at once (handlers run on a pool of threads, like concurrent Lambdas)
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=stack.base_url) as client:
+            responses = await asyncio.gather(*(client.get("/api/health") for _ in range(100)))
+        return [response.status_code for response in responses]
+
+    # Then every one is answered by the handler
+    assert asyncio.run(burst()) == [200] * 100
