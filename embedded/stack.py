@@ -82,7 +82,6 @@ class EmbeddedStack:
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": self.moto.url,
             "AGENTSERVER_WEBSOCKET_MANAGEMENT_URL": f"http://127.0.0.1:{self.options.port}",
-            "AGENTSERVER_API_URL": self.base_url,
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_NAMESPACE": "agentserver",
         }

@@ -29,7 +29,7 @@ class _SettingsBoundMeta(type):
         return get_settings().dynamodb_endpoint
 
 
-def table_meta(logical_table: str, **options: Any) -> type:
+def table_meta(logical_table: str, **options: Any) -> Any:
     """A PynamoDB `Meta` bound to a table of the topology."""
     return _SettingsBoundMeta("Meta", (), {"logical_table": logical_table, **options})
 
