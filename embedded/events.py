@@ -47,8 +47,11 @@ def http_v2_event(
     path_parameters: dict[str, str],
     source_ip: str,
     domain_name: str,
+    scheme: str = "http",
+    port: int = 80,
 ) -> dict[str, Any]:
-    """An HTTP API (payload format 2.0) event: headers joined by commas, cookies apart."""
+    """An HTTP API (payload format 2.0) event: headers joined by commas, cookies apart, and the
+    x-forwarded-* headers API Gateway adds."""
     joined: dict[str, str] = {}
     cookies: list[str] = []
     for name, value in headers:
@@ -57,6 +60,10 @@ def http_v2_event(
             cookies.extend(part.strip() for part in value.split(";") if part.strip())
             continue
         joined[name] = f"{joined[name]},{value}" if name in joined else value
+    forwarded = joined.get("x-forwarded-for")
+    joined["x-forwarded-for"] = f"{forwarded}, {source_ip}" if forwarded else source_ip
+    joined["x-forwarded-proto"] = scheme
+    joined["x-forwarded-port"] = str(port)
     query: dict[str, str] = {}
     for name, value in parse_qsl(raw_query, keep_blank_values=True):
         query[name] = f"{query[name]},{value}" if name in query else value

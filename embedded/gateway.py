@@ -221,6 +221,8 @@ class LocalGateway:
             path_parameters=path_parameters,
             source_ip=(scope.get("client") or ("127.0.0.1", 0))[0],
             domain_name=_header(scope, b"host") or "localhost",
+            scheme=scope.get("scheme", "http"),
+            port=(scope.get("server") or ("", 80))[1],
         )
         try:
             result = await self.runtime.invoke(route.function, event, timeout=HTTP_INTEGRATION_TIMEOUT_SECONDS)

@@ -26,6 +26,29 @@ class Settings(BaseSettings):
     connection_ttl_seconds: int = Field(default=2 * 3600 + 600, alias="AGENTSERVER_CONNECTION_TTL_SECONDS")
     operation_record_ttl_seconds: int = Field(default=7 * 86400, alias="AGENTSERVER_OPERATION_TTL_SECONDS")
 
+    # Identity
+    password_auth_enabled: bool = Field(default=True, alias="AGENTSERVER_PASSWORD_AUTH")
+    password_min_length: int = Field(default=10, ge=8, alias="AGENTSERVER_PASSWORD_MIN_LENGTH")
+    session_ttl_days: float = Field(default=7, gt=0, alias="AGENTSERVER_SESSION_TTL_DAYS")
+    lockout_window_seconds: int = Field(default=900, alias="AGENTSERVER_LOCKOUT_WINDOW_SECONDS")
+    max_failures_per_account: int = Field(default=5, alias="AGENTSERVER_MAX_FAILURES_PER_ACCOUNT")
+    max_failures_per_source: int = Field(default=20, alias="AGENTSERVER_MAX_FAILURES_PER_SOURCE")
+    default_max_workspaces_per_user: int = Field(default=10, ge=1, alias="AGENTSERVER_DEFAULT_MAX_WORKSPACES")
+
+    # Sign-in through GitHub and a generic OIDC provider (each on when its client id is set)
+    github_client_id: str | None = Field(default=None, alias="GITHUB_CLIENT_ID")
+    github_client_secret: str | None = Field(default=None, alias="GITHUB_CLIENT_SECRET")
+    github_oauth_url: str = Field(default="https://github.com", alias="GITHUB_OAUTH_URL")
+    github_api_url: str = Field(default="https://api.github.com", alias="GITHUB_API_URL")
+    oidc_issuer_url: str | None = Field(default=None, alias="OIDC_ISSUER_URL")
+    oidc_client_id: str | None = Field(default=None, alias="OIDC_CLIENT_ID")
+    oidc_client_secret: str | None = Field(default=None, alias="OIDC_CLIENT_SECRET")
+    oidc_provider_name: str = Field(default="Single sign-on", alias="OIDC_PROVIDER_NAME")
+    oidc_scopes: str = Field(default="openid email profile", alias="OIDC_SCOPES")
+    # Public base URL the providers redirect back to (…/api/auth/oidc/{provider}/callback);
+    # when unset, the request's own origin.
+    oidc_redirect_base_url: str | None = Field(default=None, alias="OIDC_REDIRECT_BASE_URL")
+
     @property
     def dynamodb_endpoint(self) -> str | None:
         return self.aws_endpoint_url_dynamodb or self.aws_endpoint_url

@@ -168,10 +168,23 @@ OPERATIONS = Table(
     ttl_attribute="expires_at",
 )
 
+IDENTITY = Table(
+    # Single table for users, sign-in identities, sessions, tokens, workspaces and members;
+    # docs/data-model.md lists each item type and the access pattern each key serves.
+    name="identity",
+    partition=Key("pk"),
+    sort=Key("sk"),
+    indexes=(
+        GlobalIndex("gsi1", partition=Key("gsi1pk"), sort=Key("gsi1sk")),
+        GlobalIndex("by_type", partition=Key("entity_type"), sort=Key("created_at")),
+    ),
+    ttl_attribute="expires_at",
+)
+
 SANDBOX_OPS = Queue(name="sandbox-ops", visibility_timeout_seconds=60, max_receive_count=3)
 
 TOPOLOGY = Topology(
-    tables=(CONNECTIONS, OPERATIONS),
+    tables=(CONNECTIONS, OPERATIONS, IDENTITY),
     queues=(SANDBOX_OPS,),
     buckets=(Bucket("console"),),
     secrets=(
@@ -186,7 +199,7 @@ TOPOLOGY = Topology(
             memory_mb=1024,
             timeout_seconds=29,  # just under the HTTP API's 30 s integration limit
             http_routes=(HttpRoute("ANY", "/api/{proxy+}"),),
-            tables=("connections", "operations"),
+            tables=("connections", "operations", "identity"),
             queues_send=("sandbox-ops",),
         ),
         Function(

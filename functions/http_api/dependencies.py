@@ -1,0 +1,138 @@
+"""Shared FastAPI dependencies: the stores, the caller, CSRF, and the session cookies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import Depends, Request, Response
+
+from layers.shared.clock import utcnow
+from layers.shared.dal.identity import DynamoIdentityStore
+from layers.shared.domain import identity
+from layers.shared.domain.identity import AuthPolicy, IssuedSession, Session, User
+from layers.shared.domain.roles import SystemRole
+from layers.shared.domain.workspaces import Quotas
+from layers.shared.errors import Forbidden, NotAuthenticated
+from layers.shared.settings import get_settings
+
+SESSION_COOKIE, CSRF_COOKIE, CSRF_HEADER = "agentserver_session", "agentserver_csrf", "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class CsrfFailed(Forbidden):
+    code, default_message = "csrf_failed", "The request lacks the X-CSRF-Token header of this session."
+
+
+@lru_cache(maxsize=1)
+def store() -> DynamoIdentityStore:
+    return DynamoIdentityStore()
+
+
+@lru_cache(maxsize=1)
+def auth_policy() -> AuthPolicy:
+    settings = get_settings()
+    return AuthPolicy(
+        password_auth_enabled=settings.password_auth_enabled,
+        password_min_length=settings.password_min_length,
+        session_ttl=timedelta(days=settings.session_ttl_days),
+        lockout_window=timedelta(seconds=settings.lockout_window_seconds),
+        max_failures_per_account=settings.max_failures_per_account,
+        max_failures_per_source=settings.max_failures_per_source,
+    )
+
+
+def default_quotas() -> Quotas:
+    return Quotas(max_workspaces_per_user=get_settings().default_max_workspaces_per_user)
+
+
+Store = Annotated[DynamoIdentityStore, Depends(store)]
+Policy = Annotated[AuthPolicy, Depends(auth_policy)]
+Now = Annotated[datetime, Depends(utcnow)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: User
+    session: Session | None  # None when the caller used a personal access token
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
+
+
+def optional_principal(request: Request, response: Response, users: Store, policy: Policy,
+                       now: Now) -> Principal | None:
+    """The caller from a bearer token or the session cookie; CSRF is checked for the cookie."""
+    bearer = _bearer(request)
+    if bearer is not None:
+        token = identity.resolve_access_token(users, policy, bearer, now)
+        if token is None:
+            raise NotAuthenticated("The token is unknown, expired or revoked.")
+        user = users.get_user(token.user_id)
+        if user is None:
+            raise NotAuthenticated("The token's account no longer exists.")
+        return Principal(user=user, session=None)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    session = identity.resolve_session(users, policy, cookie, now)
+    if session is None:
+        raise NotAuthenticated("The session has ended; sign in again.")
+    if request.method not in SAFE_METHODS and not identity.csrf_matches(
+        session, request.headers.get(CSRF_HEADER), request.cookies.get(CSRF_COOKIE)
+    ):
+        raise CsrfFailed()
+    user = users.get_user(session.user_id)
+    if user is None:
+        raise NotAuthenticated("The session's account no longer exists.")
+    if session.expires_at - now > policy.session_ttl - policy.session_refresh_after / 2:
+        # The expiry just slid forward: let the browser's cookies follow it.
+        csrf = request.cookies.get(CSRF_COOKIE, "")
+        set_session_cookies(request, response, IssuedSession(cookie, csrf, session.expires_at), now)
+    return Principal(user=user, session=session)
+
+
+def current_principal(principal: Annotated[Principal | None, Depends(optional_principal)]) -> Principal:
+    if principal is None:
+        raise NotAuthenticated()
+    return principal
+
+
+def session_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    if principal.session is None:
+        raise Forbidden("Manage personal access tokens from a signed-in session.")
+    return principal
+
+
+def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    if principal.user.role != SystemRole.admin:
+        raise Forbidden("Only admins may do that.")
+    return principal
+
+
+Caller = Annotated[Principal, Depends(current_principal)]
+SessionCaller = Annotated[Principal, Depends(session_principal)]
+AdminCaller = Annotated[Principal, Depends(admin_principal)]
+
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+
+
+def set_session_cookies(request: Request, response: Response, issued: IssuedSession, now: datetime) -> None:
+    max_age = int((issued.expires_at - now).total_seconds())
+    secure = _secure(request)
+    response.set_cookie(SESSION_COOKIE, issued.token, max_age=max_age, httponly=True, samesite="lax",
+                        secure=secure, path="/")
+    # Readable by the console's script, which echoes it in X-CSRF-Token (double submit).
+    response.set_cookie(CSRF_COOKIE, issued.csrf_token, max_age=max_age, httponly=False, samesite="lax",
+                        secure=secure, path="/")
+
+
+def clear_session_cookies(request: Request, response: Response) -> None:
+    for name in (SESSION_COOKIE, CSRF_COOKIE):
+        response.delete_cookie(name, path="/", secure=_secure(request), samesite="lax")

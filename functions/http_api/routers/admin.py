@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from functions.http_api.dependencies import AdminCaller, Store, default_quotas
+from layers.shared.domain import identity, workspaces
+from layers.shared.domain.roles import SystemRole
+
+router = APIRouter(prefix="/api/admin", tags=["admin"])
+
+Limit = Query(default=50, ge=1, le=200)
+Cursor = Query(default=None, max_length=2048)
+
+
+class AdminUserOut(BaseModel):
+    id: str
+    email: str
+    name: str
+    role: SystemRole
+    created_at: datetime
+
+
+class AdminUserList(BaseModel):
+    items: list[AdminUserOut]
+    next_cursor: str | None
+
+
+class SystemRoleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: SystemRole
+
+
+class AdminWorkspaceOut(BaseModel):
+    id: str
+    name: str
+    created_by: str
+    created_at: datetime
+
+
+class AdminWorkspaceList(BaseModel):
+    items: list[AdminWorkspaceOut]
+    next_cursor: str | None
+
+
+class QuotasIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_workspaces_per_user: int = Field(ge=1, le=10_000)
+
+
+class QuotasOut(BaseModel):
+    max_workspaces_per_user: int
+
+
+@router.get("/users", response_model=AdminUserList)
+def list_users(caller: AdminCaller, store: Store, limit: int = Limit, cursor: str | None = Cursor) -> AdminUserList:
+    users, next_cursor = store.list_users(limit, cursor)
+    return AdminUserList(items=[AdminUserOut(id=u.user_id, email=u.email, name=u.name, role=u.role,
+                                             created_at=u.created_at) for u in users], next_cursor=next_cursor)
+
+
+@router.patch("/users/{user_id}", response_model=AdminUserOut)
+def change_user_role(user_id: str, body: SystemRoleIn, caller: AdminCaller, store: Store) -> AdminUserOut:
+    user = identity.change_system_role(store, user_id=user_id, role=body.role)
+    return AdminUserOut(id=user.user_id, email=user.email, name=user.name, role=user.role,
+                        created_at=user.created_at)
+
+
+@router.get("/workspaces", response_model=AdminWorkspaceList)
+def list_all_workspaces(caller: AdminCaller, store: Store, limit: int = Limit,
+                        cursor: str | None = Cursor) -> AdminWorkspaceList:
+    found, next_cursor = store.list_workspaces(limit, cursor)
+    return AdminWorkspaceList(items=[AdminWorkspaceOut(id=w.workspace_id, name=w.name, created_by=w.created_by,
+                                                       created_at=w.created_at) for w in found],
+                              next_cursor=next_cursor)
+
+
+@router.get("/quotas", response_model=QuotasOut)
+def get_quotas(caller: AdminCaller, store: Store) -> QuotasOut:
+    quotas = workspaces.effective_quotas(store, default_quotas())
+    return QuotasOut(max_workspaces_per_user=quotas.max_workspaces_per_user)
+
+
+@router.put("/quotas", response_model=QuotasOut)
+def put_quotas(body: QuotasIn, caller: AdminCaller, store: Store) -> QuotasOut:
+    store.put_quotas(body.model_dump())
+    return QuotasOut(**body.model_dump())

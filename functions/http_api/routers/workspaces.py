@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from functions.http_api.dependencies import Caller, Now, Store, default_quotas
+from layers.shared.domain import workspaces
+from layers.shared.domain.roles import Action, Role
+from layers.shared.domain.workspaces import Member, Workspace
+
+router = APIRouter(prefix="/api/workspaces", tags=["workspaces"])
+
+
+class WorkspaceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+
+
+class WorkspaceOut(BaseModel):
+    id: str
+    name: str
+    role: Role
+    created_at: datetime
+
+
+class WorkspaceList(BaseModel):
+    items: list[WorkspaceOut]
+    next_cursor: str | None = None
+
+
+class MemberIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: str = Field(max_length=254)
+    role: Role
+
+
+class RoleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+
+
+class MemberOut(BaseModel):
+    user_id: str
+    email: str
+    name: str
+    role: Role
+    joined_at: datetime
+
+
+class MemberList(BaseModel):
+    items: list[MemberOut]
+    next_cursor: str | None = None
+
+
+def _workspace_out(workspace: Workspace, role: Role) -> WorkspaceOut:
+    return WorkspaceOut(id=workspace.workspace_id, name=workspace.name, role=role, created_at=workspace.created_at)
+
+
+def _member_out(member: Member) -> MemberOut:
+    return MemberOut(user_id=member.user_id, email=member.email, name=member.name, role=member.role,
+                     joined_at=member.joined_at)
+
+
+@router.get("", response_model=WorkspaceList)
+def list_workspaces(caller: Caller, store: Store) -> WorkspaceList:
+    """The caller's workspaces (bounded by the workspace quota, so one page)."""
+    return WorkspaceList(items=[_workspace_out(w, r) for w, r in store.workspaces_of(caller.user.user_id)])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=WorkspaceOut)
+def create_workspace(body: WorkspaceIn, caller: Caller, store: Store, now: Now) -> WorkspaceOut:
+    quotas = workspaces.effective_quotas(store, default_quotas())
+    workspace = workspaces.create_workspace(store, user=caller.user, name=body.name, now=now, quotas=quotas)
+    return _workspace_out(workspace, Role.owner)
+
+
+@router.get("/{workspace_id}", response_model=WorkspaceOut)
+def get_workspace(workspace_id: str, caller: Caller, store: Store) -> WorkspaceOut:
+    workspace, role = workspaces.membership(store, workspace_id, caller.user.user_id, Action.workspace_read)
+    return _workspace_out(workspace, role)
+
+
+@router.patch("/{workspace_id}", response_model=WorkspaceOut)
+def rename_workspace(workspace_id: str, body: WorkspaceIn, caller: Caller, store: Store) -> WorkspaceOut:
+    workspace, role = workspaces.membership(store, workspace_id, caller.user.user_id, Action.workspace_rename)
+    name = workspaces.validate_name(body.name)
+    store.rename_workspace(workspace_id, name)
+    return _workspace_out(Workspace(workspace.workspace_id, name, workspace.created_by, workspace.created_at), role)
+
+
+@router.delete("/{workspace_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+def delete_workspace(workspace_id: str, caller: Caller, store: Store) -> Response:
+    workspace, _ = workspaces.membership(store, workspace_id, caller.user.user_id, Action.workspace_delete)
+    store.delete_workspace(workspace)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{workspace_id}/members", response_model=MemberList)
+def list_members(workspace_id: str, caller: Caller, store: Store) -> MemberList:
+    workspaces.membership(store, workspace_id, caller.user.user_id, Action.members_list)
+    return MemberList(items=[_member_out(m) for m in store.list_members(workspace_id)])
+
+
+@router.post("/{workspace_id}/members", status_code=status.HTTP_201_CREATED, response_model=MemberOut)
+def add_member(workspace_id: str, body: MemberIn, caller: Caller, store: Store, now: Now) -> MemberOut:
+    _, role = workspaces.membership(store, workspace_id, caller.user.user_id, Action.members_add)
+    member = workspaces.add_member(store, store, workspace_id=workspace_id, caller_role=role, email=body.email,
+                                   role=body.role, now=now)
+    return _member_out(member)
+
+
+@router.put("/{workspace_id}/members/{user_id}", response_model=MemberOut)
+def change_member_role(workspace_id: str, user_id: str, body: RoleIn, caller: Caller, store: Store) -> MemberOut:
+    workspaces.membership(store, workspace_id, caller.user.user_id, Action.members_change_role)
+    return _member_out(workspaces.change_member_role(store, workspace_id=workspace_id, user_id=user_id,
+                                                     role=body.role))
+
+
+@router.delete("/{workspace_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+def remove_member(workspace_id: str, user_id: str, caller: Caller, store: Store) -> Response:
+    workspaces.membership(store, workspace_id, caller.user.user_id, Action.members_remove,
+                          on_self=user_id == caller.user.user_id)
+    workspaces.remove_member(store, workspace_id=workspace_id, user_id=user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

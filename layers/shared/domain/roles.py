@@ -1,0 +1,120 @@
+"""The role policy: which workspace role may do what. Every route consults this one table.
+
+`docs/roles.md` is rendered from it (`python -m layers.shared.domain.roles`), and a unit test keeps
+the two equal.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from layers.shared.errors import Forbidden, NotFound
+
+
+class Role(StrEnum):
+    guest = "guest"
+    developer = "developer"
+    maintainer = "maintainer"
+    owner = "owner"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+    def at_least(self, other: Role) -> bool:
+        return self.rank >= other.rank
+
+
+class SystemRole(StrEnum):
+    user = "user"
+    admin = "admin"
+
+
+class Action(StrEnum):
+    workspace_read = "workspace.read"
+    workspace_rename = "workspace.rename"
+    workspace_delete = "workspace.delete"
+    members_list = "members.list"
+    members_add = "members.add"
+    members_change_role = "members.change_role"
+    members_remove = "members.remove"
+
+
+# The minimum workspace role for each action (api.md, "Workspaces and members").
+POLICY: dict[Action, Role] = {
+    Action.workspace_read: Role.guest,
+    Action.workspace_rename: Role.maintainer,
+    Action.workspace_delete: Role.owner,
+    Action.members_list: Role.guest,
+    Action.members_add: Role.maintainer,
+    Action.members_change_role: Role.owner,
+    Action.members_remove: Role.owner,
+}
+
+# The roles each role may hand out when adding a member (a maintainer may add developers and guests).
+ASSIGNABLE: dict[Role, frozenset[Role]] = {
+    Role.guest: frozenset(),
+    Role.developer: frozenset(),
+    Role.maintainer: frozenset({Role.developer, Role.guest}),
+    Role.owner: frozenset(Role),
+}
+
+# Actions a member may always take on their own membership, whatever the table says.
+SELF_SERVICE: frozenset[Action] = frozenset({Action.members_remove})
+
+ACTION_DESCRIPTIONS: dict[Action, str] = {
+    Action.workspace_read: "See the workspace (GET /api/workspaces/{wid})",
+    Action.workspace_rename: "Rename the workspace (PATCH /api/workspaces/{wid})",
+    Action.workspace_delete: "Delete the workspace (DELETE /api/workspaces/{wid})",
+    Action.members_list: "List members (GET /api/workspaces/{wid}/members)",
+    Action.members_add: "Add a member (POST /api/workspaces/{wid}/members)",
+    Action.members_change_role: "Change a member's role (PUT /api/workspaces/{wid}/members/{uid})",
+    Action.members_remove: "Remove a member (DELETE /api/workspaces/{wid}/members/{uid}); anyone may leave",
+}
+
+
+def allowed(role: Role, action: Action) -> bool:
+    return role.at_least(POLICY[action])
+
+
+def authorize(role: Role | None, action: Action, *, on_self: bool = False) -> Role:
+    """The caller's role if it may act; a non-member gets 404 so nothing leaks."""
+    if role is None:
+        raise NotFound("No such workspace.")
+    if allowed(role, action) or (on_self and action in SELF_SERVICE):
+        return role
+    raise Forbidden(f"A {role.value} may not do that; it needs the {POLICY[action].value} role.")
+
+
+def authorize_assignment(role: Role, assigned: Role) -> None:
+    if assigned not in ASSIGNABLE[role]:
+        raise Forbidden(f"A {role.value} may not give the {assigned.value} role.")
+
+
+def render_markdown() -> str:
+    roles = list(Role)
+    lines = [
+        "# Workspace roles",
+        "",
+        "Generated from `layers/shared/domain/roles.py` (`python -m layers.shared.domain.roles`); "
+        "every route consults that table.",
+        "",
+        "Roles, lowest to highest: " + " < ".join(f"`{role.value}`" for role in roles) + ".",
+        "Callers who are not members get 404 for everything under a workspace.",
+        "",
+        "| Action | " + " | ".join(role.value for role in roles) + " |",
+        "|---|" + "---|" * len(roles),
+    ]
+    for action in Action:
+        marks = ["yes" if allowed(role, action) else "no" for role in roles]
+        lines.append(f"| {ACTION_DESCRIPTIONS[action]} | " + " | ".join(marks) + " |")
+    lines += ["", "Roles each role may give when adding a member:", ""]
+    for role in roles:
+        given = ", ".join(r.value for r in roles if r in ASSIGNABLE[role]) or "none"
+        lines.append(f"- `{role.value}`: {given}")
+    lines += ["", "A workspace always keeps at least one owner.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")
