@@ -55,8 +55,7 @@ def register(body: RegisterIn, request: Request, response: Response, users: Stor
     """Create an account (the first one becomes admin) with its "Default workspace", and sign in."""
     user = identity.register_with_password(users, policy, email=body.email, password=body.password,
                                            name=body.name, now=now)
-    workspaces.create_workspace(users, user=user, name=workspaces.DEFAULT_WORKSPACE_NAME, now=now,
-                                quotas=workspaces.effective_quotas(users, default_quotas()))
+    workspaces.create_default_workspace(users, user=user, now=now, defaults=default_quotas())
     set_session_cookies(request, response, identity.start_session(users, policy, user.user_id, now), now)
     return user.public()
 

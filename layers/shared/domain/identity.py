@@ -203,24 +203,26 @@ def login_with_password(store: UserStore, policy: AuthPolicy, *, email: str, pas
 
 
 def sign_in_with_identity(store: UserStore, *, provider: str, subject: str, email: str | None,
-                          email_verified: bool, name: str | None, now: datetime) -> User:
-    """OIDC/GitHub sign-in: a known identity, else the account with that verified email, else a new one."""
+                          email_verified: bool, name: str | None, now: datetime) -> tuple[User, bool]:
+    """OIDC/GitHub sign-in: a known identity, else the account with that verified email, else a new
+    one. Returns the user and whether the account was created now."""
     linked = store.user_for_identity(provider, subject)
     if linked is not None:
         user = store.get_user(linked)
         if user is not None:
-            return user
+            return user, False
     if not email or not email_verified:
         raise EmailNotVerified()
     user = store.get_user_by_email(normalize_email(email))
+    created = False
     if user is None:
         try:
-            user = create_user(store, email=email, name=name, now=now)
+            user, created = create_user(store, email=email, name=name, now=now), True
         except EmailTaken:  # a concurrent sign-in created it first
             user = store.get_user_by_email(normalize_email(email))
             assert user is not None
     store.link_identity(provider, subject, user.user_id)
-    return user
+    return user, created
 
 
 # Sessions -------------------------------------------------------------------------------------

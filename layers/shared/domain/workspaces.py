@@ -102,6 +102,12 @@ def create_workspace(store: WorkspaceStore, *, user: User, name: str, now: datet
     return workspace
 
 
+def create_default_workspace(store: WorkspaceStore, *, user: User, now: datetime, defaults: Quotas) -> Workspace:
+    """Every new account starts with one workspace it owns."""
+    return create_workspace(store, user=user, name=DEFAULT_WORKSPACE_NAME, now=now,
+                            quotas=effective_quotas(store, defaults))
+
+
 def membership(store: WorkspaceStore, workspace_id: str, user_id: str, action: Action,
                *, on_self: bool = False) -> tuple[Workspace, Role]:
     """The workspace and the caller's role, if the policy lets the caller take the action."""
