@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMPS := .stamps
 PORT ?= 8080
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_VERSION_CHECK := 1
 
 .PHONY: install up up-memory test test-unit test-integration test-infra test-e2e synth bench lint clean

@@ -48,9 +48,22 @@ def default_quotas() -> Quotas:
     return Quotas(max_workspaces_per_user=get_settings().default_max_workspaces_per_user)
 
 
-Store = Annotated[DynamoIdentityStore, Depends(store)]
-Policy = Annotated[AuthPolicy, Depends(auth_policy)]
-Now = Annotated[datetime, Depends(utcnow)]
+# Dependencies that do no I/O are `async` so FastAPI runs them inline instead of on a thread.
+async def _store() -> DynamoIdentityStore:
+    return store()
+
+
+async def _policy() -> AuthPolicy:
+    return auth_policy()
+
+
+async def _now() -> datetime:
+    return utcnow()
+
+
+Store = Annotated[DynamoIdentityStore, Depends(_store)]
+Policy = Annotated[AuthPolicy, Depends(_policy)]
+Now = Annotated[datetime, Depends(_now)]
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,7 @@ def optional_principal(request: Request, response: Response, users: Store, polic
         token = identity.resolve_access_token(users, policy, bearer, now)
         if token is None:
             raise NotAuthenticated("The token is unknown, expired or revoked.")
-        user = users.get_user(token.user_id)
+        user = users.get_user_cached(token.user_id)
         if user is None:
             raise NotAuthenticated("The token's account no longer exists.")
         return Principal(user=user, session=None)
@@ -86,7 +99,7 @@ def optional_principal(request: Request, response: Response, users: Store, polic
         session, request.headers.get(CSRF_HEADER), request.cookies.get(CSRF_COOKIE)
     ):
         raise CsrfFailed()
-    user = users.get_user(session.user_id)
+    user = users.get_user_cached(session.user_id)
     if user is None:
         raise NotAuthenticated("The session's account no longer exists.")
     if session.expires_at - now > policy.session_ttl - policy.session_refresh_after / 2:
@@ -96,19 +109,19 @@ def optional_principal(request: Request, response: Response, users: Store, polic
     return Principal(user=user, session=session)
 
 
-def current_principal(principal: Annotated[Principal | None, Depends(optional_principal)]) -> Principal:
+async def current_principal(principal: Annotated[Principal | None, Depends(optional_principal)]) -> Principal:
     if principal is None:
         raise NotAuthenticated()
     return principal
 
 
-def session_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+async def session_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
     if principal.session is None:
         raise Forbidden("Manage personal access tokens from a signed-in session.")
     return principal
 
 
-def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+async def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
     if principal.user.role != SystemRole.admin:
         raise Forbidden("Only admins may do that.")
     return principal

@@ -11,6 +11,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cachetools import TTLCache
 from pynamodb.attributes import MapAttribute, NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
 from pynamodb.connection import Connection
 from pynamodb.exceptions import DeleteError, PutError, TransactWriteError, UpdateError
@@ -42,11 +43,15 @@ def _from_epoch(value: float | None) -> datetime | None:
 
 
 def _failed_condition(error: Exception) -> bool:
-    return getattr(error, "cause_response_code", None) in ("ConditionalCheckFailedException",
-                                                           "TransactionCanceledException")
+    return getattr(error, "cause_response_code", None) in (
+        "ConditionalCheckFailedException",
+        "TransactionCanceledException",
+    )
 
 
 def _cancellation_codes(error: TransactWriteError) -> list[str | None]:
+    """Why each item of a cancelled transaction failed. PynamoDB sends the items grouped by kind
+    (condition checks, deletes, puts, updates), whatever order they were added in."""
     reasons = getattr(error, "cancellation_reasons", None) or []
     return [reason.code if reason is not None else None for reason in reasons]
 
@@ -124,18 +129,34 @@ def _connection() -> Connection:
 
 
 def _to_user(item: IdentityItem) -> User:
-    return User(user_id=item.user_id, email=item.email, name=item.name, role=SystemRole(item.role),
-                created_at=datetime.fromisoformat(item.created_at), password_hash=item.password_hash)
+    return User(
+        user_id=item.user_id,
+        email=item.email,
+        name=item.name,
+        role=SystemRole(item.role),
+        created_at=datetime.fromisoformat(item.created_at),
+        password_hash=item.password_hash,
+    )
 
 
 def _to_workspace(item: IdentityItem) -> Workspace:
-    return Workspace(workspace_id=item.pk.removeprefix("WS#"), name=item.name, created_by=item.user_id,
-                     created_at=datetime.fromisoformat(item.created_at))
+    return Workspace(
+        workspace_id=item.pk.removeprefix("WS#"),
+        name=item.name,
+        created_by=item.user_id,
+        created_at=datetime.fromisoformat(item.created_at),
+    )
 
 
 def _to_member(item: IdentityItem) -> Member:
-    return Member(workspace_id=item.pk.removeprefix("WS#"), user_id=item.user_id, role=Role(item.role),
-                  email=item.email, name=item.name, joined_at=datetime.fromisoformat(item.created_at))
+    return Member(
+        workspace_id=item.pk.removeprefix("WS#"),
+        user_id=item.user_id,
+        role=Role(item.role),
+        email=item.email,
+        name=item.name,
+        joined_at=datetime.fromisoformat(item.created_at),
+    )
 
 
 def _get(pk: str, sk: str) -> IdentityItem | None:
@@ -148,15 +169,40 @@ def _get(pk: str, sk: str) -> IdentityItem | None:
 class DynamoIdentityStore:
     """`UserStore` and `WorkspaceStore` on the identity table."""
 
+    # Profiles (name, system role) change rarely and every authenticated request reads one, so a
+    # few seconds' copy saves a read per request. Sessions and tokens are never cached: a
+    # revoked token or a logged-out session stops working at once.
+    PROFILE_CACHE_SECONDS = 5
+
+    def __init__(self) -> None:
+        self._profiles: TTLCache[str, User] = TTLCache(maxsize=10_000, ttl=self.PROFILE_CACHE_SECONDS)
+
+    def get_user_cached(self, user_id: str) -> User | None:
+        user = self._profiles.get(user_id)
+        if user is None:
+            user = self.get_user(user_id)
+            if user is not None:
+                self._profiles[user_id] = user
+        return user
+
     # Users and identities --------------------------------------------------------------------
 
     def create_user(self, user: User) -> None:
         pk, sk = _user_key(user.user_id)
         claim = IdentityItem(f"EMAIL#{user.email}", "CLAIM", user_id=user.user_id)
         profile = IdentityItem(
-            pk, sk, entity_type=USER, created_at=user.created_at.isoformat(), user_id=user.user_id,
-            email=user.email, name=user.name, role=user.role.value, password_hash=user.password_hash,
-            owned_workspaces=0, gsi1pk=f"ROLE#{user.role.value}", gsi1sk=pk,
+            pk,
+            sk,
+            entity_type=USER,
+            created_at=user.created_at.isoformat(),
+            user_id=user.user_id,
+            email=user.email,
+            name=user.name,
+            role=user.role.value,
+            password_hash=user.password_hash,
+            owned_workspaces=0,
+            gsi1pk=f"ROLE#{user.role.value}",
+            gsi1sk=pk,
         )
         try:
             with TransactWrite(connection=_connection()) as transaction:
@@ -185,14 +231,16 @@ class DynamoIdentityStore:
         return self.get_user(claim.user_id) if claim else None
 
     def set_user_role(self, user_id: str, role: SystemRole) -> None:
+        self._profiles.pop(user_id, None)
         IdentityItem(*_user_key(user_id)).update(
             actions=[IdentityItem.role.set(role.value), IdentityItem.gsi1pk.set(f"ROLE#{role.value}")],
             condition=IdentityItem.pk.exists(),
         )
 
     def set_password_hash(self, user_id: str, password_hash: str) -> None:
-        IdentityItem(*_user_key(user_id)).update(actions=[IdentityItem.password_hash.set(password_hash)],
-                                                 condition=IdentityItem.pk.exists())
+        IdentityItem(*_user_key(user_id)).update(
+            actions=[IdentityItem.password_hash.set(password_hash)], condition=IdentityItem.pk.exists()
+        )
 
     def count_admins(self) -> int:
         return int(IdentityItem.gsi1.count(f"ROLE#{SystemRole.admin.value}"))
@@ -212,22 +260,32 @@ class DynamoIdentityStore:
     # Sessions and tokens ---------------------------------------------------------------------
 
     def put_session(self, session: Session) -> None:
-        IdentityItem(f"SESSION#{session.token_hash}", "SESSION", user_id=session.user_id,
-                     csrf_hash=session.csrf_hash, created_at=session.created_at.isoformat(),
-                     expires_at=_epoch(session.expires_at)).save()
+        IdentityItem(
+            f"SESSION#{session.token_hash}",
+            "SESSION",
+            user_id=session.user_id,
+            csrf_hash=session.csrf_hash,
+            created_at=session.created_at.isoformat(),
+            expires_at=_epoch(session.expires_at),
+        ).save()
 
     def get_session(self, token_hash: str) -> Session | None:
         item = _get(f"SESSION#{token_hash}", "SESSION")
         if item is None:
             return None
-        return Session(token_hash=token_hash, user_id=item.user_id, csrf_hash=item.csrf_hash,
-                       created_at=datetime.fromisoformat(item.created_at),
-                       expires_at=_from_epoch(item.expires_at) or datetime.now(UTC))
+        return Session(
+            token_hash=token_hash,
+            user_id=item.user_id,
+            csrf_hash=item.csrf_hash,
+            created_at=datetime.fromisoformat(item.created_at),
+            expires_at=_from_epoch(item.expires_at) or datetime.now(UTC),
+        )
 
     def extend_session(self, token_hash: str, expires_at: datetime) -> None:
         try:
             IdentityItem(f"SESSION#{token_hash}", "SESSION").update(
-                actions=[IdentityItem.expires_at.set(int(expires_at.timestamp()))], condition=IdentityItem.pk.exists())
+                actions=[IdentityItem.expires_at.set(int(expires_at.timestamp()))], condition=IdentityItem.pk.exists()
+            )
         except UpdateError as error:
             if not _failed_condition(error):  # logged out meanwhile: nothing to extend
                 raise
@@ -236,16 +294,30 @@ class DynamoIdentityStore:
         IdentityItem(f"SESSION#{token_hash}", "SESSION").delete()
 
     def put_token(self, token: AccessToken) -> None:
-        IdentityItem(f"TOKEN#{token.token_hash}", "TOKEN", token_id=token.token_id, user_id=token.user_id,
-                     name=token.name, token_hash=token.token_hash, created_at=token.created_at.isoformat(),
-                     expires_at=_epoch(token.expires_at), gsi1pk=f"USER#{token.user_id}",
-                     gsi1sk=f"TOKEN#{token.token_id}").save(condition=IdentityItem.pk.does_not_exist())
+        IdentityItem(
+            f"TOKEN#{token.token_hash}",
+            "TOKEN",
+            token_id=token.token_id,
+            user_id=token.user_id,
+            name=token.name,
+            token_hash=token.token_hash,
+            created_at=token.created_at.isoformat(),
+            expires_at=_epoch(token.expires_at),
+            gsi1pk=f"USER#{token.user_id}",
+            gsi1sk=f"TOKEN#{token.token_id}",
+        ).save(condition=IdentityItem.pk.does_not_exist())
 
     @staticmethod
     def _to_token(item: IdentityItem) -> AccessToken:
-        return AccessToken(token_id=item.token_id, user_id=item.user_id, name=item.name,
-                           token_hash=item.token_hash, created_at=datetime.fromisoformat(item.created_at),
-                           expires_at=_from_epoch(item.expires_at), last_used_at=item.last_used_at)
+        return AccessToken(
+            token_id=item.token_id,
+            user_id=item.user_id,
+            name=item.name,
+            token_hash=item.token_hash,
+            created_at=datetime.fromisoformat(item.created_at),
+            expires_at=_from_epoch(item.expires_at),
+            last_used_at=item.last_used_at,
+        )
 
     def get_token(self, token_hash: str) -> AccessToken | None:
         item = _get(f"TOKEN#{token_hash}", "TOKEN")
@@ -269,7 +341,8 @@ class DynamoIdentityStore:
     def touch_token(self, token_hash: str, used_at: datetime) -> None:
         try:
             IdentityItem(f"TOKEN#{token_hash}", "TOKEN").update(
-                actions=[IdentityItem.last_used_at.set(used_at)], condition=IdentityItem.pk.exists())
+                actions=[IdentityItem.last_used_at.set(used_at)], condition=IdentityItem.pk.exists()
+            )
         except UpdateError as error:
             if not _failed_condition(error):  # revoked meanwhile
                 raise
@@ -298,18 +371,27 @@ class DynamoIdentityStore:
     # Workspaces and members ------------------------------------------------------------------
 
     def create_workspace(self, workspace: Workspace, owner: Member, max_owned: int) -> None:
-        meta = IdentityItem(f"WS#{workspace.workspace_id}", "META", entity_type=WORKSPACE,
-                            created_at=workspace.created_at.isoformat(), name=workspace.name,
-                            user_id=workspace.created_by, owner_count=1)
+        meta = IdentityItem(
+            f"WS#{workspace.workspace_id}",
+            "META",
+            entity_type=WORKSPACE,
+            created_at=workspace.created_at.isoformat(),
+            name=workspace.name,
+            user_id=workspace.created_by,
+            owner_count=1,
+        )
         try:
             with TransactWrite(connection=_connection()) as transaction:
-                transaction.update(IdentityItem(*_user_key(owner.user_id)),
-                                   actions=[IdentityItem.owned_workspaces.add(1)],
-                                   condition=IdentityItem.owned_workspaces < max_owned)
+                transaction.update(
+                    IdentityItem(*_user_key(owner.user_id)),
+                    actions=[IdentityItem.owned_workspaces.add(1)],
+                    condition=IdentityItem.owned_workspaces < max_owned,
+                )
                 transaction.save(meta, condition=IdentityItem.pk.does_not_exist())
                 transaction.save(self._member_item(owner))
         except TransactWriteError as error:
-            if _cancellation_codes(error)[:1] == ["ConditionalCheckFailed"]:
+            # The workspace id is new, so only the quota condition can fail.
+            if "ConditionalCheckFailed" in _cancellation_codes(error):
                 owned = self.owned_count(owner.user_id)
                 raise QuotaExceeded(f"You already own {owned} workspaces; the maximum is {max_owned}.") from error
             raise
@@ -324,8 +406,9 @@ class DynamoIdentityStore:
 
     def rename_workspace(self, workspace_id: str, name: str) -> None:
         try:
-            IdentityItem(f"WS#{workspace_id}", "META").update(actions=[IdentityItem.name.set(name)],
-                                                              condition=IdentityItem.pk.exists())
+            IdentityItem(f"WS#{workspace_id}", "META").update(
+                actions=[IdentityItem.name.set(name)], condition=IdentityItem.pk.exists()
+            )
         except UpdateError as error:
             if _failed_condition(error):
                 raise NotFound("No such workspace.") from error
@@ -334,9 +417,11 @@ class DynamoIdentityStore:
     def delete_workspace(self, workspace: Workspace) -> None:
         with TransactWrite(connection=_connection()) as transaction:
             transaction.delete(IdentityItem(f"WS#{workspace.workspace_id}", "META"))
-            transaction.update(IdentityItem(*_user_key(workspace.created_by)),
-                               actions=[IdentityItem.owned_workspaces.add(-1)],
-                               condition=IdentityItem.owned_workspaces > 0)
+            transaction.update(
+                IdentityItem(*_user_key(workspace.created_by)),
+                actions=[IdentityItem.owned_workspaces.add(-1)],
+                condition=IdentityItem.owned_workspaces > 0,
+            )
         with IdentityItem.batch_write() as batch:
             for item in IdentityItem.query(f"WS#{workspace.workspace_id}", IdentityItem.sk.startswith("MEMBER#")):
                 batch.delete(item)
@@ -355,18 +440,26 @@ class DynamoIdentityStore:
 
     @staticmethod
     def _member_item(member: Member) -> IdentityItem:
-        return IdentityItem(f"WS#{member.workspace_id}", f"MEMBER#{member.user_id}", user_id=member.user_id,
-                            role=member.role.value, email=member.email, name=member.name,
-                            created_at=member.joined_at.isoformat(), gsi1pk=f"USER#{member.user_id}",
-                            gsi1sk=f"WS#{member.workspace_id}")
+        return IdentityItem(
+            f"WS#{member.workspace_id}",
+            f"MEMBER#{member.user_id}",
+            user_id=member.user_id,
+            role=member.role.value,
+            email=member.email,
+            name=member.name,
+            created_at=member.joined_at.isoformat(),
+            gsi1pk=f"USER#{member.user_id}",
+            gsi1sk=f"WS#{member.workspace_id}",
+        )
 
     def get_member(self, workspace_id: str, user_id: str) -> Member | None:
         item = _get(f"WS#{workspace_id}", f"MEMBER#{user_id}")
         return _to_member(item) if item else None
 
     def list_members(self, workspace_id: str) -> list[Member]:
-        return [_to_member(item) for item in
-                IdentityItem.query(f"WS#{workspace_id}", IdentityItem.sk.startswith("MEMBER#"))]
+        return [
+            _to_member(item) for item in IdentityItem.query(f"WS#{workspace_id}", IdentityItem.sk.startswith("MEMBER#"))
+        ]
 
     def _owner_delta(self, transaction: TransactWrite, workspace_id: str, delta: int) -> None:
         meta = IdentityItem(f"WS#{workspace_id}", "META")
@@ -401,11 +494,14 @@ class DynamoIdentityStore:
                 if member.role == Role.owner:
                     self._owner_delta(transaction, member.workspace_id, 1)
                 else:
-                    transaction.condition_check(IdentityItem, f"WS#{member.workspace_id}", "META",
-                                                condition=IdentityItem.pk.exists())
+                    transaction.condition_check(
+                        IdentityItem, f"WS#{member.workspace_id}", "META", condition=IdentityItem.pk.exists()
+                    )
         except TransactWriteError as error:
+            # Sent as [check META, put member] or, for an owner, [put member, update META].
             codes = _cancellation_codes(error)
-            if codes and codes[0] == "ConditionalCheckFailed":
+            member_failed = codes[0 if member.role == Role.owner else 1 :][:1] == ["ConditionalCheckFailed"]
+            if member_failed:
                 raise AlreadyMember() from error
             if "ConditionalCheckFailed" in codes:
                 raise NotFound("No such workspace.") from error

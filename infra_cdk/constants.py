@@ -1,0 +1,54 @@
+"""Fixed names and values of the CDK app; everything a deployer may change lives in `config.py`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = REPO_ROOT / "pyproject.toml"
+CONSTRAINTS = REPO_ROOT / "constraints.txt"
+FUNCTIONS_PACKAGE = REPO_ROOT / "functions"
+LAYERS_PACKAGE = REPO_ROOT / "layers"
+# The console: the built app if there is one, else the placeholder page.
+CONSOLE_SOURCES = (REPO_ROOT / "web" / "dist", REPO_ROOT / "web" / "placeholder")
+LAUNCHER_SCRIPT = Path(__file__).resolve().parent / "assets" / "run_asgi.sh"
+
+SERVICE_NAME = "agentserver"
+# Topology bucket that holds the web console.
+CONSOLE_BUCKET = "console"
+CONSOLE_CONFIG_OBJECT = "config.json"
+
+PYTHON_VERSION = "3.11"  # pyproject.toml's requires-python; the layer is built for it
+LAMBDA_LAYER_SITE_DIR = "python"  # Lambda puts /opt/python on sys.path
+
+# Environment variables read by layers/shared/settings.py.
+ENV_RESOURCE_PREFIX = "AGENTSERVER_RESOURCE_PREFIX"
+ENV_WEBSOCKET_MANAGEMENT_URL = "AGENTSERVER_WEBSOCKET_MANAGEMENT_URL"
+ENV_PUBLIC_API_URL = "AGENTSERVER_API_URL"
+ENV_PUBLIC_WEBSOCKET_URL = "AGENTSERVER_WEBSOCKET_URL"
+ENV_PUBLIC_RELAY_URL = "AGENTSERVER_RELAY_URL"
+ENV_PUBLIC_LLM_BASE_URL = "AGENTSERVER_LLM_BASE_URL"
+
+# The topology does not yet say which streaming function is the sandbox relay and which the LLM proxy,
+# so the console's config keys are matched to function names here. A name that the topology lacks
+# leaves its key empty.
+STREAMING_URL_KEYS = {"relay_url": "sandbox_relay", "llm_base_url": "llm_proxy"}
+STREAMING_URL_ENV = {"relay_url": ENV_PUBLIC_RELAY_URL, "llm_base_url": ENV_PUBLIC_LLM_BASE_URL}
+
+# AWS Lambda Web Adapter, published by AWS in this account in every commercial region.
+LAMBDA_WEB_ADAPTER_ACCOUNT = "753240598075"
+LAMBDA_WEB_ADAPTER_LAYER_NAMES = {"arm64": "LambdaAdapterLayerArm64", "x86_64": "LambdaAdapterLayerX86"}
+LAMBDA_WEB_ADAPTER_PORT = "8080"
+# Packages the web adapter's ASGI server needs beyond the runtime dependencies (pinned by constraints.txt).
+STREAMING_EXTRA_REQUIREMENTS = ("uvicorn",)
+
+# pip's CPU names for each Lambda architecture, and the newest glibc a wheel may need: the python3.11
+# runtime runs on Amazon Linux 2 (glibc 2.26). pip does not widen a --platform tag to older glibc
+# versions by itself, so every manylinux tag from 2.17 (manylinux2014) up is listed.
+PIP_MACHINES = {"arm64": "aarch64", "x86_64": "x86_64"}
+LAMBDA_GLIBC_MINOR = 26
+
+# The HTTP API's stage throttle: a safety net against runaway clients, far above normal console use.
+HTTP_API_THROTTLE_RATE = 200
+HTTP_API_THROTTLE_BURST = 400
+ACCESS_LOG_EXPIRY_DAYS = 90

@@ -1,0 +1,100 @@
+"""The AgentServer stack: composes one construct per capability, all generated from the topology."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import CfnOutput, Stack
+from constructs import Construct
+
+from infra_cdk import constants
+from infra_cdk.config import DeploymentConfig
+from infra_cdk.console import Console
+from infra_cdk.data import DataStore
+from infra_cdk.event_sources import EventSources
+from infra_cdk.http_api import HttpApi
+from infra_cdk.naming import construct_id
+from infra_cdk.runtime import Runtime, log_retention
+from infra_cdk.streaming import StreamingUrls
+from infra_cdk.websocket_api import WebSocketApi
+from layers.shared.settings import VERSION
+from layers.shared.topology import Topology
+
+
+class AgentServerStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id_: str,
+        *,
+        topology: Topology,
+        config: DeploymentConfig,
+        **stack_options: Any,
+    ) -> None:
+        super().__init__(scope, construct_id_, **stack_options)
+        retention = log_retention(config.log_retention_days)
+
+        self.data = DataStore(self, "Data", topology=topology, config=config)
+        if constants.CONSOLE_BUCKET not in self.data.buckets:
+            raise ValueError(f"the topology must declare the {constants.CONSOLE_BUCKET!r} bucket for the web console")
+        self.console = Console(
+            self, "Console", bucket=self.data.buckets[constants.CONSOLE_BUCKET], log_bucket=self.data.access_logs
+        )
+        self.runtime = Runtime(self, "Runtime", topology=topology, data=self.data, config=config)
+        functions = self.runtime.functions
+        self.http_api = HttpApi(
+            self,
+            "HttpApi",
+            topology=topology,
+            functions=functions,
+            cors_origins=[self.console.url, *config.extra_cors_origins],
+            name_prefix=config.resource_prefix,
+            log_retention=retention,
+            removal_policy=config.removal_policy,
+        )
+        self.websocket_api = WebSocketApi(
+            self,
+            "WebSocketApi",
+            topology=topology,
+            functions=functions,
+            stage_name=config.websocket_stage,
+            access_logs=config.websocket_access_logs,
+            name_prefix=config.resource_prefix,
+            log_retention=retention,
+            removal_policy=config.removal_policy,
+        )
+        self.event_sources = EventSources(
+            self, "EventSources", topology=topology, functions=functions, queues=self.data.queues
+        )
+        self.streaming = StreamingUrls(self, "Streaming", topology=topology, functions=functions)
+
+        streaming_urls = {
+            key: self.streaming.urls.get(function_name, "")
+            for key, function_name in constants.STREAMING_URL_KEYS.items()
+        }
+        self._hand_public_endpoints_to_functions(streaming_urls)
+        self.console.publish(
+            {
+                "api_url": self.http_api.url,
+                "websocket_url": self.websocket_api.url,
+                **streaming_urls,
+                "version": VERSION,
+            }
+        )
+
+        CfnOutput(self, "HttpApiUrl", value=self.http_api.url, description="HTTP API base URL (routes start /api)")
+        CfnOutput(self, "WebSocketUrl", value=self.websocket_api.url, description="WebSocket URL agents dial")
+        CfnOutput(self, "ConsoleUrl", value=self.console.url, description="Web console (CloudFront)")
+        for function_name, url in self.streaming.urls.items():
+            CfnOutput(self, construct_id(function_name, "Url"), value=url, description=f"{function_name} stream URL")
+
+    def _hand_public_endpoints_to_functions(self, streaming_urls: dict[str, str]) -> None:
+        # Settings read these to answer clients. The APIs depend on no function, so referring to them
+        # adds no cycle; a function URL depends on its own function, so that one function is skipped.
+        self.runtime.add_environment_to_all(constants.ENV_PUBLIC_API_URL, self.http_api.url)
+        self.runtime.add_environment_to_all(constants.ENV_PUBLIC_WEBSOCKET_URL, self.websocket_api.url)
+        for key, function_name in constants.STREAMING_URL_KEYS.items():
+            if streaming_urls[key]:
+                self.runtime.add_environment_to_all(
+                    constants.STREAMING_URL_ENV[key], streaming_urls[key], except_function=function_name
+                )

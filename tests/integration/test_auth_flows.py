@@ -1,0 +1,241 @@
+"""Sessions, CSRF, personal access tokens, lockout and bad input, over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.identity_support import PASSWORD, sign_in, sign_up, unique_email
+from tests.support import RunningStack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    running = RunningStack(state_dir=tmp_path_factory.mktemp("auth"),
+                           env={"AGENTSERVER_MAX_FAILURES_PER_ACCOUNT": "3"}).start()
+    yield running
+    running.stop()
+
+
+def identity_items(stack: RunningStack) -> int:
+    return stack.aws("dynamodb").scan(TableName=stack.name("identity"), Select="COUNT")["Count"]
+
+
+def test_session_cookie_attributes_follow_api_md(stack: RunningStack) -> None:
+    response = httpx.post(f"{stack.base_url}/api/auth/register",
+                          json={"email": unique_email("cookie"), "password": PASSWORD})
+    cookies = {header.split("=", 1)[0]: header for header in response.headers.get_list("set-cookie")}
+    session = cookies["agentserver_session"].lower()
+    assert "httponly" in session and "samesite=lax" in session and "path=/" in session
+    assert "secure" not in session  # plain http locally; Secure on https
+    assert "httponly" not in cookies["agentserver_csrf"].lower()  # the console's script reads it
+    # The token is opaque and never the stored value: the table holds only its digest
+    token = response.cookies["agentserver_session"]
+    items = stack.aws("dynamodb").scan(TableName=stack.name("identity"))["Items"]
+    assert not any(token in str(item) for item in items)
+
+
+def test_unsafe_cookie_request_without_the_csrf_header_is_refused(stack: RunningStack) -> None:
+    browser, _ = sign_up(stack.base_url, "csrf")
+    plain = httpx.Client(base_url=stack.base_url, cookies=browser.cookies)
+    refused = plain.post("/api/workspaces", json={"name": "no header"})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "csrf_failed"
+    wrong = plain.post("/api/workspaces", json={"name": "wrong"}, headers={"X-CSRF-Token": "guess"})
+    assert wrong.status_code == 403
+    # Safe methods need no header; with the header the write goes through
+    assert plain.get("/api/workspaces").status_code == 200
+    assert browser.post("/api/workspaces", json={"name": "with header"}).status_code == 201
+
+
+def test_logout_ends_the_session_on_the_server(stack: RunningStack) -> None:
+    browser, _ = sign_up(stack.base_url, "logout")
+    stolen = httpx.Cookies(browser.cookies)
+    assert browser.post("/api/auth/logout").status_code == 204
+    # Even a copy of the cookie taken before logout no longer works
+    replay = httpx.get(f"{stack.base_url}/api/auth/me", cookies=stolen)
+    assert replay.status_code == 401
+
+
+def test_session_expires_after_its_ttl(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    stack = RunningStack(state_dir=tmp_path / "s", env={"AGENTSERVER_SESSION_TTL_DAYS": str(2 / 86400)}).start()
+    try:
+        _expires(stack)
+    finally:
+        stack.stop()
+
+
+def _expires(stack: RunningStack) -> None:
+    browser, _ = sign_up(stack.base_url, "expiry")
+    assert browser.get("/api/auth/me").status_code == 200
+    time.sleep(2.5)
+    expired = httpx.get(f"{stack.base_url}/api/auth/me", cookies=browser.cookies)
+    assert expired.status_code == 401
+    assert expired.json()["error"]["code"] == "not_authenticated"
+
+
+def test_personal_access_token_works_until_revoked_and_not_a_moment_longer(stack: RunningStack) -> None:
+    browser, user = sign_up(stack.base_url, "pat")
+    created = browser.post("/api/tokens", json={"name": "laptop", "expires_in_days": 30})
+    assert created.status_code == 201
+    secret, token_id = created.json()["token"], created.json()["id"]
+    bearer = {"Authorization": f"Bearer {secret}"}
+    assert httpx.get(f"{stack.base_url}/api/auth/me", headers=bearer).json()["id"] == user["id"]
+    # Listed with its last use, never with its secret
+    listed = browser.get("/api/tokens").json()["items"]
+    assert [t["id"] for t in listed] == [token_id]
+    assert listed[0]["last_used_at"] is not None and "token" not in listed[0]
+    # A bearer token needs no CSRF header (no cookie is involved)
+    assert httpx.post(f"{stack.base_url}/api/workspaces", json={"name": "by token"}, headers=bearer).status_code == 201
+    assert browser.delete(f"/api/tokens/{token_id}").status_code == 204
+    refused = httpx.get(f"{stack.base_url}/api/auth/me", headers=bearer)
+    assert refused.status_code == 401
+    assert secret not in refused.text
+
+
+def test_lockout_after_repeated_failures_with_retry_after(stack: RunningStack) -> None:
+    _, user = sign_up(stack.base_url, "lockout")
+    for _ in range(3):
+        failed = httpx.post(f"{stack.base_url}/api/auth/login", json={"email": user["email"], "password": "wrong!"})
+        assert failed.status_code == 401
+    locked = httpx.post(f"{stack.base_url}/api/auth/login", json={"email": user["email"], "password": PASSWORD})
+    assert locked.status_code == 429
+    assert int(locked.headers["retry-after"]) > 0
+    assert locked.json()["error"]["code"] == "rate_limited"
+
+
+def test_unknown_email_and_wrong_password_look_the_same(stack: RunningStack) -> None:
+    _, user = sign_up(stack.base_url, "sameanswer")
+
+    def attempt(email: str) -> tuple[int, dict, float]:
+        started = time.perf_counter()
+        response = httpx.post(f"{stack.base_url}/api/auth/login", json={"email": email, "password": "nope nope"})
+        return response.status_code, response.json(), time.perf_counter() - started
+
+    wrong_password = attempt(user["email"])
+    unknown_email = attempt(unique_email("nobody"))
+    assert wrong_password[:2] == unknown_email[:2]
+    assert wrong_password[1]["error"]["code"] == "invalid_credentials"
+    # Both verify an argon2 hash, so neither answers much faster than the other
+    assert unknown_email[2] > wrong_password[2] / 4 and wrong_password[2] > unknown_email[2] / 4
+
+
+def test_duplicate_email_is_409_and_email_matching_ignores_case(stack: RunningStack) -> None:
+    email = unique_email("dup")
+    assert httpx.post(f"{stack.base_url}/api/auth/register", json={"email": email, "password": PASSWORD}
+                      ).status_code == 201
+    again = httpx.post(f"{stack.base_url}/api/auth/register", json={"email": email.upper(), "password": PASSWORD})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "email_taken"
+    assert sign_in(stack.base_url, email.upper()).get("/api/auth/me").status_code == 200
+
+
+@pytest.mark.parametrize(("path", "body", "status"), [
+    ("/api/auth/register", {"password": PASSWORD}, 400),  # missing email
+    ("/api/auth/register", {"email": "not-an-email", "password": PASSWORD}, 400),
+    ("/api/auth/register", {"email": "short@example.com", "password": "short"}, 400),
+    ("/api/auth/register", {"email": ["a@b.c"], "password": PASSWORD}, 400),  # wrong type
+    ("/api/auth/register", {"email": "x@example.com", "password": PASSWORD, "admin": True}, 400),  # unknown field
+    ("/api/auth/login", {"email": "x@example.com"}, 400),
+])
+def test_bad_sign_up_and_sign_in_input_is_400_and_stores_nothing(stack: RunningStack, path: str, body: dict,
+                                                                 status: int) -> None:
+    before = identity_items(stack)
+    response = httpx.post(f"{stack.base_url}{path}", json=body)
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == "validation_error"
+    assert identity_items(stack) == before
+
+
+@pytest.mark.parametrize(("method", "suffix", "body"), [
+    ("POST", "/members", {"email": "someone@example.com", "role": "superuser"}),  # unknown role string
+    ("POST", "/members", {"email": "someone@example.com"}),  # missing role
+    ("PUT", "/members/{uid}", {"role": "admin"}),  # a system role is not a workspace role
+    ("PATCH", "", {"name": ""}),
+    ("PATCH", "", {"name": 42}),
+])
+def test_bad_workspace_input_is_400_and_changes_nothing(stack: RunningStack, method: str, suffix: str,
+                                                        body: dict) -> None:
+    browser, user = sign_up(stack.base_url, "badinput")
+    wid = browser.get("/api/workspaces").json()["items"][0]["id"]
+    members_before = browser.get(f"/api/workspaces/{wid}/members").json()
+    response = browser.request(method, f"/api/workspaces/{wid}{suffix.format(uid=user['id'])}", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "validation_error"
+    assert browser.get(f"/api/workspaces/{wid}/members").json() == members_before
+    assert browser.get(f"/api/workspaces/{wid}").json()["name"] == "Default workspace"
+
+
+def test_oversized_body_is_413(stack: RunningStack) -> None:
+    browser, _ = sign_up(stack.base_url, "big")
+    response = browser.post("/api/workspaces", content=b'{"name": "' + b"x" * (2 * 1024 * 1024) + b'"}',
+                            headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_workspace_quota_is_403_with_current_and_max(stack: RunningStack) -> None:
+    browser, _ = sign_up(stack.base_url, "quota")  # owns the Default workspace already
+    statuses = [browser.post("/api/workspaces", json={"name": f"w{i}"}).status_code for i in range(9)]
+    assert statuses == [201] * 9
+    refused = browser.post("/api/workspaces", json={"name": "one too many"})
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "quota_exceeded"
+    assert "10" in refused.json()["error"]["message"]
+
+
+def test_last_owner_is_protected_and_a_second_owner_frees_the_first(stack: RunningStack) -> None:
+    owner, owner_user = sign_up(stack.base_url, "solo")
+    _, other = sign_up(stack.base_url, "heir")
+    wid = owner.get("/api/workspaces").json()["items"][0]["id"]
+    demote = owner.put(f"/api/workspaces/{wid}/members/{owner_user['id']}", json={"role": "developer"})
+    assert demote.status_code == 409 and demote.json()["error"]["code"] == "last_owner"
+    assert owner.post(f"/api/workspaces/{wid}/members", json={"email": other["email"], "role": "owner"}
+                      ).status_code == 201
+    assert owner.delete(f"/api/workspaces/{wid}/members/{owner_user['id']}").status_code == 204
+    # The former owner is now a non-member: 404, not 403
+    assert owner.get(f"/api/workspaces/{wid}").status_code == 404
+
+
+def test_a_guest_invited_by_email_sees_the_workspace(stack: RunningStack) -> None:
+    owner, _ = sign_up(stack.base_url, "inviter")
+    guest, guest_user = sign_up(stack.base_url, "guest")
+    wid = owner.post("/api/workspaces", json={"name": "Shared"}).json()["id"]
+    assert guest.get(f"/api/workspaces/{wid}").status_code == 404
+    invited = owner.post(f"/api/workspaces/{wid}/members", json={"email": guest_user["email"], "role": "guest"})
+    assert invited.status_code == 201
+    seen = {w["id"]: w["role"] for w in guest.get("/api/workspaces").json()["items"]}
+    assert seen[wid] == "guest"
+    unknown = owner.post(f"/api/workspaces/{wid}/members", json={"email": unique_email("ghost"), "role": "guest"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "user_not_found"
+    again = owner.post(f"/api/workspaces/{wid}/members", json={"email": guest_user["email"], "role": "guest"})
+    assert again.status_code == 409
+
+
+def test_deleting_a_workspace_removes_it_for_every_member(stack: RunningStack) -> None:
+    owner, _ = sign_up(stack.base_url, "deleter")
+    member, member_user = sign_up(stack.base_url, "bystander")
+    wid = owner.post("/api/workspaces", json={"name": "Doomed"}).json()["id"]
+    owner.post(f"/api/workspaces/{wid}/members", json={"email": member_user["email"], "role": "developer"})
+    assert owner.delete(f"/api/workspaces/{wid}").status_code == 204
+    assert wid not in [w["id"] for w in member.get("/api/workspaces").json()["items"]]
+    assert member.get(f"/api/workspaces/{wid}").status_code == 404
+
+
+def test_admin_overrides_default_quotas_and_cannot_remove_the_last_admin(stack: RunningStack) -> None:
+    # The first account of this stack is its admin (registered by whichever test ran first)
+    first = stack.aws("dynamodb").get_item(TableName=stack.name("identity"),
+                                           Key={"pk": {"S": "CONFIG"}, "sk": {"S": "FIRST_USER"}})["Item"]
+    admin_id = first["user_id"]["S"]
+    admin_email = stack.aws("dynamodb").get_item(TableName=stack.name("identity"), Key={
+        "pk": {"S": f"USER#{admin_id}"}, "sk": {"S": "PROFILE"}})["Item"]["email"]["S"]
+    admin = sign_in(stack.base_url, admin_email)
+    assert admin.get("/api/auth/me").json()["role"] == "admin"
+    assert admin.put("/api/admin/quotas", json={"max_workspaces_per_user": 2}).status_code == 200
+    newcomer, _ = sign_up(stack.base_url, "capped")
+    assert newcomer.post("/api/workspaces", json={"name": "second"}).status_code == 201
+    assert newcomer.post("/api/workspaces", json={"name": "third"}).status_code == 403
+    admin.put("/api/admin/quotas", json={"max_workspaces_per_user": 10})
+    last = admin.patch(f"/api/admin/users/{admin_id}", json={"role": "user"})
+    assert last.status_code == 409 and last.json()["error"]["code"] == "last_admin"

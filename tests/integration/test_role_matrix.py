@@ -1,0 +1,176 @@
+"""Every endpoint of api.md so far, for every kind of caller, with the status api.md prescribes.
+
+One row per endpoint; each case runs against a fresh workspace in which the owner, maintainer,
+developer and guest hold their roles, so cases do not depend on each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.identity_support import Browser, sign_in, sign_up, unique_email
+from tests.support import RunningStack
+
+CALLERS = ("owner", "maintainer", "developer", "guest", "outsider", "admin", "anonymous")
+
+
+@dataclass
+class World:
+    stack: RunningStack
+    clients: dict[str, httpx.Client]
+    users: dict[str, dict]
+
+    def client(self, caller: str) -> httpx.Client:
+        """A client holding a copy of the caller's cookies, so a call that signs in or out (or
+        an anonymous sign-up) changes nothing for the next case."""
+        copy = Browser(base_url=self.stack.base_url, timeout=30)
+        if caller != "anonymous":
+            copy.cookies = httpx.Cookies(self.clients[caller].cookies)
+        return copy
+
+    def fresh_workspace(self) -> dict[str, str]:
+        """A workspace with every role filled, and a `subject` member (developer) to act upon."""
+        owner = self.clients["owner"]
+        workspace = owner.post("/api/workspaces", json={"name": "Matrix"}).json()
+        wid = workspace["id"]
+        for role in ("maintainer", "developer", "guest"):
+            added = owner.post(f"/api/workspaces/{wid}/members", json={"email": self.users[role]["email"],
+                                                                       "role": role})
+            assert added.status_code == 201, added.text
+        owner.post(f"/api/workspaces/{wid}/members", json={"email": self.users["subject"]["email"],
+                                                           "role": "developer"})
+        return {"wid": wid, "subject": self.users["subject"]["id"]}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    stack = RunningStack(state_dir=tmp_path_factory.mktemp("matrix"),
+                         env={"AGENTSERVER_DEFAULT_MAX_WORKSPACES": "1000"}).start()
+    clients: dict[str, httpx.Client] = {}
+    users: dict[str, dict] = {}
+    # The first account becomes the system admin; it is a member of nothing here.
+    for name in ("admin", "owner", "maintainer", "developer", "guest", "outsider", "subject"):
+        clients[name], users[name] = sign_up(stack.base_url, name)
+    assert users["admin"]["role"] == "admin" and users["owner"]["role"] == "user"
+    yield World(stack, clients, users)
+    for client in clients.values():
+        client.close()
+    stack.stop()
+
+
+def statuses(owner: int, maintainer: int, developer: int, guest: int, outsider: int, admin: int,
+             anonymous: int = 401) -> dict[str, int]:
+    return dict(zip(CALLERS, (owner, maintainer, developer, guest, outsider, admin, anonymous), strict=True))
+
+
+Request = Callable[[World, str, dict[str, str]], httpx.Response]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    request: Request
+    expected: dict[str, int]
+
+
+def call(method: str, path: str, body: Callable[[World], Any] | None = None) -> Request:
+    def run(world: World, caller: str, target: dict[str, str]) -> httpx.Response:
+        kwargs = {"json": body(world)} if body else {}
+        return world.client(caller).request(method, path.format(**target), **kwargs)
+    return run
+
+
+def own_token_revocation(world: World, caller: str, target: dict[str, str]) -> httpx.Response:
+    client = world.client(caller)
+    created = client.post("/api/tokens", json={"name": "to revoke"})
+    token_id = created.json()["id"] if created.status_code == 201 else "tok_missing"
+    return client.delete(f"/api/tokens/{token_id}")
+
+
+def someone_elses_token_revocation(world: World, caller: str, target: dict[str, str]) -> httpx.Response:
+    token_id = world.clients["subject"].post("/api/tokens", json={"name": "not yours"}).json()["id"]
+    return world.client(caller).delete(f"/api/tokens/{token_id}")
+
+
+def logout_of_a_fresh_session(world: World, caller: str, target: dict[str, str]) -> httpx.Response:
+    if caller == "anonymous":
+        return world.client(caller).post("/api/auth/logout")
+    return sign_in(world.stack.base_url, world.users[caller]["email"]).post("/api/auth/logout")
+
+
+def register(world: World, caller: str, target: dict[str, str]) -> httpx.Response:
+    return world.client(caller).post("/api/auth/register", json={"email": unique_email("new"),
+                                                                  "password": "another long password"})
+
+
+def login(world: World, caller: str, target: dict[str, str]) -> httpx.Response:
+    return world.client(caller).post("/api/auth/login", json={"email": world.users["subject"]["email"],
+                                                               "password": "correct horse battery staple"})
+
+
+ALL_USERS_OK = statuses(200, 200, 200, 200, 200, 200)
+ROWS = [
+    Row("POST /api/auth/register", register, statuses(201, 201, 201, 201, 201, 201, anonymous=201)),
+    Row("POST /api/auth/login", login, statuses(200, 200, 200, 200, 200, 200, anonymous=200)),
+    Row("POST /api/auth/logout", logout_of_a_fresh_session, statuses(204, 204, 204, 204, 204, 204)),
+    Row("GET /api/auth/me", call("GET", "/api/auth/me"), ALL_USERS_OK),
+    Row("GET /api/auth/providers", call("GET", "/api/auth/providers"),
+        statuses(200, 200, 200, 200, 200, 200, anonymous=200)),
+    Row("GET /api/tokens", call("GET", "/api/tokens"), ALL_USERS_OK),
+    Row("POST /api/tokens", call("POST", "/api/tokens", lambda w: {"name": "ci", "expires_in_days": 1}),
+        statuses(201, 201, 201, 201, 201, 201)),
+    Row("DELETE /api/tokens/{own}", own_token_revocation, statuses(204, 204, 204, 204, 204, 204)),
+    Row("DELETE /api/tokens/{someone else's}", someone_elses_token_revocation,
+        statuses(404, 404, 404, 404, 404, 404)),
+    Row("GET /api/workspaces", call("GET", "/api/workspaces"), ALL_USERS_OK),
+    Row("POST /api/workspaces", call("POST", "/api/workspaces", lambda w: {"name": "Mine"}),
+        statuses(201, 201, 201, 201, 201, 201)),
+    Row("GET /api/workspaces/{wid}", call("GET", "/api/workspaces/{wid}"), statuses(200, 200, 200, 200, 404, 404)),
+    Row("PATCH /api/workspaces/{wid}", call("PATCH", "/api/workspaces/{wid}", lambda w: {"name": "Renamed"}),
+        statuses(200, 200, 403, 403, 404, 404)),
+    Row("DELETE /api/workspaces/{wid}", call("DELETE", "/api/workspaces/{wid}"),
+        statuses(204, 403, 403, 403, 404, 404)),
+    Row("GET /api/workspaces/{wid}/members", call("GET", "/api/workspaces/{wid}/members"),
+        statuses(200, 200, 200, 200, 404, 404)),
+    Row("POST /api/workspaces/{wid}/members (developer)",
+        call("POST", "/api/workspaces/{wid}/members",
+             lambda w: {"email": w.users["outsider"]["email"], "role": "developer"}),
+        statuses(201, 201, 403, 403, 404, 404)),
+    Row("POST /api/workspaces/{wid}/members (maintainer)",
+        call("POST", "/api/workspaces/{wid}/members",
+             lambda w: {"email": w.users["outsider"]["email"], "role": "maintainer"}),
+        statuses(201, 403, 403, 403, 404, 404)),
+    Row("PUT /api/workspaces/{wid}/members/{uid}",
+        call("PUT", "/api/workspaces/{wid}/members/{subject}", lambda w: {"role": "guest"}),
+        statuses(200, 403, 403, 403, 404, 404)),
+    Row("DELETE /api/workspaces/{wid}/members/{uid}", call("DELETE", "/api/workspaces/{wid}/members/{subject}"),
+        statuses(204, 403, 403, 403, 404, 404)),
+    Row("DELETE /api/workspaces/{wid}/members/{self} (leave)",
+        lambda w, caller, target: w.client(caller).delete(
+            f"/api/workspaces/{target['wid']}/members/{w.users.get(caller, {}).get('id', 'u_none')}"),
+        # The owner is the only owner, so may not leave; everyone else may.
+        statuses(409, 204, 204, 204, 404, 404)),
+    Row("GET /api/admin/users", call("GET", "/api/admin/users"), statuses(403, 403, 403, 403, 403, 200)),
+    Row("PATCH /api/admin/users/{uid}", call("PATCH", "/api/admin/users/{subject}", lambda w: {"role": "user"}),
+        statuses(403, 403, 403, 403, 403, 200)),
+    Row("GET /api/admin/workspaces", call("GET", "/api/admin/workspaces"), statuses(403, 403, 403, 403, 403, 200)),
+    Row("GET /api/admin/quotas", call("GET", "/api/admin/quotas"), statuses(403, 403, 403, 403, 403, 200)),
+    Row("PUT /api/admin/quotas", call("PUT", "/api/admin/quotas", lambda w: {"max_workspaces_per_user": 1000}),
+        statuses(403, 403, 403, 403, 403, 200)),
+]
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("row", ROWS, ids=lambda row: row.name)
+def test_role_matrix(world: World, row: Row, caller: str) -> None:
+    target = world.fresh_workspace()
+    response = row.request(world, caller, target)
+    assert response.status_code == row.expected[caller], response.text
+    if response.status_code >= 400:
+        error = response.json()["error"]
+        assert error["code"] and error["message"]
