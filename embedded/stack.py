@@ -82,6 +82,10 @@ class EmbeddedStack:
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": self.moto.url,
             "AGENTSERVER_WEBSOCKET_MANAGEMENT_URL": f"http://127.0.0.1:{self.options.port}",
+            "AGENTSERVER_API_URL": self.client_config()["api_url"],
+            "AGENTSERVER_WEBSOCKET_URL": self.client_config()["websocket_url"],
+            "AGENTSERVER_RELAY_URL": self.client_config()["relay_url"],
+            "AGENTSERVER_LLM_BASE_URL": self.client_config()["llm_base_url"],
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_NAMESPACE": "agentserver",
         }

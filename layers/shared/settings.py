@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     connection_ttl_seconds: int = Field(default=2 * 3600 + 600, alias="AGENTSERVER_CONNECTION_TTL_SECONDS")
     operation_record_ttl_seconds: int = Field(default=7 * 86400, alias="AGENTSERVER_OPERATION_TTL_SECONDS")
 
+    # Public endpoints that clients are told about (config.json, agent registration)
+    public_api_url: str = Field(default="http://localhost:8080", alias="AGENTSERVER_API_URL")
+    public_websocket_url: str = Field(default="ws://localhost:8080/ws", alias="AGENTSERVER_WEBSOCKET_URL")
+    public_relay_url: str = Field(default="", alias="AGENTSERVER_RELAY_URL")
+    public_llm_base_url: str = Field(default="", alias="AGENTSERVER_LLM_BASE_URL")
+
     # Identity
     password_auth_enabled: bool = Field(default=True, alias="AGENTSERVER_PASSWORD_AUTH")
     password_min_length: int = Field(default=10, ge=8, alias="AGENTSERVER_PASSWORD_MIN_LENGTH")

@@ -181,10 +181,19 @@ IDENTITY = Table(
     ttl_attribute="expires_at",
 )
 
+SANDBOXES = Table(
+    # Sandboxes (cloud and local agents alike), their credentials and registration codes.
+    name="sandboxes",
+    partition=Key("pk"),
+    sort=Key("sk"),
+    indexes=(GlobalIndex("gsi1", partition=Key("gsi1pk"), sort=Key("gsi1sk")),),
+    ttl_attribute="expires_at",
+)
+
 SANDBOX_OPS = Queue(name="sandbox-ops", visibility_timeout_seconds=60, max_receive_count=3)
 
 TOPOLOGY = Topology(
-    tables=(CONNECTIONS, OPERATIONS, IDENTITY),
+    tables=(CONNECTIONS, OPERATIONS, IDENTITY, SANDBOXES),
     queues=(SANDBOX_OPS,),
     buckets=(Bucket("console"),),
     secrets=(
@@ -199,7 +208,7 @@ TOPOLOGY = Topology(
             memory_mb=1024,
             timeout_seconds=29,  # just under the HTTP API's 30 s integration limit
             http_routes=(HttpRoute("ANY", "/api/{proxy+}"),),
-            tables=("connections", "operations", "identity"),
+            tables=("connections", "operations", "identity", "sandboxes"),
             queues_send=("sandbox-ops",),
         ),
         Function(

@@ -24,6 +24,7 @@ class World:
     stack: RunningStack
     clients: dict[str, httpx.Client]
     users: dict[str, dict]
+    shared: dict[str, str] | None = None
 
     def client(self, caller: str) -> httpx.Client:
         """A client holding a copy of the caller's cookies, so a call that signs in or out (or
@@ -32,6 +33,11 @@ class World:
         if caller != "anonymous":
             copy.cookies = httpx.Cookies(self.clients[caller].cookies)
         return copy
+
+    def shared_workspace(self) -> dict[str, str]:
+        if self.shared is None:
+            self.shared = self.fresh_workspace()
+        return self.shared
 
     def fresh_workspace(self) -> dict[str, str]:
         """A workspace with every role filled, and a `subject` member (developer) to act upon."""
@@ -44,7 +50,16 @@ class World:
             assert added.status_code == 201, added.text
         owner.post(f"/api/workspaces/{wid}/members", json={"email": self.users["subject"]["email"],
                                                            "role": "developer"})
-        return {"wid": wid, "subject": self.users["subject"]["id"]}
+        return {"wid": wid, "subject": self.users["subject"]["id"],
+                "sid": self.local_agent(wid, "developer"), "sid_other": self.local_agent(wid, "maintainer")}
+
+    def local_agent(self, wid: str, registered_by: str) -> str:
+        """A local agent's sandbox in the workspace, registered with a code the given member made."""
+        code = self.clients[registered_by].post(f"/api/workspaces/{wid}/agent-codes").json()["code"]
+        registered = httpx.post(f"{self.stack.base_url}/api/agent/register",
+                                json={"code": code, "name": f"{registered_by}-laptop", "type": "opencode"})
+        assert registered.status_code == 201, registered.text
+        return str(registered.json()["sandbox_id"])
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +91,8 @@ class Row:
     name: str
     request: Request
     expected: dict[str, int]
+    # Rows that change the workspace or its members get a fresh one; the others share one.
+    fresh: bool = False
 
 
 def call(method: str, path: str, body: Callable[[World], Any] | None = None) -> Request:
@@ -113,6 +130,11 @@ def login(world: World, caller: str, target: dict[str, str]) -> httpx.Response:
                                                                "password": "correct horse battery staple"})
 
 
+def register_with_a_fresh_code(world: World, caller: str, target: dict[str, str]) -> httpx.Response:
+    code = world.clients["developer"].post(f"/api/workspaces/{target['wid']}/agent-codes").json()["code"]
+    return world.client(caller).post("/api/agent/register", json={"code": code, "name": "box", "type": "codex"})
+
+
 ALL_USERS_OK = statuses(200, 200, 200, 200, 200, 200)
 ROWS = [
     Row("POST /api/auth/register", register, statuses(201, 201, 201, 201, 201, 201, anonymous=201)),
@@ -132,29 +154,42 @@ ROWS = [
         statuses(201, 201, 201, 201, 201, 201)),
     Row("GET /api/workspaces/{wid}", call("GET", "/api/workspaces/{wid}"), statuses(200, 200, 200, 200, 404, 404)),
     Row("PATCH /api/workspaces/{wid}", call("PATCH", "/api/workspaces/{wid}", lambda w: {"name": "Renamed"}),
-        statuses(200, 200, 403, 403, 404, 404)),
+        statuses(200, 200, 403, 403, 404, 404), fresh=True),
     Row("DELETE /api/workspaces/{wid}", call("DELETE", "/api/workspaces/{wid}"),
-        statuses(204, 403, 403, 403, 404, 404)),
+        statuses(204, 403, 403, 403, 404, 404), fresh=True),
     Row("GET /api/workspaces/{wid}/members", call("GET", "/api/workspaces/{wid}/members"),
         statuses(200, 200, 200, 200, 404, 404)),
     Row("POST /api/workspaces/{wid}/members (developer)",
         call("POST", "/api/workspaces/{wid}/members",
              lambda w: {"email": w.users["outsider"]["email"], "role": "developer"}),
-        statuses(201, 201, 403, 403, 404, 404)),
+        statuses(201, 201, 403, 403, 404, 404), fresh=True),
     Row("POST /api/workspaces/{wid}/members (maintainer)",
         call("POST", "/api/workspaces/{wid}/members",
              lambda w: {"email": w.users["outsider"]["email"], "role": "maintainer"}),
-        statuses(201, 403, 403, 403, 404, 404)),
+        statuses(201, 403, 403, 403, 404, 404), fresh=True),
     Row("PUT /api/workspaces/{wid}/members/{uid}",
         call("PUT", "/api/workspaces/{wid}/members/{subject}", lambda w: {"role": "guest"}),
-        statuses(200, 403, 403, 403, 404, 404)),
+        statuses(200, 403, 403, 403, 404, 404), fresh=True),
     Row("DELETE /api/workspaces/{wid}/members/{uid}", call("DELETE", "/api/workspaces/{wid}/members/{subject}"),
-        statuses(204, 403, 403, 403, 404, 404)),
+        statuses(204, 403, 403, 403, 404, 404), fresh=True),
     Row("DELETE /api/workspaces/{wid}/members/{self} (leave)",
         lambda w, caller, target: w.client(caller).delete(
             f"/api/workspaces/{target['wid']}/members/{w.users.get(caller, {}).get('id', 'u_none')}"),
         # The owner is the only owner, so may not leave; everyone else may.
-        statuses(409, 204, 204, 204, 404, 404)),
+        statuses(409, 204, 204, 204, 404, 404), fresh=True),
+    Row("POST /api/workspaces/{wid}/agent-codes", call("POST", "/api/workspaces/{wid}/agent-codes"),
+        statuses(201, 201, 201, 403, 404, 404)),
+    Row("POST /api/agent/register (with a valid code)", register_with_a_fresh_code,
+        statuses(201, 201, 201, 201, 201, 201, anonymous=201)),
+    Row("GET /api/workspaces/{wid}/sandboxes", call("GET", "/api/workspaces/{wid}/sandboxes"),
+        statuses(200, 200, 200, 200, 404, 404)),
+    Row("GET /api/sandboxes/{sid}", call("GET", "/api/sandboxes/{sid}"), statuses(200, 200, 200, 200, 404, 404)),
+    Row("PATCH /api/sandboxes/{sid}", call("PATCH", "/api/sandboxes/{sid}", lambda w: {"name": "renamed"}),
+        statuses(200, 200, 200, 403, 404, 404)),
+    Row("DELETE /api/sandboxes/{sid} (a developer's own)", call("DELETE", "/api/sandboxes/{sid}"),
+        statuses(202, 202, 202, 403, 404, 404), fresh=True),
+    Row("DELETE /api/sandboxes/{sid} (someone else's)", call("DELETE", "/api/sandboxes/{sid_other}"),
+        statuses(202, 202, 403, 403, 404, 404), fresh=True),
     Row("GET /api/admin/users", call("GET", "/api/admin/users"), statuses(403, 403, 403, 403, 403, 200)),
     Row("PATCH /api/admin/users/{uid}", call("PATCH", "/api/admin/users/{subject}", lambda w: {"role": "user"}),
         statuses(403, 403, 403, 403, 403, 200)),
@@ -168,7 +203,7 @@ ROWS = [
 @pytest.mark.parametrize("caller", CALLERS)
 @pytest.mark.parametrize("row", ROWS, ids=lambda row: row.name)
 def test_role_matrix(world: World, row: Row, caller: str) -> None:
-    target = world.fresh_workspace()
+    target = world.fresh_workspace() if row.fresh else world.shared_workspace()
     response = row.request(world, caller, target)
     assert response.status_code == row.expected[caller], response.text
     if response.status_code >= 400:

@@ -38,6 +38,12 @@ class Action(StrEnum):
     members_add = "members.add"
     members_change_role = "members.change_role"
     members_remove = "members.remove"
+    sandboxes_list = "sandboxes.list"
+    sandbox_read = "sandbox.read"
+    sandbox_rename = "sandbox.rename"
+    sandbox_delete_own = "sandbox.delete_own"
+    sandbox_delete_any = "sandbox.delete_any"
+    agent_code_create = "agent_code.create"
 
 
 # The minimum workspace role for each action (api.md, "Workspaces and members").
@@ -49,6 +55,12 @@ POLICY: dict[Action, Role] = {
     Action.members_add: Role.maintainer,
     Action.members_change_role: Role.owner,
     Action.members_remove: Role.owner,
+    Action.sandboxes_list: Role.guest,
+    Action.sandbox_read: Role.guest,
+    Action.sandbox_rename: Role.developer,
+    Action.sandbox_delete_own: Role.developer,
+    Action.sandbox_delete_any: Role.maintainer,
+    Action.agent_code_create: Role.developer,
 }
 
 # The roles each role may hand out when adding a member (a maintainer may add developers and guests).
@@ -70,6 +82,12 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
     Action.members_add: "Add a member (POST /api/workspaces/{wid}/members)",
     Action.members_change_role: "Change a member's role (PUT /api/workspaces/{wid}/members/{uid})",
     Action.members_remove: "Remove a member (DELETE /api/workspaces/{wid}/members/{uid}); anyone may leave",
+    Action.sandboxes_list: "List sandboxes and local agents (GET /api/workspaces/{wid}/sandboxes)",
+    Action.sandbox_read: "See a sandbox (GET /api/sandboxes/{sid})",
+    Action.sandbox_rename: "Rename a sandbox (PATCH /api/sandboxes/{sid})",
+    Action.sandbox_delete_own: "Delete a sandbox one created (DELETE /api/sandboxes/{sid})",
+    Action.sandbox_delete_any: "Delete any sandbox (DELETE /api/sandboxes/{sid})",
+    Action.agent_code_create: "Create a code to connect a local agent (POST /api/workspaces/{wid}/agent-codes)",
 }
 
 

@@ -1,0 +1,143 @@
+"""The workspace registry of sandboxes and local agents, and local agent registration."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from functions.http_api.dependencies import Caller, Now, Store
+from layers.shared.dal.sandboxes import DynamoSandboxStore
+from layers.shared.domain import agents, workspaces
+from layers.shared.domain.agents import AgentType, Sandbox
+from layers.shared.domain.roles import Action, Role
+from layers.shared.errors import NotFound
+from layers.shared.settings import get_settings
+
+router = APIRouter(tags=["sandboxes"])
+
+
+@lru_cache(maxsize=1)
+def _sandbox_store() -> DynamoSandboxStore:
+    return DynamoSandboxStore()
+
+
+async def sandbox_store() -> DynamoSandboxStore:
+    return _sandbox_store()
+
+
+Sandboxes = Annotated[DynamoSandboxStore, Depends(sandbox_store)]
+
+
+class SandboxOut(BaseModel):
+    id: str
+    workspace_id: str
+    name: str
+    kind: str
+    type: str
+    status: str
+    status_reason: str | None
+    created_by: str
+    created_at: datetime
+    last_activity_at: datetime | None
+    last_heartbeat_at: datetime | None
+    agent_info: dict[str, Any]
+
+
+class SandboxList(BaseModel):
+    items: list[SandboxOut]
+    next_cursor: str | None = None
+
+
+class RenameIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)
+
+
+class AgentCodeOut(BaseModel):
+    code: str
+    expires_at: datetime
+    command: str
+
+
+class RegisterIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(min_length=8, max_length=16)
+    name: str = Field(min_length=1, max_length=64)
+    type: AgentType = AgentType.opencode
+
+
+class RegistrationOut(BaseModel):
+    sandbox_id: str
+    workspace_id: str
+    tunnel_token: str
+    proxy_token: str
+    tunnel_url: str
+    llm_base_url: str
+
+
+def _sandbox_with_role(sandboxes: DynamoSandboxStore, store: Store, sandbox_id: str, user_id: str,
+                       action: Action) -> tuple[Sandbox, Role]:
+    """A sandbox the caller may act on; 404 when the caller is not a member of its workspace."""
+    sandbox = sandboxes.get_sandbox(sandbox_id)
+    if sandbox is None or sandbox.status == agents.SandboxStatus.deleted:
+        raise NotFound("No such sandbox.")
+    try:
+        _, role = workspaces.membership(store, sandbox.workspace_id, user_id, action)
+    except NotFound:
+        raise NotFound("No such sandbox.") from None
+    return sandbox, role
+
+
+@router.post("/api/workspaces/{workspace_id}/agent-codes", status_code=status.HTTP_201_CREATED,
+             response_model=AgentCodeOut)
+def create_agent_code(workspace_id: str, caller: Caller, store: Store, sandboxes: Sandboxes,
+                      now: Now) -> AgentCodeOut:
+    """A single-use code, valid for 10 minutes, that `agentserver connect` exchanges for a sandbox."""
+    workspaces.membership(store, workspace_id, caller.user.user_id, Action.agent_code_create)
+    code, record = agents.create_code(sandboxes, workspace_id=workspace_id, created_by=caller.user.user_id, now=now)
+    server = get_settings().public_api_url
+    command = f"agentserver connect --server {server} --code {code} --name <name> --workspace {workspace_id}"
+    return AgentCodeOut(code=code, expires_at=record.expires_at, command=command)
+
+
+@router.post("/api/agent/register", status_code=status.HTTP_201_CREATED, response_model=RegistrationOut)
+def register_agent(body: RegisterIn, sandboxes: Sandboxes, now: Now) -> RegistrationOut:
+    registration = agents.register_agent(sandboxes, code=body.code, name=body.name, agent_type=body.type, now=now)
+    settings = get_settings()
+    return RegistrationOut(
+        sandbox_id=registration.sandbox.sandbox_id, workspace_id=registration.sandbox.workspace_id,
+        tunnel_token=registration.tunnel_token, proxy_token=registration.proxy_token,
+        tunnel_url=settings.public_websocket_url, llm_base_url=settings.public_llm_base_url,
+    )
+
+
+@router.get("/api/workspaces/{workspace_id}/sandboxes", response_model=SandboxList)
+def list_sandboxes(workspace_id: str, caller: Caller, store: Store, sandboxes: Sandboxes) -> SandboxList:
+    workspaces.membership(store, workspace_id, caller.user.user_id, Action.sandboxes_list)
+    found = [s for s in sandboxes.list_sandboxes(workspace_id) if s.status != agents.SandboxStatus.deleted]
+    return SandboxList(items=[SandboxOut(**s.public()) for s in found])
+
+
+@router.get("/api/sandboxes/{sandbox_id}", response_model=SandboxOut)
+def get_sandbox(sandbox_id: str, caller: Caller, store: Store, sandboxes: Sandboxes) -> SandboxOut:
+    sandbox, _ = _sandbox_with_role(sandboxes, store, sandbox_id, caller.user.user_id, Action.sandbox_read)
+    return SandboxOut(**sandbox.public())
+
+
+@router.patch("/api/sandboxes/{sandbox_id}", response_model=SandboxOut)
+def rename_sandbox(sandbox_id: str, body: RenameIn, caller: Caller, store: Store, sandboxes: Sandboxes) -> SandboxOut:
+    sandbox, _ = _sandbox_with_role(sandboxes, store, sandbox_id, caller.user.user_id, Action.sandbox_rename)
+    return SandboxOut(**agents.rename(sandboxes, sandbox, body.name).public())
+
+
+@router.delete("/api/sandboxes/{sandbox_id}", status_code=status.HTTP_202_ACCEPTED, response_model=SandboxOut)
+def delete_sandbox(sandbox_id: str, caller: Caller, store: Store, sandboxes: Sandboxes) -> SandboxOut:
+    own = Action.sandbox_delete_own
+    sandbox, _ = _sandbox_with_role(sandboxes, store, sandbox_id, caller.user.user_id, own)
+    if sandbox.created_by != caller.user.user_id:
+        workspaces.membership(store, sandbox.workspace_id, caller.user.user_id, Action.sandbox_delete_any)
+    return SandboxOut(**agents.mark_deleted(sandboxes, sandbox).public())

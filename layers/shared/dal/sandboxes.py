@@ -1,0 +1,160 @@
+"""The sandboxes table: sandboxes, their tunnel and proxy token digests, registration codes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pynamodb.attributes import MapAttribute, NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
+from pynamodb.connection import Connection
+from pynamodb.expressions.update import Action
+from pynamodb.exceptions import DeleteError, UpdateError
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.transactions import TransactWrite
+
+from layers.shared.dal.base import BaseModel, table_meta
+from layers.shared.domain.agents import (
+    AgentCode,
+    AgentType,
+    InvalidTransition,
+    Sandbox,
+    SandboxKind,
+    SandboxStatus,
+)
+from layers.shared.settings import get_settings
+
+
+class SandboxGsi1(GlobalSecondaryIndex["SandboxItem"]):
+    class Meta:
+        index_name = "gsi1"
+        projection = AllProjection()
+
+    gsi1pk = UnicodeAttribute(hash_key=True)
+    gsi1sk = UnicodeAttribute(range_key=True)
+
+
+class SandboxItem(BaseModel):
+    Meta = table_meta("sandboxes")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    gsi1pk = UnicodeAttribute(null=True)
+    gsi1sk = UnicodeAttribute(null=True)
+    expires_at = NumberAttribute(null=True)
+    sandbox_id = UnicodeAttribute(null=True)
+    workspace_id = UnicodeAttribute(null=True)
+    name = UnicodeAttribute(null=True)
+    kind = UnicodeAttribute(null=True)
+    agent_type = UnicodeAttribute(null=True)
+    status = UnicodeAttribute(null=True)
+    status_reason = UnicodeAttribute(null=True)
+    created_by = UnicodeAttribute(null=True)
+    created_at = UTCDateTimeAttribute(null=True)
+    version = NumberAttribute(null=True)
+    connection_id = UnicodeAttribute(null=True)
+    last_activity_at = UTCDateTimeAttribute(null=True)
+    last_heartbeat_at = UTCDateTimeAttribute(null=True)
+    agent_info = MapAttribute(null=True)  # type: ignore[var-annotated]
+    gsi1 = SandboxGsi1()
+
+
+# Sandbox fields the domain may change, and how each is stored.
+_CHANGEABLE = {"name", "status", "status_reason", "connection_id", "last_activity_at", "last_heartbeat_at",
+               "agent_info"}
+
+
+def _meta_key(sandbox_id: str) -> tuple[str, str]:
+    return f"SANDBOX#{sandbox_id}", "META"
+
+
+def _connection() -> Connection:
+    settings = get_settings()
+    return Connection(region=settings.aws_region, host=settings.dynamodb_endpoint)
+
+
+def _to_sandbox(item: SandboxItem) -> Sandbox:
+    return Sandbox(
+        sandbox_id=item.sandbox_id, workspace_id=item.workspace_id, name=item.name, kind=SandboxKind(item.kind),
+        agent_type=AgentType(item.agent_type), status=SandboxStatus(item.status), created_by=item.created_by,
+        created_at=item.created_at, version=int(item.version or 0), connection_id=item.connection_id,
+        last_activity_at=item.last_activity_at, last_heartbeat_at=item.last_heartbeat_at,
+        agent_info=item.agent_info.as_dict() if item.agent_info else {}, status_reason=item.status_reason,
+    )
+
+
+def _get(pk: str, sk: str) -> SandboxItem | None:
+    try:
+        return SandboxItem.get(pk, sk)
+    except SandboxItem.DoesNotExist:
+        return None
+
+
+class DynamoSandboxStore:
+    """`SandboxStore` on DynamoDB; every change is conditional on the sandbox's version."""
+
+    def put_code(self, code: AgentCode) -> None:
+        SandboxItem(f"CODE#{code.code_hash}", "CODE", workspace_id=code.workspace_id, created_by=code.created_by,
+                    expires_at=int(code.expires_at.timestamp())).save(condition=SandboxItem.pk.does_not_exist())
+
+    def consume_code(self, code_hash: str, now: datetime) -> AgentCode | None:
+        item = _get(f"CODE#{code_hash}", "CODE")
+        if item is None or item.expires_at is None or item.expires_at <= now.timestamp():
+            return None
+        try:  # the one conditional write that decides which registration wins
+            SandboxItem(item.pk, item.sk).delete(condition=SandboxItem.pk.exists())
+        except DeleteError as error:
+            if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
+                return None
+            raise
+        return AgentCode(code_hash=code_hash, workspace_id=item.workspace_id, created_by=item.created_by,
+                         expires_at=datetime.fromtimestamp(item.expires_at, tz=UTC))
+
+    def create_sandbox(self, sandbox: Sandbox, tunnel_hash: str, proxy_hash: str) -> None:
+        pk, sk = _meta_key(sandbox.sandbox_id)
+        meta = SandboxItem(
+            pk, sk, sandbox_id=sandbox.sandbox_id, workspace_id=sandbox.workspace_id, name=sandbox.name,
+            kind=sandbox.kind.value, agent_type=sandbox.agent_type.value, status=sandbox.status.value,
+            status_reason=sandbox.status_reason, created_by=sandbox.created_by, created_at=sandbox.created_at,
+            version=sandbox.version, agent_info=sandbox.agent_info, gsi1pk=f"WS#{sandbox.workspace_id}",
+            gsi1sk=f"SANDBOX#{sandbox.created_at.isoformat()}#{sandbox.sandbox_id}",
+        )
+        with TransactWrite(connection=_connection()) as transaction:
+            transaction.save(meta, condition=SandboxItem.pk.does_not_exist())
+            transaction.save(SandboxItem(f"TUNNEL#{tunnel_hash}", "TOKEN", sandbox_id=sandbox.sandbox_id),
+                             condition=SandboxItem.pk.does_not_exist())
+            transaction.save(SandboxItem(f"PROXY#{proxy_hash}", "TOKEN", sandbox_id=sandbox.sandbox_id,
+                                         workspace_id=sandbox.workspace_id),
+                             condition=SandboxItem.pk.does_not_exist())
+
+    def get_sandbox(self, sandbox_id: str) -> Sandbox | None:
+        item = _get(*_meta_key(sandbox_id))
+        return _to_sandbox(item) if item else None
+
+    def sandbox_for_tunnel_token(self, token_hash: str) -> Sandbox | None:
+        link = _get(f"TUNNEL#{token_hash}", "TOKEN")
+        return self.get_sandbox(link.sandbox_id) if link else None
+
+    def list_sandboxes(self, workspace_id: str) -> list[Sandbox]:
+        items = SandboxItem.gsi1.query(f"WS#{workspace_id}", SandboxItem.gsi1sk.startswith("SANDBOX#"))
+        return [_to_sandbox(item) for item in items]
+
+    def update_sandbox(self, sandbox: Sandbox, **changes: Any) -> Sandbox:
+        unknown = set(changes) - _CHANGEABLE
+        if unknown:
+            raise ValueError(f"not changeable: {sorted(unknown)}")
+        attributes = SandboxItem.get_attributes()
+        actions: list[Action] = [SandboxItem.version.set(sandbox.version + 1)]
+        for name, value in changes.items():
+            stored = value.value if hasattr(value, "value") else value
+            actions.append(attributes[name].remove() if stored is None else attributes[name].set(stored))
+        try:
+            SandboxItem(*_meta_key(sandbox.sandbox_id)).update(
+                actions=actions, condition=SandboxItem.version == sandbox.version)
+        except UpdateError as error:
+            if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
+                raise InvalidTransition("The sandbox changed meanwhile; reload and try again.") from error
+            raise
+        fields = {**changes, "version": sandbox.version + 1}
+        return Sandbox(**{**sandbox.__dict__, **fields})
+
+

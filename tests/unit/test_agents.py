@@ -1,0 +1,95 @@
+"""Local agent registration and sandbox liveness (domain + DynamoDB store on in-process moto)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from layers.shared.dal.sandboxes import DynamoSandboxStore
+from layers.shared.domain import agents
+from layers.shared.domain.agents import AgentType, InvalidCode, InvalidTransition, SandboxStatus
+from layers.shared.errors import NotAuthenticated, ValidationFailed
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(moto_aws) -> DynamoSandboxStore:
+    return DynamoSandboxStore()
+
+
+def register(store: DynamoSandboxStore, code: str, name: str = "laptop", now: datetime = NOW) -> agents.Registration:
+    return agents.register_agent(store, code=code, name=name, agent_type=AgentType.opencode, now=now)
+
+
+def test_a_code_makes_one_offline_local_sandbox_with_two_tokens(store: DynamoSandboxStore) -> None:
+    code, record = agents.create_code(store, workspace_id="ws_1", created_by="u_1", now=NOW)
+    assert len(code) == 9 and code[4] == "-" and record.expires_at == NOW + timedelta(minutes=10)
+    registration = register(store, code.lower().replace("-", ""))  # typed loosely, still accepted
+    sandbox = registration.sandbox
+    assert (sandbox.kind, sandbox.status, sandbox.workspace_id) == ("local", SandboxStatus.offline, "ws_1")
+    assert registration.tunnel_token.startswith("ast_") and registration.proxy_token.startswith("asx_")
+    assert store.sandbox_for_tunnel_token(agents.digest(registration.tunnel_token)) == sandbox
+    assert [s.sandbox_id for s in store.list_sandboxes("ws_1")] == [sandbox.sandbox_id]
+
+
+def test_codes_are_single_use_and_expire(store: DynamoSandboxStore) -> None:
+    code, _ = agents.create_code(store, workspace_id="ws_1", created_by="u_1", now=NOW)
+    register(store, code)
+    with pytest.raises(InvalidCode):
+        register(store, code)
+    late, _ = agents.create_code(store, workspace_id="ws_1", created_by="u_1", now=NOW)
+    with pytest.raises(InvalidCode):
+        register(store, late, now=NOW + timedelta(minutes=10, seconds=1))
+    with pytest.raises(InvalidCode):
+        register(store, "ABCD-EFGH")
+    with pytest.raises(ValidationFailed):
+        register(store, late, name="   ")
+
+
+def test_two_concurrent_registrations_with_one_code_exactly_one_wins(store: DynamoSandboxStore) -> None:
+    for _ in range(5):
+        code, _ = agents.create_code(store, workspace_id="ws_race", created_by="u_1", now=NOW)
+
+        def attempt(name: str, code: str = code) -> str:
+            try:
+                register(store, code, name=name)
+                return "won"
+            except InvalidCode:
+                return "lost"
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            outcomes = sorted(pool.map(attempt, ["a", "b"]))
+        assert outcomes == ["lost", "won"]
+    assert len(store.list_sandboxes("ws_race")) == 5
+
+
+def test_connect_replace_and_disconnect(store: DynamoSandboxStore) -> None:
+    code, _ = agents.create_code(store, workspace_id="ws_1", created_by="u_1", now=NOW)
+    token = register(store, code).tunnel_token
+    sandbox = agents.authenticate_agent(store, token)
+    running, replaced = agents.agent_connected(store, sandbox, connection_id="c1", now=NOW)
+    assert (running.status, replaced) == (SandboxStatus.running, None)
+    # A second connection replaces the first; the first one's disconnect changes nothing
+    again, replaced = agents.agent_connected(store, running, connection_id="c2", now=NOW)
+    assert replaced == "c1"
+    assert agents.agent_disconnected(store, sandbox.sandbox_id, connection_id="c1") is None
+    assert store.get_sandbox(sandbox.sandbox_id).status == SandboxStatus.running
+    offline = agents.agent_disconnected(store, sandbox.sandbox_id, connection_id="c2")
+    assert offline is not None and offline.status == SandboxStatus.offline and offline.connection_id is None
+
+
+def test_stale_versions_are_refused_and_deleted_sandboxes_lose_their_tokens(store: DynamoSandboxStore) -> None:
+    code, _ = agents.create_code(store, workspace_id="ws_1", created_by="u_1", now=NOW)
+    registration = register(store, code)
+    stale = registration.sandbox
+    agents.rename(store, stale, "renamed")
+    with pytest.raises(InvalidTransition):
+        agents.rename(store, stale, "lost update")
+    agents.mark_deleted(store, store.get_sandbox(stale.sandbox_id))
+    with pytest.raises(NotAuthenticated):
+        agents.authenticate_agent(store, registration.tunnel_token)
+    with pytest.raises(NotAuthenticated):
+        agents.authenticate_agent(store, None)
