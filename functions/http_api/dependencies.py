@@ -13,9 +13,11 @@ from layers.shared.clock import utcnow
 from layers.shared.dal.identity import DynamoIdentityStore
 from layers.shared.domain import identity
 from layers.shared.domain.identity import AuthPolicy, IssuedSession, Session, User
+from layers.shared.domain.provider_sign_in import IdentityProvider
 from layers.shared.domain.roles import SystemRole
 from layers.shared.domain.workspaces import Quotas
 from layers.shared.errors import Forbidden, NotAuthenticated
+from layers.shared.integrations.oidc import providers_from_settings
 from layers.shared.settings import get_settings
 
 SESSION_COOKIE, CSRF_COOKIE, CSRF_HEADER = "agentserver_session", "agentserver_csrf", "x-csrf-token"
@@ -42,6 +44,13 @@ def auth_policy() -> AuthPolicy:
         max_failures_per_account=settings.max_failures_per_account,
         max_failures_per_source=settings.max_failures_per_source,
     )
+
+
+@lru_cache(maxsize=1)
+def identity_providers() -> dict[str, IdentityProvider]:
+    """The sign-in providers the settings switch on, built once per process (so OIDC discovery
+    and signing keys are fetched once too)."""
+    return providers_from_settings(get_settings())
 
 
 def default_quotas() -> Quotas:
@@ -132,13 +141,13 @@ SessionCaller = Annotated[Principal, Depends(session_principal)]
 AdminCaller = Annotated[Principal, Depends(admin_principal)]
 
 
-def _secure(request: Request) -> bool:
+def served_over_https(request: Request) -> bool:
     return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
 
 
 def set_session_cookies(request: Request, response: Response, issued: IssuedSession, now: datetime) -> None:
     max_age = int((issued.expires_at - now).total_seconds())
-    secure = _secure(request)
+    secure = served_over_https(request)
     response.set_cookie(SESSION_COOKIE, issued.token, max_age=max_age, httponly=True, samesite="lax",
                         secure=secure, path="/")
     # Readable by the console's script, which echoes it in X-CSRF-Token (double submit).
@@ -148,4 +157,4 @@ def set_session_cookies(request: Request, response: Response, issued: IssuedSess
 
 def clear_session_cookies(request: Request, response: Response) -> None:
     for name in (SESSION_COOKIE, CSRF_COOKIE):
-        response.delete_cookie(name, path="/", secure=_secure(request), samesite="lax")
+        response.delete_cookie(name, path="/", secure=served_over_https(request), samesite="lax")

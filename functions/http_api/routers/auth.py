@@ -11,6 +11,7 @@ from functions.http_api.dependencies import (
     Store,
     clear_session_cookies,
     default_quotas,
+    identity_providers,
     set_session_cookies,
 )
 from layers.shared.domain import identity, workspaces
@@ -87,10 +88,5 @@ def me(caller: Caller) -> dict[str, str]:
 
 @router.get("/providers", response_model=ProvidersOut)
 def providers() -> ProvidersOut:
-    settings = get_settings()
-    oidc = []
-    if settings.github_client_id:
-        oidc.append(OidcProviderOut(id="github", name="GitHub"))
-    if settings.oidc_issuer_url and settings.oidc_client_id:
-        oidc.append(OidcProviderOut(id="oidc", name=settings.oidc_provider_name))
-    return ProvidersOut(password=settings.password_auth_enabled, oidc=oidc)
+    oidc = [OidcProviderOut(id=p.provider_id, name=p.display_name) for p in identity_providers().values()]
+    return ProvidersOut(password=get_settings().password_auth_enabled, oidc=oidc)

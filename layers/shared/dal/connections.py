@@ -34,6 +34,7 @@ class ConnectionRecord(BaseModel):
     source_ip = UnicodeAttribute(null=True)
     user_agent = UnicodeAttribute(null=True)
     management_url = UnicodeAttribute()
+    sandbox_id = UnicodeAttribute(null=True)
     # Epoch seconds; DynamoDB's TTL deletes the record if no $disconnect ever arrives.
     expires_at = NumberAttribute()
     by_expiry = ConnectionsByExpiry()
@@ -50,6 +51,7 @@ class DynamoConnectionStore:
             user_agent=connection.user_agent,
             management_url=connection.management_url,
             expires_at=int(connection.expires_at.timestamp()),
+            sandbox_id=connection.sandbox_id,
         ).save()
 
     def get(self, connection_id: str) -> Connection | None:
@@ -95,6 +97,13 @@ class ApiGatewayPusher:
                 return False
             raise
         return True
+
+    def close(self, management_url: str, connection_id: str) -> None:
+        try:
+            management_client(management_url).delete_connection(ConnectionId=connection_id)
+        except ClientError as error:
+            if not _is_gone(error):
+                raise
 
 
 def _is_gone(error: ClientError) -> bool:

@@ -20,6 +20,7 @@ class Connection:
     expires_at: datetime
     source_ip: str | None = None
     user_agent: str | None = None
+    sandbox_id: str | None = None  # the agent on the other end, once authenticated
 
 
 class ConnectionStore(Protocol):
@@ -34,6 +35,8 @@ class ConnectionPusher(Protocol):
         """Send data to a connection; False when the gateway says it is gone (410)."""
 
     def is_alive(self, management_url: str, connection_id: str) -> bool: ...
+    def close(self, management_url: str, connection_id: str) -> None:
+        """Close a connection (DELETE @connections); nothing happens if it is already gone."""
 
 
 def open_connection(
@@ -45,6 +48,7 @@ def open_connection(
     ttl: timedelta,
     source_ip: str | None = None,
     user_agent: str | None = None,
+    sandbox_id: str | None = None,
 ) -> Connection:
     connection = Connection(
         connection_id=connection_id,
@@ -53,6 +57,7 @@ def open_connection(
         expires_at=now + ttl,
         source_ip=source_ip,
         user_agent=user_agent,
+        sandbox_id=sandbox_id,
     )
     store.put(connection)
     return connection
