@@ -1,0 +1,801 @@
+"""Tunnel messages ⇄ binary frames (protocol version 1; docs/tunnel-protocol.md is the specification).
+
+A frame is a 20-byte header followed by a payload. One binary WebSocket message carries one or more
+whole frames and is never larger than `MAX_FRAME`, API Gateway's per-frame limit, so no message is
+ever fragmented or refused on the way. Bodies travel as raw bytes; heads use a length-prefixed
+binary layout; only AGENT_INFO, rare and meant to grow, is JSON.
+
+Decoding trusts nothing: every malformed input raises `ProtocolError` (a `ValueError`), never an
+IndexError, struct.error or UnicodeDecodeError. The message classes check their own fields, so a
+message that exists can be encoded, and a decoded message obeys the same rules as a built one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum, IntFlag
+from typing import ClassVar, Self, TypeVar
+
+PROTOCOL_VERSION = 1
+
+# API Gateway refuses a WebSocket frame over 32 KB; one tunnel WebSocket message is one such frame.
+MAX_FRAME = 32 * 1024
+# version u8 | type u8 | flags u16 | stream id u64 | seq u32 | payload length u32, big-endian.
+_HEADER = struct.Struct("!BBHQII")
+HEADER_SIZE = _HEADER.size
+MAX_PAYLOAD = MAX_FRAME - HEADER_SIZE
+MAX_BODY_CHUNK = MAX_PAYLOAD
+
+CONNECTION_STREAM_ID = 0
+MAX_STREAM_ID = 2**64 - 1
+MAX_SEQ = 2**32 - 1
+MAX_WINDOW_INCREMENT = 2**31 - 1
+# Diagnostic text is cut to this size (at a character boundary) rather than refused: a long
+# upstream error message must never be the reason an ERROR or CANCEL cannot be sent.
+MAX_REASON_BYTES = 1024
+# RFC 6455 leaves 123 bytes for a close reason; browsers refuse longer ones.
+MAX_WS_CLOSE_REASON_BYTES = 123
+
+# The agent sends HEARTBEAT this often: API Gateway closes a connection after 10 idle minutes and
+# does not count WebSocket pings, and the server needs a recent sign of life to show "running".
+HEARTBEAT_INTERVAL_SECONDS = 30
+# The server marks an agent offline, and the agent gives up on its connection, after this many
+# intervals without a heartbeat (respectively an acknowledgement).
+MISSED_HEARTBEATS_BEFORE_OFFLINE = 3
+# API Gateway ends every connection after 2 hours; the agent opens its next connection before that.
+MAX_CONNECTION_SECONDS = 2 * 60 * 60
+RECONNECT_AFTER_SECONDS = MAX_CONNECTION_SECONDS - 10 * 60
+
+# Heads take any sequence of (name, value) byte pairs (an ASGI scope's list, httpx's raw headers) and
+# keep them as a tuple, in order and with duplicates, exactly as they will be sent.
+HeaderPairs = Sequence[tuple[bytes, bytes]]
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+class ProtocolError(ValueError):
+    """Bytes or a message that break the tunnel protocol: unknown version or type, truncated, malformed."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A message whose encoding does not fit in one frame (e.g. a head over ~32 KB)."""
+
+
+class MessageType(IntEnum):
+    # 0x0_: HTTP exchange and stream control.
+    REQUEST_HEAD = 0x01
+    REQUEST_BODY = 0x02
+    REQUEST_END = 0x03
+    RESPONSE_HEAD = 0x04
+    RESPONSE_BODY = 0x05
+    RESPONSE_END = 0x06
+    CANCEL = 0x07
+    ERROR = 0x08
+    WINDOW_UPDATE = 0x09
+    # 0x1_: WebSocket passthrough.
+    WS_OPEN = 0x10
+    WS_MESSAGE = 0x11
+    WS_CLOSE = 0x12
+    # 0x2_: connection level, always on stream 0.
+    HEARTBEAT = 0x20
+    HEARTBEAT_ACK = 0x21
+    AGENT_INFO = 0x22
+
+
+class Flag(IntFlag):
+    NONE = 0
+    WS_TEXT = 0x0001  # WS_MESSAGE: the message is text (UTF-8), not binary
+    WS_CONTINUES = 0x0002  # WS_MESSAGE: more fragments of the same WebSocket message follow
+
+
+class ErrorCode(IntEnum):
+    """Well-known ERROR codes. The set is open: a receiver treats an unknown code as INTERNAL_ERROR."""
+
+    PROTOCOL_ERROR = 1  # a frame broke the protocol (state, order, format)
+    FLOW_CONTROL_ERROR = 2  # more body bytes than the window allowed
+    UPSTREAM_UNAVAILABLE = 3  # the agent could not reach its local app
+    UPSTREAM_TIMEOUT = 4  # the local app did not answer in time
+    UPSTREAM_FAILED = 5  # the local app broke off mid-response
+    REFUSED_STREAM = 6  # the agent will not take another stream now; safe to retry elsewhere or later
+    HEAD_TOO_LARGE = 7  # a head did not fit in one frame
+    INTERNAL_ERROR = 8
+
+
+class CancelReason:
+    """Suggested CANCEL reasons; any short text is allowed."""
+
+    CLIENT_DISCONNECTED = "client_disconnected"
+    TIMEOUT = "timeout"
+    SHUTTING_DOWN = "shutting_down"
+    RESPONSE_COMPLETE = "response_complete"  # the response ended before the request body did
+
+
+# ---------------------------------------------------------------------------------------------
+# Field checks shared by construction and decoding.
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FORBIDDEN_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")
+_FORBIDDEN_IN_HEADER_NAME = frozenset(b"\r\n\x00 \t:")
+_FORBIDDEN_IN_HEADER_VALUE = frozenset(b"\r\n\x00")
+
+
+def _require(condition: bool, explanation: str) -> None:
+    if not condition:
+        raise ProtocolError(explanation)
+
+
+def _check_int(value: object, name: str, low: int, high: int) -> None:
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+        f"{name} must be an integer in {low}..{high}, got {value!r}",
+    )
+
+
+def _check_target(target: object) -> None:
+    # Origin-form only ("/path?query"): an absolute URL here could point the agent at another host.
+    _require(
+        isinstance(target, str) and target.startswith("/"), f"target must be a path starting with '/', got {target!r}"
+    )
+    _require(not _FORBIDDEN_IN_TARGET.search(str(target)), f"target contains spaces or control characters: {target!r}")
+
+
+def _normalize_headers(headers: object) -> Headers:
+    if not isinstance(headers, list | tuple):
+        raise ProtocolError(f"headers must be a sequence of (name, value) pairs, got {headers!r}")
+    pairs: list[tuple[bytes, bytes]] = []
+    for pair in headers:
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            raise ProtocolError(f"a header must be a (name, value) pair, got {pair!r}")
+        name, value = pair
+        if not (isinstance(name, bytes) and isinstance(value, bytes)):
+            raise ProtocolError(f"header names and values are bytes, got {pair!r}")
+        # CR, LF and NUL would let one header smuggle another into the upstream request or response.
+        _require(bool(name) and not _FORBIDDEN_IN_HEADER_NAME.intersection(name), f"invalid header name {name!r}")
+        _require(not _FORBIDDEN_IN_HEADER_VALUE.intersection(value), f"invalid value for header {name!r}")
+        pairs.append((name, value))
+    return tuple(pairs)
+
+
+def _truncate_utf8(text: str, limit: int) -> str:
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[:limit].decode("utf-8", "ignore")  # drops a character cut in half
+
+
+# ---------------------------------------------------------------------------------------------
+# Payload reading and writing.
+
+
+class _PayloadReader:
+    """Reads one payload front to back; running out of bytes is a ProtocolError naming the field."""
+
+    def __init__(self, payload: memoryview, message_type: MessageType):
+        self._payload = payload
+        self._offset = 0
+        self._message_type = message_type
+
+    def _take(self, size: int, what: str) -> memoryview:
+        end = self._offset + size
+        if end > len(self._payload):
+            left = len(self._payload) - self._offset
+            raise ProtocolError(
+                f"{self._message_type.name} payload is truncated in {what}: needs {size} bytes, {left} left"
+            )
+        chunk = self._payload[self._offset : end]
+        self._offset = end
+        return chunk
+
+    def u8(self, what: str) -> int:
+        return self._take(1, what)[0]
+
+    def u16(self, what: str) -> int:
+        return int.from_bytes(self._take(2, what), "big")
+
+    def u32(self, what: str) -> int:
+        return int.from_bytes(self._take(4, what), "big")
+
+    def u64(self, what: str) -> int:
+        return int.from_bytes(self._take(8, what), "big")
+
+    def blob8(self, what: str) -> bytes:
+        return bytes(self._take(self.u8(f"{what} length"), what))
+
+    def blob16(self, what: str) -> bytes:
+        return bytes(self._take(self.u16(f"{what} length"), what))
+
+    def rest(self) -> bytes:
+        return bytes(self._take(len(self._payload) - self._offset, "the rest"))
+
+    def text(self, raw: bytes, what: str) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ProtocolError(f"{self._message_type.name}: {what} is not UTF-8") from error
+
+    def headers(self) -> Headers:
+        count = self.u16("header count")
+        return _normalize_headers([(self.blob16("header name"), self.blob16("header value")) for _ in range(count)])
+
+    def finish(self) -> None:
+        if self._offset != len(self._payload):
+            raise ProtocolError(
+                f"{self._message_type.name} payload has {len(self._payload) - self._offset} unexpected trailing bytes"
+            )
+
+
+def _blob(data: bytes, length_bytes: int, what: str) -> bytes:
+    if len(data) >= 1 << (8 * length_bytes):
+        # A field this long cannot fit in a frame anyway.
+        raise FrameTooLarge(f"{what} is {len(data)} bytes, over the {(1 << (8 * length_bytes)) - 1}-byte field limit")
+    return len(data).to_bytes(length_bytes, "big") + data
+
+
+def _headers_payload(headers: HeaderPairs) -> bytes:
+    if len(headers) > 0xFFFF:
+        raise FrameTooLarge(f"{len(headers)} headers is more than a head can carry")
+    parts = [len(headers).to_bytes(2, "big")]
+    for name, value in headers:
+        parts.append(_blob(name, 2, "a header name"))
+        parts.append(_blob(value, 2, f"the value of header {name[:64]!r}"))
+    return b"".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages.
+
+
+class Message(ABC):
+    """One tunnel message: a frame's type, stream, sequence number and typed payload."""
+
+    TYPE: ClassVar[MessageType]
+    ALLOWED_FLAGS: ClassVar[Flag] = Flag.NONE
+    stream_id: int
+    seq: int
+
+    @abstractmethod
+    def payload(self) -> bytes:
+        """The frame payload, without the header."""
+
+    def flags(self) -> Flag:
+        return Flag.NONE
+
+    @classmethod
+    @abstractmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        """Builds the message from a frame whose header has been checked."""
+
+
+@dataclass(frozen=True)
+class StreamMessage(Message, ABC):
+    """A message of one stream. `seq` numbers the frames one side sends on the stream: 0, 1, 2, ..."""
+
+    stream_id: int
+    seq: int
+
+    def __post_init__(self) -> None:
+        _check_int(self.stream_id, "stream_id", 1, MAX_STREAM_ID)
+        _check_int(self.seq, "seq", 0, MAX_SEQ)
+
+
+@dataclass(frozen=True)
+class ConnectionMessage(Message, ABC):
+    """A message about the connection itself; it travels on stream 0 with seq 0."""
+
+    @property
+    def stream_id(self) -> int:  # type: ignore[override]  # fixed, not a field
+        return CONNECTION_STREAM_ID
+
+    @property
+    def seq(self) -> int:  # type: ignore[override]  # fixed, not a field
+        return 0
+
+
+@dataclass(frozen=True)
+class RequestHead(StreamMessage):
+    """Server → agent: opens an HTTP stream. `target` is the path and query, as on the request line."""
+
+    TYPE = MessageType.REQUEST_HEAD
+    method: str
+    target: str
+    headers: HeaderPairs = ()
+
+    def __post_init__(self) -> None:
+        StreamMessage.__post_init__(self)
+        _require(
+            isinstance(self.method, str) and bool(_TOKEN.fullmatch(self.method)) and len(self.method) <= 255,
+            f"method must be an HTTP token of at most 255 characters, got {self.method!r}",
+        )
+        _check_target(self.target)
+        object.__setattr__(self, "headers", _normalize_headers(self.headers))
+
+    def payload(self) -> bytes:
+        return (
+            _blob(self.method.encode("ascii"), 1, "the method")
+            + _blob(self.target.encode(), 2, "the target")
+            + _headers_payload(self.headers)
+        )
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        method = reader.text(reader.blob8("method"), "method")
+        target = reader.text(reader.blob16("target"), "target")
+        return cls(stream_id, seq, method, target, reader.headers())
+
+
+@dataclass(frozen=True)
+class BodyChunk(StreamMessage):
+    """Raw body bytes; the payload length counts against the receiver's flow-control window."""
+
+    data: bytes
+
+    def __post_init__(self) -> None:
+        StreamMessage.__post_init__(self)
+        _require(isinstance(self.data, bytes), f"data must be bytes, got {type(self.data).__name__}")
+
+    def payload(self) -> bytes:
+        return self.data
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        return cls(stream_id, seq, reader.rest())
+
+
+@dataclass(frozen=True)
+class RequestBody(BodyChunk):
+    """Server → agent: a chunk of the request body."""
+
+    TYPE = MessageType.REQUEST_BODY
+
+
+@dataclass(frozen=True)
+class ResponseBody(BodyChunk):
+    """Agent → server: a chunk of the response body (one SSE event can be one chunk)."""
+
+    TYPE = MessageType.RESPONSE_BODY
+
+
+@dataclass(frozen=True)
+class _EmptyStreamMessage(StreamMessage):
+    def payload(self) -> bytes:
+        return b""
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        return cls(stream_id, seq)
+
+
+@dataclass(frozen=True)
+class RequestEnd(_EmptyStreamMessage):
+    """Server → agent: the request body is complete."""
+
+    TYPE = MessageType.REQUEST_END
+
+
+@dataclass(frozen=True)
+class ResponseEnd(_EmptyStreamMessage):
+    """Agent → server: the response body is complete."""
+
+    TYPE = MessageType.RESPONSE_END
+
+
+@dataclass(frozen=True)
+class ResponseHead(StreamMessage):
+    """Agent → server: the status and headers; 101 accepts a WS_OPEN."""
+
+    TYPE = MessageType.RESPONSE_HEAD
+    status: int
+    headers: HeaderPairs = ()
+
+    def __post_init__(self) -> None:
+        StreamMessage.__post_init__(self)
+        _check_int(self.status, "status", 100, 999)
+        object.__setattr__(self, "headers", _normalize_headers(self.headers))
+
+    def payload(self) -> bytes:
+        return self.status.to_bytes(2, "big") + _headers_payload(self.headers)
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        status = reader.u16("status")
+        return cls(stream_id, seq, status, reader.headers())
+
+
+@dataclass(frozen=True)
+class Cancel(StreamMessage):
+    """Either side: abandon the stream now (browser gone, timeout, shutdown). Nothing follows it."""
+
+    TYPE = MessageType.CANCEL
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        StreamMessage.__post_init__(self)
+        _require(isinstance(self.reason, str), f"reason must be text, got {self.reason!r}")
+        object.__setattr__(self, "reason", _truncate_utf8(self.reason, MAX_REASON_BYTES))
+
+    def payload(self) -> bytes:
+        return self.reason.encode()
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        return cls(stream_id, seq, reader.text(reader.rest(), "reason"))
+
+
+@dataclass(frozen=True)
+class StreamError(StreamMessage):
+    """Either side: the stream failed (the ERROR message; not an exception). Nothing follows it."""
+
+    TYPE = MessageType.ERROR
+    code: int
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        StreamMessage.__post_init__(self)
+        _check_int(self.code, "code", 0, 0xFFFF)
+        _require(isinstance(self.message, str), f"message must be text, got {self.message!r}")
+        object.__setattr__(self, "message", _truncate_utf8(self.message, MAX_REASON_BYTES))
+
+    def payload(self) -> bytes:
+        return self.code.to_bytes(2, "big") + self.message.encode()
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        code = reader.u16("code")
+        return cls(stream_id, seq, code, reader.text(reader.rest(), "message"))
+
+
+@dataclass(frozen=True)
+class WindowUpdate(StreamMessage):
+    """Either side: the sender may send `increment` more body bytes on this stream."""
+
+    TYPE = MessageType.WINDOW_UPDATE
+    increment: int
+
+    def __post_init__(self) -> None:
+        StreamMessage.__post_init__(self)
+        _check_int(self.increment, "increment", 1, MAX_WINDOW_INCREMENT)
+
+    def payload(self) -> bytes:
+        return self.increment.to_bytes(4, "big")
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        return cls(stream_id, seq, reader.u32("increment"))
+
+
+@dataclass(frozen=True)
+class WsOpen(StreamMessage):
+    """Server → agent: opens a WebSocket passthrough stream to `target` (e.g. opencode's terminal)."""
+
+    TYPE = MessageType.WS_OPEN
+    target: str
+    headers: HeaderPairs = ()
+
+    def __post_init__(self) -> None:
+        StreamMessage.__post_init__(self)
+        _check_target(self.target)
+        object.__setattr__(self, "headers", _normalize_headers(self.headers))
+
+    def payload(self) -> bytes:
+        return _blob(self.target.encode(), 2, "the target") + _headers_payload(self.headers)
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        target = reader.text(reader.blob16("target"), "target")
+        return cls(stream_id, seq, target, reader.headers())
+
+
+@dataclass(frozen=True)
+class WsMessage(StreamMessage):
+    """Either side: one WebSocket message, or one fragment of it when `continues` is set.
+
+    `data` is bytes even for text messages (UTF-8), so a text message can be split anywhere;
+    the receiver joins the fragments before decoding.
+    """
+
+    TYPE = MessageType.WS_MESSAGE
+    ALLOWED_FLAGS = Flag.WS_TEXT | Flag.WS_CONTINUES
+    data: bytes
+    text: bool = False
+    continues: bool = False
+
+    def __post_init__(self) -> None:
+        StreamMessage.__post_init__(self)
+        _require(isinstance(self.data, bytes), f"data must be bytes, got {type(self.data).__name__}")
+
+    def flags(self) -> Flag:
+        return (Flag.WS_TEXT if self.text else Flag.NONE) | (Flag.WS_CONTINUES if self.continues else Flag.NONE)
+
+    def payload(self) -> bytes:
+        return self.data
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        return cls(stream_id, seq, reader.rest(), text=Flag.WS_TEXT in flags, continues=Flag.WS_CONTINUES in flags)
+
+
+@dataclass(frozen=True)
+class WsClose(StreamMessage):
+    """Either side: this side's end of the WebSocket is closed, with a close code and reason."""
+
+    TYPE = MessageType.WS_CLOSE
+    code: int = 1000
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        StreamMessage.__post_init__(self)
+        _check_int(self.code, "close code", 1000, 4999)
+        _require(isinstance(self.reason, str), f"reason must be text, got {self.reason!r}")
+        object.__setattr__(self, "reason", _truncate_utf8(self.reason, MAX_WS_CLOSE_REASON_BYTES))
+
+    def payload(self) -> bytes:
+        return self.code.to_bytes(2, "big") + self.reason.encode()
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        code = reader.u16("close code")
+        return cls(stream_id, seq, code, reader.text(reader.rest(), "reason"))
+
+
+@dataclass(frozen=True)
+class Heartbeat(ConnectionMessage):
+    """Either side (in practice the agent, every HEARTBEAT_INTERVAL_SECONDS): a sign of life to acknowledge."""
+
+    TYPE = MessageType.HEARTBEAT
+    sequence: int
+    sent_at_ms: int  # sender's clock, Unix milliseconds
+
+    def __post_init__(self) -> None:
+        _check_int(self.sequence, "sequence", 0, 2**64 - 1)
+        _check_int(self.sent_at_ms, "sent_at_ms", 0, 2**64 - 1)
+
+    def payload(self) -> bytes:
+        return self.sequence.to_bytes(8, "big") + self.sent_at_ms.to_bytes(8, "big")
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        return cls(reader.u64("sequence"), reader.u64("sent_at_ms"))
+
+
+@dataclass(frozen=True)
+class HeartbeatAck(ConnectionMessage):
+    """The answer to a HEARTBEAT: echoes its sequence and time (round-trip time), adds the acknowledger's clock."""
+
+    TYPE = MessageType.HEARTBEAT_ACK
+    sequence: int
+    sent_at_ms: int
+    acked_at_ms: int
+
+    def __post_init__(self) -> None:
+        for name in ("sequence", "sent_at_ms", "acked_at_ms"):
+            _check_int(getattr(self, name), name, 0, 2**64 - 1)
+
+    def payload(self) -> bytes:
+        return b"".join(value.to_bytes(8, "big") for value in (self.sequence, self.sent_at_ms, self.acked_at_ms))
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        return cls(reader.u64("sequence"), reader.u64("sent_at_ms"), reader.u64("acked_at_ms"))
+
+
+@dataclass(frozen=True)
+class AgentInfo(ConnectionMessage):
+    """Agent → server, on connect and whenever a field changes: what and where the agent is.
+
+    The payload is a JSON object so fields can be added without a new protocol version: a receiver
+    ignores keys it does not know.
+    """
+
+    TYPE = MessageType.AGENT_INFO
+    hostname: str
+    os: str  # e.g. "Linux-6.8.0-x86_64"
+    agent_type: str  # e.g. "opencode"
+    working_directory: str
+    versions: Mapping[str, str] = field(default_factory=dict)  # e.g. {"agent_client": "0.1.0", "opencode": "0.9.1"}
+
+    _TEXT_FIELDS: ClassVar[tuple[str, ...]] = ("hostname", "os", "agent_type", "working_directory")
+
+    def __post_init__(self) -> None:
+        for name in self._TEXT_FIELDS:
+            value = getattr(self, name)
+            _require(isinstance(value, str), f"{name} must be text, got {value!r}")
+        _require(
+            isinstance(self.versions, Mapping)
+            and all(isinstance(key, str) and isinstance(value, str) for key, value in self.versions.items()),
+            f"versions must map names to version strings, got {self.versions!r}",
+        )
+        object.__setattr__(self, "versions", dict(self.versions))
+
+    def payload(self) -> bytes:
+        document = {name: getattr(self, name) for name in self._TEXT_FIELDS} | {"versions": dict(self.versions)}
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        raw = reader.rest()
+        text = reader.text(raw, "the agent info")
+        try:
+            document = json.loads(text)
+        # Besides bad syntax, json raises ValueError for an integer of over 4,300 digits and
+        # RecursionError for deep nesting; 32 KB of "[" is enough for that.
+        except (ValueError, RecursionError) as error:
+            raise ProtocolError(f"AGENT_INFO is not usable JSON: {str(error)[:200]}") from error
+        _require(isinstance(document, dict), "AGENT_INFO must be a JSON object")
+        missing = [name for name in (*cls._TEXT_FIELDS, "versions") if name not in document]
+        _require(not missing, f"AGENT_INFO lacks {', '.join(missing)}")
+        return cls(**{name: document[name] for name in cls._TEXT_FIELDS}, versions=document["versions"])
+
+
+_MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
+    message_class.TYPE: message_class
+    for message_class in (
+        RequestHead,
+        RequestBody,
+        RequestEnd,
+        ResponseHead,
+        ResponseBody,
+        ResponseEnd,
+        Cancel,
+        StreamError,
+        WindowUpdate,
+        WsOpen,
+        WsMessage,
+        WsClose,
+        Heartbeat,
+        HeartbeatAck,
+        AgentInfo,
+    )
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames and WebSocket messages.
+
+
+def encode(message: Message) -> bytes:
+    """One frame: header and payload. Raises FrameTooLarge if the message cannot fit in MAX_FRAME."""
+    payload = message.payload()
+    if len(payload) > MAX_PAYLOAD:
+        hint = " (split bodies with split_body)" if isinstance(message, BodyChunk | WsMessage) else ""
+        raise FrameTooLarge(
+            f"{message.TYPE.name} on stream {message.stream_id} needs a {len(payload)}-byte payload; "
+            f"a frame holds {MAX_PAYLOAD} bytes after its {HEADER_SIZE}-byte header{hint}"
+        )
+    header = _HEADER.pack(PROTOCOL_VERSION, message.TYPE, message.flags(), message.stream_id, message.seq, len(payload))
+    return header + payload
+
+
+def decode(data: bytes | bytearray | memoryview) -> Message:
+    """The message in a WebSocket message holding exactly one frame."""
+    view = _binary_view(data)
+    message, end = _decode_frame(view, 0)
+    if end != len(view):
+        raise ProtocolError(f"{len(view) - end} bytes follow the frame; use unpack for a message of several frames")
+    return message
+
+
+def pack(messages: Iterable[Message]) -> list[bytes]:
+    """Encodes messages, in order, into as few WebSocket messages as fit in MAX_FRAME each.
+
+    Packing saves a Lambda invocation per frame on the way in (API Gateway invokes $default once
+    per WebSocket message): a small response's head, body and end travel together. Pack only what
+    is ready to send; never wait to fill a message.
+    """
+    websocket_messages: list[bytes] = []
+    pending: list[bytes] = []
+    pending_size = 0
+    for message in messages:
+        frame = encode(message)
+        if pending and pending_size + len(frame) > MAX_FRAME:
+            websocket_messages.append(b"".join(pending))
+            pending, pending_size = [], 0
+        pending.append(frame)
+        pending_size += len(frame)
+    if pending:
+        websocket_messages.append(b"".join(pending))
+    return websocket_messages
+
+
+def unpack(data: bytes | bytearray | memoryview) -> list[Message]:
+    """All messages in one WebSocket message (one or more whole frames), in order."""
+    view = _binary_view(data)
+    if not view:
+        raise ProtocolError("an empty WebSocket message holds no frame")
+    messages: list[Message] = []
+    offset = 0
+    while offset < len(view):
+        message, offset = _decode_frame(view, offset)
+        messages.append(message)
+    return messages
+
+
+def _binary_view(data: object) -> memoryview:
+    if isinstance(data, str):
+        # e.g. API Gateway's own {"message": "Internal server error"} text reply.
+        raise ProtocolError("tunnel frames travel in binary WebSocket messages; got a text message")
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(f"expected bytes, got {type(data).__name__}")
+    try:
+        view = memoryview(data).cast("B")
+    except TypeError as error:  # a multi-dimensional or non-contiguous buffer
+        raise ProtocolError(f"expected a flat byte buffer: {error}") from error
+    if len(view) > MAX_FRAME:
+        raise ProtocolError(f"a WebSocket message of {len(view)} bytes is over the {MAX_FRAME}-byte limit")
+    return view
+
+
+def _decode_frame(view: memoryview, offset: int) -> tuple[Message, int]:
+    if len(view) - offset < HEADER_SIZE:
+        raise ProtocolError(f"truncated frame header: {len(view) - offset} of {HEADER_SIZE} bytes")
+    version, type_code, flag_bits, stream_id, seq, length = _HEADER.unpack_from(view, offset)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported tunnel protocol version {version}; this side speaks {PROTOCOL_VERSION}")
+    if type_code not in _MESSAGE_CLASSES:
+        raise ProtocolError(f"unknown message type 0x{type_code:02x}")
+    message_type = MessageType(type_code)
+    message_class = _MESSAGE_CLASSES[message_type]
+    start = offset + HEADER_SIZE
+    if start + length > len(view):
+        raise ProtocolError(
+            f"truncated {message_type.name} frame: payload of {length} bytes, {len(view) - start} present"
+        )
+    undefined_flags = flag_bits & ~int(message_class.ALLOWED_FLAGS)
+    if undefined_flags:
+        raise ProtocolError(f"{message_type.name} does not define flags 0x{undefined_flags:04x}")
+    if issubclass(message_class, ConnectionMessage):
+        _require(
+            stream_id == CONNECTION_STREAM_ID and seq == 0,
+            f"{message_type.name} belongs to stream 0 with seq 0, got stream {stream_id} seq {seq}",
+        )
+    else:
+        _require(
+            stream_id != CONNECTION_STREAM_ID, f"{message_type.name} needs a stream id; stream 0 is the connection"
+        )
+    reader = _PayloadReader(view[start : start + length], message_type)
+    message = message_class._parse(stream_id, seq, Flag(flag_bits), reader)
+    reader.finish()
+    return message, start + length
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting payloads that are larger than one frame.
+
+BodyChunkT = TypeVar("BodyChunkT", bound=BodyChunk)
+
+
+def split_body(
+    chunk_type: type[BodyChunkT], stream_id: int, body: bytes, *, first_seq: int, chunk_size: int = MAX_BODY_CHUNK
+) -> list[BodyChunkT]:
+    """Body chunk messages carrying `body`, numbered from `first_seq`; each encodes within MAX_FRAME.
+
+    An empty body gives no chunk (the END message alone says so). A sender short of flow-control
+    credit passes a smaller `chunk_size`.
+    """
+    _check_chunk_size(chunk_size)
+    return [
+        chunk_type(stream_id, first_seq + index, body[start : start + chunk_size])
+        for index, start in enumerate(range(0, len(body), chunk_size))
+    ]
+
+
+def split_ws_message(
+    stream_id: int, data: bytes, *, text: bool, first_seq: int, chunk_size: int = MAX_BODY_CHUNK
+) -> list[WsMessage]:
+    """WS_MESSAGE fragments of one WebSocket message; all but the last have `continues` set."""
+    _check_chunk_size(chunk_size)
+    starts = range(0, len(data), chunk_size) if data else range(1)
+    return [
+        WsMessage(
+            stream_id, first_seq + index, data[start : start + chunk_size], text=text, continues=index < len(starts) - 1
+        )
+        for index, start in enumerate(starts)
+    ]
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if not 1 <= chunk_size <= MAX_BODY_CHUNK:
+        raise ValueError(f"chunk_size must be in 1..{MAX_BODY_CHUNK}, got {chunk_size}")

@@ -1,0 +1,498 @@
+"""The tunnel codec: every message round-trips, every frame fits API Gateway, bad bytes are a ProtocolError."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from layers.shared.tunnel.codec import (
+    HEADER_SIZE,
+    MAX_BODY_CHUNK,
+    MAX_FRAME,
+    MAX_PAYLOAD,
+    MAX_REASON_BYTES,
+    MAX_STREAM_ID,
+    MAX_WS_CLOSE_REASON_BYTES,
+    PROTOCOL_VERSION,
+    AgentInfo,
+    Cancel,
+    CancelReason,
+    ErrorCode,
+    FrameTooLarge,
+    Heartbeat,
+    HeartbeatAck,
+    Message,
+    MessageType,
+    ProtocolError,
+    RequestBody,
+    RequestEnd,
+    RequestHead,
+    ResponseBody,
+    ResponseEnd,
+    ResponseHead,
+    StreamError,
+    WindowUpdate,
+    WsClose,
+    WsMessage,
+    WsOpen,
+    decode,
+    encode,
+    pack,
+    split_body,
+    split_ws_message,
+    unpack,
+)
+
+STREAM = 0x0123456789ABCDEF
+
+ONE_OF_EACH: list[Message] = [
+    RequestHead(
+        STREAM,
+        0,
+        "GET",
+        "/session?directory=%2Fhome",
+        [(b"accept", b"text/event-stream"), (b"cookie", b"a=1"), (b"cookie", b"b=2")],
+    ),
+    RequestBody(STREAM, 1, b"\x00\xffbinary body\r\n"),
+    RequestEnd(STREAM, 2),
+    ResponseHead(
+        STREAM, 0, 200, [(b"content-type", b"text/event-stream"), (b"set-cookie", b"x=1"), (b"set-cookie", b"y=2")]
+    ),
+    ResponseBody(STREAM, 1, b'data: {"type":"message"}\n\n'),
+    ResponseEnd(STREAM, 2),
+    Cancel(STREAM, 3, CancelReason.CLIENT_DISCONNECTED),
+    StreamError(STREAM, 3, ErrorCode.UPSTREAM_UNAVAILABLE, "connection refused on 127.0.0.1:4096"),
+    WindowUpdate(STREAM, 4, 128 * 1024),
+    WsOpen(STREAM, 0, "/pty/abc/connect", [(b"sec-websocket-protocol", b"tty")]),
+    WsMessage(STREAM, 1, b"ls -la\r", text=True),
+    WsMessage(STREAM, 2, b"\x1b[0m\x00", text=False, continues=True),
+    WsClose(STREAM, 3, 1001, "going away"),
+    Heartbeat(sequence=7, sent_at_ms=1_700_000_000_000),
+    HeartbeatAck(sequence=7, sent_at_ms=1_700_000_000_000, acked_at_ms=1_700_000_000_042),
+    AgentInfo(
+        hostname="laptop.local",
+        os="Darwin-23.4.0-arm64",
+        agent_type="opencode",
+        working_directory="/Users/ana/código",
+        versions={"agent_client": "0.1.0", "opencode": "0.9.1"},
+    ),
+]
+
+
+def valid_frame() -> bytes:
+    return encode(RequestHead(STREAM, 0, "POST", "/session", [(b"content-type", b"application/json")]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trips
+
+
+def test_one_of_each_covers_every_message_type() -> None:
+    assert {message.TYPE for message in ONE_OF_EACH} == set(MessageType)
+
+
+@pytest.mark.parametrize("message", ONE_OF_EACH, ids=lambda message: message.TYPE.name)
+def test_every_message_type_round_trips(message: Message) -> None:
+    # Given a message, when it is encoded and decoded
+    frame = encode(message)
+    # Then the same message comes back, from a frame that fits API Gateway
+    assert decode(frame) == message
+    assert len(frame) <= MAX_FRAME
+    assert frame[0] == PROTOCOL_VERSION and frame[1] == message.TYPE
+
+
+def test_header_layout_is_the_documented_one() -> None:
+    # Given a WINDOW_UPDATE (fixed payload), then its bytes are exactly the table in docs/tunnel-protocol.md
+    frame = encode(WindowUpdate(0x0102030405060708, 9, 0x10000))
+    assert frame == (
+        b"\x01\x09\x00\x00\x01\x02\x03\x04\x05\x06\x07\x08\x00\x00\x00\x09\x00\x00\x00\x04\x00\x01\x00\x00"
+    )
+    assert HEADER_SIZE == 20
+
+
+def test_heads_keep_duplicate_headers_in_order() -> None:
+    headers = [(b"set-cookie", b"a=1"), (b"x-one", b"1"), (b"set-cookie", b"b=2"), (b"set-cookie", b"a=1")]
+    decoded = decode(encode(ResponseHead(1, 0, 200, headers)))
+    assert isinstance(decoded, ResponseHead)
+    assert decoded.headers == tuple(headers)
+
+
+def test_flags_round_trip_on_websocket_messages() -> None:
+    for text in (False, True):
+        for continues in (False, True):
+            message = WsMessage(1, 0, b"x", text=text, continues=continues)
+            assert decode(encode(message)) == message
+
+
+def test_agent_info_ignores_fields_it_does_not_know() -> None:
+    # Given an AGENT_INFO from a newer agent with an extra field
+    document = {
+        "hostname": "h",
+        "os": "Linux",
+        "agent_type": "opencode",
+        "working_directory": "/w",
+        "versions": {},
+        "gpu": "none",
+    }
+    payload = json.dumps(document).encode()
+    frame = struct.pack("!BBHQII", 1, MessageType.AGENT_INFO, 0, 0, 0, len(payload)) + payload
+    # Then it decodes, without the extra field
+    assert decode(frame) == AgentInfo("h", "Linux", "opencode", "/w", {})
+
+
+# Property: arbitrary valid messages of every type round-trip.
+
+stream_ids = st.integers(1, MAX_STREAM_ID)
+seqs = st.integers(0, 2**32 - 1)
+u64 = st.integers(0, 2**64 - 1)
+header_names = st.binary(min_size=1, max_size=40).filter(lambda name: not set(name) & set(b"\r\n\x00 \t:"))
+header_values = st.binary(max_size=200).filter(lambda value: not set(value) & set(b"\r\n\x00"))
+header_lists = st.lists(st.tuples(header_names, header_values), max_size=20)
+targets = (
+    st.text(min_size=0, max_size=200)
+    .filter(lambda text: all(ord(c) > 0x20 and c != "\x7f" for c in text))
+    .map(lambda text: "/" + text)
+)
+methods = st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "PROPFIND"])
+short_text = st.text(max_size=300)
+bodies = st.binary(max_size=MAX_BODY_CHUNK)
+
+any_message = st.one_of(
+    st.builds(RequestHead, stream_ids, seqs, methods, targets, header_lists),
+    st.builds(RequestBody, stream_ids, seqs, bodies),
+    st.builds(RequestEnd, stream_ids, seqs),
+    st.builds(ResponseHead, stream_ids, seqs, st.integers(100, 999), header_lists),
+    st.builds(ResponseBody, stream_ids, seqs, bodies),
+    st.builds(ResponseEnd, stream_ids, seqs),
+    st.builds(Cancel, stream_ids, seqs, short_text),
+    st.builds(StreamError, stream_ids, seqs, st.integers(0, 0xFFFF), short_text),
+    st.builds(WindowUpdate, stream_ids, seqs, st.integers(1, 2**31 - 1)),
+    st.builds(WsOpen, stream_ids, seqs, targets, header_lists),
+    st.builds(WsMessage, stream_ids, seqs, bodies, text=st.booleans(), continues=st.booleans()),
+    st.builds(WsClose, stream_ids, seqs, st.integers(1000, 4999), st.text(max_size=200)),
+    st.builds(Heartbeat, u64, u64),
+    st.builds(HeartbeatAck, u64, u64, u64),
+    st.builds(
+        AgentInfo,
+        short_text,
+        short_text,
+        short_text,
+        short_text,
+        st.dictionaries(st.text(max_size=20), st.text(max_size=20), max_size=5),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(any_message)
+def test_any_valid_message_round_trips_within_the_frame_limit(message: Message) -> None:
+    frame = encode(message)
+    assert len(frame) <= MAX_FRAME
+    assert decode(frame) == message
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.lists(any_message, min_size=1, max_size=30))
+def test_packed_messages_come_back_in_order_and_each_websocket_message_fits(messages: list[Message]) -> None:
+    websocket_messages = pack(messages)
+    assert all(len(data) <= MAX_FRAME for data in websocket_messages)
+    assert [message for data in websocket_messages for message in unpack(data)] == messages
+
+
+def test_a_small_response_packs_into_one_websocket_message() -> None:
+    # Given the three frames of a small GET response, when packed, then one WebSocket message carries them
+    # (one Lambda invocation on AWS instead of three)
+    response = [
+        ResponseHead(STREAM, 0, 200, [(b"content-type", b"application/json")]),
+        ResponseBody(STREAM, 1, b'{"ok":true}'),
+        ResponseEnd(STREAM, 2),
+    ]
+    websocket_messages = pack(response)
+    assert len(websocket_messages) == 1
+    assert unpack(websocket_messages[0]) == response
+
+
+# ---------------------------------------------------------------------------------------------
+# Size limits
+
+
+def test_a_full_body_chunk_is_exactly_one_api_gateway_frame() -> None:
+    frame = encode(ResponseBody(STREAM, 0, b"x" * MAX_BODY_CHUNK))
+    assert len(frame) == MAX_FRAME
+
+
+def test_a_body_chunk_one_byte_too_large_is_refused_with_a_hint() -> None:
+    with pytest.raises(FrameTooLarge, match="split_body"):
+        encode(ResponseBody(STREAM, 0, b"x" * (MAX_BODY_CHUNK + 1)))
+
+
+def head_with_payload_size(payload_size: int) -> ResponseHead:
+    """A response head whose payload is exactly `payload_size` bytes (status 2 + count 2 + one header)."""
+    name = b"x-padding"
+    value_size = payload_size - 2 - 2 - (2 + len(name)) - 2
+    return ResponseHead(STREAM, 0, 200, [(name, b"v" * value_size)])
+
+
+def test_the_largest_head_fills_the_frame_exactly() -> None:
+    # Given a head as large as a frame allows (32,748 bytes of payload)
+    frame = encode(head_with_payload_size(MAX_PAYLOAD))
+    # Then it is one full frame and round-trips
+    assert len(frame) == MAX_FRAME
+    assert decode(frame) == head_with_payload_size(MAX_PAYLOAD)
+
+
+def test_a_head_one_byte_too_large_is_a_clear_error() -> None:
+    with pytest.raises(FrameTooLarge, match=r"RESPONSE_HEAD .* 32749-byte payload; a frame holds 32748 bytes"):
+        encode(head_with_payload_size(MAX_PAYLOAD + 1))
+
+
+def test_a_request_head_with_many_headers_over_the_limit_is_refused() -> None:
+    headers = [(b"x-header-%d" % index, b"v" * 100) for index in range(400)]
+    with pytest.raises(FrameTooLarge):
+        encode(RequestHead(STREAM, 0, "GET", "/", headers))
+
+
+def test_a_header_value_over_the_field_limit_is_refused() -> None:
+    with pytest.raises(FrameTooLarge):
+        encode(RequestHead(STREAM, 0, "GET", "/", [(b"cookie", b"c" * 70_000)]))
+
+
+def test_a_huge_agent_info_is_refused() -> None:
+    with pytest.raises(FrameTooLarge):
+        encode(AgentInfo("h", "os", "opencode", "/" + "d" * MAX_FRAME, {}))
+
+
+def test_diagnostic_text_is_cut_at_a_character_boundary_rather_than_refused() -> None:
+    # Given reasons far longer than their limits, made of 3-byte characters
+    error = StreamError(STREAM, 0, ErrorCode.UPSTREAM_FAILED, "€" * 2000)
+    close = WsClose(STREAM, 0, 1011, "€" * 100)
+    # Then they are cut to the limit without splitting a character, and still round-trip
+    assert error.message == "€" * (MAX_REASON_BYTES // 3)
+    assert len(close.reason.encode()) <= MAX_WS_CLOSE_REASON_BYTES
+    assert close.reason == "€" * (MAX_WS_CLOSE_REASON_BYTES // 3)
+    assert decode(encode(error)) == error and decode(encode(close)) == close
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting
+
+
+def test_a_5_mb_body_splits_into_chunks_that_fit_and_reassemble_exactly() -> None:
+    # Given a 5 MB body that is not a multiple of the chunk size
+    body = bytes(range(256)) * (5 * 1024 * 1024 // 256) + b"tail"
+    # When it is split from seq 1 (seq 0 was the head) and sent as frames
+    chunks = split_body(RequestBody, STREAM, body, first_seq=1)
+    frames = [encode(chunk) for chunk in chunks]
+    # Then every frame fits, the seqs follow on, and the body comes back byte for byte
+    assert all(len(frame) <= MAX_FRAME for frame in frames)
+    assert [chunk.seq for chunk in chunks] == list(range(1, len(chunks) + 1))
+    assert len(chunks) == -(-len(body) // MAX_BODY_CHUNK)
+    received = [decode(frame) for frame in frames]
+    assert b"".join(message.data for message in received if isinstance(message, RequestBody)) == body
+
+
+def test_split_body_honours_a_smaller_chunk_size_for_a_sender_short_of_credit() -> None:
+    chunks = split_body(ResponseBody, STREAM, b"abcdefghij", first_seq=5, chunk_size=4)
+    assert chunks == [
+        ResponseBody(STREAM, 5, b"abcd"),
+        ResponseBody(STREAM, 6, b"efgh"),
+        ResponseBody(STREAM, 7, b"ij"),
+    ]
+
+
+def test_an_empty_body_gives_no_chunk() -> None:
+    assert split_body(RequestBody, STREAM, b"", first_seq=1) == []
+
+
+@pytest.mark.parametrize("chunk_size", [0, MAX_BODY_CHUNK + 1])
+def test_split_body_refuses_chunk_sizes_that_cannot_work(chunk_size: int) -> None:
+    with pytest.raises(ValueError):
+        split_body(RequestBody, STREAM, b"x", first_seq=0, chunk_size=chunk_size)
+
+
+def test_a_large_websocket_message_splits_into_fragments_and_rejoins() -> None:
+    text = ("é" * 50_000).encode()  # 100 KB of 2-byte characters: fragments cut characters in half
+    fragments = split_ws_message(STREAM, text, text=True, first_seq=3)
+    assert [fragment.continues for fragment in fragments] == [True] * (len(fragments) - 1) + [False]
+    assert all(fragment.text for fragment in fragments)
+    assert all(len(encode(fragment)) <= MAX_FRAME for fragment in fragments)
+    rejoined = b"".join(fragment.data for fragment in fragments)
+    assert rejoined.decode() == "é" * 50_000
+
+
+def test_an_empty_websocket_message_is_one_fragment() -> None:
+    assert split_ws_message(STREAM, b"", text=False, first_seq=0) == [WsMessage(STREAM, 0, b"")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Malformed input
+
+
+def test_every_truncation_of_a_frame_is_a_protocol_error() -> None:
+    frame = valid_frame()
+    for length in range(len(frame)):
+        with pytest.raises(ProtocolError):
+            decode(frame[:length])
+
+
+def test_an_unknown_version_is_named_in_the_error() -> None:
+    frame = valid_frame()
+    with pytest.raises(ProtocolError, match="unsupported tunnel protocol version 2"):
+        decode(b"\x02" + frame[1:])
+
+
+@pytest.mark.parametrize("type_code", [0x00, 0x0A, 0x13, 0x23, 0xFF])
+def test_an_unknown_type_is_a_protocol_error(type_code: int) -> None:
+    frame = valid_frame()
+    with pytest.raises(ProtocolError, match="unknown message type"):
+        decode(frame[:1] + bytes([type_code]) + frame[2:])
+
+
+def test_trailing_bytes_after_a_frame_are_refused_by_decode() -> None:
+    with pytest.raises(ProtocolError, match="follow the frame"):
+        decode(valid_frame() + b"\x00")
+
+
+def test_a_trailing_partial_frame_in_a_packed_message_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="truncated"):
+        unpack(valid_frame() + valid_frame()[:10])
+
+
+def test_a_payload_longer_than_its_type_allows_is_refused() -> None:
+    # Given a REQUEST_END (empty payload) that claims and carries one byte
+    frame = struct.pack("!BBHQII", 1, MessageType.REQUEST_END, 0, 1, 0, 1) + b"\x00"
+    with pytest.raises(ProtocolError, match="trailing"):
+        decode(frame)
+
+
+@pytest.mark.parametrize("data", ["text", b"", b"\x01" * (MAX_FRAME + 1)], ids=["text", "empty", "too-long"])
+def test_text_empty_and_oversized_websocket_messages_are_refused(data: str | bytes) -> None:
+    with pytest.raises(ProtocolError):
+        unpack(data)  # type: ignore[arg-type]  # a text message is exactly the mistake under test
+
+
+def test_undefined_flags_are_refused() -> None:
+    frame = bytearray(encode(RequestEnd(1, 0)))
+    frame[3] = 0x01
+    with pytest.raises(ProtocolError, match="does not define flags"):
+        decode(bytes(frame))
+
+
+def test_stream_messages_need_a_stream_and_connection_messages_use_stream_zero() -> None:
+    with pytest.raises(ProtocolError, match="needs a stream id"):
+        decode(struct.pack("!BBHQII", 1, MessageType.REQUEST_END, 0, 0, 0, 0))
+    heartbeat_payload = encode(Heartbeat(1, 2))[HEADER_SIZE:]
+    with pytest.raises(ProtocolError, match="stream 0"):
+        decode(struct.pack("!BBHQII", 1, MessageType.HEARTBEAT, 0, 5, 0, 16) + heartbeat_payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xff\xfe",
+        b"[]",
+        b'{"hostname": 1}',
+        b"{not json",
+        b'{"hostname":"h","os":"o","agent_type":"a","working_directory":"/"}',
+        b"[" * 20_000,  # json would raise RecursionError
+        b'{"hostname": ' + b"1" * 5000 + b"}",  # json would raise a plain ValueError
+    ],
+    ids=["not-utf8", "not-object", "wrong-type", "not-json", "missing-versions", "deep-nesting", "huge-integer"],
+)
+def test_malformed_agent_info_is_a_protocol_error(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode(struct.pack("!BBHQII", 1, MessageType.AGENT_INFO, 0, 0, 0, len(payload)) + payload)
+
+
+def test_invalid_utf8_in_a_target_is_a_protocol_error() -> None:
+    payload = b"\x03GET" + b"\x00\x02/\xff" + b"\x00\x00"
+    with pytest.raises(ProtocolError, match="not UTF-8"):
+        decode(struct.pack("!BBHQII", 1, MessageType.REQUEST_HEAD, 0, 1, 0, len(payload)) + payload)
+
+
+def test_a_decoded_header_cannot_smuggle_a_line_break() -> None:
+    payload = b"\x00\xc8" + b"\x00\x01" + b"\x00\x01x" + b"\x00\x05a\r\nb:"
+    with pytest.raises(ProtocolError, match="invalid value"):
+        decode(struct.pack("!BBHQII", 1, MessageType.RESPONSE_HEAD, 0, 1, 0, len(payload)) + payload)
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(st.binary(max_size=200))
+def test_garbage_is_rejected_only_with_protocol_error(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        unpack(data)
+
+
+@settings(max_examples=1000, deadline=None, database=None)
+@given(st.sampled_from(list(MessageType)), st.sampled_from([0, 1]), st.sampled_from([0, 1, 3]), st.binary(max_size=300))
+def test_garbage_payloads_behind_valid_headers_are_rejected_only_with_protocol_error(
+    message_type: MessageType, stream_id: int, flags: int, payload: bytes
+) -> None:
+    # Given a well-formed header, so that each type's payload parser sees the garbage
+    frame = struct.pack("!BBHQII", PROTOCOL_VERSION, message_type, flags, stream_id, 0, len(payload)) + payload
+    with contextlib.suppress(ProtocolError):
+        decode(frame)
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(any_message, st.data())
+def test_corrupted_frames_decode_or_raise_protocol_error_only(message: Message, data: st.DataObject) -> None:
+    # Given a valid frame with one byte replaced, then decoding never fails with anything but ProtocolError
+    frame = bytearray(encode(message))
+    position = data.draw(st.integers(0, len(frame) - 1))
+    frame[position] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(ProtocolError):
+        decode(bytes(frame))
+
+
+# ---------------------------------------------------------------------------------------------
+# Field checks when building messages
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: RequestEnd(0, 0),
+        lambda: RequestEnd(MAX_STREAM_ID + 1, 0),
+        lambda: RequestEnd(1, -1),
+        lambda: RequestHead(1, 0, "GET /", "/"),
+        lambda: RequestHead(1, 0, "", "/"),
+        lambda: RequestHead(1, 0, "GET", "http://169.254.169.254/latest"),
+        lambda: RequestHead(1, 0, "GET", "/a b"),
+        lambda: RequestHead(1, 0, "GET", "/", [(b"x", b"1\r\nInjected: yes")]),
+        lambda: RequestHead(1, 0, "GET", "/", [(b"", b"v")]),
+        lambda: RequestHead(1, 0, "GET", "/", [("x", "v")]),  # type: ignore[list-item]
+        lambda: ResponseHead(1, 0, 42),
+        lambda: WindowUpdate(1, 0, 0),
+        lambda: WindowUpdate(1, 0, 2**31),
+        lambda: WsClose(1, 0, 999),
+        lambda: Heartbeat(-1, 0),
+        lambda: AgentInfo("h", "o", "a", "/", {"x": 1}),  # type: ignore[dict-item]
+    ],
+    ids=[
+        "stream-0",
+        "stream-too-big",
+        "seq-negative",
+        "method-with-space",
+        "method-empty",
+        "absolute-target",
+        "target-with-space",
+        "header-injection",
+        "empty-header-name",
+        "text-headers",
+        "status",
+        "increment-0",
+        "increment-too-big",
+        "close-code",
+        "heartbeat-negative",
+        "agent-info-version-type",
+    ],
+)
+def test_messages_that_would_break_the_protocol_cannot_be_built(build: object) -> None:
+    with pytest.raises(ProtocolError):
+        build()  # type: ignore[operator]
