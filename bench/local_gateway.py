@@ -26,6 +26,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.identity_support import registered_agent  # noqa: E402
 from tests.support import RunningStack, free_port  # noqa: E402
 
 
@@ -105,7 +106,8 @@ def main() -> None:
         try:
             http = measure_http({"direct uvicorn": f"http://127.0.0.1:{direct_port}",
                                  "local gateway + Lambda handler": stack.base_url}, args.requests)
-            ws = asyncio.run(measure_websocket(stack.ws_url, args.pings))
+            _, _, registration = registered_agent(stack.base_url, "bench")
+            ws = asyncio.run(measure_websocket(f"{stack.ws_url}?token={registration['tunnel_token']}", args.pings))
         finally:
             direct.terminate()
             direct.wait(timeout=10)

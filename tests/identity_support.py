@@ -36,3 +36,14 @@ def sign_in(base_url: str, email: str, password: str = PASSWORD) -> Browser:
     response = browser.post("/api/auth/login", json={"email": email, "password": password})
     assert response.status_code == 200, response.text
     return browser
+
+
+def registered_agent(base_url: str, label: str = "agent") -> tuple[Browser, str, dict]:
+    """A new user whose Default workspace holds a freshly registered local agent.
+    Returns the user's browser, the workspace id and the registration answer (with its tokens)."""
+    browser, _ = sign_up(base_url, label)
+    wid = browser.get("/api/workspaces").json()["items"][0]["id"]
+    code = browser.post(f"/api/workspaces/{wid}/agent-codes").json()["code"]
+    registered = httpx.post(f"{base_url}/api/agent/register", json={"code": code, "name": f"{label}-box"})
+    assert registered.status_code == 201, registered.text
+    return browser, wid, registered.json()

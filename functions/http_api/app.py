@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from functions.http_api.routers import admin, auth, health, oidc, sandboxes, tokens, workspaces
 from layers.shared.errors import AppError, error_body, error_for_status
@@ -13,6 +15,22 @@ from layers.shared.observability import logger
 from layers.shared.settings import VERSION
 
 MAX_BODY_BYTES = 1024 * 1024  # the console API takes small JSON documents
+
+
+class BodySizeLimit:
+    """413 for a declared body over the limit, before any route reads it. A plain ASGI middleware:
+    Starlette's `BaseHTTPMiddleware` costs a task group per request."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            declared = Headers(scope=scope).get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+                await JSONResponse(error_for_status(413), status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app() -> FastAPI:
@@ -30,12 +48,7 @@ def create_app() -> FastAPI:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def limit_body_size(request: Request, call_next):  # type: ignore[no-untyped-def]
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            return JSONResponse(error_for_status(413), status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
 
     @app.exception_handler(AppError)
     async def app_error(_: Request, error: AppError) -> JSONResponse:

@@ -10,8 +10,11 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 
 from layers.shared.clock import utcnow
 from layers.shared.dal.connections import ApiGatewayPusher, DynamoConnectionStore
-from layers.shared.domain import connections
+from layers.shared.dal.sandboxes import DynamoSandboxStore
+from layers.shared.domain import agent_connections, connections
+from layers.shared.domain.agents import InvalidTransition, SandboxStore
 from layers.shared.domain.connections import ConnectionPusher, ConnectionStore
+from layers.shared.errors import NotAuthenticated
 from layers.shared.observability import logger, tracer
 from layers.shared.settings import get_settings
 
@@ -28,25 +31,53 @@ def _management_url(event: APIGatewayProxyEvent) -> str:
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
-def connect(event: dict[str, Any], context: Any, store: ConnectionStore | None = None) -> dict[str, Any]:
+def connect(
+    event: dict[str, Any],
+    context: Any,
+    store: ConnectionStore | None = None,
+    sandboxes: SandboxStore | None = None,
+    pusher: ConnectionPusher | None = None,
+) -> dict[str, Any]:
+    """Only an agent with a valid tunnel token gets a connection (401 otherwise)."""
     request = APIGatewayProxyEvent(event)
-    connections.open_connection(
-        store or DynamoConnectionStore(),
-        connection_id=str(request.request_context.connection_id),
-        management_url=_management_url(request),
-        now=utcnow(),
-        ttl=timedelta(seconds=get_settings().connection_ttl_seconds),
-        source_ip=request.request_context.identity.source_ip,
-        user_agent=request.request_context.identity.user_agent,
-    )
+    token, as_subprotocol = agent_connections.token_from_handshake(request.query_string_parameters,
+                                                                   request.headers)
+    try:
+        sandbox = agent_connections.connect_agent(
+            sandboxes or DynamoSandboxStore(),
+            store or DynamoConnectionStore(),
+            pusher or ApiGatewayPusher(),
+            token=token,
+            connection_id=str(request.request_context.connection_id),
+            management_url=_management_url(request),
+            now=utcnow(),
+            ttl=timedelta(seconds=get_settings().connection_ttl_seconds),
+            source_ip=request.request_context.identity.source_ip,
+            user_agent=request.request_context.identity.user_agent,
+        )
+    except NotAuthenticated:
+        logger.info("tunnel connection refused: no valid token")
+        return {"statusCode": 401}
+    except InvalidTransition as error:
+        logger.info("tunnel connection refused", extra={"reason": error.message})
+        return {"statusCode": 409}
+    logger.info("agent connected", extra={"sandbox_id": sandbox.sandbox_id})
+    if as_subprotocol:
+        return {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": agent_connections.SUBPROTOCOL}}
     return OK
 
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
-def disconnect(event: dict[str, Any], context: Any, store: ConnectionStore | None = None) -> dict[str, Any]:
+def disconnect(
+    event: dict[str, Any],
+    context: Any,
+    store: ConnectionStore | None = None,
+    sandboxes: SandboxStore | None = None,
+) -> dict[str, Any]:
     request = APIGatewayProxyEvent(event)
-    connections.close_connection(store or DynamoConnectionStore(), str(request.request_context.connection_id))
+    agent_connections.disconnect_agent(sandboxes or DynamoSandboxStore(), store or DynamoConnectionStore(),
+                                       connection_id=str(request.request_context.connection_id))
     return OK
 
 

@@ -214,20 +214,21 @@ TOPOLOGY = Topology(
         Function(
             name="ws_connect",
             handler="functions.ws_tunnel.handler.connect",
-            description="WebSocket $connect: records the connection",
+            description="WebSocket $connect: authenticates the agent's tunnel token, records the connection",
             memory_mb=256,
             timeout_seconds=10,
             websocket_routes=(WebSocketRoute("$connect"),),
-            tables=("connections",),
+            tables=("connections", "sandboxes"),
+            manages_connections=True,  # closes the agent's previous connection
         ),
         Function(
             name="ws_disconnect",
             handler="functions.ws_tunnel.handler.disconnect",
-            description="WebSocket $disconnect: forgets the connection",
+            description="WebSocket $disconnect: forgets the connection; the agent goes offline",
             memory_mb=256,
             timeout_seconds=10,
             websocket_routes=(WebSocketRoute("$disconnect"),),
-            tables=("connections",),
+            tables=("connections", "sandboxes"),
         ),
         Function(
             name="ws_default",

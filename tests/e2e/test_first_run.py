@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import websockets
 
+from tests.identity_support import registered_agent
 from tests.support import RunningStack, pids_with
 
 
@@ -25,8 +26,12 @@ def test_a_client_discovers_everything_from_the_console_address(tmp_path: Path) 
         config = httpx.get(f"{console}/config.json").json()
         assert httpx.get(f"{config['api_url']}/api/health").json()["status"] == "ok"
 
+        # A new user registers a local agent with a code, and its tunnel answers on the advertised URL
+        _, _, registration = registered_agent(config["api_url"], "firstrun")
+        assert registration["tunnel_url"] == config["websocket_url"]
+
         async def ping_over_the_advertised_websocket() -> dict:
-            async with websockets.connect(config["websocket_url"]) as ws:
+            async with websockets.connect(f"{config['websocket_url']}?token={registration['tunnel_token']}") as ws:
                 await ws.send(json.dumps({"action": "ping", "id": "first"}))
                 return json.loads(await asyncio.wait_for(ws.recv(), 10))
 

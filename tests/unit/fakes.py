@@ -32,6 +32,7 @@ class RecordingPusher:
     def __init__(self, alive: set[str] | None = None) -> None:
         self.alive = alive
         self.sent: list[tuple[str, str, bytes]] = []
+        self.closed: list[str] = []
 
     def _is_alive(self, connection_id: str) -> bool:
         return self.alive is None or connection_id in self.alive
@@ -44,3 +45,6 @@ class RecordingPusher:
 
     def is_alive(self, management_url: str, connection_id: str) -> bool:
         return self._is_alive(connection_id)
+
+    def close(self, management_url: str, connection_id: str) -> None:
+        self.closed.append(connection_id)

@@ -9,6 +9,8 @@ from embedded.events import websocket_event
 from functions.workers import reaper
 from functions.ws_tunnel import handler as ws
 from layers.shared.dal.connections import DynamoConnectionStore
+from layers.shared.dal.sandboxes import DynamoSandboxStore
+from layers.shared.domain import agents
 from layers.shared.domain.connections import handle_message, open_connection, reap_lost_connections
 from tests.unit.fakes import CONTEXT, MemoryConnectionStore, RecordingPusher
 
@@ -55,18 +57,29 @@ def test_reaper_removes_only_expired_connections_that_are_gone() -> None:
     assert set(store.items) == {"expired-alive", "fresh-gone"}
 
 
-def test_handlers_store_and_forget_a_connection() -> None:
-    store = MemoryConnectionStore()
-    assert ws.connect(event("$connect", "CONNECT", headers=[("User-Agent", "agent/1")]), CONTEXT, store=store) == {
-        "statusCode": 200}
+def test_handlers_authenticate_store_and_forget_a_connection(moto_aws) -> None:
+    sandboxes = DynamoSandboxStore()
+    code, _ = agents.create_code(sandboxes, workspace_id="ws_1", created_by="u_1", now=NOW)
+    token = agents.register_agent(sandboxes, code=code, name="box", agent_type=agents.AgentType.opencode,
+                                  now=NOW).tunnel_token
+    store, pusher = MemoryConnectionStore(), RecordingPusher()
+    refused = ws.connect(event("$connect", "CONNECT", raw_query="token=ast_wrong"), CONTEXT, store=store,
+                         sandboxes=sandboxes, pusher=pusher)
+    assert refused == {"statusCode": 401} and not store.items
+    accepted = ws.connect(event("$connect", "CONNECT", headers=[("User-Agent", "agent/1")],
+                                raw_query=f"token={token}"), CONTEXT, store=store, sandboxes=sandboxes, pusher=pusher)
+    assert accepted == {"statusCode": 200}
     stored = store.get("c-1")
-    assert stored is not None
+    assert stored is not None and stored.sandbox_id is not None
     # Without a configured endpoint, the management URL is the stage's own
     assert stored.management_url == "https://api.example/prod"
     assert stored.source_ip == "10.0.0.9"
     assert stored.expires_at > stored.connected_at + timedelta(hours=2)
-    ws.disconnect(event("$disconnect", "DISCONNECT", disconnect=(1000, "bye")), CONTEXT, store=store)
+    assert sandboxes.get_sandbox(stored.sandbox_id).status == "running"
+    ws.disconnect(event("$disconnect", "DISCONNECT", disconnect=(1000, "bye")), CONTEXT, store=store,
+                  sandboxes=sandboxes)
     assert store.get("c-1") is None
+    assert sandboxes.get_sandbox(stored.sandbox_id).status == "offline"
 
 
 def test_default_handler_decodes_binary_frames() -> None:
@@ -94,3 +107,11 @@ def test_reaper_handler_reports_what_it_removed(moto_aws) -> None:
                     ttl=timedelta(hours=2))
     result = reaper.handler({}, CONTEXT, store=store, pusher=RecordingPusher(alive=set()))
     assert result == {"connections_removed": 1}
+
+
+def test_dynamo_store_keeps_the_agent_of_a_connection(moto_aws) -> None:
+    store = DynamoConnectionStore()
+    open_connection(store, connection_id="c", management_url=URL, now=NOW, ttl=timedelta(hours=2),
+                    sandbox_id="sb_1")
+    loaded = store.get("c")
+    assert loaded is not None and loaded.sandbox_id == "sb_1"

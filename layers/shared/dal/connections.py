@@ -66,6 +66,7 @@ class DynamoConnectionStore:
             user_agent=record.user_agent,
             management_url=record.management_url,
             expires_at=datetime.fromtimestamp(record.expires_at, tz=UTC),
+            sandbox_id=record.sandbox_id,
         )
 
     def delete(self, connection_id: str) -> None:

@@ -1,0 +1,78 @@
+"""The tunnel's $connect: token authentication, one connection per agent, liveness in the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import websockets
+
+from tests.identity_support import registered_agent
+from tests.support import RunningStack, wait_until
+
+
+def sandbox_status(browser, sandbox_id: str) -> str:  # type: ignore[no-untyped-def]
+    return str(browser.get(f"/api/sandboxes/{sandbox_id}").json()["status"])
+
+
+def test_a_connection_without_a_valid_token_is_refused_with_401(stack: RunningStack) -> None:
+    async def attempt(url: str) -> int:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(url):
+                pass
+        return refused.value.response.status_code
+
+    assert asyncio.run(attempt(stack.ws_url)) == 401
+    assert asyncio.run(attempt(f"{stack.ws_url}?token=ast_forged")) == 401
+
+
+def test_the_agent_is_running_while_connected_and_offline_after(stack: RunningStack) -> None:
+    browser, wid, registration = registered_agent(stack.base_url, "live")
+    sandbox_id = registration["sandbox_id"]
+    assert sandbox_status(browser, sandbox_id) == "offline"
+
+    async def scenario() -> None:
+        # The token as a subprotocol, as a browser-based client would send it
+        async with websockets.connect(stack.ws_url, subprotocols=[
+                websockets.Subprotocol("agentserver.tunnel.v1"),
+                websockets.Subprotocol(registration["tunnel_token"])]) as ws:
+            assert ws.subprotocol == "agentserver.tunnel.v1"
+            await ws.send(json.dumps({"action": "ping"}))
+            await asyncio.wait_for(ws.recv(), 10)
+            assert await asyncio.to_thread(sandbox_status, browser, sandbox_id) == "running"
+
+    asyncio.run(scenario())
+    wait_until(lambda: sandbox_status(browser, sandbox_id) == "offline")
+    listed = browser.get(f"/api/workspaces/{wid}/sandboxes").json()["items"]
+    assert listed[0]["last_heartbeat_at"] is not None
+
+
+def test_a_second_connection_replaces_the_first_cleanly(stack: RunningStack) -> None:
+    browser, _, registration = registered_agent(stack.base_url, "replace")
+    url = f"{stack.ws_url}?token={registration['tunnel_token']}"
+
+    async def scenario() -> None:
+        async with websockets.connect(url) as first, websockets.connect(url) as second:
+            # The first is closed by the server; the second works and the agent stays running
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(first.recv(), 10)
+            await second.send(json.dumps({"action": "ping"}))
+            assert json.loads(await asyncio.wait_for(second.recv(), 10))["action"] == "pong"
+            await asyncio.sleep(0.3)  # the first connection's $disconnect has run by now
+            assert await asyncio.to_thread(sandbox_status, browser, registration["sandbox_id"]) == "running"
+
+    asyncio.run(scenario())
+
+
+def test_a_deleted_agent_cannot_connect(stack: RunningStack) -> None:
+    browser, _, registration = registered_agent(stack.base_url, "gone")
+    assert browser.delete(f"/api/sandboxes/{registration['sandbox_id']}").status_code == 202
+
+    async def attempt() -> int:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(f"{stack.ws_url}?token={registration['tunnel_token']}"):
+                pass
+        return refused.value.response.status_code
+
+    assert asyncio.run(attempt()) == 401
