@@ -29,6 +29,31 @@ ENV_PUBLIC_WEBSOCKET_URL = "AGENTSERVER_WEBSOCKET_URL"
 ENV_PUBLIC_RELAY_URL = "AGENTSERVER_RELAY_URL"
 ENV_PUBLIC_LLM_BASE_URL = "AGENTSERVER_LLM_BASE_URL"
 
+# Sign-in settings of the API function: each context key `agentserver:<field>` becomes this variable when
+# it is non-empty, and on this function only (it serves every /api/auth route).
+SIGN_IN_FUNCTION = "http_api"
+SIGN_IN_ENV = {
+    "github_client_id": "GITHUB_CLIENT_ID",
+    "github_oauth_url": "GITHUB_OAUTH_URL",
+    "github_api_url": "GITHUB_API_URL",
+    "oidc_issuer_url": "OIDC_ISSUER_URL",
+    "oidc_client_id": "OIDC_CLIENT_ID",
+    "oidc_provider_name": "OIDC_PROVIDER_NAME",
+    "oidc_scopes": "OIDC_SCOPES",
+    "oidc_redirect_base_url": "OIDC_REDIRECT_BASE_URL",
+    "password_auth": "AGENTSERVER_PASSWORD_AUTH",
+    "default_max_workspaces": "AGENTSERVER_DEFAULT_MAX_WORKSPACES",
+}
+# The base URL providers send the browser back to (`<base>/api/auth/oidc/{provider}/callback`): the
+# console's own URL unless the context names another, since CloudFront serves the API under /api/*.
+ENV_OIDC_REDIRECT_BASE_URL = SIGN_IN_ENV["oidc_redirect_base_url"]
+# Client secrets are never context values: the context names a Secrets Manager secret (and optionally
+# its version), and the variable holds a CloudFormation dynamic reference to it.
+SIGN_IN_SECRET_ENV = {
+    "GITHUB_CLIENT_SECRET": ("github_client_secret_name", "github_client_secret_version"),
+    "OIDC_CLIENT_SECRET": ("oidc_client_secret_name", "oidc_client_secret_version"),
+}
+
 # The topology does not yet say which streaming function is the sandbox relay and which the LLM proxy,
 # so the console's config keys are matched to function names here. A name that the topology lacks
 # leaves its key empty.
@@ -51,4 +76,6 @@ LAMBDA_GLIBC_MINOR = 26
 # The HTTP API's stage throttle: a safety net against runaway clients, far above normal console use.
 HTTP_API_THROTTLE_RATE = 200
 HTTP_API_THROTTLE_BURST = 400
+# CloudFront sends these paths to the HTTP API (every route of the topology starts /api), the rest to the bucket.
+API_PATH_PATTERN = "/api/*"
 ACCESS_LOG_EXPIRY_DAYS = 90

@@ -17,6 +17,7 @@ from layers.shared.domain.connections import ConnectionPusher, ConnectionStore
 from layers.shared.errors import NotAuthenticated
 from layers.shared.observability import logger, tracer
 from layers.shared.settings import get_settings
+from layers.shared.tunnel.codec import ProtocolError
 
 OK = {"statusCode": 200}
 
@@ -88,16 +89,27 @@ def default(
     context: Any,
     store: ConnectionStore | None = None,
     pusher: ConnectionPusher | None = None,
+    sandboxes: SandboxStore | None = None,
 ) -> dict[str, Any]:
+    """Binary messages are tunnel frames; a text message is the JSON ping probe."""
     request = APIGatewayProxyEvent(event)
     raw = request.body or ""
-    body = base64.b64decode(raw) if request.is_base64_encoded else raw.encode()
+    connection_id = str(request.request_context.connection_id)
+    if request.is_base64_encoded:
+        try:
+            agent_connections.handle_agent_frames(
+                sandboxes or DynamoSandboxStore(), store or DynamoConnectionStore(), pusher or ApiGatewayPusher(),
+                connection_id=connection_id, management_url=_management_url(request),
+                data=base64.b64decode(raw), now=utcnow())
+        except (ProtocolError, NotAuthenticated) as error:
+            logger.warning("tunnel message refused", extra={"reason": str(error)[:200]})
+        return OK
     connections.handle_message(
         store or DynamoConnectionStore(),
         pusher or ApiGatewayPusher(),
-        connection_id=str(request.request_context.connection_id),
+        connection_id=connection_id,
         management_url=_management_url(request),
-        body=body,
+        body=raw.encode(),
         now=utcnow(),
     )
     return OK

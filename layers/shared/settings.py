@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     # How long a connection record outlives its last sign of life when no $disconnect arrives:
     # API Gateway's 2 h maximum connection age plus a margin.
     connection_ttl_seconds: int = Field(default=2 * 3600 + 600, alias="AGENTSERVER_CONNECTION_TTL_SECONDS")
+    # An agent that sent no heartbeat for this long is offline (three missed 30 s heartbeats).
+    heartbeat_silence_seconds: float = Field(default=90, gt=0, alias="AGENTSERVER_HEARTBEAT_SILENCE_SECONDS")
     operation_record_ttl_seconds: int = Field(default=7 * 86400, alias="AGENTSERVER_OPERATION_TTL_SECONDS")
 
     # Public endpoints that clients are told about (config.json, agent registration)

@@ -186,7 +186,11 @@ SANDBOXES = Table(
     name="sandboxes",
     partition=Key("pk"),
     sort=Key("sk"),
-    indexes=(GlobalIndex("gsi1", partition=Key("gsi1pk"), sort=Key("gsi1sk")),),
+    indexes=(
+        GlobalIndex("gsi1", partition=Key("gsi1pk"), sort=Key("gsi1sk")),
+        # Sparse: only running sandboxes carry `live`, so the reaper finds silent agents by a query.
+        GlobalIndex("by_heartbeat", partition=Key("live"), sort=Key("heartbeat_at")),
+    ),
     ttl_attribute="expires_at",
 )
 
@@ -233,11 +237,11 @@ TOPOLOGY = Topology(
         Function(
             name="ws_default",
             handler="functions.ws_tunnel.handler.default",
-            description="WebSocket $default: every message an agent sends",
+            description="WebSocket $default: every message an agent sends (tunnel frames, heartbeats)",
             memory_mb=512,
             timeout_seconds=30,
             websocket_routes=(WebSocketRoute("$default"),),
-            tables=("connections",),
+            tables=("connections", "sandboxes"),
             manages_connections=True,
         ),
         Function(
@@ -252,11 +256,11 @@ TOPOLOGY = Topology(
         Function(
             name="reaper",
             handler="functions.workers.reaper.handler",
-            description="Scheduled repair: forgets connections whose $disconnect was lost",
+            description="Scheduled repair: lost $disconnects, agents that stopped sending heartbeats",
             memory_mb=256,
             timeout_seconds=60,
             schedule=Schedule("rate(1 minute)"),
-            tables=("connections",),
+            tables=("connections", "sandboxes"),
             manages_connections=True,
         ),
     ),

@@ -8,6 +8,7 @@ import json
 import pytest
 import websockets
 
+from layers.shared.tunnel import codec
 from tests.identity_support import registered_agent
 from tests.support import RunningStack, wait_until
 
@@ -76,3 +77,44 @@ def test_a_deleted_agent_cannot_connect(stack: RunningStack) -> None:
         return refused.value.response.status_code
 
     assert asyncio.run(attempt()) == 401
+
+
+def test_binary_heartbeats_are_acknowledged_and_agent_info_shows_in_the_registry(stack: RunningStack) -> None:
+    browser, _, registration = registered_agent(stack.base_url, "frames")
+    info = codec.AgentInfo(hostname="devbox", os="Linux-6.8", agent_type="opencode",
+                           working_directory="/home/dev/project", versions={"agent_client": "0.1.0"})
+
+    async def scenario() -> codec.Message:
+        async with websockets.connect(f"{stack.ws_url}?token={registration['tunnel_token']}") as ws:
+            for frame in codec.pack([info, codec.Heartbeat(1, 1_700_000_000_000)]):
+                await ws.send(frame)
+            (reply,) = codec.unpack(await asyncio.wait_for(ws.recv(), 10))
+            return reply
+
+    reply = asyncio.run(scenario())
+    assert isinstance(reply, codec.HeartbeatAck) and reply.sequence == 1
+    agent = browser.get(f"/api/sandboxes/{registration['sandbox_id']}").json()
+    assert agent["agent_info"]["hostname"] == "devbox"
+    assert agent["agent_info"]["working_directory"] == "/home/dev/project"
+
+
+def test_an_agent_that_goes_silent_is_marked_offline_by_the_reaper(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    stack = RunningStack(state_dir=tmp_path / "s", extra_args=["--schedule-interval", "0.5"],
+                         env={"AGENTSERVER_HEARTBEAT_SILENCE_SECONDS": "1.5"}).start()
+    try:
+        browser, _, registration = registered_agent(stack.base_url, "silent")
+
+        async def scenario() -> int | None:
+            # Connected, but never a heartbeat: the reaper closes the half-open tunnel
+            async with websockets.connect(f"{stack.ws_url}?token={registration['tunnel_token']}",
+                                          ping_interval=None) as ws:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 15)
+                return closed.value.rcvd.code if closed.value.rcvd else None
+
+        assert asyncio.run(scenario()) is not None
+        agent = browser.get(f"/api/sandboxes/{registration['sandbox_id']}").json()
+        assert agent["status"] == "offline"
+        assert "heartbeat" in agent["status_reason"]
+    finally:
+        stack.stop()

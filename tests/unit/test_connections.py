@@ -10,8 +10,9 @@ from functions.workers import reaper
 from functions.ws_tunnel import handler as ws
 from layers.shared.dal.connections import DynamoConnectionStore
 from layers.shared.dal.sandboxes import DynamoSandboxStore
-from layers.shared.domain import agents
+from layers.shared.domain import agent_connections, agents
 from layers.shared.domain.connections import handle_message, open_connection, reap_lost_connections
+from layers.shared.tunnel import codec
 from tests.unit.fakes import CONTEXT, MemoryConnectionStore, RecordingPusher
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -82,10 +83,48 @@ def test_handlers_authenticate_store_and_forget_a_connection(moto_aws) -> None:
     assert sandboxes.get_sandbox(stored.sandbox_id).status == "offline"
 
 
-def test_default_handler_decodes_binary_frames() -> None:
+def connected_agent(store: MemoryConnectionStore, pusher: RecordingPusher) -> tuple[DynamoSandboxStore, str]:
+    sandboxes = DynamoSandboxStore()
+    code, _ = agents.create_code(sandboxes, workspace_id="ws_1", created_by="u_1", now=NOW)
+    registration = agents.register_agent(sandboxes, code=code, name="box", agent_type=agents.AgentType.opencode,
+                                         now=NOW)
+    ws.connect(event("$connect", "CONNECT", raw_query=f"token={registration.tunnel_token}"), CONTEXT, store=store,
+               sandboxes=sandboxes, pusher=pusher)
+    return sandboxes, registration.sandbox.sandbox_id
+
+
+def test_default_handler_acknowledges_heartbeats_and_stores_agent_info(moto_aws) -> None:
     store, pusher = MemoryConnectionStore(), RecordingPusher()
-    ws.default(event("$default", "MESSAGE", body=b'{"action":"ping"}'), CONTEXT, store=store, pusher=pusher)
+    sandboxes, sandbox_id = connected_agent(store, pusher)
+    info = codec.AgentInfo(hostname="laptop", os="Linux", agent_type="opencode", working_directory="/src/app",
+                           versions={"opencode": "1.0.0"})
+    (frames,) = codec.pack([codec.Heartbeat(7, 1_000), info])
+    ws.default(event("$default", "MESSAGE", body=frames), CONTEXT, store=store, pusher=pusher, sandboxes=sandboxes)
+    (reply,) = codec.unpack(pusher.sent[-1][2])
+    assert isinstance(reply, codec.HeartbeatAck) and (reply.sequence, reply.sent_at_ms) == (7, 1_000)
+    stored = sandboxes.get_sandbox(sandbox_id)
+    assert stored.agent_info["working_directory"] == "/src/app" and stored.last_heartbeat_at is not None
+    # Garbage is refused without an error escaping the handler
+    assert ws.default(event("$default", "MESSAGE", body=b"\x00garbage"), CONTEXT, store=store, pusher=pusher,
+                      sandboxes=sandboxes) == {"statusCode": 200}
+
+
+def test_text_ping_still_gets_a_pong() -> None:
+    store, pusher = MemoryConnectionStore(), RecordingPusher()
+    ws.default(event("$default", "MESSAGE", body='{"action":"ping"}'), CONTEXT, store=store, pusher=pusher)
     assert json.loads(pusher.sent[0][2])["action"] == "pong"
+
+
+def test_agents_that_stop_sending_heartbeats_go_offline(moto_aws) -> None:
+    store, pusher = MemoryConnectionStore(), RecordingPusher()
+    sandboxes, sandbox_id = connected_agent(store, pusher)
+    silence, connected_at = timedelta(seconds=90), datetime.now(UTC)  # the handler used the real clock
+    assert agent_connections.silent_agents_offline(sandboxes, store, pusher,
+                                                   now=connected_at + timedelta(seconds=60), silence=silence) == 0
+    assert agent_connections.silent_agents_offline(sandboxes, store, pusher,
+                                                   now=connected_at + timedelta(seconds=120), silence=silence) == 1
+    assert sandboxes.get_sandbox(sandbox_id).status == "offline"
+    assert pusher.closed == ["c-1"] and store.get("c-1") is None
 
 
 def test_dynamo_store_round_trip_and_expiry_index(moto_aws) -> None:
@@ -106,7 +145,7 @@ def test_reaper_handler_reports_what_it_removed(moto_aws) -> None:
     open_connection(store, connection_id="lost", management_url=URL, now=NOW - timedelta(hours=5),
                     ttl=timedelta(hours=2))
     result = reaper.handler({}, CONTEXT, store=store, pusher=RecordingPusher(alive=set()))
-    assert result == {"connections_removed": 1}
+    assert result == {"connections_removed": 1, "agents_offline": 0}
 
 
 def test_dynamo_store_keeps_the_agent_of_a_connection(moto_aws) -> None:

@@ -33,6 +33,18 @@ class SandboxGsi1(GlobalSecondaryIndex["SandboxItem"]):
     gsi1sk = UnicodeAttribute(range_key=True)
 
 
+class SandboxesByHeartbeat(GlobalSecondaryIndex["SandboxItem"]):
+    class Meta:
+        index_name = "by_heartbeat"
+        projection = AllProjection()
+
+    live = UnicodeAttribute(hash_key=True)
+    heartbeat_at = UnicodeAttribute(range_key=True)
+
+
+LIVE = "running"
+
+
 class SandboxItem(BaseModel):
     Meta = table_meta("sandboxes")
 
@@ -55,7 +67,10 @@ class SandboxItem(BaseModel):
     last_activity_at = UTCDateTimeAttribute(null=True)
     last_heartbeat_at = UTCDateTimeAttribute(null=True)
     agent_info = MapAttribute(null=True)  # type: ignore[var-annotated]
+    live = UnicodeAttribute(null=True)  # "running" while running, absent otherwise (sparse index)
+    heartbeat_at = UnicodeAttribute(null=True)  # ISO 8601 copy of last_heartbeat_at, for the index
     gsi1 = SandboxGsi1()
+    by_heartbeat = SandboxesByHeartbeat()
 
 
 # Sandbox fields the domain may change, and how each is stored.
@@ -138,6 +153,10 @@ class DynamoSandboxStore:
         items = SandboxItem.gsi1.query(f"WS#{workspace_id}", SandboxItem.gsi1sk.startswith("SANDBOX#"))
         return [_to_sandbox(item) for item in items]
 
+    def silent_agents(self, heard_before: datetime) -> list[Sandbox]:
+        condition = SandboxItem.heartbeat_at < heard_before.isoformat()
+        return [_to_sandbox(item) for item in SandboxItem.by_heartbeat.query(LIVE, range_key_condition=condition)]
+
     def update_sandbox(self, sandbox: Sandbox, **changes: Any) -> Sandbox:
         unknown = set(changes) - _CHANGEABLE
         if unknown:
@@ -147,6 +166,13 @@ class DynamoSandboxStore:
         for name, value in changes.items():
             stored = value.value if hasattr(value, "value") else value
             actions.append(attributes[name].remove() if stored is None else attributes[name].set(stored))
+        # Keep the sparse liveness index in step with the status and the last heartbeat.
+        status = changes.get("status", sandbox.status)
+        heartbeat = changes.get("last_heartbeat_at", sandbox.last_heartbeat_at)
+        if status == SandboxStatus.running and heartbeat is not None:
+            actions += [SandboxItem.live.set(LIVE), SandboxItem.heartbeat_at.set(heartbeat.isoformat())]
+        elif "status" in changes:
+            actions += [SandboxItem.live.remove(), SandboxItem.heartbeat_at.remove()]
         try:
             SandboxItem(*_meta_key(sandbox.sandbox_id)).update(
                 actions=actions, condition=SandboxItem.version == sandbox.version)

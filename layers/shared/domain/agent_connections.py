@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from layers.shared.domain import agents, connections
 from layers.shared.domain.agents import Sandbox, SandboxStore
 from layers.shared.domain.connections import ConnectionPusher, ConnectionStore
+from layers.shared.errors import NotAuthenticated
+from layers.shared.tunnel import codec
 
 SUBPROTOCOL = "agentserver.tunnel.v1"
 
@@ -56,3 +58,50 @@ def disconnect_agent(sandboxes: SandboxStore, records: ConnectionStore, *, conne
     records.delete(connection_id)
     if record is not None and record.sandbox_id is not None:
         agents.agent_disconnected(sandboxes, record.sandbox_id, connection_id=connection_id)
+
+
+def handle_agent_frames(
+    sandboxes: SandboxStore,
+    records: ConnectionStore,
+    pusher: ConnectionPusher,
+    *,
+    connection_id: str,
+    management_url: str,
+    data: bytes,
+    now: datetime,
+) -> list[codec.Message]:
+    """Connection-level tunnel messages from an agent: heartbeats are recorded and acknowledged,
+    agent info is stored. Returns the messages sent back."""
+    record = records.get(connection_id)
+    if record is None or record.sandbox_id is None:
+        raise NotAuthenticated("This connection has no agent.")
+    messages = codec.unpack(data)
+    sandbox = sandboxes.get_sandbox(record.sandbox_id)
+    if sandbox is None:
+        raise NotAuthenticated("The connection's sandbox no longer exists.")
+    replies: list[codec.Message] = []
+    for message in messages:
+        if isinstance(message, codec.Heartbeat):
+            sandbox = agents.record_heartbeat(sandboxes, sandbox, now=now)
+            replies.append(codec.HeartbeatAck(message.sequence, message.sent_at_ms, int(now.timestamp() * 1000)))
+        elif isinstance(message, codec.AgentInfo):
+            info = {"hostname": message.hostname, "os": message.os, "agent_type": message.agent_type,
+                    "working_directory": message.working_directory, "versions": dict(message.versions)}
+            sandbox = agents.record_agent_info(sandboxes, sandbox, info)
+    for frame in codec.pack(replies):
+        if not pusher.post(management_url, connection_id, frame):
+            records.delete(connection_id)
+            break
+    return replies
+
+
+def silent_agents_offline(sandboxes: SandboxStore, records: ConnectionStore, pusher: ConnectionPusher, *,
+                          now: datetime, silence: timedelta) -> int:
+    """Agents that stopped sending heartbeats go offline and their half-open connections close."""
+    changed = agents.silent_agents_offline(sandboxes, now=now, silence=silence)
+    for _, connection_id in changed:
+        record = records.get(connection_id) if connection_id else None
+        if record is not None:
+            pusher.close(record.management_url, record.connection_id)
+            records.delete(record.connection_id)
+    return len(changed)

@@ -109,6 +109,9 @@ class SandboxStore(Protocol):
     def update_sandbox(self, sandbox: Sandbox, **changes: Any) -> Sandbox:
         """Apply changes if the stored version is still `sandbox.version`; InvalidTransition otherwise."""
 
+    def silent_agents(self, heard_before: datetime) -> list[Sandbox]:
+        """Running sandboxes whose last heartbeat is older than the given time."""
+
 
 def new_code() -> str:
     raw = "".join(secrets.choice(CODE_ALPHABET) for _ in range(8))
@@ -190,6 +193,25 @@ def agent_disconnected(store: SandboxStore, sandbox_id: str, *, connection_id: s
 
 def record_heartbeat(store: SandboxStore, sandbox: Sandbox, *, now: datetime) -> Sandbox:
     return store.update_sandbox(sandbox, last_heartbeat_at=now)
+
+
+def record_agent_info(store: SandboxStore, sandbox: Sandbox, info: dict[str, Any]) -> Sandbox:
+    return sandbox if info == sandbox.agent_info else store.update_sandbox(sandbox, agent_info=info)
+
+
+def silent_agents_offline(store: SandboxStore, *, now: datetime,
+                          silence: timedelta) -> list[tuple[Sandbox, str | None]]:
+    """Running agents whose heartbeats stopped (a half-open tunnel) go offline. Returns each with
+    the connection it had, for the caller to close."""
+    changed = []
+    for sandbox in store.silent_agents(now - silence):
+        try:
+            offline = store.update_sandbox(sandbox, status=SandboxStatus.offline, connection_id=None,
+                                           status_reason="the agent stopped sending heartbeats")
+        except InvalidTransition:  # it spoke or reconnected meanwhile
+            continue
+        changed.append((offline, sandbox.connection_id))
+    return changed
 
 
 def rename(store: SandboxStore, sandbox: Sandbox, name: str) -> Sandbox:
