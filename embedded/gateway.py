@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from embedded import events
-from embedded.lambda_runtime import InvocationTimeout, LambdaRuntime
+from embedded.lambda_runtime import InvocationTimeout, LambdaRuntime, load_handler
 from embedded.ws_protocol import MESSAGE_LIMIT_BYTES
 from layers.shared.topology import Function, Topology
 
@@ -100,6 +100,12 @@ class LocalConnection:
             log.debug("close on a dead connection %s", self.connection_id)
 
 
+def _is_subdomain(scope: Scope) -> bool:
+    """`<label>.localhost[:port]` (browsers resolve every *.localhost to loopback)."""
+    host = _header(scope, b"host").rsplit(":", 1)[0]
+    return host.endswith(".localhost")
+
+
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
@@ -164,12 +170,17 @@ class LocalGateway:
             reverse=True,
         )
         self.websocket_routes = topology.websocket_routes
+        # Streaming functions run as the ASGI apps the Lambda Web Adapter would run in AWS.
+        self.subdomain_app = next((load_handler(f.handler) for f in topology.functions
+                                   if f.streaming_url and f.local_mount == "subdomain"), None)
         self.custom_websocket_routes = {key for key in self.websocket_routes if not key.startswith("$")}
         self.connections: dict[str, LocalConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if self.subdomain_app is not None and scope["type"] in ("http", "websocket") and _is_subdomain(scope):
+            await self.subdomain_app(scope, receive, send)
+        elif scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "websocket":
             if scope["path"] == self.config.websocket_path:

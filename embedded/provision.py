@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets as secrets_module
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -78,10 +79,12 @@ def provision(topology: Topology, settings: Settings, *, visibility_timeout: int
     for secret in topology.secrets:
         name = settings.physical_name(secret.name)
         value = os.environ.get(secret.seed_env or "", "")
+        if not value and secret.generated:
+            value = secrets_module.token_urlsafe(32)
         try:
             secrets.create_secret(Name=name, Description=secret.description, SecretString=value or "unset")
         except ClientError as error:
             if error.response["Error"]["Code"] != "ResourceExistsException":
                 raise
-            if value:
+            if value and not secret.generated:  # a generated secret keeps the value it has
                 secrets.put_secret_value(SecretId=name, SecretString=value)

@@ -86,6 +86,7 @@ class EmbeddedStack:
             "AGENTSERVER_WEBSOCKET_URL": self.client_config()["websocket_url"],
             "AGENTSERVER_RELAY_URL": self.client_config()["relay_url"],
             "AGENTSERVER_LLM_BASE_URL": self.client_config()["llm_base_url"],
+            "AGENTSERVER_SANDBOX_ORIGIN": f"http://{{sandbox_id}}.localhost:{self.options.port}",
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_NAMESPACE": "agentserver",
         }

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
 from aws_cdk import RemovalPolicy
 from constructs import Node
+
+from infra_cdk import constants
 
 CONTEXT_PREFIX = "agentserver:"
 
@@ -16,6 +19,29 @@ def _as_bool(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in {"1", "true", "yes", "on"}
     return bool(value)
+
+
+def _as_text(value: Any) -> str:
+    # JSON true/false in cdk.json reach a text setting as booleans.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value).strip()
+
+
+_BOOLEAN_WORDS = {
+    "1": "true",
+    "true": "true",
+    "yes": "true",
+    "on": "true",
+    "0": "false",
+    "false": "false",
+    "no": "false",
+    "off": "false",
+}
+# A secret's name or ARN (Secrets Manager's characters), and a version id: never a value with spaces or braces,
+# which would end the `{{resolve:...}}` reference early.
+_SECRET_ID = re.compile(r"[A-Za-z0-9/_+=.@:-]{1,2048}")
+_SECRET_VERSION_ID = re.compile(r"[A-Za-z0-9-]{32,64}")
 
 
 def _as_tuple(value: Any) -> tuple[str, ...]:
@@ -43,12 +69,63 @@ class DeploymentConfig:
     # Version of the AWS Lambda Web Adapter layer; `lambda_web_adapter_layer_arn` overrides the whole ARN.
     lambda_web_adapter_version: int = 25
     lambda_web_adapter_layer_arn: str = ""
-    # Origins besides the console's own that may call the HTTP API from a browser.
+    # Origins that may call the HTTP API from a browser. The console needs none: CloudFront serves the API
+    # on the console's own origin (/api/*).
     extra_cors_origins: tuple[str, ...] = ()
+
+    # Sign-in, handed to the http_api function (constants.SIGN_IN_ENV) when non-empty; empty leaves
+    # settings.py's default. GitHub is on when its client id is set, OIDC when its issuer and client id are.
+    github_client_id: str = ""
+    github_oauth_url: str = ""
+    github_api_url: str = ""
+    oidc_issuer_url: str = ""
+    oidc_client_id: str = ""
+    oidc_provider_name: str = ""
+    oidc_scopes: str = ""
+    # Empty means the console's URL, where CloudFront serves the callback.
+    oidc_redirect_base_url: str = ""
+    password_auth: str = ""  # "true" or "false"
+    default_max_workspaces: str = ""  # a whole number, at least 1
+    # Client secrets: the name (or ARN) of a Secrets Manager secret the operator created, never the value.
+    # The function receives a CloudFormation dynamic reference; a version id makes a deploy re-read it.
+    github_client_secret_name: str = ""
+    github_client_secret_version: str = ""
+    oidc_client_secret_name: str = ""
+    oidc_client_secret_version: str = ""
 
     def __post_init__(self) -> None:
         if self.architecture not in {"arm64", "x86_64"}:
             raise ValueError(f"{CONTEXT_PREFIX}architecture must be arm64 or x86_64, not {self.architecture!r}")
+        self._check_sign_in()
+
+    def _check_sign_in(self) -> None:
+        if self.password_auth:
+            word = _BOOLEAN_WORDS.get(self.password_auth.lower())
+            if word is None:
+                raise ValueError(f"{CONTEXT_PREFIX}password_auth must be true or false, not {self.password_auth!r}")
+            object.__setattr__(self, "password_auth", word)
+        if self.default_max_workspaces and not re.fullmatch(r"0*[1-9][0-9]*", self.default_max_workspaces):
+            raise ValueError(
+                f"{CONTEXT_PREFIX}default_max_workspaces must be a whole number of at least 1, "
+                f"not {self.default_max_workspaces!r}"
+            )
+        if bool(self.oidc_issuer_url) != bool(self.oidc_client_id):
+            raise ValueError(f"{CONTEXT_PREFIX}oidc_issuer_url and {CONTEXT_PREFIX}oidc_client_id go together")
+        # GitHub's token endpoint always wants the client secret; an OIDC client may be public (PKCE alone).
+        if self.github_client_id and not self.github_client_secret_name:
+            raise ValueError(
+                f"{CONTEXT_PREFIX}github_client_id needs {CONTEXT_PREFIX}github_client_secret_name: the name of "
+                "the Secrets Manager secret that holds the OAuth app's client secret (docs/deploy.md)"
+            )
+        for name_field, version_field in constants.SIGN_IN_SECRET_ENV.values():
+            name, version = getattr(self, name_field), getattr(self, version_field)
+            if name and not _SECRET_ID.fullmatch(name):
+                # The value is not echoed: it might be the secret itself, pasted into the wrong key.
+                raise ValueError(f"{CONTEXT_PREFIX}{name_field} must be a secret's name or ARN")
+            if version and not name:
+                raise ValueError(f"{CONTEXT_PREFIX}{version_field} needs {CONTEXT_PREFIX}{name_field}")
+            if version and not _SECRET_VERSION_ID.fullmatch(version):
+                raise ValueError(f"{CONTEXT_PREFIX}{version_field} must be a secret version id")
 
     @property
     def removal_policy(self) -> RemovalPolicy:
@@ -70,5 +147,5 @@ class DeploymentConfig:
             elif isinstance(default, tuple):
                 values[spec.name] = _as_tuple(raw)
             else:
-                values[spec.name] = str(raw)
+                values[spec.name] = _as_text(raw)
         return cls(**values)

@@ -1,10 +1,13 @@
-"""The web console: the private topology bucket behind CloudFront (origin access control), plus config.json."""
+"""The web console: the private topology bucket behind CloudFront (origin access control), plus config.json.
+
+The same distribution serves the HTTP API under /api/*, so the browser sees one origin: the session cookie
+(SameSite=Lax), the CSRF cookie the console's script reads, and the OIDC callback all live on it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import Duration
 from aws_cdk import aws_cloudfront as cloudfront
 from aws_cdk import aws_cloudfront_origins as origins
 from aws_cdk import aws_s3 as s3
@@ -12,6 +15,19 @@ from aws_cdk import aws_s3_deployment as s3_deployment
 from constructs import Construct
 
 from infra_cdk import constants, nag
+
+# Viewer-request function of the bucket behavior: a path without a file extension is a route of the
+# single-page app, so it gets index.html. (Distribution-wide error responses would also turn the API's
+# 403 and 404 answers into index.html.)
+SPA_ROUTING_FUNCTION = """
+function handler(event) {
+    var request = event.request;
+    if (!/\\.[^\\/]*$/.test(request.uri)) {
+        request.uri = '/index.html';
+    }
+    return request;
+}
+""".strip()
 
 _NOT_BUILT_PAGE = (
     "<!doctype html><html><head><meta charset='utf-8'><title>agentserver</title></head>"
@@ -31,25 +47,29 @@ class Console(Construct):
     def __init__(self, scope: Construct, construct_id_: str, *, bucket: s3.Bucket, log_bucket: s3.IBucket) -> None:
         super().__init__(scope, construct_id_)
         self.bucket = bucket
-        # Single-page app: unknown paths and objects the OAC may not list come back as index.html.
-        spa_fallback = [
-            cloudfront.ErrorResponse(
-                http_status=status, response_http_status=200, response_page_path="/index.html", ttl=Duration.seconds(0)
-            )
-            for status in (403, 404)
-        ]
+        self.spa_routing = cloudfront.Function(
+            self,
+            "SpaRouting",
+            code=cloudfront.FunctionCode.from_inline(SPA_ROUTING_FUNCTION),
+            runtime=cloudfront.FunctionRuntime.JS_2_0,
+            comment="agentserver console: app routes get index.html",
+        )
         self.distribution = cloudfront.Distribution(
             self,
             "Distribution",
-            comment="agentserver console",
+            comment="agentserver console and API",
             default_root_object="index.html",
             default_behavior=cloudfront.BehaviorOptions(
                 origin=origins.S3BucketOrigin.with_origin_access_control(bucket),
                 viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.REDIRECT_TO_HTTPS,
                 cache_policy=cloudfront.CachePolicy.CACHING_OPTIMIZED,
                 response_headers_policy=cloudfront.ResponseHeadersPolicy.SECURITY_HEADERS,
+                function_associations=[
+                    cloudfront.FunctionAssociation(
+                        function=self.spa_routing, event_type=cloudfront.FunctionEventType.VIEWER_REQUEST
+                    )
+                ],
             ),
-            error_responses=spa_fallback,
             price_class=cloudfront.PriceClass.PRICE_CLASS_100,
             http_version=cloudfront.HttpVersion.HTTP2_AND_3,
             enable_logging=True,
@@ -65,8 +85,10 @@ class Console(Construct):
         nag.acknowledge(
             self.distribution,
             "AwsSolutions-CFR2",
-            "CloudFront only serves static files from a private bucket: no server code sits behind it for a "
-            "WAF to protect. The APIs, which do run code, are separate endpoints with stage throttling.",
+            "No WAF web ACL by default: its fixed monthly and per-request charges outweigh what it adds for a "
+            "self-hosted team tool. /api/* reaches code that authenticates every non-public route itself, locks "
+            "accounts and sources out after repeated password failures, and sits behind the stage throttle; a "
+            "deployer exposed to hostile traffic can attach a web ACL to this distribution.",
         )
         nag.acknowledge(
             self.distribution,
@@ -75,6 +97,23 @@ class Console(Construct):
             "policy; a minimum of TLSv1.2_2021 needs a custom domain with an ACM certificate, a deployment choice.",
         )
         self.url = f"https://{self.distribution.distribution_domain_name}"
+
+    def serve_api(self, domain_name: str, path_pattern: str = constants.API_PATH_PATTERN) -> None:
+        """Send `path_pattern` to an HTTPS API origin, uncached, with every viewer header but Host."""
+        self.distribution.add_behavior(
+            path_pattern,
+            origins.HttpOrigin(
+                domain_name,
+                protocol_policy=cloudfront.OriginProtocolPolicy.HTTPS_ONLY,
+                origin_ssl_protocols=[cloudfront.OriginSslPolicy.TLS_V1_2],
+            ),
+            viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.HTTPS_ONLY,
+            allowed_methods=cloudfront.AllowedMethods.ALLOW_ALL,
+            cache_policy=cloudfront.CachePolicy.CACHING_DISABLED,
+            # Cookies, query strings, Authorization and the rest; API Gateway needs its own Host to route.
+            origin_request_policy=cloudfront.OriginRequestPolicy.ALL_VIEWER_EXCEPT_HOST_HEADER,
+            response_headers_policy=cloudfront.ResponseHeadersPolicy.SECURITY_HEADERS,
+        )
 
     def publish(self, config: dict[str, str]) -> s3_deployment.BucketDeployment:
         """Upload the console and its config.json."""

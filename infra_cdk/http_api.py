@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigateway
 from aws_cdk import aws_apigatewayv2 as apigwv2
 from aws_cdk import aws_apigatewayv2_integrations as integrations
@@ -39,13 +39,18 @@ class HttpApi(Construct):
             description="agentserver console and CLI API",
             # Our own $default stage below, because the built-in one cannot have access logs.
             create_default_stage=False,
+            # The console calls the API on its own origin (CloudFront's /api/*), which needs no CORS; naming
+            # the distribution here would also be a cycle, as the distribution names this API as its origin.
+            # Other browser origins are opt-in (extra_cors_origins); without them no origin is allowed.
             cors_preflight=apigwv2.CorsPreflightOptions(
                 allow_origins=list(cors_origins),
                 allow_methods=[apigwv2.CorsHttpMethod.ANY],
                 # Tokens travel in the Authorization header, never in a URL.
                 allow_headers=["authorization", "content-type"],
                 max_age=Duration.hours(1),
-            ),
+            )
+            if cors_origins
+            else None,
         )
         access_logs = logs.LogGroup(self, "AccessLogs", retention=log_retention, removal_policy=removal_policy)
         self.stage = apigwv2.HttpStage(
@@ -74,6 +79,9 @@ class HttpApi(Construct):
         )
         # HTTP API URL without a trailing slash: clients append paths such as /api/health.
         self.url = self.api.api_endpoint
+        # The execute-api host name, for CloudFront to use as an origin.
+        stack = Stack.of(self)
+        self.domain_name = f"{self.api.api_id}.execute-api.{stack.region}.{stack.url_suffix}"
 
         integrations_by_function: dict[str, integrations.HttpLambdaIntegration] = {}
         for route, spec in topology.http_routes:

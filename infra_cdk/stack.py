@@ -7,7 +7,7 @@ from typing import Any
 from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
-from infra_cdk import constants
+from infra_cdk import constants, sign_in
 from infra_cdk.config import DeploymentConfig
 from infra_cdk.console import Console
 from infra_cdk.data import DataStore
@@ -32,6 +32,7 @@ class AgentServerStack(Stack):
         **stack_options: Any,
     ) -> None:
         super().__init__(scope, construct_id_, **stack_options)
+        check_api_paths(topology)
         retention = log_retention(config.log_retention_days)
 
         self.data = DataStore(self, "Data", topology=topology, config=config)
@@ -47,11 +48,14 @@ class AgentServerStack(Stack):
             "HttpApi",
             topology=topology,
             functions=functions,
-            cors_origins=[self.console.url, *config.extra_cors_origins],
+            cors_origins=config.extra_cors_origins,
             name_prefix=config.resource_prefix,
             log_retention=retention,
             removal_policy=config.removal_policy,
         )
+        self.console.serve_api(self.http_api.domain_name)
+        # Where browsers, the CLI and agents reach the API: the console's origin, which CloudFront splits.
+        self.public_api_url = self.console.url
         self.websocket_api = WebSocketApi(
             self,
             "WebSocketApi",
@@ -73,28 +77,56 @@ class AgentServerStack(Stack):
             for key, function_name in constants.STREAMING_URL_KEYS.items()
         }
         self._hand_public_endpoints_to_functions(streaming_urls)
+        self._hand_sign_in_settings_to_api(config)
         self.console.publish(
             {
-                "api_url": self.http_api.url,
+                "api_url": self.public_api_url,
                 "websocket_url": self.websocket_api.url,
                 **streaming_urls,
                 "version": VERSION,
             }
         )
 
-        CfnOutput(self, "HttpApiUrl", value=self.http_api.url, description="HTTP API base URL (routes start /api)")
+        CfnOutput(
+            self,
+            "HttpApiUrl",
+            value=self.http_api.url,
+            description="HTTP API's own execute-api URL (routes start /api); browsers use ConsoleUrl/api",
+        )
         CfnOutput(self, "WebSocketUrl", value=self.websocket_api.url, description="WebSocket URL agents dial")
-        CfnOutput(self, "ConsoleUrl", value=self.console.url, description="Web console (CloudFront)")
+        CfnOutput(
+            self, "ConsoleUrl", value=self.console.url, description="Web console and, under /api, the API (CloudFront)"
+        )
         for function_name, url in self.streaming.urls.items():
             CfnOutput(self, construct_id(function_name, "Url"), value=url, description=f"{function_name} stream URL")
 
     def _hand_public_endpoints_to_functions(self, streaming_urls: dict[str, str]) -> None:
-        # Settings read these to answer clients. The APIs depend on no function, so referring to them
-        # adds no cycle; a function URL depends on its own function, so that one function is skipped.
-        self.runtime.add_environment_to_all(constants.ENV_PUBLIC_API_URL, self.http_api.url)
+        # Settings read these to answer clients. The APIs and the distribution depend on no function, so
+        # referring to them adds no cycle; a function URL depends on its own function, so that one is skipped.
+        self.runtime.add_environment_to_all(constants.ENV_PUBLIC_API_URL, self.public_api_url)
         self.runtime.add_environment_to_all(constants.ENV_PUBLIC_WEBSOCKET_URL, self.websocket_api.url)
         for key, function_name in constants.STREAMING_URL_KEYS.items():
             if streaming_urls[key]:
                 self.runtime.add_environment_to_all(
                     constants.STREAMING_URL_ENV[key], streaming_urls[key], except_function=function_name
                 )
+
+    def _hand_sign_in_settings_to_api(self, config: DeploymentConfig) -> None:
+        function = self.runtime.functions.get(constants.SIGN_IN_FUNCTION)
+        if function is None:
+            if sign_in.configured(config):
+                raise ValueError(
+                    f"the context sets sign-in values, but the topology has no {constants.SIGN_IN_FUNCTION!r} "
+                    "function to receive them"
+                )
+            return
+        for name, value in sign_in.sign_in_environment(config, public_url=self.public_api_url).items():
+            function.add_environment(name, value)
+
+
+def check_api_paths(topology: Topology) -> None:
+    """Every HTTP route must fall under CloudFront's API behavior, or browsers would get the console instead."""
+    prefix = constants.API_PATH_PATTERN.removesuffix("*")
+    outside = [f"{route.method} {route.path}" for route, _ in topology.http_routes if not route.path.startswith(prefix)]
+    if outside:
+        raise ValueError(f"HTTP routes must start with {prefix} to be served through the console's origin: {outside}")

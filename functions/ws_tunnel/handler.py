@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
+from cachetools import TTLCache
 
 from layers.shared.clock import utcnow
 from layers.shared.dal.connections import ApiGatewayPusher, DynamoConnectionStore
 from layers.shared.dal.sandboxes import DynamoSandboxStore
+from layers.shared.dal.secrets import secret_value
 from layers.shared.domain import agent_connections, connections
-from layers.shared.domain.agents import InvalidTransition, SandboxStore
 from layers.shared.domain.connections import ConnectionPusher, ConnectionStore
-from layers.shared.errors import NotAuthenticated
+from layers.shared.errors import Conflict, NotAuthenticated
 from layers.shared.observability import logger, tracer
 from layers.shared.settings import get_settings
 from layers.shared.tunnel.codec import ProtocolError
@@ -30,41 +32,62 @@ def _management_url(event: APIGatewayProxyEvent) -> str:
     return f"https://{context.domain_name}/{context.stage}"
 
 
+# slot → relay connection id; a relay keeps its slot for its connection's life, so a short cache is safe
+_relay_connections: TTLCache[int, str] = TTLCache(maxsize=1024, ttl=60)
+
+
+def _relay_lookup(sandboxes: DynamoSandboxStore) -> Callable[[int], str | None]:
+    def lookup(slot: int) -> str | None:
+        if slot not in _relay_connections:
+            found = sandboxes.relay_connection(slot)
+            if found is None:
+                return None
+            _relay_connections[slot] = found
+        return _relay_connections[slot]
+
+    return lookup
+
+
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def connect(
     event: dict[str, Any],
     context: Any,
     store: ConnectionStore | None = None,
-    sandboxes: SandboxStore | None = None,
+    sandboxes: DynamoSandboxStore | None = None,
     pusher: ConnectionPusher | None = None,
 ) -> dict[str, Any]:
-    """Only an agent with a valid tunnel token gets a connection (401 otherwise)."""
+    """Only an agent with a valid tunnel token, or the relay with a valid credential, gets a
+    connection (401 otherwise)."""
     request = APIGatewayProxyEvent(event)
-    token, as_subprotocol = agent_connections.token_from_handshake(request.query_string_parameters,
-                                                                   request.headers)
+    handshake = agent_connections.read_handshake(request.query_string_parameters, request.headers)
+    sandboxes = sandboxes or DynamoSandboxStore()
+    common = {
+        "connection_id": str(request.request_context.connection_id),
+        "management_url": _management_url(request),
+        "now": utcnow(),
+        "ttl": timedelta(seconds=get_settings().connection_ttl_seconds),
+    }
     try:
-        sandbox = agent_connections.connect_agent(
-            sandboxes or DynamoSandboxStore(),
-            store or DynamoConnectionStore(),
-            pusher or ApiGatewayPusher(),
-            token=token,
-            connection_id=str(request.request_context.connection_id),
-            management_url=_management_url(request),
-            now=utcnow(),
-            ttl=timedelta(seconds=get_settings().connection_ttl_seconds),
-            source_ip=request.request_context.identity.source_ip,
-            user_agent=request.request_context.identity.user_agent,
-        )
+        if handshake.kind == "relay":
+            slot = agent_connections.connect_relay(sandboxes, store or DynamoConnectionStore(),
+                                                   secret=secret_value("relay-secret"),
+                                                   credential=handshake.credential, **common)  # type: ignore[arg-type]
+            logger.info("relay connected", extra={"relay_slot": slot})
+        else:
+            sandbox = agent_connections.connect_agent(
+                sandboxes, store or DynamoConnectionStore(), pusher or ApiGatewayPusher(),
+                token=handshake.credential, source_ip=request.request_context.identity.source_ip,
+                user_agent=request.request_context.identity.user_agent, **common)  # type: ignore[arg-type]
+            logger.info("agent connected", extra={"sandbox_id": sandbox.sandbox_id})
     except NotAuthenticated:
-        logger.info("tunnel connection refused: no valid token")
+        logger.info("connection refused: no valid credential", extra={"kind": handshake.kind})
         return {"statusCode": 401}
-    except InvalidTransition as error:
-        logger.info("tunnel connection refused", extra={"reason": error.message})
+    except Conflict as error:
+        logger.info("connection refused", extra={"reason": error.message})
         return {"statusCode": 409}
-    logger.info("agent connected", extra={"sandbox_id": sandbox.sandbox_id})
-    if as_subprotocol:
-        return {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": agent_connections.SUBPROTOCOL}}
+    if handshake.subprotocol:
+        return {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": handshake.subprotocol}}
     return OK
 
 
@@ -74,11 +97,12 @@ def disconnect(
     event: dict[str, Any],
     context: Any,
     store: ConnectionStore | None = None,
-    sandboxes: SandboxStore | None = None,
+    sandboxes: DynamoSandboxStore | None = None,
 ) -> dict[str, Any]:
     request = APIGatewayProxyEvent(event)
-    agent_connections.disconnect_agent(sandboxes or DynamoSandboxStore(), store or DynamoConnectionStore(),
-                                       connection_id=str(request.request_context.connection_id))
+    sandboxes = sandboxes or DynamoSandboxStore()
+    agent_connections.disconnect(sandboxes, sandboxes, store or DynamoConnectionStore(),
+                                 connection_id=str(request.request_context.connection_id))
     return OK
 
 
@@ -89,16 +113,17 @@ def default(
     context: Any,
     store: ConnectionStore | None = None,
     pusher: ConnectionPusher | None = None,
-    sandboxes: SandboxStore | None = None,
+    sandboxes: DynamoSandboxStore | None = None,
 ) -> dict[str, Any]:
     """Binary messages are tunnel frames; a text message is the JSON ping probe."""
     request = APIGatewayProxyEvent(event)
     raw = request.body or ""
     connection_id = str(request.request_context.connection_id)
     if request.is_base64_encoded:
+        sandboxes = sandboxes or DynamoSandboxStore()
         try:
             agent_connections.handle_agent_frames(
-                sandboxes or DynamoSandboxStore(), store or DynamoConnectionStore(), pusher or ApiGatewayPusher(),
+                sandboxes, store or DynamoConnectionStore(), pusher or ApiGatewayPusher(), _relay_lookup(sandboxes),
                 connection_id=connection_id, management_url=_management_url(request),
                 data=base64.b64decode(raw), now=utcnow())
         except (ProtocolError, NotAuthenticated) as error:

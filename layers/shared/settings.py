@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     public_websocket_url: str = Field(default="ws://localhost:8080/ws", alias="AGENTSERVER_WEBSOCKET_URL")
     public_relay_url: str = Field(default="", alias="AGENTSERVER_RELAY_URL")
     public_llm_base_url: str = Field(default="", alias="AGENTSERVER_LLM_BASE_URL")
+    # Each sandbox is served from its own origin: this template with {sandbox_id} filled in
+    # (a wildcard domain in AWS; <id>.localhost in the embedded stack, which browsers resolve).
+    sandbox_origin_template: str = Field(default="http://{sandbox_id}.localhost:8080",
+                                         alias="AGENTSERVER_SANDBOX_ORIGIN")
 
     # Identity
     password_auth_enabled: bool = Field(default=True, alias="AGENTSERVER_PASSWORD_AUTH")

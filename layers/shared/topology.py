@@ -66,11 +66,13 @@ class Bucket:
 
 @dataclass(frozen=True)
 class Secret:
-    """A Secrets Manager secret; `seed_env` names the variable the embedded stack seeds it from."""
+    """A Secrets Manager secret; `seed_env` names the variable the embedded stack seeds it from.
+    A `generated` secret gets a random value when nothing seeds it (CDK generates one too)."""
 
     name: str
     description: str
     seed_env: str | None = None
+    generated: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,9 @@ class Function:
     sqs: SqsTrigger | None = None
     schedule: Schedule | None = None
     streaming_url: bool = False  # Function URL with RESPONSE_STREAM (through the Lambda Web Adapter)
+    # Where the embedded stack serves a streaming function's ASGI app on its one port:
+    # "subdomain" (each sandbox's own origin, <id>.localhost) or a path prefix such as "/llm".
+    local_mount: str | None = None
     tables: tuple[str, ...] = ()  # tables it reads and writes
     queues_send: tuple[str, ...] = ()  # queues it sends to
     manages_connections: bool = False  # may call the WebSocket @connections API
@@ -203,6 +208,8 @@ TOPOLOGY = Topology(
     secrets=(
         Secret("anthropic-api-key", "Anthropic API key used by the LLM proxy", seed_env="ANTHROPIC_API_KEY"),
         Secret("openai-api-key", "OpenAI API key used by the LLM proxy", seed_env="OPENAI_API_KEY"),
+        Secret("relay-secret", "Signs the sandbox relay's short-lived credential for the WebSocket API",
+               seed_env="AGENTSERVER_RELAY_SECRET", generated=True),
     ),
     functions=(
         Function(
@@ -218,12 +225,13 @@ TOPOLOGY = Topology(
         Function(
             name="ws_connect",
             handler="functions.ws_tunnel.handler.connect",
-            description="WebSocket $connect: authenticates the agent's tunnel token, records the connection",
+            description="WebSocket $connect: authenticates an agent's tunnel token or the relay's credential",
             memory_mb=256,
             timeout_seconds=10,
             websocket_routes=(WebSocketRoute("$connect"),),
             tables=("connections", "sandboxes"),
             manages_connections=True,  # closes the agent's previous connection
+            secrets=("relay-secret",),
         ),
         Function(
             name="ws_disconnect",
@@ -242,7 +250,19 @@ TOPOLOGY = Topology(
             timeout_seconds=30,
             websocket_routes=(WebSocketRoute("$default"),),
             tables=("connections", "sandboxes"),
+            manages_connections=True,  # acknowledges heartbeats, forwards agents' frames to the relay
+        ),
+        Function(
+            name="sandbox_relay",
+            handler="functions.sandbox_relay.app.app",  # the ASGI app the Lambda Web Adapter runs
+            description="Browser ⇄ agent relay: each sandbox on its own origin, streamed through the tunnel",
+            memory_mb=1024,
+            timeout_seconds=900,
+            streaming_url=True,
+            local_mount="subdomain",
+            tables=("sandboxes",),
             manages_connections=True,
+            secrets=("relay-secret",),
         ),
         Function(
             name="sandbox_ops_worker",

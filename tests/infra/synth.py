@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,46 @@ class Synthesized:
 
     def nag_report(self) -> PolicyValidationPluginReport:
         return AwsSolutionsChecks().validate_scope(self.stack)
+
+    def nag_findings(self) -> list[str]:
+        """Every cdk-nag violation left (none, unless something went unacknowledged), one line each."""
+        report = self.nag_report()
+        return [
+            f"{violation.severity} {violation.rule_name}: {[r.construct_path for r in violation.violating_resources]}"
+            for violation in report.violations
+        ] + ([] if report.success else ["the AWS Solutions report did not succeed"])
+
+    def dependency_cycle(self) -> list[str] | None:
+        """A cycle among the resources' Ref, GetAtt, Sub and DependsOn links, or None when CloudFormation can
+        order them."""
+        graph = {
+            logical_id: {ref for ref in references(resource) if ref in self.resources}
+            | set(resource.get("DependsOn", []))
+            for logical_id, resource in self.resources.items()
+        }
+        try:
+            tuple(TopologicalSorter(graph).static_order())
+        except CycleError as cycle:
+            return list(cycle.args[1])
+        return None
+
+    def environment(self, function_name: str) -> dict[str, Any]:
+        """The environment variables of a topology function."""
+        return self.properties(self.function_id(function_name))["Environment"]["Variables"]
+
+    def distribution(self) -> tuple[str, dict[str, Any]]:
+        """The console's CloudFront distribution: its logical id and DistributionConfig."""
+        distribution_id, distribution = self.one("AWS::CloudFront::Distribution")
+        return distribution_id, distribution["DistributionConfig"]
+
+    def assembly_text(self) -> str:
+        """Everything synthesis wrote that CloudFormation or the deployment reads: templates, manifests, and
+        the staged data assets such as config.json (code and layer bundles are not built in tests)."""
+        return "\n".join(
+            path.read_text(errors="replace")
+            for path in sorted(self.assembly_dir.rglob("*"))
+            if path.is_file() and path.stat().st_size < 1_000_000
+        )
 
 
 def synthesize(

@@ -81,15 +81,13 @@ def test_the_http_api_serves_a_logged_throttled_default_stage(synthesized: Synth
     assert stage["DefaultRouteSettings"]["ThrottlingRateLimit"] > 0
 
 
-def test_the_http_api_allows_only_the_console_origin_in_cors(synthesized: Synthesized) -> None:
-    # Given the console served by CloudFront / When synthesized
+def test_the_http_api_allows_no_cross_origin_browser_calls_by_default(synthesized: Synthesized) -> None:
+    # Given the console, which reaches the API on its own origin through CloudFront's /api/*, and no
+    # extra_cors_origins / When synthesized
     _, api = synthesized.one("AWS::ApiGatewayV2::Api", ProtocolType="HTTP")
-    distribution_id = next(iter(synthesized.of_type("AWS::CloudFront::Distribution")))
-    # Then browsers may call the API from the console's origin only, sending the Authorization header
-    assert [render(origin) for origin in api["CorsConfiguration"]["AllowOrigins"]] == [
-        f"https://<{distribution_id}.DomainName>"
-    ]
-    assert "authorization" in api["CorsConfiguration"]["AllowHeaders"]
+    # Then the API answers no CORS preflight, so browsers refuse cross-origin calls from every other origin
+    # (test_sign_in checks that extra_cors_origins, and only they, are allowed when set)
+    assert "CorsConfiguration" not in api
 
 
 def test_the_websocket_api_has_exactly_the_topology_routes(synthesized: Synthesized) -> None:

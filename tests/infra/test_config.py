@@ -8,10 +8,13 @@ import json
 import pytest
 from aws_cdk import App
 
+from infra_cdk import constants
 from infra_cdk.config import CONTEXT_PREFIX, DeploymentConfig
 from infra_cdk.event_sources import check_queue_consumers
 from infra_cdk.naming import pascal_case
+from infra_cdk.sign_in import sign_in_environment
 from infra_cdk.streaming import asgi_app
+from layers.shared.settings import Settings
 from layers.shared.topology import TOPOLOGY, Function, Queue, SqsTrigger, Topology
 from tests.infra.synth import REPO_ROOT
 
@@ -78,3 +81,71 @@ def test_names_and_handlers_convert_as_documented() -> None:
     assert asgi_app("functions.relay.app.app") == "functions.relay.app:app"
     with pytest.raises(ValueError):
         asgi_app("app")
+
+
+def test_every_sign_in_setting_is_a_context_key_in_cdk_json_and_a_variable_settings_py_reads() -> None:
+    # Given the sign-in context keys and the variables they become
+    context_fields = {*constants.SIGN_IN_ENV, *(f for pair in constants.SIGN_IN_SECRET_ENV.values() for f in pair)}
+    variables = {*constants.SIGN_IN_ENV.values(), *constants.SIGN_IN_SECRET_ENV}
+    # Then cdk.json lists each key, empty, so deployers find them all in one place
+    assert {CONTEXT_PREFIX + field: "" for field in context_fields}.items() <= CDK_JSON["context"].items()
+    # And each variable is one settings.py reads (a typo would leave the setting at its default)
+    aliases = {field.alias for field in Settings.model_fields.values()}
+    assert variables <= aliases
+
+
+def test_sign_in_context_values_become_the_text_settings_py_parses() -> None:
+    # Given sign-in values as cdk.json (JSON booleans and numbers) or `-c key=value` (strings) give them
+    from_json = DeploymentConfig.from_context(
+        App(context={"agentserver:password_auth": True, "agentserver:default_max_workspaces": 25}).node
+    )
+    from_cli = DeploymentConfig.from_context(
+        App(
+            context={
+                "agentserver:password_auth": " Off ",
+                "agentserver:github_client_id": " Iv1.abc ",
+                "agentserver:github_client_secret_name": "agentserver/github",
+            }
+        ).node
+    )
+    # When read / Then they are text in the spelling settings.py accepts
+    assert (from_json.password_auth, from_json.default_max_workspaces) == ("true", "25")
+    assert (from_cli.password_auth, from_cli.github_client_id) == ("false", "Iv1.abc")
+
+
+def test_the_callback_base_is_the_console_unless_the_context_names_another() -> None:
+    # Given no OIDC_REDIRECT_BASE_URL in the context, then one (a custom domain in front of CloudFront)
+    default = sign_in_environment(DeploymentConfig(), public_url="https://d111.cloudfront.net")
+    custom = sign_in_environment(
+        DeploymentConfig(oidc_redirect_base_url="https://agents.example.org"), public_url="https://d111.cloudfront.net"
+    )
+    # When the API function's variables are made / Then the callback base follows
+    assert default == {constants.ENV_OIDC_REDIRECT_BASE_URL: "https://d111.cloudfront.net"}
+    assert custom == {constants.ENV_OIDC_REDIRECT_BASE_URL: "https://agents.example.org"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"password_auth": "maybe"}, "password_auth must be true or false"),
+        ({"default_max_workspaces": "0"}, "default_max_workspaces must be a whole number"),
+        ({"default_max_workspaces": "ten"}, "default_max_workspaces must be a whole number"),
+        ({"oidc_client_id": "agentserver"}, "oidc_issuer_url and agentserver:oidc_client_id go together"),
+        ({"github_client_id": "Iv1.abc"}, "github_client_id needs agentserver:github_client_secret_name"),
+        ({"oidc_client_secret_version": "a1b2c3d4-5678-90ab-cdef-0123456789ab"}, "needs agentserver:oidc_client"),
+        ({"oidc_client_secret_name": "x", "oidc_client_secret_version": "v1"}, "must be a secret version id"),
+    ],
+)
+def test_inconsistent_sign_in_settings_are_refused(settings: dict[str, str], message: str) -> None:
+    # Given sign-in settings that would leave a provider half configured / Then the stack is not built
+    with pytest.raises(ValueError, match=message):
+        DeploymentConfig(**settings)
+
+
+def test_a_secret_pasted_where_its_name_goes_is_refused_without_being_echoed() -> None:
+    # Given what looks like a secret value (spaces, braces would break the dynamic reference) in the name key
+    value = "s3cr3t value }}"
+    # When the settings are read / Then they are refused, and the message does not repeat the value
+    with pytest.raises(ValueError, match="must be a secret's name or ARN") as refused:
+        DeploymentConfig(oidc_issuer_url="https://sso.example.org", oidc_client_id="a", oidc_client_secret_name=value)
+    assert value not in str(refused.value)

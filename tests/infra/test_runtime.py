@@ -24,8 +24,9 @@ def test_every_topology_function_runs_its_handler_with_its_size(synthesized: Syn
     # Given a function of the topology
     # When synthesized
     props = synthesized.properties(synthesized.function_id(spec.name))
-    # Then it runs the topology's handler on Python 3.11 with the topology's memory and timeout
-    assert props["Handler"] == spec.handler
+    # Then it runs the topology's handler on Python 3.11 with the topology's memory and timeout (a streaming
+    # function runs the web adapter's launcher, which serves that handler: see test_streaming)
+    assert props["Handler"] == (constants.LAUNCHER_SCRIPT.name if spec.streaming_url else spec.handler)
     assert props["Runtime"] == "python3.11"
     assert props["Architectures"] == [synthesized.config.architecture]
     assert props["MemorySize"] == spec.memory_mb
@@ -48,10 +49,26 @@ def test_every_function_gets_its_topology_environment_and_settings(synthesized: 
     assert variables["POWERTOOLS_SERVICE_NAME"] == constants.SERVICE_NAME
     assert variables["POWERTOOLS_METRICS_NAMESPACE"] == constants.SERVICE_NAME
     assert variables["POWERTOOLS_LOG_LEVEL"] == synthesized.config.log_level
-    # And the public endpoints settings.py hands to clients
-    api_id = synthesized.one("AWS::ApiGatewayV2::Api", ProtocolType="HTTP")[0]
-    assert variables[constants.ENV_PUBLIC_API_URL] == {"Fn::GetAtt": [api_id, "ApiEndpoint"]}
+    # And the public endpoints settings.py hands to clients: the API on the console's origin (CloudFront /api/*)
+    distribution_id, _ = synthesized.distribution()
+    assert render(variables[constants.ENV_PUBLIC_API_URL]) == f"https://<{distribution_id}.DomainName>"
     assert render(variables[constants.ENV_PUBLIC_WEBSOCKET_URL]).startswith("wss://")
+
+
+def test_without_sign_in_context_the_api_gets_only_the_callback_base(synthesized: Synthesized) -> None:
+    # Given cdk.json's empty sign-in keys / When synthesized
+    sign_in_variables = {*constants.SIGN_IN_ENV.values(), *constants.SIGN_IN_SECRET_ENV}
+    distribution_id, _ = synthesized.distribution()
+    for spec in TOPOLOGY.functions:
+        present = sign_in_variables & set(synthesized.environment(spec.name))
+        if spec.name == constants.SIGN_IN_FUNCTION:
+            # Then the API function learns only where providers call back: the console's origin
+            assert present == {constants.ENV_OIDC_REDIRECT_BASE_URL}
+            callback_base = synthesized.environment(spec.name)[constants.ENV_OIDC_REDIRECT_BASE_URL]
+            assert render(callback_base) == f"https://<{distribution_id}.DomainName>"
+        else:
+            # And no other function gets any sign-in setting
+            assert present == set(), spec.name
 
 
 def test_only_connection_managers_learn_the_management_url(synthesized: Synthesized) -> None:

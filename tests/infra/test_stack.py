@@ -1,18 +1,28 @@
-"""Whole-stack checks: cdk-nag is clean with reasoned acknowledgments, no cycles, and the console is published."""
+"""Whole-stack checks: cdk-nag is clean with reasoned acknowledgments, no cycles, and the console is published
+on one origin with the API."""
 
 from __future__ import annotations
 
 import json
 import re
-from graphlib import CycleError, TopologicalSorter
+import shutil
+import subprocess
 
 import pytest
 from aws_cdk import Stack, Validations
 
 from infra_cdk import constants
+from infra_cdk.console import SPA_ROUTING_FUNCTION
 from infra_cdk.nag import MIN_REASON_LENGTH
+from infra_cdk.stack import check_api_paths
 from layers.shared.settings import VERSION
-from tests.infra.synth import Synthesized, references, synthesize
+from layers.shared.topology import Function, HttpRoute, Topology
+from tests.infra.synth import Synthesized, references, render, synthesize
+
+# CloudFront's managed policies, by the ids AWS documents for them.
+CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
+CACHING_OPTIMIZED = "658327ea-f89d-4fab-a63d-7e88639e58f6"
+ALL_VIEWER_EXCEPT_HOST_HEADER = "b689b0a8-53d0-40ab-baf2-68738e2966ac"
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +33,9 @@ def synthesized() -> Synthesized:
 def test_cdk_nag_finds_nothing_unacknowledged(synthesized: Synthesized) -> None:
     # Given the stack with the AWS Solutions checks that app.py registers (synth would have failed otherwise)
     # When the rule pack walks it again
-    report = synthesized.nag_report()
+    findings = synthesized.nag_findings()
     # Then there is no error and no warning left
-    findings = [
-        f"{violation.severity} {violation.rule_name}: {[r.construct_path for r in violation.violating_resources]}"
-        for violation in report.violations
-    ]
-    assert report.success, "\n".join(findings)
-    assert not any(violation.rule_name.startswith("AwsSolutions-") for violation in report.violations)
+    assert not findings, "\n".join(findings)
 
 
 def test_every_acknowledgment_is_on_a_resource_and_says_why(synthesized: Synthesized) -> None:
@@ -51,29 +56,23 @@ def test_every_acknowledgment_is_on_a_resource_and_says_why(synthesized: Synthes
 
 def test_the_template_has_no_dependency_cycle(synthesized: Synthesized) -> None:
     # Given every Ref, GetAtt, Sub and DependsOn between resources (the management URL and public endpoints
-    # that functions receive are where a cycle would creep in)
-    graph = {
-        logical_id: {ref for ref in references(resource) if ref in synthesized.resources}
-        | set(resource.get("DependsOn", []))
-        for logical_id, resource in synthesized.resources.items()
-    }
+    # that functions receive, and the distribution that both fronts the API and is named by the functions,
+    # are where a cycle would creep in)
     # When CloudFormation orders them / Then an order exists
-    try:
-        tuple(TopologicalSorter(graph).static_order())
-    except CycleError as cycle:  # pragma: no cover - the failure message is the point
-        pytest.fail(f"dependency cycle: {cycle.args[1]}")
+    assert synthesized.dependency_cycle() is None
 
 
 def test_the_console_bucket_is_reachable_only_through_cloudfront(synthesized: Synthesized) -> None:
     # Given the console bucket and its distribution
-    distribution_id, distribution = synthesized.one("AWS::CloudFront::Distribution")
-    config = distribution["DistributionConfig"]
-    origin = config["Origins"][0]
+    distribution_id, config = synthesized.distribution()
+    default = config["DefaultCacheBehavior"]
+    origin = next(origin for origin in config["Origins"] if origin["Id"] == default["TargetOriginId"])
     bucket_id = origin["DomainName"]["Fn::GetAtt"][0]
     # When synthesized
     # Then CloudFront signs its requests with origin access control, over HTTPS only
     assert "OriginAccessControlId" in origin
-    assert config["DefaultCacheBehavior"]["ViewerProtocolPolicy"] == "redirect-to-https"
+    assert default["ViewerProtocolPolicy"] == "redirect-to-https"
+    assert default["CachePolicyId"] == CACHING_OPTIMIZED
     assert config["DefaultRootObject"] == "index.html"
     # And the bucket policy lets only this distribution read objects
     _, policy = synthesized.one("AWS::S3::BucketPolicy", Bucket={"Ref": bucket_id})
@@ -104,11 +103,87 @@ def test_the_console_gets_a_config_json_with_the_public_endpoints(synthesized: S
     # Then it names every endpoint a browser needs and the version
     assert set(config) == {"api_url", "websocket_url", "relay_url", "llm_base_url", "version"}
     assert config["version"] == VERSION
-    # And the API and WebSocket URLs are filled in at deploy time from the APIs themselves
-    http_api_id = synthesized.one("AWS::ApiGatewayV2::Api", ProtocolType="HTTP")[0]
+    # And the API URL is the console's own (CloudFront sends /api/* on), filled in at deploy time as a JSON string
+    distribution_id, _ = synthesized.distribution()
+    assert render(markers[config["api_url"]]) == f'"https://<{distribution_id}.DomainName>"'
+    # And the WebSocket URL comes from its API
     ws_api_id = synthesized.one("AWS::ApiGatewayV2::Api", ProtocolType="WEBSOCKET")[0]
-    assert http_api_id in set(references(markers[config["api_url"]]))
     assert ws_api_id in set(references(markers[config["websocket_url"]]))
     # And the deployment needs no CloudFront invalidation (so no cloudfront:* permission on "*")
     assert deployment["SystemMetadata"] == {"cache-control": "no-cache"}
     assert "DistributionId" not in deployment
+
+
+def test_cloudfront_serves_the_api_under_slash_api_uncached(synthesized: Synthesized) -> None:
+    # Given the console's distribution and the HTTP API / When synthesized
+    _, config = synthesized.distribution()
+    http_api_id = synthesized.one("AWS::ApiGatewayV2::Api", ProtocolType="HTTP")[0]
+    # Then one behavior sends /api/* on, and it is the only one besides the bucket's default
+    [behavior] = config["CacheBehaviors"]
+    assert behavior["PathPattern"] == constants.API_PATH_PATTERN == "/api/*"
+    # And its origin is the HTTP API's execute-api host, reached over HTTPS (TLS 1.2) only
+    origin = next(origin for origin in config["Origins"] if origin["Id"] == behavior["TargetOriginId"])
+    assert render(origin["DomainName"]) == f"<{http_api_id}>.execute-api.<AWS::Region>.<AWS::URLSuffix>"
+    assert origin["CustomOriginConfig"]["OriginProtocolPolicy"] == "https-only"
+    assert origin["CustomOriginConfig"]["OriginSSLProtocols"] == ["TLSv1.2"]
+    assert behavior["ViewerProtocolPolicy"] == "https-only"
+    # And every method passes, nothing is cached, and all viewer headers but Host, cookies and queries go on
+    assert set(behavior["AllowedMethods"]) == {"GET", "HEAD", "OPTIONS", "PUT", "PATCH", "POST", "DELETE"}
+    assert behavior["CachePolicyId"] == CACHING_DISABLED
+    assert behavior["OriginRequestPolicyId"] == ALL_VIEWER_EXCEPT_HOST_HEADER
+    # And the viewer-request rewrite of the console's routes does not touch it
+    assert "FunctionAssociations" not in behavior
+
+
+def test_api_errors_reach_the_browser_unchanged(synthesized: Synthesized) -> None:
+    # Given the distribution that serves both the console and the API / When synthesized
+    _, config = synthesized.distribution()
+    # Then no distribution-wide error response turns the API's 403 or 404 into the console's index.html
+    assert "CustomErrorResponses" not in config
+    # And the console's own routes get index.html from a viewer-request function on the bucket behavior only
+    function_id, function = synthesized.one("AWS::CloudFront::Function")
+    assert config["DefaultCacheBehavior"]["FunctionAssociations"] == [
+        {"EventType": "viewer-request", "FunctionARN": {"Fn::GetAtt": [function_id, "FunctionARN"]}}
+    ]
+    assert function["FunctionCode"] == SPA_ROUTING_FUNCTION
+    assert function["AutoPublish"] is True
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node (which the CDK itself needs)")
+def test_the_routing_function_sends_app_routes_to_index_html_and_files_through() -> None:
+    # Given the viewer-request function and some paths a browser asks for
+    paths = ["/", "/workspaces", "/workspaces/w1/sandboxes/", "/assets/app.3f9c.js", "/favicon.ico", "/config.json"]
+    script = f"{SPA_ROUTING_FUNCTION}\nconsole.log(JSON.stringify({json.dumps(paths)}.map("
+    script += "uri => handler({request: {uri: uri}}).uri)));"
+    # When it runs on each
+    node = shutil.which("node")
+    assert node is not None
+    result = subprocess.run([node, "-e", script], capture_output=True, text=True, check=True, timeout=30)
+    # Then app routes become index.html and files keep their path
+    assert json.loads(result.stdout) == [
+        "/index.html",
+        "/index.html",
+        "/index.html",
+        "/assets/app.3f9c.js",
+        "/favicon.ico",
+        "/config.json",
+    ]
+
+
+def test_routes_outside_slash_api_are_refused() -> None:
+    # Given a topology route that CloudFront's /api/* behavior would not send to the API
+    api = Function("api", "functions.http_api.handler.handler", "API", http_routes=(HttpRoute("GET", "/health"),))
+    topology = Topology(tables=(), queues=(), buckets=(), secrets=(), functions=(api,))
+    # When checked / Then the stack is not built, since browsers would get the console's page instead
+    with pytest.raises(ValueError, match="/api/"):
+        check_api_paths(topology)
+
+
+def test_the_stack_still_outputs_the_api_s_own_url(synthesized: Synthesized) -> None:
+    # Given the stack / When synthesized
+    outputs = synthesized.json["Outputs"]
+    http_api_id = synthesized.one("AWS::ApiGatewayV2::Api", ProtocolType="HTTP")[0]
+    distribution_id, _ = synthesized.distribution()
+    # Then HttpApiUrl is the execute-api endpoint and ConsoleUrl the distribution, which also serves /api
+    assert outputs["HttpApiUrl"]["Value"] == {"Fn::GetAtt": [http_api_id, "ApiEndpoint"]}
+    assert render(outputs["ConsoleUrl"]["Value"]) == f"https://<{distribution_id}.DomainName>"

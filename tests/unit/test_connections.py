@@ -151,6 +151,6 @@ def test_reaper_handler_reports_what_it_removed(moto_aws) -> None:
 def test_dynamo_store_keeps_the_agent_of_a_connection(moto_aws) -> None:
     store = DynamoConnectionStore()
     open_connection(store, connection_id="c", management_url=URL, now=NOW, ttl=timedelta(hours=2),
-                    sandbox_id="sb_1")
+                    sandbox_id="sb-1")
     loaded = store.get("c")
-    assert loaded is not None and loaded.sandbox_id == "sb_1"
+    assert loaded is not None and loaded.sandbox_id == "sb-1"

@@ -11,13 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from functions.http_api.dependencies import Caller, Now, Store
 from layers.shared.dal.sandboxes import DynamoSandboxStore
-from layers.shared.domain import agents, workspaces
+from layers.shared.domain import agents, relay_access, workspaces
 from layers.shared.domain.agents import AgentType, Sandbox
 from layers.shared.domain.roles import Action, Role
 from layers.shared.errors import NotFound
 from layers.shared.settings import get_settings
 
 router = APIRouter(tags=["sandboxes"])
+OPEN_PATH = "/_agentserver/open"  # where the relay exchanges an open ticket (functions/sandbox_relay)
 
 
 @lru_cache(maxsize=1)
@@ -141,3 +142,19 @@ def delete_sandbox(sandbox_id: str, caller: Caller, store: Store, sandboxes: San
     if sandbox.created_by != caller.user.user_id:
         workspaces.membership(store, sandbox.workspace_id, caller.user.user_id, Action.sandbox_delete_any)
     return SandboxOut(**agents.mark_deleted(sandboxes, sandbox).public())
+
+
+class OpenOut(BaseModel):
+    url: str
+    expires_at: datetime
+
+
+@router.post("/api/sandboxes/{sandbox_id}/open", response_model=OpenOut)
+def open_sandbox(sandbox_id: str, caller: Caller, store: Store, sandboxes: Sandboxes, now: Now) -> OpenOut:
+    """The sandbox's own origin with a single-use ticket (valid 60 s) that the relay exchanges for
+    a cookie of that origin. The console's session never leaves the console's origin."""
+    sandbox, _ = _sandbox_with_role(sandboxes, store, sandbox_id, caller.user.user_id, Action.sandbox_open)
+    ticket = relay_access.issue_ticket(sandboxes, sandbox_id=sandbox.sandbox_id, user_id=caller.user.user_id,
+                                       now=now)
+    origin = get_settings().sandbox_origin_template.format(sandbox_id=sandbox.sandbox_id)
+    return OpenOut(url=f"{origin}{OPEN_PATH}?ticket={ticket}", expires_at=now + relay_access.TICKET_TTL)

@@ -35,6 +35,7 @@ class ConnectionRecord(BaseModel):
     user_agent = UnicodeAttribute(null=True)
     management_url = UnicodeAttribute()
     sandbox_id = UnicodeAttribute(null=True)
+    relay_slot = NumberAttribute(null=True)
     # Epoch seconds; DynamoDB's TTL deletes the record if no $disconnect ever arrives.
     expires_at = NumberAttribute()
     by_expiry = ConnectionsByExpiry()
@@ -52,6 +53,7 @@ class DynamoConnectionStore:
             management_url=connection.management_url,
             expires_at=int(connection.expires_at.timestamp()),
             sandbox_id=connection.sandbox_id,
+            relay_slot=connection.relay_slot,
         ).save()
 
     def get(self, connection_id: str) -> Connection | None:
@@ -67,6 +69,7 @@ class DynamoConnectionStore:
             management_url=record.management_url,
             expires_at=datetime.fromtimestamp(record.expires_at, tz=UTC),
             sandbox_id=record.sandbox_id,
+            relay_slot=int(record.relay_slot) if record.relay_slot is not None else None,
         )
 
     def delete(self, connection_id: str) -> None:

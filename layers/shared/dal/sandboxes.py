@@ -7,7 +7,7 @@ from typing import Any
 
 from pynamodb.attributes import MapAttribute, NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
 from pynamodb.connection import Connection
-from pynamodb.exceptions import DeleteError, UpdateError
+from pynamodb.exceptions import DeleteError, PutError, UpdateError
 from pynamodb.expressions.update import Action
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.transactions import TransactWrite
@@ -21,6 +21,7 @@ from layers.shared.domain.agents import (
     SandboxKind,
     SandboxStatus,
 )
+from layers.shared.domain.relay_access import RelaySession
 from layers.shared.settings import get_settings
 
 
@@ -152,6 +153,57 @@ class DynamoSandboxStore:
     def list_sandboxes(self, workspace_id: str) -> list[Sandbox]:
         items = SandboxItem.gsi1.query(f"WS#{workspace_id}", SandboxItem.gsi1sk.startswith("SANDBOX#"))
         return [_to_sandbox(item) for item in items]
+
+    # Relay access: tickets, relay sessions, relay slots ------------------------------------
+
+    def put_ticket(self, ticket_hash: str, sandbox_id: str, user_id: str, expires_at: datetime) -> None:
+        SandboxItem(f"TICKET#{ticket_hash}", "TICKET", sandbox_id=sandbox_id, created_by=user_id,
+                    expires_at=int(expires_at.timestamp())).save(condition=SandboxItem.pk.does_not_exist())
+
+    def consume_ticket(self, ticket_hash: str, now: datetime) -> RelaySession | None:
+        item = _get(f"TICKET#{ticket_hash}", "TICKET")
+        if item is None or item.expires_at is None or item.expires_at <= now.timestamp():
+            return None
+        try:  # single use: of two exchanges, one deletes it
+            SandboxItem(item.pk, item.sk).delete(condition=SandboxItem.pk.exists())
+        except DeleteError as error:
+            if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
+                return None
+            raise
+        return RelaySession(sandbox_id=item.sandbox_id, user_id=item.created_by,
+                            expires_at=datetime.fromtimestamp(item.expires_at, tz=UTC))
+
+    def put_relay_session(self, session_hash: str, session: RelaySession) -> None:
+        SandboxItem(f"RELAYSESSION#{session_hash}", "SESSION", sandbox_id=session.sandbox_id,
+                    created_by=session.user_id, expires_at=int(session.expires_at.timestamp())).save()
+
+    def get_relay_session(self, session_hash: str) -> RelaySession | None:
+        item = _get(f"RELAYSESSION#{session_hash}", "SESSION")
+        if item is None or item.expires_at is None:
+            return None
+        return RelaySession(sandbox_id=item.sandbox_id, user_id=item.created_by,
+                            expires_at=datetime.fromtimestamp(item.expires_at, tz=UTC))
+
+    def claim_relay_slot(self, slot: int, connection_id: str, expires_at: datetime) -> bool:
+        try:
+            SandboxItem(f"RELAYSLOT#{slot}", "SLOT", connection_id=connection_id,
+                        expires_at=int(expires_at.timestamp())).save(condition=SandboxItem.pk.does_not_exist())
+        except PutError as error:
+            if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def release_relay_slot(self, slot: int, connection_id: str) -> None:
+        try:
+            SandboxItem(f"RELAYSLOT#{slot}", "SLOT").delete(condition=SandboxItem.connection_id == connection_id)
+        except DeleteError as error:
+            if getattr(error, "cause_response_code", None) != "ConditionalCheckFailedException":
+                raise
+
+    def relay_connection(self, slot: int) -> str | None:
+        item = _get(f"RELAYSLOT#{slot}", "SLOT")
+        return item.connection_id if item else None
 
     def silent_agents(self, heard_before: datetime) -> list[Sandbox]:
         condition = SandboxItem.heartbeat_at < heard_before.isoformat()

@@ -1,32 +1,46 @@
-"""An agent's tunnel connection: authenticate at $connect, take over from an older connection,
-and go offline when the current connection closes."""
+"""Connections to the WebSocket API: agents (tunnel token) and the sandbox relay (signed
+credential). Authenticates at $connect, keeps one tunnel per agent, tracks liveness, and routes
+agents' stream frames to the relay that opened the stream."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from layers.shared.domain import agents, connections
+from layers.shared.domain import agents, connections, relay_access
 from layers.shared.domain.agents import Sandbox, SandboxStore
 from layers.shared.domain.connections import ConnectionPusher, ConnectionStore
-from layers.shared.errors import NotAuthenticated
+from layers.shared.domain.relay_access import RELAY_SUBPROTOCOL, RelayAccessStore
+from layers.shared.errors import Conflict, NotAuthenticated
 from layers.shared.tunnel import codec
 
 SUBPROTOCOL = "agentserver.tunnel.v1"
 
 
-def token_from_handshake(query: dict[str, str] | None, headers: dict[str, str] | None) -> tuple[str | None, bool]:
-    """The tunnel token and whether it came as a WebSocket subprotocol.
+class SlotTaken(Conflict):
+    code, default_message = "slot_taken", "Another relay connection holds that slot."
 
-    Browsers cannot set headers on a WebSocket, so the token travels either in the query string
-    (`?token=`) or as the second value of `Sec-WebSocket-Protocol: agentserver.tunnel.v1, <token>`.
-    """
+
+@dataclass(frozen=True)
+class Handshake:
+    """Who a connection says it is: an agent with a tunnel token or the relay with a credential."""
+
+    kind: str  # "agent" or "relay"
+    credential: str | None
+    subprotocol: str | None  # to echo back when the credential came as a subprotocol
+
+
+def read_handshake(query: dict[str, str] | None, headers: dict[str, str] | None) -> Handshake:
+    """Browsers cannot set headers on a WebSocket, so a credential travels in the query string
+    (`?token=`) or as the second value of `Sec-WebSocket-Protocol: <protocol>, <credential>`."""
     offered = next((v for k, v in (headers or {}).items() if k.lower() == "sec-websocket-protocol"), "")
     values = [value.strip() for value in offered.split(",") if value.strip()]
-    if SUBPROTOCOL in values:
-        rest = [value for value in values if value != SUBPROTOCOL]
-        if rest:
-            return rest[0], True
-    return (query or {}).get("token"), False
+    for protocol, kind in ((SUBPROTOCOL, "agent"), (RELAY_SUBPROTOCOL, "relay")):
+        if protocol in values:
+            rest = [value for value in values if value != protocol]
+            return Handshake(kind, rest[0] if rest else None, protocol)
+    return Handshake("agent", (query or {}).get("token"), None)
 
 
 def connect_agent(
@@ -53,34 +67,69 @@ def connect_agent(
     return running
 
 
-def disconnect_agent(sandboxes: SandboxStore, records: ConnectionStore, *, connection_id: str) -> None:
+def connect_relay(
+    access: RelayAccessStore,
+    records: ConnectionStore,
+    *,
+    secret: str,
+    credential: str | None,
+    connection_id: str,
+    management_url: str,
+    now: datetime,
+    ttl: timedelta,
+) -> int:
+    """The relay proves it holds the shared secret and takes the slot its credential names."""
+    slot = relay_access.verify_credential(secret, credential or "", now=now)
+    if not access.claim_relay_slot(slot, connection_id, now + ttl):
+        raise SlotTaken()
+    connections.open_connection(records, connection_id=connection_id, management_url=management_url, now=now,
+                                ttl=ttl, relay_slot=slot)
+    return slot
+
+
+def disconnect(sandboxes: SandboxStore, access: RelayAccessStore, records: ConnectionStore, *,
+               connection_id: str) -> None:
     record = records.get(connection_id)
     records.delete(connection_id)
-    if record is not None and record.sandbox_id is not None:
+    if record is None:
+        return
+    if record.sandbox_id is not None:
         agents.agent_disconnected(sandboxes, record.sandbox_id, connection_id=connection_id)
+    if record.relay_slot is not None:
+        access.release_relay_slot(record.relay_slot, connection_id)
+
+
+RelayLookup = Callable[[int], str | None]
 
 
 def handle_agent_frames(
     sandboxes: SandboxStore,
     records: ConnectionStore,
     pusher: ConnectionPusher,
+    relays: RelayLookup,
     *,
     connection_id: str,
     management_url: str,
     data: bytes,
     now: datetime,
 ) -> list[codec.Message]:
-    """Connection-level tunnel messages from an agent: heartbeats are recorded and acknowledged,
-    agent info is stored. Returns the messages sent back."""
+    """One WebSocket message from an agent: heartbeats are recorded and acknowledged, agent info is
+    stored, and stream frames go on, as they came, to the relay whose slot opened the stream (a
+    stream whose relay is gone is cancelled). Returns what was sent back to the agent."""
     record = records.get(connection_id)
     if record is None or record.sandbox_id is None:
         raise NotAuthenticated("This connection has no agent.")
     messages = codec.unpack(data)
-    sandbox = sandboxes.get_sandbox(record.sandbox_id)
-    if sandbox is None:
-        raise NotAuthenticated("The connection's sandbox no longer exists.")
     replies: list[codec.Message] = []
+    by_slot: dict[int, list[codec.Message]] = {}
+    sandbox: Sandbox | None = None
     for message in messages:
+        if isinstance(message, codec.StreamMessage):
+            by_slot.setdefault(relay_access.slot_of(message.stream_id), []).append(message)
+            continue
+        sandbox = sandbox or sandboxes.get_sandbox(record.sandbox_id)
+        if sandbox is None:
+            raise NotAuthenticated("The connection's sandbox no longer exists.")
         if isinstance(message, codec.Heartbeat):
             sandbox = agents.record_heartbeat(sandboxes, sandbox, now=now)
             replies.append(codec.HeartbeatAck(message.sequence, message.sent_at_ms, int(now.timestamp() * 1000)))
@@ -88,6 +137,13 @@ def handle_agent_frames(
             info = {"hostname": message.hostname, "os": message.os, "agent_type": message.agent_type,
                     "working_directory": message.working_directory, "versions": dict(message.versions)}
             sandbox = agents.record_agent_info(sandboxes, sandbox, info)
+    for slot, stream_messages in by_slot.items():
+        relay = relays(slot)
+        delivered = relay is not None and all(pusher.post(management_url, relay, frame)
+                                              for frame in codec.pack(stream_messages))
+        if not delivered:
+            open_streams = {m.stream_id for m in stream_messages if not isinstance(m, codec.Cancel)}
+            replies += [codec.Cancel(stream_id, codec.MAX_SEQ, "the relay is gone") for stream_id in open_streams]
     for frame in codec.pack(replies):
         if not pusher.post(management_url, connection_id, frame):
             records.delete(connection_id)

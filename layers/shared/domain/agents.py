@@ -146,7 +146,8 @@ def register_agent(store: SandboxStore, *, code: str, name: str, agent_type: Age
     if consumed is None:
         raise InvalidCode()
     sandbox = Sandbox(
-        sandbox_id=new_id("sb_"), workspace_id=consumed.workspace_id, name=name, kind=SandboxKind.local,
+        # The id is a DNS label: the sandbox's origin is <id>.<domain>.
+        sandbox_id=new_id("sb-"), workspace_id=consumed.workspace_id, name=name, kind=SandboxKind.local,
         agent_type=agent_type, status=SandboxStatus.offline, created_by=consumed.created_by, created_at=now,
         status_reason="registered; waiting for the agent to connect",
     )

@@ -21,6 +21,7 @@ class Connection:
     source_ip: str | None = None
     user_agent: str | None = None
     sandbox_id: str | None = None  # the agent on the other end, once authenticated
+    relay_slot: int | None = None  # or: the sandbox relay, holding this slot
 
 
 class ConnectionStore(Protocol):
@@ -49,6 +50,7 @@ def open_connection(
     source_ip: str | None = None,
     user_agent: str | None = None,
     sandbox_id: str | None = None,
+    relay_slot: int | None = None,
 ) -> Connection:
     connection = Connection(
         connection_id=connection_id,
@@ -58,6 +60,7 @@ def open_connection(
         source_ip=source_ip,
         user_agent=user_agent,
         sandbox_id=sandbox_id,
+        relay_slot=relay_slot,
     )
     store.put(connection)
     return connection

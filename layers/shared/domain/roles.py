@@ -44,6 +44,7 @@ class Action(StrEnum):
     sandbox_delete_own = "sandbox.delete_own"
     sandbox_delete_any = "sandbox.delete_any"
     agent_code_create = "agent_code.create"
+    sandbox_open = "sandbox.open"
 
 
 # The minimum workspace role for each action (api.md, "Workspaces and members").
@@ -61,6 +62,7 @@ POLICY: dict[Action, Role] = {
     Action.sandbox_delete_own: Role.developer,
     Action.sandbox_delete_any: Role.maintainer,
     Action.agent_code_create: Role.developer,
+    Action.sandbox_open: Role.developer,
 }
 
 # The roles each role may hand out when adding a member (a maintainer may add developers and guests).
@@ -88,6 +90,7 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
     Action.sandbox_delete_own: "Delete a sandbox one created (DELETE /api/sandboxes/{sid})",
     Action.sandbox_delete_any: "Delete any sandbox (DELETE /api/sandboxes/{sid})",
     Action.agent_code_create: "Create a code to connect a local agent (POST /api/workspaces/{wid}/agent-codes)",
+    Action.sandbox_open: "Open a sandbox in the browser (POST /api/sandboxes/{sid}/open)",
 }
 
 

@@ -1,0 +1,325 @@
+"""The sandbox relay: a browser on a sandbox's own origin reaches the agent's web app through the tunnel.
+
+An ASGI app (the Lambda Web Adapter runs it behind a streaming Function URL in AWS; the embedded
+stack mounts it for `<id>.localhost`). Data path, the same in both runtimes:
+
+    browser ──HTTP──▶ relay ──post_to_connection──▶ agent's tunnel connection ──▶ agent ──▶ local app
+    browser ◀─stream─ relay ◀──relay's own WebSocket◀── post_to_connection ◀── $default ◀── agent
+
+The relay holds one WebSocket connection of its own to the WebSocket API, taken with a signed
+credential that names its *slot*; every stream it opens carries that slot in the top 32 bits of
+its id, so the `$default` handler forwards the agent's answer to it without a lookup per request.
+Request frames go straight to the agent's connection through the management API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from functools import lru_cache
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs
+
+import websockets
+
+from layers.shared.dal.aws import management_client
+from layers.shared.dal.sandboxes import DynamoSandboxStore
+from layers.shared.dal.secrets import secret_value
+from layers.shared.domain import relay_access
+from layers.shared.domain.agents import Sandbox, SandboxStatus
+from layers.shared.errors import NotAuthenticated, error_body
+from layers.shared.settings import get_settings
+from layers.shared.tunnel import codec, flow
+from layers.shared.tunnel.streams import FrameReorderer
+
+log = logging.getLogger("agentserver.relay")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+TICKET_PATH = "/_agentserver/open"  # the open endpoint of the API builds URLs to it
+RELAY_COOKIE = "agentserver_relay"
+RESPONSE_HEAD_TIMEOUT_SECONDS = 30
+# Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the relay sets itself never cross the tunnel.
+HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+              b"upgrade", b"host", b"content-length"}
+SANDBOX_HOST = re.compile(r"^(sb-[0-9a-f]+)\.")
+LINK_LOST = None  # put in a stream's queue when the relay's connection drops
+
+
+class RelayLink:
+    """This process's WebSocket connection to the WebSocket API, on which agents' answers arrive."""
+
+    def __init__(self, url: str, secret: Callable[[], str]):
+        self.url, self.secret = url, secret
+        self.slot = relay_access.new_slot()
+        self.queues: dict[int, asyncio.Queue[codec.StreamMessage | None]] = {}
+        self._ws: websockets.ClientConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def ensure_connected(self) -> None:
+        async with self._lock:
+            if self._ws is not None and self._ws.state is websockets.State.OPEN:
+                return
+            for _ in range(5):
+                credential = relay_access.sign_credential(
+                    await asyncio.to_thread(self.secret), slot=self.slot, now=datetime.now(UTC))
+                try:
+                    self._ws = await websockets.connect(
+                        self.url,
+                        subprotocols=[websockets.Subprotocol(relay_access.RELAY_SUBPROTOCOL),
+                                      websockets.Subprotocol(credential)],
+                        max_size=None, ping_interval=None)
+                    break
+                except websockets.InvalidStatus as refused:
+                    if refused.response.status_code != 409:
+                        raise
+                    self.slot = relay_access.new_slot()  # another relay holds this slot
+            else:
+                raise ConnectionError("no free relay slot")
+            asyncio.get_running_loop().create_task(self._read(self._ws))
+
+    async def _read(self, ws: websockets.ClientConnection) -> None:
+        try:
+            async for data in ws:
+                raw = data.encode() if isinstance(data, str) else data
+                try:
+                    messages = codec.unpack(raw)
+                except codec.ProtocolError:  # API Gateway's own text replies, e.g. an error
+                    log.warning("ignored a message that is not a tunnel frame")
+                    continue
+                for message in messages:
+                    queue = self.queues.get(message.stream_id) if isinstance(message, codec.StreamMessage) else None
+                    if queue is not None:
+                        queue.put_nowait(message)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            for queue in self.queues.values():
+                queue.put_nowait(LINK_LOST)
+
+    def open_stream(self) -> tuple[int, asyncio.Queue[codec.StreamMessage | None]]:
+        stream_id = relay_access.stream_id_in(self.slot, set(self.queues))
+        queue: asyncio.Queue[codec.StreamMessage | None] = asyncio.Queue()
+        self.queues[stream_id] = queue
+        return stream_id, queue
+
+    def close_stream(self, stream_id: int) -> None:
+        self.queues.pop(stream_id, None)
+
+
+class AgentStream:
+    """The server's side of one stream: numbers its frames and posts them to the agent."""
+
+    def __init__(self, stream_id: int, management_url: str, connection_id: str):
+        self.stream_id, self.management_url, self.connection_id = stream_id, management_url, connection_id
+        self.seq = 0
+        self.window = flow.SendWindow()
+        self.credit = asyncio.Event()
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq - 1
+
+    async def post(self, messages: list[codec.Message]) -> None:
+        client = management_client(self.management_url)
+        for frame in codec.pack(messages):
+            await asyncio.to_thread(client.post_to_connection, ConnectionId=self.connection_id, Data=frame)
+
+    async def send_body(self, data: bytes) -> None:
+        """Body bytes within the agent's window, waiting for WINDOW_UPDATEs as needed."""
+        while data:
+            granted = self.window.take(min(len(data), codec.MAX_BODY_CHUNK))
+            if granted == 0:
+                self.credit.clear()
+                await self.credit.wait()
+                continue
+            await self.post([codec.RequestBody(self.stream_id, self.next_seq(), data[:granted])])
+            data = data[granted:]
+
+
+@lru_cache(maxsize=1)
+def _store() -> DynamoSandboxStore:
+    return DynamoSandboxStore()
+
+
+class SandboxRelay:
+    def __init__(self) -> None:
+        self._link: RelayLink | None = None
+
+    async def link(self) -> RelayLink:
+        if self._link is None:
+            self._link = RelayLink(get_settings().public_websocket_url, lambda: secret_value("relay-secret"))
+        await self._link.ensure_connected()
+        return self._link
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":  # WebSocket passthrough is not relayed yet
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        headers = dict(scope["headers"])
+        match = SANDBOX_HOST.match(headers.get(b"host", b"").decode("latin-1"))
+        if match is None:
+            await _json(send, 404, error_body("not_found", "This address is not a sandbox."))
+            return
+        sandbox_id = match.group(1)
+        now = datetime.now(UTC)
+        if scope["path"] == TICKET_PATH:
+            await self._exchange_ticket(scope, send, sandbox_id, now)
+            return
+        cookie = _cookie(headers, RELAY_COOKIE)
+        try:
+            await asyncio.to_thread(relay_access.resolve_relay_session, _store(), cookie=cookie,
+                                    sandbox_id=sandbox_id, now=now)
+        except NotAuthenticated as error:
+            await _json(send, 401, error.body())
+            return
+        sandbox = await asyncio.to_thread(_store().get_sandbox, sandbox_id)
+        if sandbox is None or sandbox.status != SandboxStatus.running or sandbox.connection_id is None:
+            state = sandbox.status.value if sandbox else "deleted"
+            await _json(send, 503, error_body("agent_unavailable", f"The agent is {state}; try again when it runs."),
+                        [(b"retry-after", b"5")])
+            return
+        await self._relay(scope, receive, send, sandbox)
+
+    async def _exchange_ticket(self, scope: Scope, send: Send, sandbox_id: str, now: datetime) -> None:
+        ticket = parse_qs(scope.get("query_string", b"").decode()).get("ticket", [""])[0]
+        try:
+            cookie, session = await asyncio.to_thread(relay_access.exchange_ticket, _store(), ticket=ticket,
+                                                      sandbox_id=sandbox_id, now=now)
+        except NotAuthenticated as error:
+            await _json(send, 401, error.body())
+            return
+        secure = "; Secure" if scope.get("scheme") == "https" else ""
+        max_age = int((session.expires_at - now).total_seconds())
+        set_cookie = f"{RELAY_COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+        # The ticket leaves the address bar at once: the browser goes on to the app's root.
+        await send({"type": "http.response.start", "status": 303,
+                    "headers": [(b"location", b"/"), (b"set-cookie", set_cookie.encode()),
+                                (b"cache-control", b"no-store"), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _relay(self, scope: Scope, receive: Receive, send: Send, sandbox: Sandbox) -> None:
+        link = await self.link()
+        stream_id, queue = link.open_stream()
+        assert sandbox.connection_id is not None
+        agent = AgentStream(stream_id, get_settings().websocket_management_url or "", sandbox.connection_id)
+        target = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        forwarded = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
+        forwarded = [(k, _without_cookie(v, RELAY_COOKIE)) if k.lower() == b"cookie" else (k, v) for k, v in forwarded]
+        disconnected = asyncio.Event()
+        uploader: asyncio.Task[None] | None = None
+        try:
+            await agent.post([codec.RequestHead(stream_id, agent.next_seq(), scope["method"], target, forwarded)])
+            uploader = asyncio.create_task(self._upload(receive, agent, disconnected, queue))
+            await self._download(send, queue, agent, disconnected)
+        except TimeoutError:
+            await _json(send, 504, error_body("agent_timeout", "The agent did not answer in time."))
+            await _cancel(agent, "timeout")
+        except (ConnectionError, websockets.ConnectionClosed):
+            await _json(send, 502, error_body("tunnel_lost", "The connection to the agent was lost."))
+        finally:
+            if uploader is not None:
+                uploader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await uploader
+            link.close_stream(stream_id)
+
+    async def _upload(self, receive: Receive, agent: AgentStream, disconnected: asyncio.Event,
+                      queue: asyncio.Queue[codec.StreamMessage | None]) -> None:
+        """The request body, then watch for the browser going away: that cancels the stream at the
+        agent, and ends the wait for the rest of the response here."""
+        message, body_sent = await receive(), False
+        while message["type"] != "http.disconnect":
+            if not body_sent:
+                await agent.send_body(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await agent.post([codec.RequestEnd(agent.stream_id, agent.next_seq())])
+                    body_sent = True
+            message = await receive()
+        disconnected.set()
+        await _cancel(agent, "the browser went away")
+        queue.put_nowait(codec.Cancel(agent.stream_id, 0, "the browser went away"))
+
+    async def _download(self, send: Send, queue: asyncio.Queue[codec.StreamMessage | None], agent: AgentStream,
+                        disconnected: asyncio.Event) -> None:
+        reorder, window, started = FrameReorderer(), flow.ReceiveWindow(), False
+        while True:
+            timeout = None if started else RESPONSE_HEAD_TIMEOUT_SECONDS
+            async with asyncio.timeout(timeout):
+                incoming = await queue.get()
+            if incoming is LINK_LOST:
+                raise ConnectionError("relay link lost")
+            for message in reorder.push(incoming):
+                if isinstance(message, codec.WindowUpdate):
+                    agent.window.grant(message.increment)
+                    agent.credit.set()
+                elif isinstance(message, codec.ResponseHead):
+                    started = True
+                    await send({"type": "http.response.start", "status": message.status,
+                                "headers": [(k, v) for k, v in message.headers if k.lower() not in HOP_BY_HOP
+                                            or k.lower() == b"content-length"]})
+                elif isinstance(message, codec.ResponseBody):
+                    window.consume(len(message.data))
+                    if not disconnected.is_set():
+                        await send({"type": "http.response.body", "body": message.data, "more_body": True})
+                    window.release(len(message.data))
+                    increment = window.take_update()
+                    if increment:
+                        await agent.post([codec.WindowUpdate(agent.stream_id, agent.next_seq(), increment)])
+                elif isinstance(message, codec.ResponseEnd):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+                elif isinstance(message, codec.StreamError | codec.Cancel):
+                    if disconnected.is_set():
+                        return
+                    if not started:
+                        detail = message.message if isinstance(message, codec.StreamError) else message.reason
+                        await _json(send, 502, error_body("agent_error", f"The agent could not answer: {detail}"))
+                    else:
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+
+
+async def _cancel(agent: AgentStream, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        await agent.post([codec.Cancel(agent.stream_id, agent.next_seq(), reason)])
+
+
+def _cookie(headers: dict[bytes, bytes], name: str) -> str | None:
+    jar = SimpleCookie()
+    with contextlib.suppress(Exception):
+        jar.load(headers.get(b"cookie", b"").decode("latin-1"))
+    return jar[name].value if name in jar else None
+
+
+def _without_cookie(header: bytes, name: str) -> bytes:
+    """The relay's own cookie stays with the relay; the app sees only its own cookies."""
+    parts = [part.strip() for part in header.split(b";")]
+    return b"; ".join(part for part in parts if not part.startswith(name.encode() + b"="))
+
+
+async def _json(send: Send, status: int, document: dict[str, Any],
+                headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps(document).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+app = SandboxRelay()

@@ -1,0 +1,97 @@
+"""A small tunnel peer for relay tests: it answers the server's streams itself, with the codec,
+so the server side (relay, $default routing, flow control) is tested without the real client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import websockets
+
+from layers.shared.tunnel import codec, flow
+from layers.shared.tunnel.streams import FrameReorderer
+
+Handler = Callable[["FakeStream"], Awaitable[None]]
+
+
+class FakeStream:
+    def __init__(self, agent: FakeAgent, head: codec.RequestHead):
+        self.agent, self.head, self.stream_id = agent, head, head.stream_id
+        self.body = bytearray()
+        self.complete = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.seq = 0
+        self.send_window = flow.SendWindow()
+        self.credit = asyncio.Event()
+        self.receive_window = flow.ReceiveWindow()
+        self.reorder = FrameReorderer(first_seq=1)
+
+    def _next(self) -> int:
+        self.seq += 1
+        return self.seq - 1
+
+    async def respond_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        await self.agent.send([codec.ResponseHead(self.stream_id, self._next(), status, headers)])
+
+    async def respond_body(self, data: bytes) -> None:
+        while data:
+            granted = self.send_window.take(min(len(data), codec.MAX_BODY_CHUNK))
+            if not granted:
+                self.credit.clear()
+                await self.credit.wait()
+                continue
+            await self.agent.send([codec.ResponseBody(self.stream_id, self._next(), data[:granted])])
+            data = data[granted:]
+
+    async def respond_end(self) -> None:
+        await self.agent.send([codec.ResponseEnd(self.stream_id, self._next())])
+
+
+class FakeAgent:
+    def __init__(self, url: str, handler: Handler):
+        self.url, self.handler = url, handler
+        self.streams: dict[int, FakeStream] = {}
+        self.ws: websockets.ClientConnection | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def send(self, messages: list[codec.Message]) -> None:
+        assert self.ws is not None
+        for frame in codec.pack(messages):
+            await self.ws.send(frame)
+
+    async def run(self, ready: asyncio.Event) -> None:
+        async with websockets.connect(self.url, max_size=None) as ws:
+            self.ws = ws
+            ready.set()
+            async for data in ws:
+                raw = data.encode() if isinstance(data, str) else data
+                with contextlib.suppress(codec.ProtocolError):
+                    for message in codec.unpack(raw):
+                        await self._on(message)
+
+    async def _on(self, message: codec.Message) -> None:
+        if isinstance(message, codec.RequestHead):
+            stream = self.streams[message.stream_id] = FakeStream(self, message)
+            task = asyncio.create_task(self.handler(stream))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return
+        stream = self.streams.get(getattr(message, "stream_id", 0))
+        if stream is None:
+            return
+        for ready in stream.reorder.push(message):  # type: ignore[arg-type]
+            if isinstance(ready, codec.RequestBody):
+                stream.receive_window.consume(len(ready.data))
+                stream.body += ready.data
+                stream.receive_window.release(len(ready.data))
+                increment = stream.receive_window.take_update()
+                if increment:
+                    await self.send([codec.WindowUpdate(stream.stream_id, stream._next(), increment)])
+            elif isinstance(ready, codec.RequestEnd):
+                stream.complete.set()
+            elif isinstance(ready, codec.WindowUpdate):
+                stream.send_window.grant(ready.increment)
+                stream.credit.set()
+            elif isinstance(ready, codec.Cancel):
+                stream.cancelled.set()
