@@ -28,6 +28,7 @@ ENV_PUBLIC_API_URL = "AGENTSERVER_API_URL"
 ENV_PUBLIC_WEBSOCKET_URL = "AGENTSERVER_WEBSOCKET_URL"
 ENV_PUBLIC_RELAY_URL = "AGENTSERVER_RELAY_URL"
 ENV_PUBLIC_LLM_BASE_URL = "AGENTSERVER_LLM_BASE_URL"
+ENV_TRUSTED_PROXY_HOPS = "AGENTSERVER_TRUSTED_PROXY_HOPS"
 
 # Sign-in settings of the API function: each context key `agentserver:<field>` becomes this variable when
 # it is non-empty, and on this function only (it serves every /api/auth route).

@@ -122,6 +122,9 @@ class AgentServerStack(Stack):
             return
         for name, value in sign_in.sign_in_environment(config, public_url=self.public_api_url).items():
             function.add_environment(name, value)
+        # Browsers reach the API through CloudFront, so the viewer's address is the one before it in
+        # X-Forwarded-For (per-source sign-in lockout counts viewers, not edge servers).
+        function.add_environment(constants.ENV_TRUSTED_PROXY_HOPS, "1")
 
 
 def check_api_paths(topology: Topology) -> None:

@@ -141,6 +141,16 @@ SessionCaller = Annotated[Principal, Depends(session_principal)]
 AdminCaller = Annotated[Principal, Depends(admin_principal)]
 
 
+def client_address(request: Request) -> str:
+    """The caller's address: API Gateway appends the address it saw to X-Forwarded-For, so behind
+    `trusted_proxy_hops` proxies the client is that many entries before the last."""
+    hops = get_settings().trusted_proxy_hops
+    forwarded = [part.strip() for part in request.headers.get("x-forwarded-for", "").split(",") if part.strip()]
+    if hops and len(forwarded) > hops:
+        return forwarded[-(hops + 1)]
+    return request.client.host if request.client else "unknown"
+
+
 def served_over_https(request: Request) -> bool:
     return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
 

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     sandbox_origin_template: str = Field(default="http://{sandbox_id}.localhost:8080",
                                          alias="AGENTSERVER_SANDBOX_ORIGIN")
 
+    # Proxies in front of API Gateway that append to X-Forwarded-For (CloudFront: 1). The client's
+    # address is the entry before theirs; with 0 it is the connection's own source address.
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=5, alias="AGENTSERVER_TRUSTED_PROXY_HOPS")
+
     # Identity
     password_auth_enabled: bool = Field(default=True, alias="AGENTSERVER_PASSWORD_AUTH")
     password_min_length: int = Field(default=10, ge=8, alias="AGENTSERVER_PASSWORD_MIN_LENGTH")

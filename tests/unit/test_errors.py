@@ -74,3 +74,18 @@ def test_oversized_bodies_are_413() -> None:
                                                headers={"content-type": "application/json"})
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_client_address_behind_a_trusted_proxy(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from starlette.requests import Request
+
+    from functions.http_api.dependencies import client_address
+    from layers.shared.settings import get_settings
+
+    scope = {"type": "http", "client": ("203.0.113.9", 1), "headers": [
+        (b"x-forwarded-for", b"6.6.6.6, 198.51.100.7, 203.0.113.9")]}
+    assert client_address(Request(scope)) == "203.0.113.9"  # no proxy trusted: the peer itself
+    monkeypatch.setenv("AGENTSERVER_TRUSTED_PROXY_HOPS", "1")
+    get_settings.cache_clear()
+    # CloudFront appended the viewer (198.51.100.7); a forged first entry is ignored
+    assert client_address(Request(scope)) == "198.51.100.7"

@@ -10,6 +10,7 @@ from functions.http_api.dependencies import (
     Policy,
     Store,
     clear_session_cookies,
+    client_address,
     default_quotas,
     identity_providers,
     set_session_cookies,
@@ -64,9 +65,8 @@ def register(body: RegisterIn, request: Request, response: Response, users: Stor
 @router.post("/login", response_model=UserOut)
 def login(body: LoginIn, request: Request, response: Response, users: Store, policy: Policy,
           now: Now) -> dict[str, str]:
-    source_ip = request.client.host if request.client else "unknown"
     user = identity.login_with_password(users, policy, email=body.email, password=body.password,
-                                        source_ip=source_ip, now=now)
+                                        source_ip=client_address(request), now=now)
     set_session_cookies(request, response, identity.start_session(users, policy, user.user_id, now), now)
     return user.public()
 
