@@ -224,8 +224,15 @@ class SandboxRelay:
         disconnected = asyncio.Event()
         uploader: asyncio.Task[None] | None = None
         try:
-            await agent.post([codec.RequestHead(stream_id, agent.next_seq(), scope["method"], target, forwarded)])
-            uploader = asyncio.create_task(self._upload(receive, agent, disconnected, queue))
+            head = codec.RequestHead(stream_id, agent.next_seq(), scope["method"], target, forwarded)
+            first = await receive()
+            if first["type"] == "http.request" and not first.get("more_body") and not first.get("body"):
+                # No body (a GET): head and end in one WebSocket message, one post.
+                await agent.post([head, codec.RequestEnd(stream_id, agent.next_seq())])
+                first = {"type": "http.request", "body": b"", "more_body": False, "sent": True}
+            else:
+                await agent.post([head])
+            uploader = asyncio.create_task(self._upload(_replay(first, receive), agent, disconnected, queue))
             await self._download(send, queue, agent, disconnected)
         except TimeoutError:
             await _json(send, 504, error_body("agent_timeout", "The agent did not answer in time."))
@@ -243,7 +250,8 @@ class SandboxRelay:
                       queue: asyncio.Queue[codec.StreamMessage | None]) -> None:
         """The request body, then watch for the browser going away: that cancels the stream at the
         agent, and ends the wait for the rest of the response here."""
-        message, body_sent = await receive(), False
+        message = await receive()
+        body_sent = bool(message.get("sent"))
         while message["type"] != "http.disconnect":
             if not body_sent:
                 await agent.send_body(message.get("body", b""))
@@ -293,6 +301,16 @@ class SandboxRelay:
                     else:
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return
+
+
+def _replay(first: dict[str, Any], receive: Receive) -> Receive:
+    """`receive`, giving back the message already read first."""
+    pending = [first]
+
+    async def replayed() -> dict[str, Any]:
+        return pending.pop() if pending else await receive()
+
+    return replayed
 
 
 async def _cancel(agent: AgentStream, reason: str) -> None:
