@@ -6,8 +6,6 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 
 # An invocation that records no metric is normal (a health check); Powertools warns on each one.
 warnings.filterwarnings("ignore", message="No application metrics to publish")
-# authlib 1.9 announces its move to httpx2 on import; nothing to act on until that ships.
-warnings.filterwarnings("ignore", message="The httpx module is deprecated")
 
 SERVICE = "agentserver"
 
