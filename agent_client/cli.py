@@ -2,11 +2,16 @@
 
 import typer
 
+from agent_client.commands.connect import connect
+from agent_client.commands.registrations import list_registrations, remove
 from embedded.cli import up
 
 app = typer.Typer(name="agentserver", help="Operate a fleet of AI coding agents.", no_args_is_help=True,
                   add_completion=False)
 app.command()(up)
+app.command()(connect)
+app.command("list")(list_registrations)
+app.command()(remove)
 
 
 @app.command()

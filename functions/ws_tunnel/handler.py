@@ -78,6 +78,7 @@ def connect(
             sandbox = agent_connections.connect_agent(
                 sandboxes, store or DynamoConnectionStore(), pusher or ApiGatewayPusher(),
                 token=handshake.credential, source_ip=request.request_context.identity.source_ip,
+                handover=(request.query_string_parameters or {}).get("handover") == "1",
                 user_agent=request.request_context.identity.user_agent, **common)  # type: ignore[arg-type]
             logger.info("agent connected", extra={"sandbox_id": sandbox.sandbox_id})
     except NotAuthenticated:

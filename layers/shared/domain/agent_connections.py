@@ -55,13 +55,16 @@ def connect_agent(
     ttl: timedelta,
     source_ip: str | None,
     user_agent: str | None,
+    handover: bool = False,
 ) -> Sandbox:
-    """Authenticate the agent and make this connection its tunnel; a previous one is closed."""
+    """Authenticate the agent and make this connection its tunnel. A previous connection is closed,
+    unless the agent announces a handover (its planned reconnect before API Gateway's 2-hour limit):
+    then the old connection finishes its own streams and the agent closes it."""
     sandbox = agents.authenticate_agent(sandboxes, token)
     connections.open_connection(records, connection_id=connection_id, management_url=management_url, now=now,
                                 ttl=ttl, source_ip=source_ip, user_agent=user_agent, sandbox_id=sandbox.sandbox_id)
     running, replaced = agents.agent_connected(sandboxes, sandbox, connection_id=connection_id, now=now)
-    if replaced is not None:
+    if replaced is not None and not handover:
         # Its $disconnect will find that it is no longer the sandbox's connection and change nothing.
         pusher.close(management_url, replaced)
     return running

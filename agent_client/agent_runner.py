@@ -1,0 +1,105 @@
+"""Serving saved registrations: for each, the local app (started if asked) and its tunnel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Callable, Iterator
+
+from agent_client.agent_info import AgentInfoSource, opencode_version_probe
+from agent_client.local_app import DEFAULT_OPENCODE_URL, LocalApp
+from agent_client.opencode import OpencodeError, OpencodeServer
+from agent_client.registry import Registration, agentserver_home
+from agent_client.timings import TunnelTimings
+from agent_client.tunnel import TunnelClient, TunnelEvent
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[Registration, TunnelEvent], None]
+
+
+class AlreadyServed(Exception):
+    """Another client process on this machine already serves the registration."""
+
+
+@contextlib.contextmanager
+def exclusive_service(registration: Registration) -> Iterator[None]:
+    """Holds a lock that says "this process serves this sandbox".
+
+    Two clients serving one sandbox would replace each other's tunnel at every reconnect, forever
+    (the server keeps one connection per agent). The lock is released when the process ends,
+    however it ends.
+    """
+    lock_dir = agentserver_home() / "locks"
+    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor = os.open(lock_dir / f"{registration.sandbox_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "another process"
+            raise AlreadyServed(f"{registration.name} is already connected by agentserver process {holder}") from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+async def serve_registration(registration: Registration, *, on_event: EventSink,
+                             timings: TunnelTimings | None = None) -> None:
+    """Runs one registration until cancelled: opencode first (with --auto-start), then the tunnel;
+    on the way out the tunnel closes first, so no request reaches an opencode that is stopping."""
+    with exclusive_service(registration):
+        await _serve(registration, on_event=on_event, timings=timings)
+
+
+async def _serve(registration: Registration, *, on_event: EventSink, timings: TunnelTimings | None) -> None:
+    opencode: OpencodeServer | None = None
+    known_versions: dict[str, str] = {}
+    if registration.auto_start:
+        opencode = OpencodeServer(registration)
+        on_event(registration, TunnelEvent("starting_app", f"{opencode.executable} serve on {opencode.url}"))
+        await opencode.start()
+        if opencode.version:
+            known_versions["opencode"] = opencode.version
+        app = LocalApp(opencode.url)
+    else:
+        app = LocalApp(registration.opencode_url or DEFAULT_OPENCODE_URL)
+    try:
+        info = AgentInfoSource(
+            agent_type=registration.agent_type, working_directory=registration.directory,
+            probe=opencode_version_probe(app) if registration.agent_type == "opencode" else None,
+            known_versions=known_versions,
+        )
+        tunnel = TunnelClient(tunnel_url=registration.tunnel_url, token=registration.tunnel_token, app=app,
+                              info=info, timings=timings, label=registration.name,
+                              on_event=lambda event: on_event(registration, event))
+        await tunnel.run()
+    finally:
+        if opencode is not None:
+            await opencode.stop()
+            on_event(registration, TunnelEvent("app_stopped", "opencode stopped"))
+
+
+async def serve_registrations(registrations: list[Registration], *, on_event: EventSink,
+                              timings: TunnelTimings | None = None) -> int:
+    """Runs every registration concurrently until cancelled. Returns how many could not start
+    (e.g. opencode missing); the others keep running."""
+    async def guarded(registration: Registration) -> bool:
+        try:
+            await serve_registration(registration, on_event=on_event, timings=timings)
+        except (OpencodeError, AlreadyServed) as error:
+            on_event(registration, TunnelEvent("failed", str(error)))
+            return False
+        except Exception as error:  # one registration's bug must not take the others down
+            log.exception("%s failed", registration.name)
+            on_event(registration, TunnelEvent("failed", f"{type(error).__name__}: {error}"))
+            return False
+        return True
+
+    results = await asyncio.gather(*(guarded(registration) for registration in registrations))
+    return sum(1 for started in results if not started)

@@ -1,0 +1,1 @@
+"""The client's command groups; `agent_client.cli` mounts them on the `agentserver` app."""
