@@ -41,7 +41,7 @@ class TunnelConnection:
         self.label = label
         self._timings = timings
         self._clock = clock
-        self.writer = FrameWriter(websocket.send)
+        self.writer = FrameWriter(self._send_message)
         self.streams = StreamDispatcher(self.writer, app, client, max_streams=timings.max_streams)
         self.opened_at = clock()
         self._heartbeat_sequence = 0
@@ -52,6 +52,11 @@ class TunnelConnection:
         self.end_reason: str | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._served = asyncio.Event()
+
+    async def _send_message(self, data: bytes) -> None:
+        """One WebSocket message of up to 128 KB, in frames API Gateway accepts (32 KB each)."""
+        pieces = codec.fragments(data)
+        await (self.websocket.send(pieces[0]) if len(pieces) == 1 else self.websocket.send(pieces))
 
     def age(self) -> float:
         return self._clock() - self.opened_at

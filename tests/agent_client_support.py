@@ -207,7 +207,7 @@ class FakeTunnelServer:
 
     async def start(self) -> FakeTunnelServer:
         self._server = await websockets.serve(self._handle, "127.0.0.1", self.port, process_request=self._authorize,
-                                              ping_interval=None, max_size=codec.MAX_FRAME, compression=None)
+                                              ping_interval=None, max_size=codec.MAX_MESSAGE, compression=None)
         return self
 
     async def stop(self) -> None:

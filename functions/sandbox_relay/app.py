@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import websockets
+from cachetools import TTLCache
 
 from layers.shared.dal.aws import management_client
 from layers.shared.dal.sandboxes import DynamoSandboxStore
@@ -47,6 +48,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 TICKET_PATH = "/_agentserver/open"  # the open endpoint of the API builds URLs to it
 RELAY_COOKIE = "agentserver_relay"
 RESPONSE_HEAD_TIMEOUT_SECONDS = 30
+# Credit for a response: several 128 KB messages in flight keep a download from waiting on updates.
+RESPONSE_WINDOW = 2 * 1024 * 1024
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the relay sets itself never cross the tunnel.
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
               b"upgrade", b"host", b"content-length"}
@@ -130,7 +133,7 @@ class AgentStream:
 
     async def post(self, messages: list[codec.Message]) -> None:
         client = management_client(self.management_url)
-        for frame in codec.pack(messages):
+        for frame in codec.pack(messages, codec.MAX_MESSAGE):
             await asyncio.to_thread(client.post_to_connection, ConnectionId=self.connection_id, Data=frame)
 
     async def send_body(self, data: bytes) -> None:
@@ -153,6 +156,9 @@ def _store() -> DynamoSandboxStore:
 class SandboxRelay:
     def __init__(self) -> None:
         self._link: RelayLink | None = None
+        # A checked relay cookie stays good for a minute without a read per request (a browser
+        # loading an app makes dozens); sessions end by expiry, far longer than that.
+        self._sessions: TTLCache[tuple[str | None, str], bool] = TTLCache(maxsize=10_000, ttl=60)
 
     async def link(self) -> RelayLink:
         if self._link is None:
@@ -180,12 +186,14 @@ class SandboxRelay:
             await self._exchange_ticket(scope, send, sandbox_id, now)
             return
         cookie = _cookie(headers, RELAY_COOKIE)
-        try:
-            await asyncio.to_thread(relay_access.resolve_relay_session, _store(), cookie=cookie,
-                                    sandbox_id=sandbox_id, now=now)
-        except NotAuthenticated as error:
-            await _json(send, 401, error.body())
-            return
+        if (cookie, sandbox_id) not in self._sessions:
+            try:
+                await asyncio.to_thread(relay_access.resolve_relay_session, _store(), cookie=cookie,
+                                        sandbox_id=sandbox_id, now=now)
+            except NotAuthenticated as error:
+                await _json(send, 401, error.body())
+                return
+            self._sessions[(cookie, sandbox_id)] = True
         sandbox = await asyncio.to_thread(_store().get_sandbox, sandbox_id)
         if sandbox is None or sandbox.status != SandboxStatus.running or sandbox.connection_id is None:
             state = sandbox.status.value if sandbox else "deleted"
@@ -265,7 +273,7 @@ class SandboxRelay:
 
     async def _download(self, send: Send, queue: asyncio.Queue[codec.StreamMessage | None], agent: AgentStream,
                         disconnected: asyncio.Event) -> None:
-        reorder, window, started = FrameReorderer(), flow.ReceiveWindow(), False
+        reorder, window, started = FrameReorderer(), flow.ReceiveWindow(RESPONSE_WINDOW), False
         while True:
             timeout = None if started else RESPONSE_HEAD_TIMEOUT_SECONDS
             async with asyncio.timeout(timeout):

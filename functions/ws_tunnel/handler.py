@@ -11,7 +11,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 from cachetools import TTLCache
 
 from layers.shared.clock import utcnow
-from layers.shared.dal.connections import ApiGatewayPusher, DynamoConnectionStore
+from layers.shared.dal.connections import ApiGatewayPusher, CachedConnectionStore, DynamoConnectionStore
 from layers.shared.dal.sandboxes import DynamoSandboxStore
 from layers.shared.dal.secrets import secret_value
 from layers.shared.domain import agent_connections, connections
@@ -34,6 +34,7 @@ def _management_url(event: APIGatewayProxyEvent) -> str:
 
 # slot → relay connection id; a relay keeps its slot for its connection's life, so a short cache is safe
 _relay_connections: TTLCache[int, str] = TTLCache(maxsize=1024, ttl=60)
+_message_senders = CachedConnectionStore()  # $default reads its sender's record on every message
 
 
 def _relay_lookup(sandboxes: DynamoSandboxStore) -> Callable[[int], str | None]:
@@ -124,7 +125,7 @@ def default(
         sandboxes = sandboxes or DynamoSandboxStore()
         try:
             agent_connections.handle_agent_frames(
-                sandboxes, store or DynamoConnectionStore(), pusher or ApiGatewayPusher(), _relay_lookup(sandboxes),
+                sandboxes, store or _message_senders, pusher or ApiGatewayPusher(), _relay_lookup(sandboxes),
                 connection_id=connection_id, management_url=_management_url(request),
                 data=base64.b64decode(raw), now=utcnow())
         except (ProtocolError, NotAuthenticated) as error:

@@ -270,6 +270,8 @@ def test_a_browser_reaches_the_local_app_through_the_relay_and_the_real_client(
         uploaded = origin.post("/upload", content=body)
         assert uploaded.status_code == 200, uploaded.text
         assert hashlib.sha256(body).hexdigest() in uploaded.text
+        big = origin.get("/big?size=5000000")
+        assert big.status_code == 200 and len(big.content) == 5_000_000
     finally:
         code_, output = interrupt(process)
     assert code_ == 0, output

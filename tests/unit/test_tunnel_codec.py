@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from layers.shared.tunnel import codec
 from layers.shared.tunnel.codec import (
     HEADER_SIZE,
     MAX_BODY_CHUNK,
@@ -496,3 +497,15 @@ def test_corrupted_frames_decode_or_raise_protocol_error_only(message: Message, 
 def test_messages_that_would_break_the_protocol_cannot_be_built(build: object) -> None:
     with pytest.raises(ProtocolError):
         build()  # type: ignore[operator]
+
+
+def test_a_fragmented_message_carries_up_to_128_kb_of_frames_in_32_kb_fragments() -> None:
+    body = codec.split_body(codec.ResponseBody, 9, b"z" * 200_000, first_seq=0)
+    messages = codec.pack(body, codec.MAX_MESSAGE)
+    assert all(len(message) <= codec.MAX_MESSAGE for message in messages) and len(messages) == 2
+    for message in messages:
+        assert all(len(piece) <= codec.MAX_FRAME for piece in codec.fragments(message))
+        assert b"".join(codec.fragments(message)) == message
+    assert b"".join(m.data for message in messages for m in codec.unpack(message)) == b"z" * 200_000
+    with pytest.raises(codec.ProtocolError):
+        codec.unpack(messages[0] + messages[1])  # over 128 KB: API Gateway would refuse it

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
+from cachetools import TTLCache
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
 from pynamodb.indexes import GlobalSecondaryIndex, KeysOnlyProjection
 
@@ -79,6 +80,26 @@ class DynamoConnectionStore:
         condition = ConnectionRecord.expires_at <= int(now.timestamp())
         for record in ConnectionRecord.by_expiry.query(CONNECTION_KIND, range_key_condition=condition):
             yield record.connection_id
+
+
+class CachedConnectionStore(DynamoConnectionStore):
+    """Connection records never change after $connect (they are only deleted), so `$default`,
+    which reads the record of the sender on every message, may keep them for a while."""
+
+    def __init__(self, seconds: float = 60):
+        self._records: TTLCache[str, Connection] = TTLCache(maxsize=4096, ttl=seconds)
+
+    def get(self, connection_id: str) -> Connection | None:
+        cached = self._records.get(connection_id)
+        if cached is None:
+            cached = super().get(connection_id)
+            if cached is not None:
+                self._records[connection_id] = cached
+        return cached
+
+    def delete(self, connection_id: str) -> None:
+        self._records.pop(connection_id, None)
+        super().delete(connection_id)
 
 
 class ApiGatewayPusher:

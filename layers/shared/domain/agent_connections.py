@@ -143,7 +143,7 @@ def handle_agent_frames(
     for slot, stream_messages in by_slot.items():
         relay = relays(slot)
         delivered = relay is not None and all(pusher.post(management_url, relay, frame)
-                                              for frame in codec.pack(stream_messages))
+                                              for frame in codec.pack(stream_messages, codec.MAX_MESSAGE))
         if not delivered:
             open_streams = {m.stream_id for m in stream_messages if not isinstance(m, codec.Cancel)}
             replies += [codec.Cancel(stream_id, codec.MAX_SEQ, "the relay is gone") for stream_id in open_streams]

@@ -1,7 +1,8 @@
 """Tunnel messages ⇄ binary frames (protocol version 1; docs/tunnel-protocol.md is the specification).
 
 A frame is a 20-byte header followed by a payload. One binary WebSocket message carries one or more
-whole frames and is never larger than `MAX_FRAME`, API Gateway's per-frame limit, so no message is
+whole frames and is never larger than `MAX_MESSAGE` (128 KB), sent in WebSocket frames of at most
+`MAX_FRAME` (32 KB), API Gateway's limits, so no message is
 ever fragmented or refused on the way. Bodies travel as raw bytes; heads use a length-prefixed
 binary layout; only AGENT_INFO, rare and meant to grow, is JSON.
 
@@ -25,6 +26,9 @@ PROTOCOL_VERSION = 1
 
 # API Gateway refuses a WebSocket frame over 32 KB; one tunnel WebSocket message is one such frame.
 MAX_FRAME = 32 * 1024
+# API Gateway accepts a WebSocket message of up to 128 KB sent as several frames of at most 32 KB
+# each. Packing frames up to this size quarters the $default invocations of a large transfer.
+MAX_MESSAGE = 128 * 1024
 # version u8 | type u8 | flags u16 | stream id u64 | seq u32 | payload length u32, big-endian.
 _HEADER = struct.Struct("!BBHQII")
 HEADER_SIZE = _HEADER.size
@@ -678,8 +682,10 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     return message
 
 
-def pack(messages: Iterable[Message]) -> list[bytes]:
-    """Encodes messages, in order, into as few WebSocket messages as fit in MAX_FRAME each.
+def pack(messages: Iterable[Message], max_size: int = MAX_FRAME) -> list[bytes]:
+    """Encodes messages, in order, into as few WebSocket messages as fit in `max_size` each: MAX_FRAME
+    for a message sent as one WebSocket frame, up to MAX_MESSAGE for one sent in fragments
+    (`fragments`) or through `post_to_connection`.
 
     Packing saves a Lambda invocation per frame on the way in (API Gateway invokes $default once
     per WebSocket message): a small response's head, body and end travel together. Pack only what
@@ -690,7 +696,7 @@ def pack(messages: Iterable[Message]) -> list[bytes]:
     pending_size = 0
     for message in messages:
         frame = encode(message)
-        if pending and pending_size + len(frame) > MAX_FRAME:
+        if pending and pending_size + len(frame) > max_size:
             websocket_messages.append(b"".join(pending))
             pending, pending_size = [], 0
         pending.append(frame)
@@ -698,6 +704,11 @@ def pack(messages: Iterable[Message]) -> list[bytes]:
     if pending:
         websocket_messages.append(b"".join(pending))
     return websocket_messages
+
+
+def fragments(data: bytes) -> list[bytes]:
+    """A WebSocket message cut into pieces that each fit API Gateway's 32 KB frame limit."""
+    return [data[start:start + MAX_FRAME] for start in range(0, len(data), MAX_FRAME)] or [data]
 
 
 def unpack(data: bytes | bytearray | memoryview) -> list[Message]:
@@ -723,8 +734,8 @@ def _binary_view(data: object) -> memoryview:
         view = memoryview(data).cast("B")
     except TypeError as error:  # a multi-dimensional or non-contiguous buffer
         raise ProtocolError(f"expected a flat byte buffer: {error}") from error
-    if len(view) > MAX_FRAME:
-        raise ProtocolError(f"a WebSocket message of {len(view)} bytes is over the {MAX_FRAME}-byte limit")
+    if len(view) > MAX_MESSAGE:
+        raise ProtocolError(f"a WebSocket message of {len(view)} bytes is over the {MAX_MESSAGE}-byte limit")
     return view
 
 
