@@ -275,3 +275,32 @@ def test_a_browser_reaches_the_local_app_through_the_relay_and_the_real_client(
     finally:
         code_, output = interrupt(process)
     assert code_ == 0, output
+
+
+def test_the_client_survives_a_server_restart_and_the_agent_comes_back(local_app_url: str, tmp_path: Path) -> None:
+    # A persistent stack (DynamoDB Local), so the registration outlives the restart
+    first = RunningStack(state_dir=tmp_path / "stack", in_memory=False).start()
+    browser, wid, code = new_code(first, "restart")
+    home = tmp_path / "home"
+    process = start_connect("--server", first.base_url, "--code", code, "--name", "laptop", "--workspace", wid,
+                            "--opencode-url", local_app_url, "--directory", str(tmp_path), home=home)
+    second = None
+    try:
+        wait_until(lambda: (home / "registry.json").exists(), timeout=30)
+        sandbox_id = registered_sandbox(home)["sandbox_id"]
+
+        def status(stack: RunningStack) -> str:
+            key = {"pk": {"S": f"SANDBOX#{sandbox_id}"}, "sk": {"S": "META"}}
+            return str(stack.aws("dynamodb").get_item(TableName=stack.name("sandboxes"), Key=key)["Item"]["status"]["S"])
+
+        wait_until(lambda: status(first) == "running", timeout=30)
+        first.stop()
+        # While the server is down the client keeps retrying; the server comes back on the same port
+        second = RunningStack(state_dir=tmp_path / "stack", port=first.port, in_memory=False).start()
+        assert status(second) == "offline"  # its tunnel closed when the server stopped
+        wait_until(lambda: status(second) == "running", timeout=60)
+    finally:
+        code_, output = interrupt(process)
+        if second is not None:
+            second.stop()
+    assert code_ == 0, output

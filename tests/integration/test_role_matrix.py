@@ -186,6 +186,8 @@ ROWS = [
     Row("GET /api/sandboxes/{sid}", call("GET", "/api/sandboxes/{sid}"), statuses(200, 200, 200, 200, 404, 404)),
     Row("PATCH /api/sandboxes/{sid}", call("PATCH", "/api/sandboxes/{sid}", lambda w: {"name": "renamed"}),
         statuses(200, 200, 200, 403, 404, 404)),
+    Row("POST /api/sandboxes/{sid}/open", call("POST", "/api/sandboxes/{sid}/open"),
+        statuses(200, 200, 200, 403, 404, 404)),
     Row("DELETE /api/sandboxes/{sid} (a developer's own)", call("DELETE", "/api/sandboxes/{sid}"),
         statuses(202, 202, 202, 403, 404, 404), fresh=True),
     Row("DELETE /api/sandboxes/{sid} (someone else's)", call("DELETE", "/api/sandboxes/{sid_other}"),
