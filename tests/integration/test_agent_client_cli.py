@@ -291,7 +291,8 @@ def test_the_client_survives_a_server_restart_and_the_agent_comes_back(local_app
 
         def status(stack: RunningStack) -> str:
             key = {"pk": {"S": f"SANDBOX#{sandbox_id}"}, "sk": {"S": "META"}}
-            return str(stack.aws("dynamodb").get_item(TableName=stack.name("sandboxes"), Key=key)["Item"]["status"]["S"])
+            item = stack.aws("dynamodb").get_item(TableName=stack.name("sandboxes"), Key=key)["Item"]
+            return str(item["status"]["S"])
 
         wait_until(lambda: status(first) == "running", timeout=30)
         first.stop()
