@@ -6,8 +6,9 @@ classes work in Lambda, against DynamoDB Local and under moto.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
+from pynamodb.connection import Connection
 from pynamodb.models import Model
 
 from layers.shared.settings import get_settings
@@ -39,3 +40,28 @@ class BaseModel(Model):
 
     class Meta:
         abstract = True
+
+
+ModelT = TypeVar("ModelT", bound=Model)
+
+
+def get_item(model: type[ModelT], hash_key: str, range_key: str | None = None) -> ModelT | None:
+    """The item with this key, or None (PynamoDB raises instead)."""
+    try:
+        return model.get(hash_key, range_key)
+    except model.DoesNotExist:
+        return None
+
+
+def transaction_connection() -> Connection:
+    """The connection a `TransactWrite` needs, on the same endpoint and region as the models."""
+    settings = get_settings()
+    return Connection(region=settings.aws_region, host=settings.dynamodb_endpoint)
+
+
+def condition_failed(error: Exception) -> bool:
+    """A write refused by its condition (alone, or as part of a cancelled transaction)."""
+    return getattr(error, "cause_response_code", None) in (
+        "ConditionalCheckFailedException",
+        "TransactionCanceledException",
+    )

@@ -13,12 +13,11 @@ from typing import Any
 
 from cachetools import TTLCache
 from pynamodb.attributes import MapAttribute, NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
-from pynamodb.connection import Connection
 from pynamodb.exceptions import DeleteError, PutError, TransactWriteError, UpdateError
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.transactions import TransactWrite
 
-from layers.shared.dal.base import BaseModel, table_meta
+from layers.shared.dal.base import BaseModel, condition_failed, get_item, table_meta, transaction_connection
 from layers.shared.domain.identity import AccessToken, EmailTaken, Session, User
 from layers.shared.domain.roles import Role, SystemRole
 from layers.shared.domain.workspaces import (
@@ -29,7 +28,6 @@ from layers.shared.domain.workspaces import (
     Workspace,
 )
 from layers.shared.errors import Conflict, NotFound, ValidationFailed
-from layers.shared.settings import get_settings
 
 USER, WORKSPACE = "USER", "WORKSPACE"
 
@@ -41,12 +39,6 @@ def _epoch(moment: datetime | None) -> int | None:
 def _from_epoch(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, tz=UTC) if value is not None else None
 
-
-def _failed_condition(error: Exception) -> bool:
-    return getattr(error, "cause_response_code", None) in (
-        "ConditionalCheckFailedException",
-        "TransactionCanceledException",
-    )
 
 
 def _cancellation_codes(error: TransactWriteError) -> list[str | None]:
@@ -123,10 +115,6 @@ def _user_key(user_id: str) -> tuple[str, str]:
     return f"USER#{user_id}", "PROFILE"
 
 
-def _connection() -> Connection:
-    settings = get_settings()
-    return Connection(region=settings.aws_region, host=settings.dynamodb_endpoint)
-
 
 def _to_user(item: IdentityItem) -> User:
     return User(
@@ -158,12 +146,6 @@ def _to_member(item: IdentityItem) -> Member:
         joined_at=datetime.fromisoformat(item.created_at),
     )
 
-
-def _get(pk: str, sk: str) -> IdentityItem | None:
-    try:
-        return IdentityItem.get(pk, sk)
-    except IdentityItem.DoesNotExist:
-        return None
 
 
 class DynamoIdentityStore:
@@ -205,7 +187,7 @@ class DynamoIdentityStore:
             gsi1sk=pk,
         )
         try:
-            with TransactWrite(connection=_connection()) as transaction:
+            with TransactWrite(connection=transaction_connection()) as transaction:
                 transaction.save(claim, condition=IdentityItem.pk.does_not_exist())
                 transaction.save(profile, condition=IdentityItem.pk.does_not_exist())
         except TransactWriteError as error:
@@ -217,17 +199,17 @@ class DynamoIdentityStore:
         try:
             IdentityItem("CONFIG", "FIRST_USER", user_id=user_id).save(condition=IdentityItem.pk.does_not_exist())
         except PutError as error:
-            if _failed_condition(error):
+            if condition_failed(error):
                 return False
             raise
         return True
 
     def get_user(self, user_id: str) -> User | None:
-        item = _get(*_user_key(user_id))
+        item = get_item(IdentityItem, *_user_key(user_id))
         return _to_user(item) if item else None
 
     def get_user_by_email(self, email: str) -> User | None:
-        claim = _get(f"EMAIL#{email}", "CLAIM")
+        claim = get_item(IdentityItem, f"EMAIL#{email}", "CLAIM")
         return self.get_user(claim.user_id) if claim else None
 
     def set_user_role(self, user_id: str, role: SystemRole) -> None:
@@ -251,7 +233,7 @@ class DynamoIdentityStore:
         return users, encode_cursor(results.last_evaluated_key)
 
     def user_for_identity(self, provider: str, subject: str) -> str | None:
-        link = _get(f"IDP#{provider}#{subject}", "LINK")
+        link = get_item(IdentityItem, f"IDP#{provider}#{subject}", "LINK")
         return link.user_id if link else None
 
     def link_identity(self, provider: str, subject: str, user_id: str) -> None:
@@ -270,7 +252,7 @@ class DynamoIdentityStore:
         ).save()
 
     def get_session(self, token_hash: str) -> Session | None:
-        item = _get(f"SESSION#{token_hash}", "SESSION")
+        item = get_item(IdentityItem, f"SESSION#{token_hash}", "SESSION")
         if item is None:
             return None
         return Session(
@@ -287,7 +269,7 @@ class DynamoIdentityStore:
                 actions=[IdentityItem.expires_at.set(int(expires_at.timestamp()))], condition=IdentityItem.pk.exists()
             )
         except UpdateError as error:
-            if not _failed_condition(error):  # logged out meanwhile: nothing to extend
+            if not condition_failed(error):  # logged out meanwhile: nothing to extend
                 raise
 
     def delete_session(self, token_hash: str) -> None:
@@ -320,7 +302,7 @@ class DynamoIdentityStore:
         )
 
     def get_token(self, token_hash: str) -> AccessToken | None:
-        item = _get(f"TOKEN#{token_hash}", "TOKEN")
+        item = get_item(IdentityItem, f"TOKEN#{token_hash}", "TOKEN")
         return self._to_token(item) if item else None
 
     def list_tokens(self, user_id: str) -> list[AccessToken]:
@@ -332,7 +314,7 @@ class DynamoIdentityStore:
             try:
                 IdentityItem(item.pk, item.sk).delete(condition=IdentityItem.user_id == user_id)
             except DeleteError as error:
-                if _failed_condition(error):
+                if condition_failed(error):
                     return False
                 raise
             return True
@@ -344,7 +326,7 @@ class DynamoIdentityStore:
                 actions=[IdentityItem.last_used_at.set(used_at)], condition=IdentityItem.pk.exists()
             )
         except UpdateError as error:
-            if not _failed_condition(error):  # revoked meanwhile
+            if not condition_failed(error):  # revoked meanwhile
                 raise
 
     # Sign-in failures ------------------------------------------------------------------------
@@ -354,13 +336,13 @@ class DynamoIdentityStore:
         try:  # count within the current window...
             item.update(actions=[IdentityItem.failures.add(1)], condition=IdentityItem.expires_at > _epoch(now))
         except UpdateError as error:
-            if not _failed_condition(error):
+            if not condition_failed(error):
                 raise
             # ...or open a new window (TTL removes the item some time after it ends)
             IdentityItem(f"FAIL#{key}", "FAIL", failures=1, expires_at=_epoch(now + window)).save()
 
     def failures(self, key: str, now: datetime) -> tuple[int, datetime | None]:
-        item = _get(f"FAIL#{key}", "FAIL")
+        item = get_item(IdentityItem, f"FAIL#{key}", "FAIL")
         if item is None or item.expires_at is None or item.expires_at <= now.timestamp():
             return 0, None
         return int(item.failures or 0), _from_epoch(item.expires_at)
@@ -381,7 +363,7 @@ class DynamoIdentityStore:
             owner_count=1,
         )
         try:
-            with TransactWrite(connection=_connection()) as transaction:
+            with TransactWrite(connection=transaction_connection()) as transaction:
                 transaction.update(
                     IdentityItem(*_user_key(owner.user_id)),
                     actions=[IdentityItem.owned_workspaces.add(1)],
@@ -397,11 +379,11 @@ class DynamoIdentityStore:
             raise
 
     def owned_count(self, user_id: str) -> int:
-        item = _get(*_user_key(user_id))
+        item = get_item(IdentityItem, *_user_key(user_id))
         return int(item.owned_workspaces or 0) if item else 0
 
     def get_workspace(self, workspace_id: str) -> Workspace | None:
-        item = _get(f"WS#{workspace_id}", "META")
+        item = get_item(IdentityItem, f"WS#{workspace_id}", "META")
         return _to_workspace(item) if item else None
 
     def rename_workspace(self, workspace_id: str, name: str) -> None:
@@ -410,12 +392,12 @@ class DynamoIdentityStore:
                 actions=[IdentityItem.name.set(name)], condition=IdentityItem.pk.exists()
             )
         except UpdateError as error:
-            if _failed_condition(error):
+            if condition_failed(error):
                 raise NotFound("No such workspace.") from error
             raise
 
     def delete_workspace(self, workspace: Workspace) -> None:
-        with TransactWrite(connection=_connection()) as transaction:
+        with TransactWrite(connection=transaction_connection()) as transaction:
             transaction.delete(IdentityItem(f"WS#{workspace.workspace_id}", "META"))
             transaction.update(
                 IdentityItem(*_user_key(workspace.created_by)),
@@ -453,7 +435,7 @@ class DynamoIdentityStore:
         )
 
     def get_member(self, workspace_id: str, user_id: str) -> Member | None:
-        item = _get(f"WS#{workspace_id}", f"MEMBER#{user_id}")
+        item = get_item(IdentityItem, f"WS#{workspace_id}", f"MEMBER#{user_id}")
         return _to_member(item) if item else None
 
     def list_members(self, workspace_id: str) -> list[Member]:
@@ -472,7 +454,7 @@ class DynamoIdentityStore:
         item = IdentityItem(f"WS#{member.workspace_id}", f"MEMBER#{member.user_id}")
         unchanged = IdentityItem.role == member.role.value
         try:
-            with TransactWrite(connection=_connection()) as transaction:
+            with TransactWrite(connection=transaction_connection()) as transaction:
                 if new_role is None:
                     transaction.delete(item, condition=unchanged)
                 else:
@@ -489,7 +471,7 @@ class DynamoIdentityStore:
 
     def add_member(self, member: Member) -> None:
         try:
-            with TransactWrite(connection=_connection()) as transaction:
+            with TransactWrite(connection=transaction_connection()) as transaction:
                 transaction.save(self._member_item(member), condition=IdentityItem.pk.does_not_exist())
                 if member.role == Role.owner:
                     self._owner_delta(transaction, member.workspace_id, 1)
@@ -516,7 +498,7 @@ class DynamoIdentityStore:
     # Quotas ----------------------------------------------------------------------------------
 
     def get_quotas(self) -> dict[str, int]:
-        item = _get("CONFIG", "QUOTAS")
+        item = get_item(IdentityItem, "CONFIG", "QUOTAS")
         return {key: int(value) for key, value in (item.values.as_dict() if item and item.values else {}).items()}
 
     def put_quotas(self, quotas: dict[str, int]) -> None:

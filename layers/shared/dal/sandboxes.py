@@ -6,13 +6,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pynamodb.attributes import MapAttribute, NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
-from pynamodb.connection import Connection
 from pynamodb.exceptions import DeleteError, PutError, UpdateError
 from pynamodb.expressions.update import Action
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.transactions import TransactWrite
 
-from layers.shared.dal.base import BaseModel, table_meta
+from layers.shared.dal.base import BaseModel, condition_failed, get_item, table_meta, transaction_connection
 from layers.shared.domain.agents import (
     AgentCode,
     AgentType,
@@ -22,7 +21,6 @@ from layers.shared.domain.agents import (
     SandboxStatus,
 )
 from layers.shared.domain.relay_access import RelaySession
-from layers.shared.settings import get_settings
 
 
 class SandboxGsi1(GlobalSecondaryIndex["SandboxItem"]):
@@ -83,10 +81,6 @@ def _meta_key(sandbox_id: str) -> tuple[str, str]:
     return f"SANDBOX#{sandbox_id}", "META"
 
 
-def _connection() -> Connection:
-    settings = get_settings()
-    return Connection(region=settings.aws_region, host=settings.dynamodb_endpoint)
-
 
 def _to_sandbox(item: SandboxItem) -> Sandbox:
     return Sandbox(
@@ -98,12 +92,6 @@ def _to_sandbox(item: SandboxItem) -> Sandbox:
     )
 
 
-def _get(pk: str, sk: str) -> SandboxItem | None:
-    try:
-        return SandboxItem.get(pk, sk)
-    except SandboxItem.DoesNotExist:
-        return None
-
 
 class DynamoSandboxStore:
     """`SandboxStore` on DynamoDB; every change is conditional on the sandbox's version."""
@@ -113,13 +101,13 @@ class DynamoSandboxStore:
                     expires_at=int(code.expires_at.timestamp())).save(condition=SandboxItem.pk.does_not_exist())
 
     def consume_code(self, code_hash: str, now: datetime) -> AgentCode | None:
-        item = _get(f"CODE#{code_hash}", "CODE")
+        item = get_item(SandboxItem, f"CODE#{code_hash}", "CODE")
         if item is None or item.expires_at is None or item.expires_at <= now.timestamp():
             return None
         try:  # the one conditional write that decides which registration wins
             SandboxItem(item.pk, item.sk).delete(condition=SandboxItem.pk.exists())
         except DeleteError as error:
-            if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
+            if condition_failed(error):
                 return None
             raise
         return AgentCode(code_hash=code_hash, workspace_id=item.workspace_id, created_by=item.created_by,
@@ -134,7 +122,7 @@ class DynamoSandboxStore:
             version=sandbox.version, agent_info=sandbox.agent_info, gsi1pk=f"WS#{sandbox.workspace_id}",
             gsi1sk=f"SANDBOX#{sandbox.created_at.isoformat()}#{sandbox.sandbox_id}",
         )
-        with TransactWrite(connection=_connection()) as transaction:
+        with TransactWrite(connection=transaction_connection()) as transaction:
             transaction.save(meta, condition=SandboxItem.pk.does_not_exist())
             transaction.save(SandboxItem(f"TUNNEL#{tunnel_hash}", "TOKEN", sandbox_id=sandbox.sandbox_id),
                              condition=SandboxItem.pk.does_not_exist())
@@ -143,11 +131,11 @@ class DynamoSandboxStore:
                              condition=SandboxItem.pk.does_not_exist())
 
     def get_sandbox(self, sandbox_id: str) -> Sandbox | None:
-        item = _get(*_meta_key(sandbox_id))
+        item = get_item(SandboxItem, *_meta_key(sandbox_id))
         return _to_sandbox(item) if item else None
 
     def sandbox_for_tunnel_token(self, token_hash: str) -> Sandbox | None:
-        link = _get(f"TUNNEL#{token_hash}", "TOKEN")
+        link = get_item(SandboxItem, f"TUNNEL#{token_hash}", "TOKEN")
         return self.get_sandbox(link.sandbox_id) if link else None
 
     def list_sandboxes(self, workspace_id: str) -> list[Sandbox]:
@@ -161,13 +149,13 @@ class DynamoSandboxStore:
                     expires_at=int(expires_at.timestamp())).save(condition=SandboxItem.pk.does_not_exist())
 
     def consume_ticket(self, ticket_hash: str, now: datetime) -> RelaySession | None:
-        item = _get(f"TICKET#{ticket_hash}", "TICKET")
+        item = get_item(SandboxItem, f"TICKET#{ticket_hash}", "TICKET")
         if item is None or item.expires_at is None or item.expires_at <= now.timestamp():
             return None
         try:  # single use: of two exchanges, one deletes it
             SandboxItem(item.pk, item.sk).delete(condition=SandboxItem.pk.exists())
         except DeleteError as error:
-            if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
+            if condition_failed(error):
                 return None
             raise
         return RelaySession(sandbox_id=item.sandbox_id, user_id=item.created_by,
@@ -178,7 +166,7 @@ class DynamoSandboxStore:
                     created_by=session.user_id, expires_at=int(session.expires_at.timestamp())).save()
 
     def get_relay_session(self, session_hash: str) -> RelaySession | None:
-        item = _get(f"RELAYSESSION#{session_hash}", "SESSION")
+        item = get_item(SandboxItem, f"RELAYSESSION#{session_hash}", "SESSION")
         if item is None or item.expires_at is None:
             return None
         return RelaySession(sandbox_id=item.sandbox_id, user_id=item.created_by,
@@ -189,7 +177,7 @@ class DynamoSandboxStore:
             SandboxItem(f"RELAYSLOT#{slot}", "SLOT", connection_id=connection_id,
                         expires_at=int(expires_at.timestamp())).save(condition=SandboxItem.pk.does_not_exist())
         except PutError as error:
-            if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
+            if condition_failed(error):
                 return False
             raise
         return True
@@ -198,11 +186,11 @@ class DynamoSandboxStore:
         try:
             SandboxItem(f"RELAYSLOT#{slot}", "SLOT").delete(condition=SandboxItem.connection_id == connection_id)
         except DeleteError as error:
-            if getattr(error, "cause_response_code", None) != "ConditionalCheckFailedException":
+            if not condition_failed(error):
                 raise
 
     def relay_connection(self, slot: int) -> str | None:
-        item = _get(f"RELAYSLOT#{slot}", "SLOT")
+        item = get_item(SandboxItem, f"RELAYSLOT#{slot}", "SLOT")
         return item.connection_id if item else None
 
     def silent_agents(self, heard_before: datetime) -> list[Sandbox]:
@@ -229,7 +217,7 @@ class DynamoSandboxStore:
             SandboxItem(*_meta_key(sandbox.sandbox_id)).update(
                 actions=actions, condition=SandboxItem.version == sandbox.version)
         except UpdateError as error:
-            if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
+            if condition_failed(error):
                 raise InvalidTransition("The sandbox changed meanwhile; reload and try again.") from error
             raise
         fields = {**changes, "version": sandbox.version + 1}
