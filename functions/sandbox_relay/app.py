@@ -47,7 +47,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 TICKET_PATH = "/_agentserver/open"  # the open endpoint of the API builds URLs to it
 RELAY_COOKIE = "agentserver_relay"
-RESPONSE_HEAD_TIMEOUT_SECONDS = 30
 # Credit for a response: several 128 KB messages in flight keep a download from waiting on updates.
 RESPONSE_WINDOW = 2 * 1024 * 1024
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the relay sets itself never cross the tunnel.
@@ -176,7 +175,9 @@ class SandboxRelay:
             await send({"type": "websocket.close", "code": 1008})
             return
         headers = dict(scope["headers"])
-        match = SANDBOX_HOST.match(headers.get(b"host", b"").decode("latin-1"))
+        # Behind CloudFront the viewer's Host arrives as x-forwarded-host (the origin needs its own Host).
+        host = headers.get(b"x-forwarded-host") or headers.get(b"host", b"")
+        match = SANDBOX_HOST.match(host.decode("latin-1"))
         if match is None:
             await _json(send, 404, error_body("not_found", "This address is not a sandbox."))
             return
@@ -275,7 +276,7 @@ class SandboxRelay:
                         disconnected: asyncio.Event) -> None:
         reorder, window, started = FrameReorderer(), flow.ReceiveWindow(RESPONSE_WINDOW), False
         while True:
-            timeout = None if started else RESPONSE_HEAD_TIMEOUT_SECONDS
+            timeout = None if started else get_settings().relay_response_timeout_seconds
             async with asyncio.timeout(timeout):
                 incoming = await queue.get()
             if incoming is LINK_LOST:

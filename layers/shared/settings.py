@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     public_llm_base_url: str = Field(default="", alias="AGENTSERVER_LLM_BASE_URL")
     # Each sandbox is served from its own origin: this template with {sandbox_id} filled in
     # (a wildcard domain in AWS; <id>.localhost in the embedded stack, which browsers resolve).
+    # How long the relay waits for an agent's response head before answering 504.
+    relay_response_timeout_seconds: float = Field(default=30, gt=0, alias="AGENTSERVER_RELAY_TIMEOUT_SECONDS")
     sandbox_origin_template: str = Field(default="http://{sandbox_id}.localhost:8080",
                                          alias="AGENTSERVER_SANDBOX_ORIGIN")
 

@@ -31,6 +31,9 @@ async def app(stream: FakeStream) -> None:
         for number in range(3):
             await stream.respond_body(f"data: {number} {time.time()}\n\n".encode())
             await asyncio.sleep(SSE_GAP)
+    elif path == "/silent":  # never answers at all
+        await stream.cancelled.wait()
+        return
     elif path == "/hang":
         await stream.respond_head(200, [(b"content-type", b"text/plain")])
         await stream.cancelled.wait()
@@ -163,3 +166,19 @@ def test_guests_and_other_workspaces_cannot_open(stack: RunningStack, agent) -> 
     assert guest.post(f"/api/sandboxes/{registration['sandbox_id']}/open").status_code == 403
     stranger, _ = sign_up(stack.base_url, "relaystranger")
     assert stranger.post(f"/api/sandboxes/{registration['sandbox_id']}/open").status_code == 404
+
+
+def test_an_agent_that_does_not_answer_gets_a_clear_504(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    stack = RunningStack(state_dir=tmp_path / "s", env={"AGENTSERVER_RELAY_TIMEOUT_SECONDS": "1"}).start()
+    try:
+        browser, _, registration = registered_agent(stack.base_url, "silent")
+        with AgentThread(f"{stack.ws_url}?token={registration['tunnel_token']}"):
+            time.sleep(0.3)
+            client = opened_client(stack, open_url(browser, registration["sandbox_id"]))
+            started = time.monotonic()
+            answer = client.get("/silent")
+            assert answer.status_code == 504
+            assert answer.json()["error"]["code"] == "agent_timeout"
+            assert 0.9 <= time.monotonic() - started < 10
+    finally:
+        stack.stop()
