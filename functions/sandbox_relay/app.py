@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import websockets
+from botocore.exceptions import ClientError
 from cachetools import TTLCache
 
 from layers.shared.dal.aws import management_client
@@ -158,6 +159,7 @@ class SandboxRelay:
         # A checked relay cookie stays good for a minute without a read per request (a browser
         # loading an app makes dozens); sessions end by expiry, far longer than that.
         self._sessions: TTLCache[tuple[str | None, str], bool] = TTLCache(maxsize=10_000, ttl=60)
+        self._sandboxes: TTLCache[str, Sandbox] = TTLCache(maxsize=10_000, ttl=3)
 
     async def link(self) -> RelayLink:
         if self._link is None:
@@ -195,13 +197,26 @@ class SandboxRelay:
                 await _json(send, 401, error.body())
                 return
             self._sessions[(cookie, sandbox_id)] = True
-        sandbox = await asyncio.to_thread(_store().get_sandbox, sandbox_id)
+        sandbox = await self._sandbox(sandbox_id)
+        if sandbox is not None and sandbox.status != SandboxStatus.running:
+            sandbox = await self._sandbox(sandbox_id, fresh=True)  # a copy never keeps an agent away
         if sandbox is None or sandbox.status != SandboxStatus.running or sandbox.connection_id is None:
             state = sandbox.status.value if sandbox else "deleted"
             await _json(send, 503, error_body("agent_unavailable", f"The agent is {state}; try again when it runs."),
                         [(b"retry-after", b"5")])
             return
         await self._relay(scope, receive, send, sandbox)
+
+    async def _sandbox(self, sandbox_id: str, *, fresh: bool = False) -> Sandbox | None:
+        """The sandbox, from a copy at most a few seconds old: a page load makes many requests. A
+        copy that names a connection the agent has since replaced is caught when posting to it."""
+        if fresh or sandbox_id not in self._sandboxes:
+            found = await asyncio.to_thread(_store().get_sandbox, sandbox_id)
+            if found is None:
+                self._sandboxes.pop(sandbox_id, None)
+                return None
+            self._sandboxes[sandbox_id] = found
+        return self._sandboxes[sandbox_id]
 
     async def _exchange_ticket(self, scope: Scope, send: Send, sandbox_id: str, now: datetime) -> None:
         ticket = parse_qs(scope.get("query_string", b"").decode()).get("ticket", [""])[0]
@@ -235,12 +250,15 @@ class SandboxRelay:
         try:
             head = codec.RequestHead(stream_id, agent.next_seq(), scope["method"], target, forwarded)
             first = await receive()
+            opening: list[codec.Message] = [head]
             if first["type"] == "http.request" and not first.get("more_body") and not first.get("body"):
                 # No body (a GET): head and end in one WebSocket message, one post.
-                await agent.post([head, codec.RequestEnd(stream_id, agent.next_seq())])
+                opening.append(codec.RequestEnd(stream_id, agent.next_seq()))
                 first = {"type": "http.request", "body": b"", "more_body": False, "sent": True}
-            else:
-                await agent.post([head])
+            if not await self._open(agent, sandbox.sandbox_id, opening):
+                await _json(send, 503, error_body("agent_unavailable", "The agent is not connected."),
+                            [(b"retry-after", b"5")])
+                return
             uploader = asyncio.create_task(self._upload(_replay(first, receive), agent, disconnected, queue))
             await self._download(send, queue, agent, disconnected)
         except TimeoutError:
@@ -254,6 +272,22 @@ class SandboxRelay:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await uploader
             link.close_stream(stream_id)
+
+    async def _open(self, agent: AgentStream, sandbox_id: str, opening: list[codec.Message]) -> bool:
+        """Post a stream's first frames; if the agent's connection is gone (it reconnected since the
+        sandbox was read), look again and use its current one."""
+        try:
+            await agent.post(opening)
+            return True
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "GoneException":
+                raise
+        current = await self._sandbox(sandbox_id, fresh=True)
+        if current is None or current.status != SandboxStatus.running or current.connection_id is None:
+            return False
+        agent.connection_id = current.connection_id
+        await agent.post(opening)
+        return True
 
     async def _upload(self, receive: Receive, agent: AgentStream, disconnected: asyncio.Event,
                       queue: asyncio.Queue[codec.StreamMessage | None]) -> None:
