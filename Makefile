@@ -11,7 +11,9 @@ export CDK_DISABLE_VERSION_CHECK := 1
 
 .PHONY: install up up-memory test test-unit test-integration test-infra test-e2e synth bench lint clean
 
-install: $(STAMPS)/java $(STAMPS)/python $(STAMPS)/node
+OPENCODE_VERSION := 1.18.33
+
+install: $(STAMPS)/java $(STAMPS)/python $(STAMPS)/node $(STAMPS)/opencode
 
 # DynamoDB Local needs Java 17+; Debian's headless JRE is enough.
 $(STAMPS)/java:
@@ -30,6 +32,13 @@ $(STAMPS)/python: pyproject.toml constraints.txt
 $(STAMPS)/node: package.json package-lock.json
 	@mkdir -p $(STAMPS)
 	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# opencode for `agentserver connect --auto-start` and the e2e tests; installed apart from package-lock.json
+# because npm ci cannot lock its per-platform optional packages.
+$(STAMPS)/opencode: Makefile
+	@mkdir -p $(STAMPS) .tools/opencode
+	npm install --no-audit --no-fund --no-save --loglevel=error --prefix .tools/opencode opencode-ai@$(OPENCODE_VERSION)
 	@touch $@
 
 up: install

@@ -33,7 +33,9 @@ def find_opencode(directory: Path) -> Path:
     on_path = shutil.which("opencode")
     if on_path:
         return Path(on_path)
-    for root in (directory, PROJECT_ROOT):
+    # `make install` puts the pinned opencode in .tools/opencode (kept out of package-lock.json: npm ci
+    # cannot lock opencode-ai's per-platform optional packages).
+    for root in (directory, PROJECT_ROOT, PROJECT_ROOT / ".tools" / "opencode"):
         candidate = root / "node_modules" / ".bin" / "opencode"
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate

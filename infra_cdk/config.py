@@ -42,6 +42,12 @@ _BOOLEAN_WORDS = {
 # which would end the `{{resolve:...}}` reference early.
 _SECRET_ID = re.compile(r"[A-Za-z0-9/_+=.@:-]{1,2048}")
 _SECRET_VERSION_ID = re.compile(r"[A-Za-z0-9-]{32,64}")
+# A DNS name of at least two labels (letters, digits, inner hyphens), short enough that `sb-<16 hex>.` in front
+# of it stays within DNS's 253 characters.
+_DOMAIN_NAME = re.compile(r"(?=.{1,230}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+# CloudFront takes ACM certificates from us-east-1 only.
+_CLOUDFRONT_CERTIFICATE_ARN = re.compile(r"arn:aws:acm:us-east-1:[0-9]{12}:certificate/[A-Za-z0-9-]{1,128}")
+_HOSTED_ZONE_ID = re.compile(r"Z[A-Z0-9]{1,31}")
 
 
 def _as_tuple(value: Any) -> tuple[str, ...]:
@@ -93,10 +99,22 @@ class DeploymentConfig:
     oidc_client_secret_name: str = ""
     oidc_client_secret_version: str = ""
 
+    # Sandbox origins (docs/relay.md): each sandbox is served on `<sandbox id>.<sandbox_domain>` by a CloudFront
+    # distribution for `*.<sandbox_domain>` in front of the relay's Function URL. Empty: no such distribution,
+    # and the API's open endpoint has no working URL to hand out in AWS.
+    sandbox_domain: str = ""  # e.g. sandboxes.example.com
+    # An ACM certificate in us-east-1 (CloudFront's region) that covers `*.<sandbox_domain>`; needed with the domain.
+    sandbox_certificate_arn: str = ""
+    # Optional: a Route 53 hosted zone for the domain (or a parent of it), where the stack adds the wildcard
+    # alias records. Without it, point `*.<sandbox_domain>` at the distribution yourself (a CNAME).
+    sandbox_hosted_zone_id: str = ""
+    sandbox_hosted_zone_name: str = ""
+
     def __post_init__(self) -> None:
         if self.architecture not in {"arm64", "x86_64"}:
             raise ValueError(f"{CONTEXT_PREFIX}architecture must be arm64 or x86_64, not {self.architecture!r}")
         self._check_sign_in()
+        self._check_sandbox_origins()
 
     def _check_sign_in(self) -> None:
         if self.password_auth:
@@ -126,6 +144,49 @@ class DeploymentConfig:
                 raise ValueError(f"{CONTEXT_PREFIX}{version_field} needs {CONTEXT_PREFIX}{name_field}")
             if version and not _SECRET_VERSION_ID.fullmatch(version):
                 raise ValueError(f"{CONTEXT_PREFIX}{version_field} must be a secret version id")
+
+    def _check_sandbox_origins(self) -> None:
+        domain = self.sandbox_domain.lower().removesuffix(".")
+        zone_name = self.sandbox_hosted_zone_name.lower().removesuffix(".")
+        object.__setattr__(self, "sandbox_domain", domain)
+        object.__setattr__(self, "sandbox_hosted_zone_name", zone_name)
+        if domain and not _DOMAIN_NAME.fullmatch(domain):
+            raise ValueError(
+                f"{CONTEXT_PREFIX}sandbox_domain must be a DNS name such as sandboxes.example.com (no scheme, no "
+                f"wildcard: the stack serves *.<domain>), not {self.sandbox_domain!r}"
+            )
+        if domain and not self.sandbox_certificate_arn:
+            raise ValueError(
+                f"{CONTEXT_PREFIX}sandbox_domain needs {CONTEXT_PREFIX}sandbox_certificate_arn: an ACM certificate "
+                f"in us-east-1 that covers *.{domain} (docs/deploy.md)"
+            )
+        if self.sandbox_certificate_arn and not domain:
+            raise ValueError(f"{CONTEXT_PREFIX}sandbox_certificate_arn needs {CONTEXT_PREFIX}sandbox_domain")
+        if self.sandbox_certificate_arn and not _CLOUDFRONT_CERTIFICATE_ARN.fullmatch(self.sandbox_certificate_arn):
+            raise ValueError(
+                f"{CONTEXT_PREFIX}sandbox_certificate_arn must be the ARN of an ACM certificate in us-east-1 "
+                f"(CloudFront uses no other region), not {self.sandbox_certificate_arn!r}"
+            )
+        if bool(self.sandbox_hosted_zone_id) != bool(zone_name):
+            raise ValueError(
+                f"{CONTEXT_PREFIX}sandbox_hosted_zone_id and {CONTEXT_PREFIX}sandbox_hosted_zone_name go together"
+            )
+        if zone_name and not domain:
+            raise ValueError(f"{CONTEXT_PREFIX}sandbox_hosted_zone_id needs {CONTEXT_PREFIX}sandbox_domain")
+        if self.sandbox_hosted_zone_id and not _HOSTED_ZONE_ID.fullmatch(self.sandbox_hosted_zone_id):
+            raise ValueError(
+                f"{CONTEXT_PREFIX}sandbox_hosted_zone_id must be a Route 53 hosted zone id (Z...), "
+                f"not {self.sandbox_hosted_zone_id!r}"
+            )
+        if zone_name and domain != zone_name and not domain.endswith("." + zone_name):
+            raise ValueError(
+                f"{CONTEXT_PREFIX}sandbox_hosted_zone_name {zone_name!r} must be {domain!r} or a parent domain of it"
+            )
+
+    @property
+    def sandbox_origin_template(self) -> str:
+        """`AGENTSERVER_SANDBOX_ORIGIN`: a sandbox's origin with `{sandbox_id}` to fill in; empty without a domain."""
+        return f"https://{{sandbox_id}}.{self.sandbox_domain}" if self.sandbox_domain else ""
 
     @property
     def removal_policy(self) -> RemovalPolicy:

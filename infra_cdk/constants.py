@@ -29,6 +29,7 @@ ENV_PUBLIC_WEBSOCKET_URL = "AGENTSERVER_WEBSOCKET_URL"
 ENV_PUBLIC_RELAY_URL = "AGENTSERVER_RELAY_URL"
 ENV_PUBLIC_LLM_BASE_URL = "AGENTSERVER_LLM_BASE_URL"
 ENV_TRUSTED_PROXY_HOPS = "AGENTSERVER_TRUSTED_PROXY_HOPS"
+ENV_SANDBOX_ORIGIN = "AGENTSERVER_SANDBOX_ORIGIN"
 
 # Sign-in settings of the API function: each context key `agentserver:<field>` becomes this variable when
 # it is non-empty, and on this function only (it serves every /api/auth route).
@@ -60,6 +61,21 @@ SIGN_IN_SECRET_ENV = {
 # leaves its key empty.
 STREAMING_URL_KEYS = {"relay_url": "sandbox_relay", "llm_base_url": "llm_proxy"}
 STREAMING_URL_ENV = {"relay_url": ENV_PUBLIC_RELAY_URL, "llm_base_url": ENV_PUBLIC_LLM_BASE_URL}
+
+# Sandbox origins (docs/relay.md): the relay serves `<sandbox id>.<sandbox domain>` behind a CloudFront
+# distribution for the wildcard domain, and these functions learn the origin template: the API builds the
+# open endpoint's URL from it, the relay serves it.
+SANDBOX_RELAY_FUNCTION = STREAMING_URL_KEYS["relay_url"]
+SANDBOX_ORIGIN_FUNCTIONS = ("http_api", SANDBOX_RELAY_FUNCTION)
+# CloudFront replaces the viewer's Host with the Function URL's own (Lambda routes by it); a viewer-request
+# function first copies the sandbox's host name into this header, which the relay reads.
+FORWARDED_HOST_HEADER = "x-forwarded-host"
+# How long CloudFront waits for the relay's first byte, and then between chunks of a stream. The relay gives
+# up on an agent's response head after 30 s (a 504 of its own), so CloudFront must wait longer than that;
+# 60 s is CloudFront's most without a quota increase.
+SANDBOX_ORIGIN_READ_TIMEOUT_SECONDS = 60
+# Id of the CDK warning a stack with a relay but no sandbox domain carries.
+SANDBOX_DOMAIN_UNSET_WARNING = "agentserver:sandboxDomainUnset"
 
 # AWS Lambda Web Adapter, published by AWS in this account in every commercial region.
 LAMBDA_WEB_ADAPTER_ACCOUNT = "753240598075"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import Annotations, CfnOutput, Stack
 from constructs import Construct
 
 from infra_cdk import constants, sign_in
@@ -15,6 +15,7 @@ from infra_cdk.event_sources import EventSources
 from infra_cdk.http_api import HttpApi
 from infra_cdk.naming import construct_id
 from infra_cdk.runtime import Runtime, log_retention
+from infra_cdk.sandbox_origins import SandboxOrigins
 from infra_cdk.streaming import StreamingUrls
 from infra_cdk.websocket_api import WebSocketApi
 from layers.shared.settings import VERSION
@@ -71,6 +72,7 @@ class AgentServerStack(Stack):
             self, "EventSources", topology=topology, functions=functions, queues=self.data.queues
         )
         self.streaming = StreamingUrls(self, "Streaming", topology=topology, functions=functions)
+        self.sandbox_origins = self._serve_sandbox_origins(config)
 
         streaming_urls = {
             key: self.streaming.urls.get(function_name, "")
@@ -99,6 +101,47 @@ class AgentServerStack(Stack):
         )
         for function_name, url in self.streaming.urls.items():
             CfnOutput(self, construct_id(function_name, "Url"), value=url, description=f"{function_name} stream URL")
+        if self.sandbox_origins is not None:
+            CfnOutput(
+                self,
+                "SandboxOrigin",
+                value=self.sandbox_origins.origin_template,
+                description="Each sandbox's origin ({sandbox_id} filled in), served by the relay through CloudFront",
+            )
+            CfnOutput(
+                self,
+                "SandboxDistributionDomainName",
+                value=self.sandbox_origins.domain_name,
+                description=f"Where {self.sandbox_origins.wildcard} must point (a CNAME, or the alias records the "
+                "stack adds with a hosted zone)",
+            )
+
+    def _serve_sandbox_origins(self, config: DeploymentConfig) -> SandboxOrigins | None:
+        """The wildcard distribution in front of the relay, and the origin template for the API and the relay."""
+        relay_url = self.streaming.function_urls.get(constants.SANDBOX_RELAY_FUNCTION)
+        if not config.sandbox_domain:
+            if relay_url is not None:
+                Annotations.of(self).add_warning_v2(
+                    constants.SANDBOX_DOMAIN_UNSET_WARNING,
+                    "agentserver:sandbox_domain is not set: sandboxes have no origin in AWS, so the URL that "
+                    "POST /api/sandboxes/{sid}/open returns does not work. Set agentserver:sandbox_domain and "
+                    "agentserver:sandbox_certificate_arn (docs/deploy.md, 'Sandbox origins').",
+                )
+            return None
+        if relay_url is None:
+            raise ValueError(
+                "the context sets agentserver:sandbox_domain, but the topology has no streaming "
+                f"{constants.SANDBOX_RELAY_FUNCTION!r} function to serve it"
+            )
+        origins = SandboxOrigins(
+            self, "SandboxOrigins", config=config, relay_url=relay_url, log_bucket=self.data.access_logs
+        )
+        # A literal, so no function depends on the distribution (which depends on the relay's URL).
+        for name in constants.SANDBOX_ORIGIN_FUNCTIONS:
+            function = self.runtime.functions.get(name)
+            if function is not None:
+                function.add_environment(constants.ENV_SANDBOX_ORIGIN, origins.origin_template)
+        return origins
 
     def _hand_public_endpoints_to_functions(self, streaming_urls: dict[str, str]) -> None:
         # Settings read these to answer clients. The APIs and the distribution depend on no function, so

@@ -63,6 +63,7 @@ class StreamingUrls(Construct):
     ) -> None:
         super().__init__(scope, construct_id_)
         self.urls: dict[str, str] = {}
+        self.function_urls: dict[str, lambda_.FunctionUrl] = {}
         for spec in topology.functions:
             if not spec.streaming_url:
                 continue
@@ -71,8 +72,11 @@ class StreamingUrls(Construct):
                 construct_id(spec.name, "Url"),
                 function=functions[spec.name],
                 # Public on purpose: browsers reach the relay and sandboxes the LLM proxy, and each app
-                # checks its own short-lived token (IAM auth would need SigV4 from every client).
+                # checks its own short-lived token (IAM auth would need SigV4 from every client). CloudFront's
+                # origin access control would sign for browsers, but Lambda then wants every POST and PUT to
+                # carry x-amz-content-sha256 from the client, which no browser form or fetch sends.
                 auth_type=lambda_.FunctionUrlAuthType.NONE,
                 invoke_mode=lambda_.InvokeMode.RESPONSE_STREAM,
             )
             self.urls[spec.name] = function_url.url
+            self.function_urls[spec.name] = function_url

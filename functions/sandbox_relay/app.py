@@ -99,9 +99,8 @@ class RelayLink:
                     log.warning("ignored a message that is not a tunnel frame")
                     continue
                 for message in messages:
-                    queue = self.queues.get(message.stream_id) if isinstance(message, codec.StreamMessage) else None
-                    if queue is not None:
-                        queue.put_nowait(message)
+                    if isinstance(message, codec.StreamMessage) and message.stream_id in self.queues:
+                        self.queues[message.stream_id].put_nowait(message)
         except websockets.ConnectionClosed:
             pass
         finally:

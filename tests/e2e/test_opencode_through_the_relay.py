@@ -22,7 +22,7 @@ def test_a_real_opencode_is_used_through_the_relay(tmp_path: Path) -> None:
     xdg = {name: str(tmp_path / "xdg" / name.lower()) for name in
            ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME")}
     environment = {**os.environ, **xdg, "HOME": str(home), "AGENTSERVER_HOME": str(home / ".agentserver"),
-                   "PATH": f"{ROOT / 'node_modules' / '.bin'}:{os.environ['PATH']}"}
+                   "PATH": f"{ROOT / '.tools' / 'opencode' / 'node_modules' / '.bin'}:{os.environ['PATH']}"}
     client = None
     try:
         browser, _ = sign_up(stack.base_url, "opencode")

@@ -149,3 +149,55 @@ def test_a_secret_pasted_where_its_name_goes_is_refused_without_being_echoed() -
     with pytest.raises(ValueError, match="must be a secret's name or ARN") as refused:
         DeploymentConfig(oidc_issuer_url="https://sso.example.org", oidc_client_id="a", oidc_client_secret_name=value)
     assert value not in str(refused.value)
+
+
+CERTIFICATE_ARN = "arn:aws:acm:us-east-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"
+
+
+def test_sandbox_origin_settings_are_context_keys_and_the_template_is_what_settings_py_reads() -> None:
+    # Given the sandbox-origin keys / Then cdk.json lists each, empty (no sandbox distribution by default)
+    keys = ("sandbox_domain", "sandbox_certificate_arn", "sandbox_hosted_zone_id", "sandbox_hosted_zone_name")
+    assert {CONTEXT_PREFIX + key: "" for key in keys}.items() <= CDK_JSON["context"].items()
+    # And the variable the functions get is the one settings.py reads the origin template from
+    assert Settings.model_fields["sandbox_origin_template"].alias == constants.ENV_SANDBOX_ORIGIN
+    # And a domain, as `-c` gives it (any case, a trailing dot), becomes the https template on that domain
+    config = DeploymentConfig.from_context(
+        App(
+            context={
+                "agentserver:sandbox_domain": " Sandboxes.Example.COM. ",
+                "agentserver:sandbox_certificate_arn": CERTIFICATE_ARN,
+                "agentserver:sandbox_hosted_zone_id": "Z0123456789ABCDEFGHIJ",
+                "agentserver:sandbox_hosted_zone_name": "example.com.",
+            }
+        ).node
+    )
+    assert config.sandbox_domain == "sandboxes.example.com"
+    assert config.sandbox_hosted_zone_name == "example.com"
+    assert config.sandbox_origin_template == "https://{sandbox_id}.sandboxes.example.com"
+    assert DeploymentConfig().sandbox_origin_template == ""
+
+
+WITH_DOMAIN = {"sandbox_domain": "sandboxes.example.com", "sandbox_certificate_arn": CERTIFICATE_ARN}
+ZONE_ID = "Z0123456789ABCDEFGHIJ"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"sandbox_domain": "sandboxes.example.com"}, "sandbox_domain needs agentserver:sandbox_certificate_arn"),
+        ({"sandbox_certificate_arn": CERTIFICATE_ARN}, "sandbox_certificate_arn needs agentserver:sandbox_domain"),
+        ({"sandbox_domain": "https://sandboxes.example.com"}, "must be a DNS name"),
+        ({"sandbox_domain": "*.sandboxes.example.com"}, "must be a DNS name"),
+        ({"sandbox_domain": "localhost"}, "must be a DNS name"),
+        ({**WITH_DOMAIN, "sandbox_certificate_arn": CERTIFICATE_ARN.replace("us-east-1", "eu-west-1")}, "us-east-1"),
+        ({**WITH_DOMAIN, "sandbox_hosted_zone_id": ZONE_ID}, "go together"),
+        ({**WITH_DOMAIN, "sandbox_hosted_zone_id": ZONE_ID, "sandbox_hosted_zone_name": "example.org"}, "a parent"),
+        ({**WITH_DOMAIN, "sandbox_hosted_zone_id": ZONE_ID, "sandbox_hosted_zone_name": "ample.com"}, "a parent"),
+        ({**WITH_DOMAIN, "sandbox_hosted_zone_id": "example.com", "sandbox_hosted_zone_name": "example.com"}, "Z..."),
+        ({"sandbox_hosted_zone_id": ZONE_ID, "sandbox_hosted_zone_name": "example.com"}, "needs agentserver:sandbox_d"),
+    ],
+)
+def test_inconsistent_sandbox_origin_settings_are_refused(settings: dict[str, str], message: str) -> None:
+    # Given sandbox-origin settings CloudFront or Route 53 would reject at deploy time / Then synthesis refuses them
+    with pytest.raises(ValueError, match=message):
+        DeploymentConfig(**settings)

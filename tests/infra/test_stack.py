@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 from aws_cdk import Stack, Validations
+from aws_cdk.assertions import Annotations, Match
 
 from infra_cdk import constants
 from infra_cdk.console import SPA_ROUTING_FUNCTION
@@ -187,3 +188,24 @@ def test_the_stack_still_outputs_the_api_s_own_url(synthesized: Synthesized) -> 
     # Then HttpApiUrl is the execute-api endpoint and ConsoleUrl the distribution, which also serves /api
     assert outputs["HttpApiUrl"]["Value"] == {"Fn::GetAtt": [http_api_id, "ApiEndpoint"]}
     assert render(outputs["ConsoleUrl"]["Value"]) == f"https://<{distribution_id}.DomainName>"
+
+
+def test_without_a_sandbox_domain_there_is_no_sandbox_distribution_and_a_warning(synthesized: Synthesized) -> None:
+    # Given cdk.json's context, which sets no agentserver:sandbox_domain / When synthesized
+    # Then the console's is the only distribution, and no DNS record is made
+    assert synthesized.config.sandbox_domain == ""
+    assert len(synthesized.of_type("AWS::CloudFront::Distribution")) == 1
+    _, config = synthesized.distribution()
+    assert "Aliases" not in config
+    assert not synthesized.of_type("AWS::Route53::RecordSet")
+    assert "SandboxOrigin" not in synthesized.json["Outputs"]
+    # And the API keeps settings.py's default origin template, which works only in the embedded stack
+    assert constants.ENV_SANDBOX_ORIGIN not in synthesized.environment(constants.SIGN_IN_FUNCTION)
+    # And the stack carries a warning (shown by synth, failing only `cdk synth --strict`) that the open
+    # endpoint's URLs do not work in AWS
+    [warning] = Annotations.from_stack(synthesized.stack).find_warning(
+        f"/{synthesized.stack.stack_name}", Match.string_like_regexp(constants.SANDBOX_DOMAIN_UNSET_WARNING)
+    )
+    message = str(warning.entry.data)
+    assert "agentserver:sandbox_domain is not set" in message
+    assert "/api/sandboxes/{sid}/open" in message

@@ -1,4 +1,4 @@
-"""Streaming functions, on a small test topology (the real one has none yet), in a region-specific stack."""
+"""Streaming functions, on a small test topology (fewer functions than the real one), in a region-specific stack."""
 
 from __future__ import annotations
 
