@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import websockets
 from botocore.exceptions import ClientError
@@ -178,8 +178,8 @@ class SandboxRelay:
         headers = dict(scope["headers"])
         # Behind CloudFront the viewer's Host arrives as x-forwarded-host (the origin needs its own Host).
         host = headers.get(b"x-forwarded-host") or headers.get(b"host", b"")
-        match = SANDBOX_HOST.match(host.decode("latin-1"))
-        if match is None:
+        match = SANDBOX_HOST.match(host.decode("latin-1").lower())
+        if match is None or host.decode("latin-1").lower() != _origin_host(match.group(1)):
             await _json(send, 404, error_body("not_found", "This address is not a sandbox."))
             return
         sandbox_id = match.group(1)
@@ -358,6 +358,11 @@ def _replay(first: dict[str, Any], receive: Receive) -> Receive:
 async def _cancel(agent: AgentStream, reason: str) -> None:
     with contextlib.suppress(Exception):
         await agent.post([codec.Cancel(agent.stream_id, agent.next_seq(), reason)])
+
+
+def _origin_host(sandbox_id: str) -> str:
+    """The host a sandbox's own origin has (only that one is served, not <id>. on any domain)."""
+    return urlsplit(get_settings().sandbox_origin_template.format(sandbox_id=sandbox_id)).netloc.lower()
 
 
 def _cookie(headers: dict[bytes, bytes], name: str) -> str | None:

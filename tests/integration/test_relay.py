@@ -182,3 +182,11 @@ def test_an_agent_that_does_not_answer_gets_a_clear_504(tmp_path) -> None:  # ty
             assert 0.9 <= time.monotonic() - started < 10
     finally:
         stack.stop()
+
+
+def test_only_the_sandbox_own_origin_is_served(stack: RunningStack, agent) -> None:  # type: ignore[no-untyped-def]
+    browser, registration = agent
+    client = opened_client(stack, open_url(browser, registration["sandbox_id"]))
+    # The same sandbox id in front of another domain is not its origin
+    elsewhere = client.get("/hello", headers={"host": f"{registration['sandbox_id']}.evil.localhost:{stack.port}"})
+    assert elsewhere.status_code == 404
