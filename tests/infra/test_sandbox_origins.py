@@ -125,7 +125,6 @@ def test_a_viewer_request_function_carries_the_host_as_x_forwarded_host(synthesi
     assert constants.FORWARDED_HOST_HEADER in FORWARD_HOST_FUNCTION
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs node (which the CDK itself needs)")
 def test_the_host_function_overwrites_what_the_viewer_claims() -> None:
     # Given viewer requests: a plain one, and one that claims another sandbox's host in X-Forwarded-Host
     requests = [

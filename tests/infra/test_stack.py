@@ -150,7 +150,6 @@ def test_api_errors_reach_the_browser_unchanged(synthesized: Synthesized) -> Non
     assert function["AutoPublish"] is True
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs node (which the CDK itself needs)")
 def test_the_routing_function_sends_app_routes_to_index_html_and_files_through() -> None:
     # Given the viewer-request function and some paths a browser asks for
     paths = ["/", "/workspaces", "/workspaces/w1/sandboxes/", "/assets/app.3f9c.js", "/favicon.ico", "/config.json"]
