@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import websockets
+from websockets import Subprotocol
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from agent_client.agent_info import AgentInfoSource
@@ -58,14 +59,23 @@ class TunnelEvent:
     detail: str = ""
 
 
-def tunnel_connect_url(tunnel_url: str, token: str, *, handover: bool) -> str:
-    """The tunnel URL with the token, the protocol version and, for a planned reconnect, `handover=1`."""
+TUNNEL_SUBPROTOCOL = "agentserver.tunnel.v1"
+
+
+def tunnel_connect_url(tunnel_url: str, *, handover: bool) -> str:
+    """The tunnel URL with the protocol version and, for a planned reconnect, `handover=1`. The token
+    travels as a WebSocket subprotocol (`tunnel_subprotocols`), never in the URL, so no access log
+    or proxy ever records it."""
     parts = urlsplit(tunnel_url)
     query = [(key, value) for key, value in parse_qsl(parts.query) if key not in ("token", "protocol", "handover")]
-    query += [("token", token), ("protocol", str(codec.PROTOCOL_VERSION))]
+    query += [("protocol", str(codec.PROTOCOL_VERSION))]
     if handover:
         query.append(("handover", "1"))
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+
+
+def tunnel_subprotocols(token: str) -> list[Subprotocol]:
+    return [Subprotocol(TUNNEL_SUBPROTOCOL), Subprotocol(token)]
 
 
 class TunnelClient:
@@ -117,10 +127,11 @@ class TunnelClient:
 
     async def _connect(self, *, handover: bool) -> TunnelConnection:
         self._emit("connecting", _without_query(self._tunnel_url))
-        url = tunnel_connect_url(self._tunnel_url, self._token, handover=handover)
+        url = tunnel_connect_url(self._tunnel_url, handover=handover)
         try:
             websocket = await websockets.connect(
-                url, open_timeout=self._timings.open_timeout, close_timeout=self._timings.close_timeout,
+                url, subprotocols=tunnel_subprotocols(self._token),
+                open_timeout=self._timings.open_timeout, close_timeout=self._timings.close_timeout,
                 # Liveness is the tunnel's own HEARTBEAT: API Gateway answers pings itself, so a
                 # pong proves nothing about the server behind it.
                 ping_interval=None, compression=None, max_size=MAX_INCOMING_MESSAGE,

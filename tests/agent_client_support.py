@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import uvicorn
 import websockets
+from websockets import Subprotocol
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.http11 import Request, Response
 
@@ -207,6 +208,7 @@ class FakeTunnelServer:
 
     async def start(self) -> FakeTunnelServer:
         self._server = await websockets.serve(self._handle, "127.0.0.1", self.port, process_request=self._authorize,
+                                              subprotocols=[Subprotocol("agentserver.tunnel.v1")],
                                               ping_interval=None, max_size=codec.MAX_MESSAGE, compression=None)
         return self
 
@@ -224,7 +226,11 @@ class FakeTunnelServer:
         await self.stop()
 
     def _authorize(self, connection: ServerConnection, request: Request) -> Response | None:
-        token = parse_qs(urlsplit(request.path).query).get("token", [None])[0]
+        # Like the real server: the token is the second value of Sec-WebSocket-Protocol.
+        offered = [value.strip() for value in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        token = offered[1] if len(offered) == 2 and offered[0] == "agentserver.tunnel.v1" else None
+        if "token" in parse_qs(urlsplit(request.path).query):
+            return connection.respond(400, "the token must not travel in the URL\n")
         if token != TOKEN:
             return connection.respond(401, "no valid token\n")
         if self.refused < self.refuse_first:

@@ -60,7 +60,8 @@ def test_agent_info_is_the_first_frame_and_heartbeats_are_acknowledged(local_app
         async with FakeTunnelServer() as server, running_client(server, local_app[1]) as client:
             link = await server.connection(1)
             # Given a connection, the agent authenticated with the token and named the protocol version
-            assert link.query["token"] == TOKEN and link.query["protocol"] == "1" and "handover" not in link.query
+            assert "token" not in link.query and link.query["protocol"] == "1" and "handover" not in link.query
+            assert link.websocket.subprotocol == "agentserver.tunnel.v1"  # the token went as the second offer
             # Then AGENT_INFO came first, with what the server shows about the agent
             assert isinstance(link.first_frames[0], codec.AgentInfo)
             info = link.infos[0]

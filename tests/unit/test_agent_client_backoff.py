@@ -7,7 +7,7 @@ import random
 import pytest
 
 from agent_client.backoff import Backoff
-from agent_client.tunnel import tunnel_connect_url
+from agent_client.tunnel import tunnel_connect_url, tunnel_subprotocols
 
 
 def highest(low: float, high: float) -> float:
@@ -65,8 +65,8 @@ def test_invalid_bounds_are_refused() -> None:
         Backoff(base=10, cap=5)
 
 
-def test_the_connect_url_carries_token_protocol_and_handover() -> None:
-    url = tunnel_connect_url("wss://abc.execute-api.eu-west-1.amazonaws.com/prod?stage=x&token=old", "ast_t",
-                             handover=True)
-    assert url == "wss://abc.execute-api.eu-west-1.amazonaws.com/prod?stage=x&token=ast_t&protocol=1&handover=1"
-    assert "handover" not in tunnel_connect_url("ws://localhost:8080/ws", "ast_t", handover=False)
+def test_the_connect_url_carries_protocol_and_handover_but_never_the_token() -> None:
+    url = tunnel_connect_url("wss://abc.execute-api.eu-west-1.amazonaws.com/prod?stage=x&token=old", handover=True)
+    assert url == "wss://abc.execute-api.eu-west-1.amazonaws.com/prod?stage=x&protocol=1&handover=1"
+    assert "handover" not in tunnel_connect_url("ws://localhost:8080/ws", handover=False)
+    assert tunnel_subprotocols("ast_t") == ["agentserver.tunnel.v1", "ast_t"]
