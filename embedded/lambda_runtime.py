@@ -57,7 +57,12 @@ def load_handler(dotted_path: str) -> Callable[[dict[str, Any], Any], Any]:
 def _give_thread_an_event_loop() -> None:
     """Lambda runs a handler on a main thread, where `asyncio.get_event_loop()` works (Mangum
     relies on it); each worker thread here gets a loop of its own to match."""
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    try:
+        import uvloop  # the `local` extra installs it; the gateway's own loop uses it too
+
+        asyncio.set_event_loop(uvloop.new_event_loop())
+    except ImportError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 class LambdaRuntime:
