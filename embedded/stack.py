@@ -59,12 +59,12 @@ class EmbeddedStack:
         return f"http://localhost:{self.options.port}"
 
     def client_config(self) -> dict[str, str]:
-        """What /config.json tells clients (api.md). Sandboxes get their own origins under
-        `<sandbox id>.localhost`, so the relay's base is the gateway itself."""
+        """What /config.json tells clients (api.md). The relay serves each sandbox on its own origin,
+        `<sandbox id>.localhost:<port>`; `relay_url` is that template."""
         return {
             "api_url": self.base_url,
             "websocket_url": f"ws://localhost:{self.options.port}/ws",
-            "relay_url": self.base_url,
+            "relay_url": f"http://{{sandbox_id}}.localhost:{self.options.port}",
             "llm_base_url": f"{self.base_url}/llm",
             "version": VERSION,
         }
@@ -86,7 +86,7 @@ class EmbeddedStack:
             "AGENTSERVER_WEBSOCKET_URL": self.client_config()["websocket_url"],
             "AGENTSERVER_RELAY_URL": self.client_config()["relay_url"],
             "AGENTSERVER_LLM_BASE_URL": self.client_config()["llm_base_url"],
-            "AGENTSERVER_SANDBOX_ORIGIN": f"http://{{sandbox_id}}.localhost:{self.options.port}",
+            "AGENTSERVER_SANDBOX_ORIGIN": self.client_config()["relay_url"],
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_NAMESPACE": "agentserver",
         }
@@ -144,6 +144,7 @@ class EmbeddedStack:
         self.console.print(f"  console     {self.base_url}/")
         self.console.print(f"  API         {self.base_url}/api  (OpenAPI: {self.base_url}/api/openapi.json)")
         self.console.print(f"  WebSocket   ws://localhost:{self.options.port}/ws")
+        self.console.print(f"  sandboxes   http://<sandbox id>.localhost:{self.options.port}/ (opened from the API)")
         self.console.print(f"  config      {self.base_url}/config.json")
         self.console.print(f"  state       {storage}")
         self.console.print("  Ctrl-C stops everything.")
