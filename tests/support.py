@@ -36,6 +36,7 @@ class RunningStack:
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] | None = None
     process: subprocess.Popen[str] | None = None
+    log_path: Path = Path("/nonexistent")
     endpoints: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -52,13 +53,16 @@ class RunningStack:
 
     def start(self, timeout: float = 90) -> RunningStack:
         environment = {**os.environ, **(self.env or {})}
-        self.process = subprocess.Popen(self.command(), cwd=ROOT, env=environment, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # Output goes to a file, not a pipe: a pipe nobody reads fills up and stalls the server.
+        self.log_path = self.state_dir.parent / f"{self.state_dir.name}-{self.port}.log"
+        self.state_dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(self.command(), cwd=ROOT, env=environment, text=True,
+                                            stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                output = self.process.stdout.read() if self.process.stdout else ""
-                raise RuntimeError(f"agentserver up exited: {output}")
+                raise RuntimeError(f"agentserver up exited: {self.output()}")
             try:
                 if httpx.get(f"{self.base_url}/api/health", timeout=1).status_code == 200:
                     self.endpoints = json.loads((self.state_dir / "endpoints.json").read_text())
@@ -80,10 +84,11 @@ class RunningStack:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        output = self.process.stdout.read() if self.process.stdout else ""
-        if self.process.stdout:
-            self.process.stdout.close()
-        return output
+        return self.output()
+
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def aws(self, service: str) -> Any:
         endpoint = self.endpoints["dynamodb"] if service == "dynamodb" else self.endpoints["aws"]
