@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from functions.http_api.dependencies import Caller, Now, Store
 from layers.shared.dal.sandboxes import DynamoSandboxStore
-from layers.shared.domain import agents, relay_access, workspaces
+from layers.shared.domain import agents, relay_access, roles, workspaces
 from layers.shared.domain.agents import AgentType, Sandbox
 from layers.shared.domain.roles import Action, Role
 from layers.shared.errors import NotFound
@@ -137,10 +137,8 @@ def rename_sandbox(sandbox_id: str, body: RenameIn, caller: Caller, store: Store
 
 @router.delete("/api/sandboxes/{sandbox_id}", status_code=status.HTTP_202_ACCEPTED, response_model=SandboxOut)
 def delete_sandbox(sandbox_id: str, caller: Caller, store: Store, sandboxes: Sandboxes) -> SandboxOut:
-    own = Action.sandbox_delete_own
-    sandbox, _ = _sandbox_with_role(sandboxes, store, sandbox_id, caller.user.user_id, own)
-    if sandbox.created_by != caller.user.user_id:
-        workspaces.membership(store, sandbox.workspace_id, caller.user.user_id, Action.sandbox_delete_any)
+    sandbox, role = _sandbox_with_role(sandboxes, store, sandbox_id, caller.user.user_id, Action.sandbox_read)
+    roles.authorize(role, roles.delete_action(own=sandbox.created_by == caller.user.user_id))
     return SandboxOut(**agents.mark_deleted(sandboxes, sandbox).public())
 
 

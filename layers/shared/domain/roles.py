@@ -107,6 +107,11 @@ def authorize(role: Role | None, action: Action, *, on_self: bool = False) -> Ro
     raise Forbidden(f"A {role.value} may not do that; it needs the {POLICY[action].value} role.")
 
 
+def delete_action(*, own: bool) -> Action:
+    """Deleting a sandbox one created needs less than deleting someone else's."""
+    return Action.sandbox_delete_own if own else Action.sandbox_delete_any
+
+
 def authorize_assignment(role: Role, assigned: Role) -> None:
     if assigned not in ASSIGNABLE[role]:
         raise Forbidden(f"A {role.value} may not give the {assigned.value} role.")
