@@ -55,6 +55,7 @@ def config_content(registration: Registration, model: str = DEFAULT_MODEL) -> st
 
 
 def free_port() -> int:
+    # Its own copy: the agent client ships to laptops and sandboxes without the embedded stack.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])

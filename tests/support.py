@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,10 @@ from typing import Any
 import boto3
 import httpx
 
+from embedded.aws_services import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 AGENTSERVER = [sys.executable, "-m", "agent_client.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -27,10 +27,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import websockets
-from botocore.exceptions import ClientError
 from cachetools import TTLCache
 
-from layers.shared.dal.aws import management_client
+from layers.shared.dal.connections import ApiGatewayPusher
 from layers.shared.dal.sandboxes import DynamoSandboxStore
 from layers.shared.dal.secrets import secret_value
 from layers.shared.domain import relay_access
@@ -117,8 +116,14 @@ class RelayLink:
         self.queues.pop(stream_id, None)
 
 
+class AgentGone(ConnectionError):
+    """The agent's connection is gone (410 from the management API)."""
+
+
 class AgentStream:
     """The server's side of one stream: numbers its frames and posts them to the agent."""
+
+    pusher = ApiGatewayPusher()
 
     def __init__(self, stream_id: int, management_url: str, connection_id: str):
         self.stream_id, self.management_url, self.connection_id = stream_id, management_url, connection_id
@@ -131,9 +136,9 @@ class AgentStream:
         return self.seq - 1
 
     async def post(self, messages: list[codec.Message]) -> None:
-        client = management_client(self.management_url)
         for frame in codec.pack(messages, codec.MAX_MESSAGE):
-            await asyncio.to_thread(client.post_to_connection, ConnectionId=self.connection_id, Data=frame)
+            if not await asyncio.to_thread(self.pusher.post, self.management_url, self.connection_id, frame):
+                raise AgentGone(self.connection_id)
 
     async def send_body(self, data: bytes) -> None:
         """Body bytes within the agent's window, waiting for WINDOW_UPDATEs as needed."""
@@ -278,9 +283,8 @@ class SandboxRelay:
         try:
             await agent.post(opening)
             return True
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "GoneException":
-                raise
+        except AgentGone:
+            pass
         current = await self._sandbox(sandbox_id, fresh=True)
         if current is None or current.status != SandboxStatus.running or current.connection_id is None:
             return False
