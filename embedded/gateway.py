@@ -106,6 +106,13 @@ def _is_subdomain(scope: Scope) -> bool:
     return host.endswith(".localhost")
 
 
+def _without_prefix(scope: Scope, prefix: str) -> Scope:
+    """The scope a mounted app sees: its prefix moved from the path to `root_path` (ASGI's mount convention)."""
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    return {**scope, "path": scope["path"][len(prefix):] or "/", "raw_path": raw_path[len(prefix):] or b"/",
+            "root_path": scope.get("root_path", "") + prefix}
+
+
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
@@ -173,6 +180,9 @@ class LocalGateway:
         # Streaming functions run as the ASGI apps the Lambda Web Adapter would run in AWS.
         self.subdomain_app = next((load_handler(f.handler) for f in topology.functions
                                    if f.streaming_url and f.local_mount == "subdomain"), None)
+        # Streaming apps served under a path prefix (the LLM proxy at /llm): the app sees the path without it.
+        self.prefixed_apps = [(f.local_mount.rstrip("/"), load_handler(f.handler)) for f in topology.functions
+                              if f.streaming_url and f.local_mount and f.local_mount.startswith("/")]
         self.custom_websocket_routes = {key for key in self.websocket_routes if not key.startswith("$")}
         self.connections: dict[str, LocalConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -181,6 +191,10 @@ class LocalGateway:
         if self.subdomain_app is not None and scope["type"] in ("http", "websocket") and _is_subdomain(scope):
             await self.subdomain_app(scope, receive, send)
         elif scope["type"] == "http":
+            for prefix, app in self.prefixed_apps:
+                if scope["path"] == prefix or scope["path"].startswith(prefix + "/"):
+                    await app(_without_prefix(scope, prefix), receive, send)
+                    return
             await self._http(scope, receive, send)
         elif scope["type"] == "websocket":
             if scope["path"] == self.config.websocket_path:

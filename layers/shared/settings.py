@@ -67,6 +67,26 @@ class Settings(BaseSettings):
     # when unset, the request's own origin.
     oidc_redirect_base_url: str | None = Field(default=None, alias="OIDC_REDIRECT_BASE_URL")
 
+    # LLM proxy (docs/llm-proxy.md)
+    llm_default_max_rpd: int = Field(default=0, ge=0, alias="LLMPROXY_DEFAULT_MAX_RPD")  # 0 = unlimited
+    anthropic_base_url: str = Field(default="https://api.anthropic.com", alias="ANTHROPIC_BASE_URL")
+    openai_base_url: str = Field(default="https://api.openai.com/v1", alias="OPENAI_BASE_URL")
+    # A revoked proxy token or deleted sandbox stops working within this time (documented: at most 30 s).
+    llm_token_cache_seconds: float = Field(default=10, ge=0, le=30, alias="LLMPROXY_TOKEN_CACHE_SECONDS")
+    # A rotated provider key is picked up within this time, without a restart.
+    llm_key_cache_seconds: float = Field(default=300, ge=0, alias="LLMPROXY_KEY_CACHE_SECONDS")
+    # A changed workspace limit applies within this time.
+    llm_quota_cache_seconds: float = Field(default=10, ge=0, le=300, alias="LLMPROXY_QUOTA_CACHE_SECONDS")
+    # Lambda takes at most 6 MB of request payload, streaming or not.
+    llm_max_body_bytes: int = Field(default=6 * 1024 * 1024, gt=0, alias="LLMPROXY_MAX_BODY_BYTES")
+    llm_upstream_connect_timeout_seconds: float = Field(default=10, gt=0, alias="LLMPROXY_CONNECT_TIMEOUT_SECONDS")
+    # Longest silence between two chunks of an upstream answer.
+    llm_upstream_read_timeout_seconds: float = Field(default=600, gt=0, alias="LLMPROXY_READ_TIMEOUT_SECONDS")
+    llm_request_record_days: int = Field(default=30, ge=1, alias="LLMPROXY_REQUEST_RECORD_DAYS")
+    # The runtime may freeze the process as soon as a response ends (Lambda behind the web adapter), so work
+    # after the response is not sure to happen; set by the CDK stack for streaming functions.
+    frozen_after_response: bool = Field(default=False, alias="AGENTSERVER_FROZEN_AFTER_RESPONSE")
+
     @property
     def dynamodb_endpoint(self) -> str | None:
         return self.aws_endpoint_url_dynamodb or self.aws_endpoint_url

@@ -73,6 +73,9 @@ class Secret:
     description: str
     seed_env: str | None = None
     generated: bool = False
+    # An optional secret holds the placeholder `unset` until an operator puts a value (CDK and the embedded
+    # stack alike), so that code can tell "not configured" from a value.
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,14 +202,25 @@ SANDBOXES = Table(
     ttl_attribute="expires_at",
 )
 
+USAGE = Table(
+    # The LLM proxy's quotas and meters: per-workspace limits, daily counters per workspace, sandbox and model,
+    # and one record per request (kept for a while); docs/data-model.md lists the items.
+    name="usage",
+    partition=Key("pk"),
+    sort=Key("sk"),
+    ttl_attribute="expires_at",
+)
+
 SANDBOX_OPS = Queue(name="sandbox-ops", visibility_timeout_seconds=60, max_receive_count=3)
 
 TOPOLOGY = Topology(
-    tables=(CONNECTIONS, OPERATIONS, IDENTITY, SANDBOXES),
+    tables=(CONNECTIONS, OPERATIONS, IDENTITY, SANDBOXES, USAGE),
     queues=(SANDBOX_OPS,),
     buckets=(Bucket("console"),),
     secrets=(
         Secret("anthropic-api-key", "Anthropic API key used by the LLM proxy", seed_env="ANTHROPIC_API_KEY"),
+        Secret("anthropic-auth-token", "Bearer token the LLM proxy sends to Anthropic instead of the API key, when set",
+               seed_env="ANTHROPIC_AUTH_TOKEN", optional=True),
         Secret("openai-api-key", "OpenAI API key used by the LLM proxy", seed_env="OPENAI_API_KEY"),
         Secret("relay-secret", "Signs the sandbox relay's short-lived credential for the WebSocket API",
                seed_env="AGENTSERVER_RELAY_SECRET", generated=True),
@@ -219,7 +233,7 @@ TOPOLOGY = Topology(
             memory_mb=1024,
             timeout_seconds=29,  # just under the HTTP API's 30 s integration limit
             http_routes=(HttpRoute("ANY", "/api/{proxy+}"),),
-            tables=("connections", "operations", "identity", "sandboxes"),
+            tables=("connections", "operations", "identity", "sandboxes", "usage"),
             queues_send=("sandbox-ops",),
         ),
         Function(
@@ -263,6 +277,17 @@ TOPOLOGY = Topology(
             tables=("sandboxes",),
             manages_connections=True,
             secrets=("relay-secret",),
+        ),
+        Function(
+            name="llm_proxy",
+            handler="functions.llm_proxy.app.app",  # the ASGI app the Lambda Web Adapter runs
+            description="LLM and credential proxy: injects provider keys, enforces quotas, meters usage",
+            memory_mb=1024,
+            timeout_seconds=900,  # long generations stream for minutes
+            streaming_url=True,
+            local_mount="/llm",
+            tables=("sandboxes", "usage"),
+            secrets=("anthropic-api-key", "anthropic-auth-token", "openai-api-key"),
         ),
         Function(
             name="sandbox_ops_worker",

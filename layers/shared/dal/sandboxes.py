@@ -138,6 +138,10 @@ class DynamoSandboxStore:
         link = get_item(SandboxItem, f"TUNNEL#{token_hash}", "TOKEN")
         return self.get_sandbox(link.sandbox_id) if link else None
 
+    def sandbox_for_proxy_token(self, token_hash: str) -> Sandbox | None:
+        link = get_item(SandboxItem, f"PROXY#{token_hash}", "TOKEN")
+        return self.get_sandbox(link.sandbox_id) if link else None
+
     def list_sandboxes(self, workspace_id: str) -> list[Sandbox]:
         items = SandboxItem.gsi1.query(f"WS#{workspace_id}", SandboxItem.gsi1sk.startswith("SANDBOX#"))
         return [_to_sandbox(item) for item in items]

@@ -45,6 +45,9 @@ class Action(StrEnum):
     sandbox_delete_any = "sandbox.delete_any"
     agent_code_create = "agent_code.create"
     sandbox_open = "sandbox.open"
+    llm_quota_read = "llm_quota.read"
+    llm_quota_set = "llm_quota.set"
+    usage_read = "usage.read"
 
 
 # The minimum workspace role for each action (api.md, "Workspaces and members").
@@ -63,6 +66,9 @@ POLICY: dict[Action, Role] = {
     Action.sandbox_delete_any: Role.maintainer,
     Action.agent_code_create: Role.developer,
     Action.sandbox_open: Role.developer,
+    Action.llm_quota_read: Role.guest,
+    Action.llm_quota_set: Role.maintainer,
+    Action.usage_read: Role.guest,
 }
 
 # The roles each role may hand out when adding a member (a maintainer may add developers and guests).
@@ -91,6 +97,9 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
     Action.sandbox_delete_any: "Delete any sandbox (DELETE /api/sandboxes/{sid})",
     Action.agent_code_create: "Create a code to connect a local agent (POST /api/workspaces/{wid}/agent-codes)",
     Action.sandbox_open: "Open a sandbox in the browser (POST /api/sandboxes/{sid}/open)",
+    Action.llm_quota_read: "See the workspace's LLM requests-per-day quota (GET /api/workspaces/{wid}/llm-quota)",
+    Action.llm_quota_set: "Set the workspace's LLM requests-per-day quota (PUT /api/workspaces/{wid}/llm-quota)",
+    Action.usage_read: "See LLM usage (GET /api/workspaces/{wid}/usage, GET /api/sandboxes/{sid}/usage)",
 }
 
 

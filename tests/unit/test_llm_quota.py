@@ -1,0 +1,92 @@
+"""The requests-per-day quota and the usage table, on in-process moto."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from layers.shared.dal.usage import DynamoUsageStore
+from layers.shared.domain import llm_quota
+from layers.shared.domain.llm_proxy import Provider
+from layers.shared.domain.llm_usage import GroupBy, Tokens, UsageRecord, sandbox_report, workspace_report
+from layers.shared.errors import ValidationFailed
+
+NOW = datetime(2025, 6, 30, 23, 59, 30, tzinfo=UTC)
+
+
+def test_a_day_is_a_utc_day_and_resets_at_midnight() -> None:
+    # Given a moment late on 30 June UTC, which is already 1 July in Tokyo's clock
+    tokyo = NOW.astimezone(datetime.now().astimezone().tzinfo)
+    # Then the quota day is the UTC one, and it resets at the next UTC midnight, 30 s away
+    assert llm_quota.day_of(tokyo) == date(2025, 6, 30)
+    assert llm_quota.resets_at(NOW) == datetime(2025, 7, 1, tzinfo=UTC)
+    assert llm_quota.retry_after_seconds(NOW) == 30
+    assert llm_quota.retry_after_seconds(datetime(2025, 7, 1, tzinfo=UTC) - timedelta(microseconds=1)) == 1
+
+
+@pytest.mark.parametrize("value", [-1, llm_quota.MAX_RPD_CEILING + 1])
+def test_limits_out_of_range_are_refused(value: int) -> None:
+    with pytest.raises(ValidationFailed):
+        llm_quota.validate_max_rpd(value)
+
+
+@pytest.mark.usefixtures("moto_aws")
+def test_admission_stops_exactly_at_the_limit_even_when_requests_race() -> None:
+    # Given a workspace with a limit of 7 requests a day
+    store = DynamoUsageStore()
+    day = llm_quota.day_of(NOW)
+    # When 20 requests race for admission
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        admitted = list(pool.map(lambda _: store.admit("ws-race", day, 7), range(20)))
+    # Then exactly 7 are admitted and counted, and the next day starts from zero
+    assert admitted.count(True) == 7
+    assert store.admitted_on("ws-race", day) == 7
+    assert store.admit("ws-race", day + timedelta(days=1), 7)
+
+
+@pytest.mark.usefixtures("moto_aws")
+def test_the_workspace_limit_overrides_the_default() -> None:
+    store = DynamoUsageStore()
+    assert llm_quota.effective_max_rpd(store, "ws-q", default=100) == 100
+    status = llm_quota.set_limit(store, "ws-q", 0, default=100, now=NOW)
+    # 0 is the workspace's own choice (unlimited), not "use the default"
+    assert (status.max_rpd, status.overridden, status.used_today) == (0, True, 0)
+    assert llm_quota.effective_max_rpd(store, "ws-q", default=100) == 0
+
+
+def record(request_id: str, sandbox: str, model: str, tokens: Tokens, *, status: int = 200, day_offset: int = 0,
+           counted: bool = False) -> UsageRecord:
+    return UsageRecord(request_id=request_id, workspace_id="ws-u", sandbox_id=sandbox, provider=Provider.anthropic,
+                       path="/v1/messages", model=model, status=status,
+                       started_at=NOW - timedelta(days=day_offset), time_to_first_byte_ms=12.5, duration_ms=80.0,
+                       tokens=tokens, billable=True, counted_at_admission=counted)
+
+
+@pytest.mark.usefixtures("moto_aws")
+def test_records_add_up_by_day_sandbox_and_model() -> None:
+    # Given requests of two sandboxes and two models over two days, one of them an upstream error
+    store = DynamoUsageStore()
+    store.record(record("req_1", "sb-a", "claude-a", Tokens(10, 5, 2, 1)))
+    store.record(record("req_2", "sb-a", "claude-b", Tokens(20, 6), status=529))
+    store.record(record("req_3", "sb-b", "claude-a", Tokens(30, 7), day_offset=1))
+    store.record(record("req_4", "sb-b", "claude-a", Tokens(1, 1), counted=True))
+    today = llm_quota.day_of(NOW)
+    # When reports are read
+    by_day = workspace_report(store, "ws-u", group_by=GroupBy.day, first=None, last=None, today=today)
+    by_sandbox = workspace_report(store, "ws-u", group_by=GroupBy.sandbox, first=today, last=today, today=today)
+    by_model = workspace_report(store, "ws-u", group_by=GroupBy.model, first=None, last=None, today=today)
+    # Then each grouping sums the same requests
+    assert [(i.key, i.requests, i.errors) for i in by_day.items] == [("2025-06-29", 1, 0), ("2025-06-30", 3, 1)]
+    assert by_day.totals.tokens == Tokens(61, 19, 2, 1)
+    assert [(i.key, i.requests) for i in by_sandbox.items] == [("sb-a", 2), ("sb-b", 1)]
+    assert {i.key: i.tokens.input_tokens for i in by_model.items} == {"claude-a": 41, "claude-b": 20}
+    # And a request counted at admission is not counted again toward the quota
+    assert store.admitted_on("ws-u", today) == 2
+    # And the sandbox's own view has its days and its requests, newest first
+    own = sandbox_report(store, "sb-b", first=None, last=None, today=today)
+    assert [(i.key, i.requests) for i in own.items] == [("2025-06-29", 1), ("2025-06-30", 1)]
+    recent = store.recent_requests("sb-a", 10)
+    assert {r.request_id for r in recent} == {"req_1", "req_2"}
+    assert recent[0].tokens.input_tokens in (10, 20) and recent[0].time_to_first_byte_ms == 12.5
