@@ -18,6 +18,7 @@ from embedded.event_sources import ScheduleRunner, SqsPoller, TtlSweeper
 from embedded.gateway import GatewayConfig, LocalGateway
 from embedded.lambda_runtime import LambdaRuntime
 from embedded.provision import provision
+from embedded.sandbox_processes import LocalSandboxBackend, recover_sandboxes
 from embedded.ws_protocol import MESSAGE_LIMIT_BYTES, ApiGatewayLimitsProtocol
 from layers.shared.settings import VERSION, Settings, get_settings
 from layers.shared.topology import TOPOLOGY, Topology
@@ -53,6 +54,7 @@ class EmbeddedStack:
         self.dynamodb: DynamoDBLocal | None = None
         self.runtime: LambdaRuntime | None = None
         self.threads: list[threading.Thread] = []
+        self.sandboxes: LocalSandboxBackend | None = None
 
     @property
     def base_url(self) -> str:
@@ -88,6 +90,7 @@ class EmbeddedStack:
             "AGENTSERVER_LLM_BASE_URL": self.client_config()["llm_base_url"],
             "AGENTSERVER_SANDBOX_ORIGIN": self.client_config()["relay_url"],
             "POWERTOOLS_TRACE_DISABLED": "true",
+            "AGENTSERVER_SANDBOX_BACKEND": "local",  # cloud sandboxes as processes: embedded/sandbox_processes.py
             "POWERTOOLS_METRICS_NAMESPACE": "agentserver",
         }
         if not self.options.in_memory:
@@ -139,6 +142,17 @@ class EmbeddedStack:
             thread.start()
 
     def banner(self) -> None:
+    def start_sandboxes(self, settings: Settings) -> None:
+        """The local sandbox backend, for the worker that runs in this process; sandboxes that ran
+        before a restart are started again."""
+        from layers.shared.dal import sandbox_backends
+
+        self.sandboxes = LocalSandboxBackend(self.options.state_dir / "sandboxes")
+        sandbox_backends.install("local", self.sandboxes)
+        recovered = recover_sandboxes(self.sandboxes, settings)
+        if recovered:
+            log.info("sandboxes after the restart: %s", recovered)
+
         storage = "in memory (moto)" if self.options.in_memory else f"DynamoDB Local in {self.options.state_dir}"
         self.console.print(f"[bold green]agentserver {VERSION}[/] is up")
         self.console.print(f"  console     {self.base_url}/")
@@ -155,6 +169,7 @@ class EmbeddedStack:
             settings = self.start_services()
             self.runtime = LambdaRuntime(settings.aws_region)
             self.start_event_sources(settings)
+            self.start_sandboxes(settings)
             gateway = LocalGateway(
                 self.topology,
                 self.runtime,
@@ -191,6 +206,8 @@ class EmbeddedStack:
         for thread in self.threads:
             thread.join(timeout=5)
         if self.runtime is not None:
+        if self.sandboxes is not None:
+            self.sandboxes.shutdown()  # before the gateway's services go: agents close their tunnels
             self.runtime.shutdown()
         if self.dynamodb is not None:
             self.dynamodb.stop()

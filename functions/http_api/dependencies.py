@@ -54,7 +54,11 @@ def identity_providers() -> dict[str, IdentityProvider]:
 
 
 def default_quotas() -> Quotas:
-    return Quotas(max_workspaces_per_user=get_settings().default_max_workspaces_per_user)
+    settings = get_settings()
+    return Quotas(max_workspaces_per_user=settings.default_max_workspaces_per_user,
+                  max_sandboxes_per_workspace=settings.default_max_sandboxes_per_workspace,
+                  max_workspace_cpu=settings.default_max_workspace_cpu,
+                  max_workspace_memory=settings.default_max_workspace_memory)
 
 
 # Dependencies that do no I/O are `async` so FastAPI runs them inline instead of on a thread.

@@ -1,18 +1,20 @@
-"""Scheduled repair of state that a lost trigger left behind."""
+"""Scheduled repair of state that a lost trigger left behind, and idle auto-pause."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from layers.shared.clock import utcnow
+from layers.shared import clock
 from layers.shared.dal.connections import ApiGatewayPusher, DynamoConnectionStore
+from layers.shared.dal.operations import SqsCommandQueue
 from layers.shared.dal.sandboxes import DynamoSandboxStore
-from layers.shared.domain import agent_connections
-from layers.shared.domain.agents import SandboxStore
+from layers.shared.domain import agent_connections, sandbox_lifecycle
 from layers.shared.domain.connections import ConnectionPusher, ConnectionStore, reap_lost_connections
+from layers.shared.domain.sandbox_lifecycle import CommandQueue, LifecycleConfig, LifecycleStore
 from layers.shared.observability import logger, metrics, tracer
 from layers.shared.settings import get_settings
 
@@ -25,15 +27,26 @@ def handler(
     context: Any,
     store: ConnectionStore | None = None,
     pusher: ConnectionPusher | None = None,
-    sandboxes: SandboxStore | None = None,
+    sandboxes: LifecycleStore | None = None,
+    queue: CommandQueue | None = None,
+    now: Callable[[], datetime] = clock.utcnow,
+    config: LifecycleConfig | None = None,
 ) -> dict[str, int]:
+    settings = get_settings()
     records, pusher = store or DynamoConnectionStore(), pusher or ApiGatewayPusher()
-    now = utcnow()
-    removed = reap_lost_connections(records, pusher, now=now)
-    silence = timedelta(seconds=get_settings().heartbeat_silence_seconds)
-    silenced = agent_connections.silent_agents_offline(sandboxes or DynamoSandboxStore(), records, pusher,
-                                                       now=now, silence=silence)
+    sandboxes, queue = sandboxes or DynamoSandboxStore(), queue or SqsCommandQueue()
+    moment = now()
+    removed = reap_lost_connections(records, pusher, now=moment)
+    silence = timedelta(seconds=settings.heartbeat_silence_seconds)
+    silenced = agent_connections.silent_agents_offline(sandboxes, records, pusher, now=moment, silence=silence)
+    config = config or LifecycleConfig.from_settings(settings)
+    repaired = sandbox_lifecycle.repair_stuck(sandboxes, queue, now=moment, config=config)
+    paused = sandbox_lifecycle.pause_idle(sandboxes, queue, now=moment, config=config)
     metrics.add_metric(name="LostConnectionsRemoved", unit=MetricUnit.Count, value=removed)
     metrics.add_metric(name="SilentAgentsOffline", unit=MetricUnit.Count, value=silenced)
-    logger.info("reaper done", extra={"connections_removed": removed, "agents_offline": silenced})
-    return {"connections_removed": removed, "agents_offline": silenced}
+    metrics.add_metric(name="StuckSandboxesRepaired", unit=MetricUnit.Count, value=repaired)
+    metrics.add_metric(name="IdleSandboxesPaused", unit=MetricUnit.Count, value=paused)
+    result = {"connections_removed": removed, "agents_offline": silenced, "sandboxes_repaired": repaired,
+              "sandboxes_paused": paused}
+    logger.info("reaper done", extra=result)
+    return result

@@ -1,4 +1,8 @@
-"""SQS consumer of the sandbox-ops queue: one command per record, partial batch failures."""
+"""SQS consumer of the sandbox-ops queue: one command per record, partial batch failures.
+
+Lifecycle commands (start, stop, delete a cloud sandbox) drive the configured backend; each runs
+once per command id (the command log), and acts only if the sandbox still waits for it.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,24 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from layers.shared.clock import utcnow
+from layers.shared import clock
+from layers.shared.dal import sandbox_backends
 from layers.shared.dal.operations import DynamoCommandLog
-from layers.shared.domain.operations import CommandLog, execute, parse_command
+from layers.shared.dal.sandboxes import DynamoSandboxStore
+from layers.shared.domain import sandbox_lifecycle
+from layers.shared.domain.operations import CommandLog, Executor, execute, parse_command
+from layers.shared.domain.sandbox_lifecycle import LifecycleConfig, LifecycleStore, SandboxBackend
 from layers.shared.observability import logger, metrics, tracer
 from layers.shared.settings import get_settings
 
 processor = BatchProcessor(event_type=EventType.SQS)
 
 
-def make_record_handler(log: CommandLog):  # type: ignore[no-untyped-def]
+def make_record_handler(log: CommandLog, executors: dict[str, Executor] | None = None):  # type: ignore[no-untyped-def]
     def handle_record(record: SQSRecord) -> None:
         command = parse_command(record.body)
         logger.append_keys(command_id=command.command_id, command_kind=command.kind)
-        ran = execute(command, log, now=utcnow())
+        ran = execute(command, log, now=clock.utcnow(), executors=executors)
         logger.info("command done" if ran else "command repeated; skipped")
 
     return handle_record
@@ -30,8 +38,16 @@ def make_record_handler(log: CommandLog):  # type: ignore[no-untyped-def]
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
-def handler(event: dict[str, Any], context: Any, log: CommandLog | None = None) -> dict[str, Any]:
-    command_log = log or DynamoCommandLog(timedelta(seconds=get_settings().operation_record_ttl_seconds))
+def handler(event: dict[str, Any], context: Any, log: CommandLog | None = None, store: LifecycleStore | None = None,
+            backend: SandboxBackend | None = None, config: LifecycleConfig | None = None) -> dict[str, Any]:
+    settings = get_settings()
+    command_log = log or DynamoCommandLog(timedelta(seconds=settings.operation_record_ttl_seconds))
+    def chosen_backend() -> SandboxBackend:
+        return backend or sandbox_backends.for_settings(settings)
+
+    executors = sandbox_lifecycle.executors(store or DynamoSandboxStore(), chosen_backend,
+                                            config or LifecycleConfig.from_settings(settings), clock.utcnow)
     return process_partial_response(
-        event=event, record_handler=make_record_handler(command_log), processor=processor, context=context
+        event=event, record_handler=make_record_handler(command_log, executors), processor=processor,
+        context=context,
     )

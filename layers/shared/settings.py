@@ -28,6 +28,29 @@ class Settings(BaseSettings):
     heartbeat_silence_seconds: float = Field(default=90, gt=0, alias="AGENTSERVER_HEARTBEAT_SILENCE_SECONDS")
     operation_record_ttl_seconds: int = Field(default=7 * 86400, alias="AGENTSERVER_OPERATION_TTL_SECONDS")
 
+    # Cloud sandboxes (docs/sandboxes.md): which backend runs them, and the lifecycle's limits
+    sandbox_backend: str = Field(default="ecs", pattern="^(ecs|local)$", alias="AGENTSERVER_SANDBOX_BACKEND")
+    sandbox_start_timeout_seconds: float = Field(default=600, gt=0, alias="AGENTSERVER_SANDBOX_START_TIMEOUT_SECONDS")
+    sandbox_stop_timeout_seconds: float = Field(default=300, gt=0, alias="AGENTSERVER_SANDBOX_STOP_TIMEOUT_SECONDS")
+    sandbox_max_attempts: int = Field(default=3, ge=1, le=10, alias="AGENTSERVER_SANDBOX_MAX_ATTEMPTS")
+    sandbox_max_cpu: int = Field(default=4096, ge=256, alias="AGENTSERVER_SANDBOX_MAX_CPU")
+    sandbox_max_memory: int = Field(default=16384, ge=512, alias="AGENTSERVER_SANDBOX_MAX_MEMORY")
+    sandbox_min_idle_timeout_seconds: int = Field(default=60, ge=1, alias="AGENTSERVER_SANDBOX_MIN_IDLE_TIMEOUT")
+    sandbox_max_idle_timeout_seconds: int = Field(default=86400, ge=1, alias="AGENTSERVER_SANDBOX_MAX_IDLE_TIMEOUT")
+    default_max_sandboxes_per_workspace: int = Field(default=10, ge=0, alias="AGENTSERVER_DEFAULT_MAX_SANDBOXES")
+    default_max_workspace_cpu: int = Field(default=16384, ge=0, alias="AGENTSERVER_DEFAULT_MAX_WORKSPACE_CPU")
+    default_max_workspace_memory: int = Field(default=65536, ge=0, alias="AGENTSERVER_DEFAULT_MAX_WORKSPACE_MEMORY")
+    # User traffic is written to a sandbox at most this often (it feeds the idle clock)
+    sandbox_activity_interval_seconds: float = Field(default=60, ge=0, alias="AGENTSERVER_SANDBOX_ACTIVITY_INTERVAL")
+    # The ECS backend: set by the CDK stack
+    sandbox_cluster: str = Field(default="", alias="AGENTSERVER_SANDBOX_CLUSTER")
+    sandbox_task_definition: str = Field(default="", alias="AGENTSERVER_SANDBOX_TASK_DEFINITION")
+    sandbox_container_name: str = Field(default="agent", alias="AGENTSERVER_SANDBOX_CONTAINER")
+    sandbox_subnets: str = Field(default="", alias="AGENTSERVER_SANDBOX_SUBNETS")  # comma separated
+    sandbox_security_groups: str = Field(default="", alias="AGENTSERVER_SANDBOX_SECURITY_GROUPS")
+    sandbox_assign_public_ip: bool = Field(default=True, alias="AGENTSERVER_SANDBOX_ASSIGN_PUBLIC_IP")
+    sandbox_file_system_id: str = Field(default="", alias="AGENTSERVER_SANDBOX_FILE_SYSTEM")
+
     # Public endpoints that clients are told about (config.json, agent registration)
     public_api_url: str = Field(default="http://localhost:8080", alias="AGENTSERVER_API_URL")
     public_websocket_url: str = Field(default="ws://localhost:8080/ws", alias="AGENTSERVER_WEBSOCKET_URL")

@@ -198,6 +198,10 @@ SANDBOXES = Table(
         GlobalIndex("gsi1", partition=Key("gsi1pk"), sort=Key("gsi1sk")),
         # Sparse: only running sandboxes carry `live`, so the reaper finds silent agents by a query.
         GlobalIndex("by_heartbeat", partition=Key("live"), sort=Key("heartbeat_at")),
+        # Sparse: cloud sandboxes with a deadline carry `due` ("idle" while running, "transition"
+        # while creating, resuming, pausing or deleting) and `due_at`, so the reaper finds idle and
+        # stuck sandboxes by a query.
+        GlobalIndex("by_due", partition=Key("due"), sort=Key("due_at")),
     ),
     ttl_attribute="expires_at",
 )
@@ -296,16 +300,17 @@ TOPOLOGY = Topology(
             memory_mb=512,
             timeout_seconds=50,  # below the queue's visibility timeout
             sqs=SqsTrigger(queue="sandbox-ops", batch_size=10),
-            tables=("operations",),
+            tables=("operations", "sandboxes"),
         ),
         Function(
             name="reaper",
             handler="functions.workers.reaper.handler",
-            description="Scheduled repair: lost $disconnects, agents that stopped sending heartbeats",
+            description="Scheduled repair: lost $disconnects, silent agents, idle and stuck sandboxes",
             memory_mb=256,
             timeout_seconds=60,
             schedule=Schedule("rate(1 minute)"),
             tables=("connections", "sandboxes"),
+            queues_send=("sandbox-ops",),
             manages_connections=True,
         ),
     ),

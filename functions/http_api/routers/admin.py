@@ -48,10 +48,17 @@ class AdminWorkspaceList(BaseModel):
 class QuotasIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_workspaces_per_user: int = Field(ge=1, le=10_000)
+    # Omitted sandbox quotas keep their current values.
+    max_sandboxes_per_workspace: int | None = Field(default=None, ge=0, le=10_000)
+    max_workspace_cpu: int | None = Field(default=None, ge=0, le=10_000_000)
+    max_workspace_memory: int | None = Field(default=None, ge=0, le=100_000_000)
 
 
 class QuotasOut(BaseModel):
     max_workspaces_per_user: int
+    max_sandboxes_per_workspace: int
+    max_workspace_cpu: int
+    max_workspace_memory: int
 
 
 @router.get("/users", response_model=AdminUserList)
@@ -79,11 +86,12 @@ def list_all_workspaces(caller: AdminCaller, store: Store, limit: int = Limit,
 
 @router.get("/quotas", response_model=QuotasOut)
 def get_quotas(caller: AdminCaller, store: Store) -> QuotasOut:
-    quotas = workspaces.effective_quotas(store, default_quotas())
-    return QuotasOut(max_workspaces_per_user=quotas.max_workspaces_per_user)
+    return QuotasOut(**workspaces.effective_quotas(store, default_quotas()).__dict__)
 
 
 @router.put("/quotas", response_model=QuotasOut)
 def put_quotas(body: QuotasIn, caller: AdminCaller, store: Store) -> QuotasOut:
-    store.put_quotas(body.model_dump())
-    return QuotasOut(**body.model_dump())
+    current = workspaces.effective_quotas(store, default_quotas()).__dict__
+    quotas = {**current, **body.model_dump(exclude_none=True)}
+    store.put_quotas(quotas)
+    return QuotasOut(**quotas)

@@ -6,14 +6,16 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from functions.http_api.dependencies import Caller, Now, Store
+from functions.http_api.dependencies import Caller, Now, Store, default_quotas
+from layers.shared.dal.operations import SqsCommandQueue
 from layers.shared.dal.sandboxes import DynamoSandboxStore
-from layers.shared.domain import agents, relay_access, roles, workspaces
+from layers.shared.domain import agents, relay_access, roles, sandbox_lifecycle, workspaces
 from layers.shared.domain.agents import AgentType, Sandbox
 from layers.shared.domain.roles import Action, Role
+from layers.shared.domain.sandbox_lifecycle import LifecycleConfig
 from layers.shared.errors import NotFound
 from layers.shared.settings import get_settings
 
@@ -33,6 +35,23 @@ async def sandbox_store() -> DynamoSandboxStore:
 Sandboxes = Annotated[DynamoSandboxStore, Depends(sandbox_store)]
 
 
+@lru_cache(maxsize=1)
+def _command_queue() -> SqsCommandQueue:
+    return SqsCommandQueue()
+
+
+async def command_queue() -> SqsCommandQueue:
+    return _command_queue()
+
+
+async def lifecycle_config() -> LifecycleConfig:
+    return LifecycleConfig.from_settings(get_settings())
+
+
+Commands = Annotated[SqsCommandQueue, Depends(command_queue)]
+Lifecycle = Annotated[LifecycleConfig, Depends(lifecycle_config)]
+
+
 class SandboxOut(BaseModel):
     id: str
     workspace_id: str
@@ -46,6 +65,9 @@ class SandboxOut(BaseModel):
     last_activity_at: datetime | None
     last_heartbeat_at: datetime | None
     agent_info: dict[str, Any]
+    cpu: int | None = None
+    memory: int | None = None
+    idle_timeout: int | None = None
 
 
 class SandboxList(BaseModel):
@@ -56,6 +78,27 @@ class SandboxList(BaseModel):
 class RenameIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=64)
+
+
+class CreateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)
+    type: AgentType = AgentType.opencode
+    cpu: int = Field(default=sandbox_lifecycle.DEFAULT_CPU, description="Fargate CPU units (1024 = 1 vCPU)")
+    memory: int = Field(default=sandbox_lifecycle.DEFAULT_MEMORY, description="MiB")
+    idle_timeout: int = Field(default=sandbox_lifecycle.DEFAULT_IDLE_TIMEOUT,
+                              description="Seconds without activity before the sandbox pauses")
+
+
+class EventOut(BaseModel):
+    at: datetime
+    phase: str
+    reason: str | None
+
+
+class EventList(BaseModel):
+    items: list[EventOut]
+    next_cursor: str | None = None
 
 
 class AgentCodeOut(BaseModel):
@@ -135,24 +178,77 @@ def rename_sandbox(sandbox_id: str, body: RenameIn, caller: Caller, store: Store
     return SandboxOut(**agents.rename(sandboxes, sandbox, body.name).public())
 
 
+@router.post("/api/workspaces/{workspace_id}/sandboxes", status_code=status.HTTP_202_ACCEPTED,
+             response_model=SandboxOut)
+def create_sandbox(workspace_id: str, body: CreateIn, caller: Caller, store: Store, sandboxes: Sandboxes,
+                   queue: Commands, config: Lifecycle, now: Now) -> SandboxOut:
+    """A cloud sandbox: recorded as `creating`; the worker starts it, and it is `running` once its
+    agent dials home. Follow it with GET (status) and GET .../events (why it is slow or failed)."""
+    workspaces.membership(store, workspace_id, caller.user.user_id, Action.sandbox_create)
+    quotas = workspaces.effective_quotas(store, default_quotas())
+    sandbox = sandbox_lifecycle.create_sandbox(
+        sandboxes, queue, workspace_id=workspace_id, user_id=caller.user.user_id, name=body.name,
+        agent_type=body.type, cpu=body.cpu, memory=body.memory, idle_timeout=body.idle_timeout, quotas=quotas,
+        config=config, now=now)
+    return SandboxOut(**sandbox.public())
+
+
 @router.delete("/api/sandboxes/{sandbox_id}", status_code=status.HTTP_202_ACCEPTED, response_model=SandboxOut)
-def delete_sandbox(sandbox_id: str, caller: Caller, store: Store, sandboxes: Sandboxes) -> SandboxOut:
+def delete_sandbox(sandbox_id: str, caller: Caller, store: Store, sandboxes: Sandboxes, queue: Commands,
+                   config: Lifecycle, now: Now) -> SandboxOut:
     sandbox, role = _sandbox_with_role(sandboxes, store, sandbox_id, caller.user.user_id, Action.sandbox_read)
     roles.authorize(role, roles.delete_action(own=sandbox.created_by == caller.user.user_id))
-    return SandboxOut(**agents.mark_deleted(sandboxes, sandbox).public())
+    return SandboxOut(**sandbox_lifecycle.request_delete(sandboxes, queue, sandbox, now=now, config=config).public())
+
+
+@router.post("/api/sandboxes/{sandbox_id}/pause", status_code=status.HTTP_202_ACCEPTED, response_model=SandboxOut)
+def pause_sandbox(sandbox_id: str, caller: Caller, store: Store, sandboxes: Sandboxes, queue: Commands,
+                  config: Lifecycle, now: Now) -> SandboxOut:
+    sandbox, _ = _sandbox_with_role(sandboxes, store, sandbox_id, caller.user.user_id, Action.sandbox_pause)
+    paused = sandbox_lifecycle.request_pause(sandboxes, queue, sandbox, reason="paused by a user", now=now,
+                                             config=config)
+    return SandboxOut(**paused.public())
+
+
+@router.post("/api/sandboxes/{sandbox_id}/resume", status_code=status.HTTP_202_ACCEPTED,
+             response_model=SandboxOut)
+def resume_sandbox(sandbox_id: str, caller: Caller, store: Store, sandboxes: Sandboxes, queue: Commands,
+                   config: Lifecycle, now: Now) -> SandboxOut:
+    sandbox, _ = _sandbox_with_role(sandboxes, store, sandbox_id, caller.user.user_id, Action.sandbox_resume)
+    resumed = sandbox_lifecycle.request_resume(sandboxes, queue, sandbox, reason="resumed by a user", now=now,
+                                               config=config)
+    return SandboxOut(**resumed.public())
+
+
+@router.get("/api/sandboxes/{sandbox_id}/events", response_model=EventList)
+def sandbox_events(sandbox_id: str, caller: Caller, store: Store, sandboxes: Sandboxes,
+                   limit: int = Query(default=sandbox_lifecycle.EVENT_PAGE, ge=1, le=500),
+                   cursor: str | None = Query(default=None, max_length=2048)) -> EventList:
+    """Lifecycle events, oldest first (newest last): each phase with the reason it happened."""
+    _sandbox_with_role(sandboxes, store, sandbox_id, caller.user.user_id, Action.sandbox_events)
+    events, next_cursor = sandboxes.list_events(sandbox_id, limit, cursor)
+    return EventList(items=[EventOut(**event.public()) for event in events], next_cursor=next_cursor)
 
 
 class OpenOut(BaseModel):
     url: str
     expires_at: datetime
+    status: str
 
 
 @router.post("/api/sandboxes/{sandbox_id}/open", response_model=OpenOut)
-def open_sandbox(sandbox_id: str, caller: Caller, store: Store, sandboxes: Sandboxes, now: Now) -> OpenOut:
+def open_sandbox(sandbox_id: str, caller: Caller, store: Store, sandboxes: Sandboxes, queue: Commands,
+                 config: Lifecycle, now: Now) -> OpenOut:
     """The sandbox's own origin with a single-use ticket (valid 60 s) that the relay exchanges for
-    a cookie of that origin. The console's session never leaves the console's origin."""
+    a cookie of that origin. The console's session never leaves the console's origin.
+
+    A paused cloud sandbox is resumed first: the answer says `status: resuming`, and the console
+    polls GET /api/sandboxes/{sid} until `running`, then opens it again for a fresh ticket (the
+    relay answers 503 with Retry-After until the agent is back)."""
     sandbox, _ = _sandbox_with_role(sandboxes, store, sandbox_id, caller.user.user_id, Action.sandbox_open)
+    sandbox = sandbox_lifecycle.open_sandbox(sandboxes, queue, sandbox, now=now, config=config)
     ticket = relay_access.issue_ticket(sandboxes, sandbox_id=sandbox.sandbox_id, user_id=caller.user.user_id,
                                        now=now)
     origin = get_settings().sandbox_origin_template.format(sandbox_id=sandbox.sandbox_id)
-    return OpenOut(url=f"{origin}{OPEN_PATH}?ticket={ticket}", expires_at=now + relay_access.TICKET_TTL)
+    return OpenOut(url=f"{origin}{OPEN_PATH}?ticket={ticket}", expires_at=now + relay_access.TICKET_TTL,
+                   status=sandbox.status.value)

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
 from pynamodb.exceptions import PutError
 
+from layers.shared.dal.aws import client, queue_url
 from layers.shared.dal.base import BaseModel, table_meta
 from layers.shared.domain.operations import Command
 
@@ -58,3 +59,13 @@ class DynamoCommandLog:
             return str(OperationRecord.get(command_id).status)
         except OperationRecord.DoesNotExist:
             return None
+
+
+class SqsCommandQueue:
+    """`CommandQueue` on the sandbox-ops SQS queue."""
+
+    def __init__(self, logical_queue: str = "sandbox-ops"):
+        self.logical_queue = logical_queue
+
+    def send(self, command: Command) -> None:
+        client("sqs").send_message(QueueUrl=queue_url(self.logical_queue), MessageBody=command.model_dump_json())

@@ -1,17 +1,20 @@
-"""The sandboxes table: sandboxes, their tunnel and proxy token digests, registration codes."""
+"""The sandboxes table: sandboxes, their tunnel and proxy token digests, registration codes,
+lifecycle events and each workspace's sandbox usage (for its quotas)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import secrets
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pynamodb.attributes import MapAttribute, NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
-from pynamodb.exceptions import DeleteError, PutError, UpdateError
+from pynamodb.exceptions import DeleteError, PutError, TransactWriteError, UpdateError
 from pynamodb.expressions.update import Action
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.transactions import TransactWrite
 
 from layers.shared.dal.base import BaseModel, condition_failed, get_item, table_meta, transaction_connection
+from layers.shared.dal.identity import decode_cursor, encode_cursor
 from layers.shared.domain.agents import (
     AgentCode,
     AgentType,
@@ -21,6 +24,13 @@ from layers.shared.domain.agents import (
     SandboxStatus,
 )
 from layers.shared.domain.relay_access import RelaySession
+from layers.shared.domain.sandbox_lifecycle import (
+    SandboxEvent,
+    WorkspaceUsage,
+    due_entry,
+    quota_message,
+)
+from layers.shared.domain.workspaces import QuotaExceeded, Quotas
 
 
 class SandboxGsi1(GlobalSecondaryIndex["SandboxItem"]):
@@ -41,7 +51,17 @@ class SandboxesByHeartbeat(GlobalSecondaryIndex["SandboxItem"]):
     heartbeat_at = UnicodeAttribute(range_key=True)
 
 
+class SandboxesByDue(GlobalSecondaryIndex["SandboxItem"]):
+    class Meta:
+        index_name = "by_due"
+        projection = AllProjection()
+
+    due = UnicodeAttribute(hash_key=True)
+    due_at = UnicodeAttribute(range_key=True)
+
+
 LIVE = "running"
+EVENT_RETENTION = timedelta(days=90)
 
 
 class SandboxItem(BaseModel):
@@ -68,13 +88,34 @@ class SandboxItem(BaseModel):
     agent_info = MapAttribute(null=True)  # type: ignore[var-annotated]
     live = UnicodeAttribute(null=True)  # "running" while running, absent otherwise (sparse index)
     heartbeat_at = UnicodeAttribute(null=True)  # ISO 8601 copy of last_heartbeat_at, for the index
+    # Cloud sandboxes
+    cpu = NumberAttribute(null=True)
+    memory = NumberAttribute(null=True)
+    idle_timeout_seconds = NumberAttribute(null=True)
+    deadline_at = UTCDateTimeAttribute(null=True)
+    operation_id = UnicodeAttribute(null=True)
+    attempts = NumberAttribute(null=True)
+    backend_ref = UnicodeAttribute(null=True)
+    tunnel_hash = UnicodeAttribute(null=True)  # the current tokens' digests, to revoke them
+    proxy_hash = UnicodeAttribute(null=True)
+    due = UnicodeAttribute(null=True)  # "idle" or "transition" (sparse index by_due), absent otherwise
+    due_at = UnicodeAttribute(null=True)
+    # Lifecycle events
+    phase = UnicodeAttribute(null=True)
+    # A workspace's usage
+    sandbox_count = NumberAttribute(null=True)
+    cpu_total = NumberAttribute(null=True)
+    memory_total = NumberAttribute(null=True)
     gsi1 = SandboxGsi1()
     by_heartbeat = SandboxesByHeartbeat()
+    by_due = SandboxesByDue()
 
 
 # Sandbox fields the domain may change, and how each is stored.
 _CHANGEABLE = {"name", "status", "status_reason", "connection_id", "last_activity_at", "last_heartbeat_at",
-               "agent_info"}
+               "agent_info", "deadline_at", "operation_id", "attempts", "backend_ref"}
+# Changes that move a sandbox in the by_due index.
+_DUE_INPUTS = {"status", "last_activity_at", "deadline_at"}
 
 
 def _meta_key(sandbox_id: str) -> tuple[str, str]:
@@ -89,7 +130,32 @@ def _to_sandbox(item: SandboxItem) -> Sandbox:
         created_at=item.created_at, version=int(item.version or 0), connection_id=item.connection_id,
         last_activity_at=item.last_activity_at, last_heartbeat_at=item.last_heartbeat_at,
         agent_info=item.agent_info.as_dict() if item.agent_info else {}, status_reason=item.status_reason,
+        cpu=_int(item.cpu), memory=_int(item.memory), idle_timeout_seconds=_int(item.idle_timeout_seconds),
+        deadline_at=item.deadline_at, operation_id=item.operation_id, attempts=int(item.attempts or 0),
+        backend_ref=item.backend_ref,
     )
+
+
+def _int(value: float | None) -> int | None:
+    return int(value) if value is not None else None
+
+
+def sortable(moment: datetime) -> str:
+    """A time as index keys compare it: fixed width, UTC."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _usage_key(workspace_id: str) -> tuple[str, str]:
+    return f"WSUSAGE#{workspace_id}", "USAGE"
+
+
+def _event_item(sandbox: Sandbox, phase: str, reason: str | None, at: datetime) -> SandboxItem:
+    # Ordered by the sandbox's version, then time: a change and the events of its version stay together.
+    # The random tail keeps two events of one version and instant apart.
+    sort_key = f"EVENT#{sandbox.version:010d}#{sortable(at)}#{secrets.token_hex(3)}"
+    return SandboxItem(f"SANDBOX#{sandbox.sandbox_id}", sort_key,
+                       phase=phase, status_reason=reason, created_at=at,
+                       expires_at=int((at + EVENT_RETENTION).timestamp()))
 
 
 
@@ -121,6 +187,7 @@ class DynamoSandboxStore:
             status_reason=sandbox.status_reason, created_by=sandbox.created_by, created_at=sandbox.created_at,
             version=sandbox.version, agent_info=sandbox.agent_info, gsi1pk=f"WS#{sandbox.workspace_id}",
             gsi1sk=f"SANDBOX#{sandbox.created_at.isoformat()}#{sandbox.sandbox_id}",
+            tunnel_hash=tunnel_hash, proxy_hash=proxy_hash,
         )
         with TransactWrite(connection=transaction_connection()) as transaction:
             transaction.save(meta, condition=SandboxItem.pk.does_not_exist())
@@ -205,6 +272,7 @@ class DynamoSandboxStore:
         unknown = set(changes) - _CHANGEABLE
         if unknown:
             raise ValueError(f"not changeable: {sorted(unknown)}")
+        updated = Sandbox(**{**sandbox.__dict__, **changes, "version": sandbox.version + 1})
         attributes = SandboxItem.get_attributes()
         actions: list[Action] = [SandboxItem.version.set(sandbox.version + 1)]
         for name, value in changes.items():
@@ -217,14 +285,163 @@ class DynamoSandboxStore:
             actions += [SandboxItem.live.set(LIVE), SandboxItem.heartbeat_at.set(heartbeat.isoformat())]
         elif "status" in changes:
             actions += [SandboxItem.live.remove(), SandboxItem.heartbeat_at.remove()]
+        if _DUE_INPUTS & set(changes):
+            actions += _due_actions(updated)
+        meta = SandboxItem(*_meta_key(sandbox.sandbox_id))
+        condition = SandboxItem.version == sandbox.version
         try:
-            SandboxItem(*_meta_key(sandbox.sandbox_id)).update(
-                actions=actions, condition=SandboxItem.version == sandbox.version)
-        except UpdateError as error:
+            if "status" in changes and changes["status"] != sandbox.status:
+                # A change of state and its lifecycle event are written together.
+                with TransactWrite(connection=transaction_connection()) as transaction:
+                    transaction.update(meta, actions=actions, condition=condition)
+                    transaction.save(_event_item(updated, updated.status.value, updated.status_reason,
+                                                 _now()))
+            else:
+                meta.update(actions=actions, condition=condition)
+        except (UpdateError, TransactWriteError) as error:
             if condition_failed(error):
                 raise InvalidTransition("The sandbox changed meanwhile; reload and try again.") from error
             raise
-        fields = {**changes, "version": sandbox.version + 1}
-        return Sandbox(**{**sandbox.__dict__, **fields})
+        return updated
+
+    # Cloud sandboxes: quotas, credentials, events, the by_due index -------------------------------
+
+    def create_cloud_sandbox(self, sandbox: Sandbox, quotas: Quotas) -> None:
+        """The sandbox and its workspace's usage in one transaction, whose condition is the quota."""
+        cpu, memory = sandbox.cpu or 0, sandbox.memory or 0
+        pk, sk = _meta_key(sandbox.sandbox_id)
+        meta = SandboxItem(
+            pk, sk, sandbox_id=sandbox.sandbox_id, workspace_id=sandbox.workspace_id, name=sandbox.name,
+            kind=sandbox.kind.value, agent_type=sandbox.agent_type.value, status=sandbox.status.value,
+            status_reason=sandbox.status_reason, created_by=sandbox.created_by, created_at=sandbox.created_at,
+            version=sandbox.version, gsi1pk=f"WS#{sandbox.workspace_id}",
+            gsi1sk=f"SANDBOX#{sandbox.created_at.isoformat()}#{sandbox.sandbox_id}", cpu=cpu, memory=memory,
+            idle_timeout_seconds=sandbox.idle_timeout_seconds, deadline_at=sandbox.deadline_at,
+            operation_id=sandbox.operation_id, attempts=sandbox.attempts, last_activity_at=sandbox.last_activity_at,
+        )
+        entry = due_entry(sandbox)
+        if entry is not None:
+            meta.due, meta.due_at = entry[0], sortable(entry[1])
+        fits_alone = (quotas.max_sandboxes_per_workspace >= 1 and cpu <= quotas.max_workspace_cpu
+                      and memory <= quotas.max_workspace_memory)
+        within = ((SandboxItem.sandbox_count < quotas.max_sandboxes_per_workspace)
+                  & (SandboxItem.cpu_total <= quotas.max_workspace_cpu - cpu)
+                  & (SandboxItem.memory_total <= quotas.max_workspace_memory - memory))
+        condition = (SandboxItem.pk.does_not_exist() | within) if fits_alone else within
+        try:
+            with TransactWrite(connection=transaction_connection()) as transaction:
+                transaction.save(meta, condition=SandboxItem.pk.does_not_exist())
+                transaction.update(SandboxItem(*_usage_key(sandbox.workspace_id)),
+                                   actions=[SandboxItem.sandbox_count.add(1), SandboxItem.cpu_total.add(cpu),
+                                            SandboxItem.memory_total.add(memory)],
+                                   condition=condition)
+                transaction.save(_event_item(sandbox, sandbox.status.value, sandbox.status_reason,
+                                             sandbox.created_at))
+        except TransactWriteError as error:
+            if condition_failed(error):  # the sandbox id is new, so only the quota can refuse
+                usage = self.workspace_usage(sandbox.workspace_id)
+                raise QuotaExceeded(quota_message(usage, quotas, cpu, memory)) from error
+            raise
+
+    def workspace_usage(self, workspace_id: str) -> WorkspaceUsage:
+        item = get_item(SandboxItem, *_usage_key(workspace_id))
+        if item is None:
+            return WorkspaceUsage()
+        return WorkspaceUsage(sandboxes=int(item.sandbox_count or 0), cpu=int(item.cpu_total or 0),
+                              memory=int(item.memory_total or 0))
+
+    def rotate_credentials(self, sandbox: Sandbox, tunnel_hash: str, proxy_hash: str) -> Sandbox:
+        current = get_item(SandboxItem, *_meta_key(sandbox.sandbox_id))
+        meta = SandboxItem(*_meta_key(sandbox.sandbox_id))
+        try:
+            with TransactWrite(connection=transaction_connection()) as transaction:
+                transaction.update(meta, actions=[SandboxItem.version.set(sandbox.version + 1),
+                                                  SandboxItem.tunnel_hash.set(tunnel_hash),
+                                                  SandboxItem.proxy_hash.set(proxy_hash)],
+                                   condition=SandboxItem.version == sandbox.version)
+                for old in _token_items(current):
+                    transaction.delete(old)
+                transaction.save(SandboxItem(f"TUNNEL#{tunnel_hash}", "TOKEN", sandbox_id=sandbox.sandbox_id),
+                                 condition=SandboxItem.pk.does_not_exist())
+                transaction.save(SandboxItem(f"PROXY#{proxy_hash}", "TOKEN", sandbox_id=sandbox.sandbox_id,
+                                             workspace_id=sandbox.workspace_id),
+                                 condition=SandboxItem.pk.does_not_exist())
+        except TransactWriteError as error:
+            if condition_failed(error):
+                raise InvalidTransition("The sandbox changed meanwhile; reload and try again.") from error
+            raise
+        return Sandbox(**{**sandbox.__dict__, "version": sandbox.version + 1})
+
+    def finish_delete(self, sandbox: Sandbox, reason: str) -> Sandbox:
+        current = get_item(SandboxItem, *_meta_key(sandbox.sandbox_id))
+        updated = Sandbox(**{**sandbox.__dict__, "status": SandboxStatus.deleted, "status_reason": reason,
+                             "connection_id": None, "deadline_at": None, "version": sandbox.version + 1})
+        actions = [SandboxItem.version.set(updated.version), SandboxItem.status.set(SandboxStatus.deleted.value),
+                   SandboxItem.status_reason.set(reason), SandboxItem.connection_id.remove(),
+                   SandboxItem.deadline_at.remove(), SandboxItem.tunnel_hash.remove(),
+                   SandboxItem.proxy_hash.remove(), SandboxItem.live.remove(), SandboxItem.heartbeat_at.remove(),
+                   *_due_actions(updated)]
+        try:
+            with TransactWrite(connection=transaction_connection()) as transaction:
+                transaction.update(SandboxItem(*_meta_key(sandbox.sandbox_id)), actions=actions,
+                                   condition=SandboxItem.version == sandbox.version)
+                if sandbox.kind.value == "cloud":
+                    transaction.update(SandboxItem(*_usage_key(sandbox.workspace_id)),
+                                       actions=[SandboxItem.sandbox_count.add(-1),
+                                                SandboxItem.cpu_total.add(-(sandbox.cpu or 0)),
+                                                SandboxItem.memory_total.add(-(sandbox.memory or 0))])
+                for old in _token_items(current):
+                    transaction.delete(old)
+                transaction.save(_event_item(updated, SandboxStatus.deleted.value, reason, _now()))
+        except TransactWriteError as error:
+            if condition_failed(error):
+                raise InvalidTransition("The sandbox changed meanwhile; reload and try again.") from error
+            raise
+        return updated
+
+    def add_event(self, sandbox: Sandbox, phase: str, reason: str | None, at: datetime) -> None:
+        _event_item(sandbox, phase, reason, at).save()
+
+    def list_events(self, sandbox_id: str, limit: int,
+                    cursor: str | None) -> tuple[list[SandboxEvent], str | None]:
+        results = SandboxItem.query(f"SANDBOX#{sandbox_id}", SandboxItem.sk.startswith("EVENT#"), limit=limit,
+                                    last_evaluated_key=decode_cursor(cursor))
+        events = [SandboxEvent(at=item.created_at, phase=item.phase, reason=item.status_reason)
+                  for item in results]
+        return events, encode_cursor(results.last_evaluated_key)
+
+    def due_sandboxes(self, due: str, before: datetime) -> list[Sandbox]:
+        items = SandboxItem.by_due.query(due, range_key_condition=SandboxItem.due_at < sortable(before))
+        return [_to_sandbox(item) for item in items]
+
+    def touch_activity(self, sandbox: Sandbox, at: datetime) -> bool:
+        """Not a change of state, so no new version: a heartbeat written meanwhile does not refuse it."""
+        touched = Sandbox(**{**sandbox.__dict__, "last_activity_at": at})
+        try:
+            SandboxItem(*_meta_key(sandbox.sandbox_id)).update(
+                actions=[SandboxItem.last_activity_at.set(at), *_due_actions(touched)],
+                condition=SandboxItem.status == SandboxStatus.running.value)
+        except UpdateError as error:
+            if condition_failed(error):
+                return False
+            raise
+        return True
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _due_actions(sandbox: Sandbox) -> list[Action]:
+    entry = due_entry(sandbox)
+    if entry is None:
+        return [SandboxItem.due.remove(), SandboxItem.due_at.remove()]
+    return [SandboxItem.due.set(entry[0]), SandboxItem.due_at.set(sortable(entry[1]))]
+
+
+def _token_items(meta: SandboxItem | None) -> list[SandboxItem]:
+    if meta is None:
+        return []
+    found = [SandboxItem(f"TUNNEL#{meta.tunnel_hash}", "TOKEN") if meta.tunnel_hash else None,
+             SandboxItem(f"PROXY#{meta.proxy_hash}", "TOKEN") if meta.proxy_hash else None]
+    return [item for item in found if item is not None]

@@ -64,6 +64,14 @@ class Sandbox:
     last_heartbeat_at: datetime | None = None
     agent_info: dict[str, Any] = field(default_factory=dict)
     status_reason: str | None = None
+    # Cloud sandboxes only (sandbox_lifecycle.py): size, idle timeout, and the transition in flight.
+    cpu: int | None = None  # Fargate CPU units (1024 = 1 vCPU)
+    memory: int | None = None  # MiB
+    idle_timeout_seconds: int | None = None
+    deadline_at: datetime | None = None  # when a transitional state counts as stuck
+    operation_id: str | None = None  # the command that carries out the current intent
+    attempts: int = 0  # how often the current intent was sent to the worker
+    backend_ref: str | None = None  # the backend's handle (ECS task ARN, local process id)
 
     def public(self) -> dict[str, Any]:
         return {
@@ -79,6 +87,9 @@ class Sandbox:
             "last_activity_at": self.last_activity_at,
             "last_heartbeat_at": self.last_heartbeat_at,
             "agent_info": self.agent_info,
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "idle_timeout": self.idle_timeout_seconds,
         }
 
 
@@ -174,8 +185,13 @@ def agent_connected(store: SandboxStore, sandbox: Sandbox, *, connection_id: str
     if sandbox.status not in LIVE_FROM:
         raise InvalidTransition(f"A {sandbox.status.value} sandbox cannot accept its agent.")
     previous = sandbox.connection_id
+    changes: dict[str, Any] = {}
+    if sandbox.kind == SandboxKind.cloud and sandbox.status in (SandboxStatus.creating, SandboxStatus.resuming):
+        # A cloud sandbox runs once its agent dials home; the start the user asked for counts as
+        # activity, so the idle clock starts now and not when the start was requested.
+        changes = {"last_activity_at": now, "deadline_at": None, "status_reason": "the agent dialed home"}
     updated = store.update_sandbox(sandbox, status=SandboxStatus.running, connection_id=connection_id,
-                                   last_heartbeat_at=now, status_reason=None)
+                                   last_heartbeat_at=now, **{"status_reason": None, **changes})
     return updated, previous if previous != connection_id else None
 
 

@@ -1,14 +1,15 @@
 """Commands on the sandbox-ops queue and the idempotent way they are carried out.
 
 SQS delivers at least once and in any order, so each command carries an id and the command log
-makes a repeated delivery a no-op. Executors for each command kind register in `EXECUTORS`
-(the sandbox lifecycle adds create/pause/resume/delete); a kind nobody executes fails, and after
-the queue's maxReceiveCount the message rests in the dead-letter queue for inspection.
+makes a repeated delivery a no-op. Executors for each command kind register in `EXECUTORS` or are
+passed to `execute` (the sandbox lifecycle's start, stop and delete: domain/sandbox_lifecycle.py);
+a kind nobody executes fails, and after the queue's maxReceiveCount the message rests in the
+dead-letter queue for inspection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -50,9 +51,11 @@ def parse_command(body: str) -> Command:
     return Command.model_validate_json(body)
 
 
-def execute(command: Command, log: CommandLog, *, now: datetime) -> bool:
-    """Carry out a command once; returns False when it was a repeat."""
-    executor = EXECUTORS.get(command.kind)
+def execute(command: Command, log: CommandLog, *, now: datetime,
+            executors: Mapping[str, Executor] | None = None) -> bool:
+    """Carry out a command once; returns False when it was a repeat. `executors` adds to
+    `EXECUTORS` those that need collaborators (the sandbox lifecycle's store and backend)."""
+    executor = {**EXECUTORS, **(executors or {})}.get(command.kind)
     if executor is None:
         raise UnknownCommand(f"No worker executes commands of kind {command.kind!r}.")
     if not log.begin(command, now):

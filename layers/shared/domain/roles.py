@@ -48,6 +48,10 @@ class Action(StrEnum):
     llm_quota_read = "llm_quota.read"
     llm_quota_set = "llm_quota.set"
     usage_read = "usage.read"
+    sandbox_create = "sandbox.create"
+    sandbox_pause = "sandbox.pause"
+    sandbox_resume = "sandbox.resume"
+    sandbox_events = "sandbox.events"
 
 
 # The minimum workspace role for each action (api.md, "Workspaces and members").
@@ -69,6 +73,10 @@ POLICY: dict[Action, Role] = {
     Action.llm_quota_read: Role.guest,
     Action.llm_quota_set: Role.maintainer,
     Action.usage_read: Role.guest,
+    Action.sandbox_create: Role.developer,
+    Action.sandbox_pause: Role.developer,
+    Action.sandbox_resume: Role.developer,
+    Action.sandbox_events: Role.guest,
 }
 
 # The roles each role may hand out when adding a member (a maintainer may add developers and guests).
@@ -100,6 +108,10 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
     Action.llm_quota_read: "See the workspace's LLM requests-per-day quota (GET /api/workspaces/{wid}/llm-quota)",
     Action.llm_quota_set: "Set the workspace's LLM requests-per-day quota (PUT /api/workspaces/{wid}/llm-quota)",
     Action.usage_read: "See LLM usage (GET /api/workspaces/{wid}/usage, GET /api/sandboxes/{sid}/usage)",
+    Action.sandbox_create: "Create a cloud sandbox (POST /api/workspaces/{wid}/sandboxes)",
+    Action.sandbox_pause: "Pause a cloud sandbox (POST /api/sandboxes/{sid}/pause)",
+    Action.sandbox_resume: "Resume a cloud sandbox (POST /api/sandboxes/{sid}/resume)",
+    Action.sandbox_events: "See a sandbox's lifecycle events (GET /api/sandboxes/{sid}/events)",
 }
 
 

@@ -55,6 +55,10 @@ class Quotas:
     """Limits whose defaults come from settings and which admins override in the database."""
 
     max_workspaces_per_user: int
+    # Cloud sandboxes per workspace: how many (not deleted), and their CPU units and MiB in total.
+    max_sandboxes_per_workspace: int = 10
+    max_workspace_cpu: int = 16384
+    max_workspace_memory: int = 65536
 
 
 class WorkspaceStore(Protocol):
@@ -91,7 +95,7 @@ def validate_name(name: str) -> str:
 
 def effective_quotas(store: WorkspaceStore, defaults: Quotas) -> Quotas:
     stored = store.get_quotas()
-    return Quotas(max_workspaces_per_user=stored.get("max_workspaces_per_user", defaults.max_workspaces_per_user))
+    return Quotas(**{name: int(stored.get(name, value)) for name, value in defaults.__dict__.items()})
 
 
 def create_workspace(store: WorkspaceStore, *, user: User, name: str, now: datetime, quotas: Quotas) -> Workspace:

@@ -1,0 +1,162 @@
+"""The embedded stack's sandbox backend: each cloud sandbox as local processes.
+
+One folder per sandbox under `<state dir>/sandboxes/<id>/`: `workspace/` (the agent's files, kept
+while paused), and the sandbox's own home, XDG and log folders. Starting runs `python -m
+sandbox.agent` there (the sandbox image's entry point), which starts `opencode serve` in the
+workspace and dials home through the local WebSocket API with the credentials the worker put in
+its environment. Pausing stops the processes and keeps the folder; deleting removes it.
+
+The processes belong to the `agentserver up` process tree: they are spawned from one long-lived
+thread with PR_SET_PDEATHSIG (the signal follows the thread that forked), so they get SIGTERM even
+when `agentserver up` is killed, and a clean stop terminates them first. On the next start the
+stack reconciles: what was running is started again (`recover_after_restart`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from embedded.aws_services import PROJECT_ROOT, _die_with_parent
+from layers.shared.clock import utcnow
+from layers.shared.dal.operations import SqsCommandQueue
+from layers.shared.dal.sandboxes import DynamoSandboxStore
+from layers.shared.domain import sandbox_lifecycle
+from layers.shared.domain.sandbox_lifecycle import BackendError, LifecycleConfig, SandboxSpec
+from layers.shared.settings import Settings
+
+log = logging.getLogger("agentserver.sandboxes")
+
+MARKER = "sandbox.json"
+STOP_TIMEOUT_SECONDS = 15.0  # the agent closes its tunnel and stops opencode in this time
+# Only these of the stack's own variables reach a sandbox: never AWS credentials or provider keys.
+PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+class LocalSandboxBackend:
+    """`SandboxBackend` on local processes, owned by the `agentserver up` process."""
+
+    def __init__(self, root: Path, python: str = sys.executable):
+        self.root = root
+        self.python = python
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+        # One thread forks every sandbox process and lives as long as the stack (PDEATHSIG is per thread).
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-spawner")
+
+    def folder(self, sandbox_id: str) -> Path:
+        if not sandbox_id.startswith("sb-") or "/" in sandbox_id or sandbox_id in (".", ".."):
+            raise BackendError(f"not a sandbox id: {sandbox_id!r}")
+        return self.root / sandbox_id
+
+    def sandbox_ids(self) -> list[str]:
+        """The sandboxes that have a folder here (what a restarted stack reconciles)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(entry.name for entry in self.root.iterdir() if (entry / MARKER).is_file())
+
+    def running(self, sandbox_id: str) -> bool:
+        process = self._processes.get(sandbox_id)
+        return process is not None and process.poll() is None
+
+    def pid(self, sandbox_id: str) -> int | None:
+        process = self._processes.get(sandbox_id)
+        return process.pid if process is not None and process.poll() is None else None
+
+    # SandboxBackend --------------------------------------------------------------------------------
+
+    def start(self, spec: SandboxSpec) -> str:
+        self._terminate(spec.sandbox_id)
+        folder = self.folder(spec.sandbox_id)
+        workspace = folder / "workspace"
+        for path in (workspace, folder / "home", folder / "logs"):
+            path.mkdir(parents=True, exist_ok=True)
+        (folder / MARKER).write_text(json.dumps({"sandbox_id": spec.sandbox_id, "workspace_id": spec.workspace_id}))
+        environment = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ}
+        environment.update({
+            "HOME": str(folder / "home"),
+            "XDG_DATA_HOME": str(folder / "xdg" / "data"), "XDG_CONFIG_HOME": str(folder / "xdg" / "config"),
+            "XDG_CACHE_HOME": str(folder / "xdg" / "cache"), "XDG_STATE_HOME": str(folder / "xdg" / "state"),
+            "AGENTSERVER_HOME": str(folder / "home" / ".agentserver"),
+            "AGENTSERVER_WORKSPACE_DIR": str(workspace),
+            "PYTHONPATH": str(PROJECT_ROOT),  # sandbox/ runs from the project, as the image copies it
+            **spec.environment,
+        })
+        process = self._spawner.submit(self._spawn, folder, environment).result()
+        with self._lock:
+            self._processes[spec.sandbox_id] = process
+        log.info("sandbox %s started (pid %d)", spec.sandbox_id, process.pid)
+        return f"pid:{process.pid}"
+
+    def stop(self, sandbox_id: str, handle: str | None) -> None:
+        self._terminate(sandbox_id)
+
+    def delete(self, sandbox_id: str, handle: str | None) -> None:
+        self._terminate(sandbox_id)
+        shutil.rmtree(self.folder(sandbox_id), ignore_errors=True)
+
+    def shutdown(self) -> None:
+        """Stop every sandbox process (the stack is stopping); their folders stay."""
+        with self._lock:
+            processes = [p for p in self._processes.values() if p.poll() is None]
+        for process in processes:  # all at once: each takes a moment to close its tunnel and opencode
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for sandbox_id in list(self._processes):
+            self._terminate(sandbox_id)
+        self._spawner.shutdown(wait=False)
+
+    # Helpers ---------------------------------------------------------------------------------------
+
+    def _spawn(self, folder: Path, environment: dict[str, str]) -> subprocess.Popen[bytes]:
+        with open(folder / "logs" / "agent.log", "ab") as log_file:
+            return subprocess.Popen(
+                [self.python, "-m", "sandbox.agent"], cwd=folder, env=environment, stdin=subprocess.DEVNULL,
+                stdout=log_file, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - own process group, SIGTERM when we die
+            )
+
+    def _terminate(self, sandbox_id: str) -> None:
+        """SIGTERM lets the agent close its tunnel and stop opencode (its own process group); what is
+        left after the timeout is killed."""
+        with self._lock:
+            process = self._processes.pop(sandbox_id, None)
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+        log.info("sandbox %s stopped", sandbox_id)
+
+
+def recover_sandboxes(backend: LocalSandboxBackend, settings: Settings) -> dict[str, str]:
+    """After a restart no sandbox process runs: each sandbox with a folder here is started again,
+    finished pausing, or left as it is, and its record says so. Returns each one's new status."""
+    store, queue = DynamoSandboxStore(), SqsCommandQueue()
+    config = LifecycleConfig.from_settings(settings)
+    outcome: dict[str, str] = {}
+    for sandbox_id in backend.sandbox_ids():
+        try:
+            sandbox = sandbox_lifecycle.recover_after_restart(store, queue, sandbox_id, now=utcnow(), config=config)
+        except Exception:
+            log.exception("could not recover sandbox %s", sandbox_id)
+            continue
+        outcome[sandbox_id] = sandbox.status.value if sandbox else "unknown"
+        if sandbox is None:
+            log.warning("sandbox folder %s belongs to no sandbox in this stack's database; left as it is",
+                        backend.folder(sandbox_id))
+    return outcome

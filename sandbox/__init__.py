@@ -1,0 +1,1 @@
+"""What runs inside a cloud sandbox: the container image (Dockerfile) and its entry point."""
