@@ -9,7 +9,7 @@ export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_VERSION_CHECK := 1
 
-.PHONY: install up up-memory test test-unit test-integration test-infra test-e2e synth bench lint clean
+.PHONY: install web up up-memory test test-unit test-integration test-infra test-e2e test-browser synth bench lint clean
 
 OPENCODE_VERSION := 1.18.33
 
@@ -41,14 +41,35 @@ $(STAMPS)/opencode: Makefile
 	npm install --no-audit --no-fund --no-save --loglevel=error --prefix .tools/opencode opencode-ai@$(OPENCODE_VERSION)
 	@touch $@
 
-up: install
+# The web console: npm ci from web/package-lock.json, then a Vite build into web/dist whenever a source
+# is newer than the build (or there is no build).
+WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/vite.config.ts web/tsconfig.json
+
+$(STAMPS)/web-deps: web/package.json web/package-lock.json
+	@mkdir -p $(STAMPS)
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+web/dist/index.html: $(STAMPS)/web-deps $(WEB_SOURCES)
+	cd web && npm run --silent build
+
+web: web/dist/index.html
+
+# The browser tests drive Debian's Chromium (Playwright's own browser downloads are not used).
+$(STAMPS)/chromium:
+	@mkdir -p $(STAMPS)
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	else echo "installing Chromium for the browser tests"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
+	@touch $@
+
+up: install web
 	$(VENV)/bin/agentserver up --port $(PORT)
 
-up-memory: install
+up-memory: install web
 	$(VENV)/bin/agentserver up --port $(PORT) --in-memory
 
-test: install
-	$(PY) -m pytest $(wildcard tests/unit tests/infra tests/integration tests/e2e)
+test: install web $(STAMPS)/chromium
+	$(PY) -m pytest $(wildcard tests/unit tests/infra tests/integration tests/e2e tests/browser)
 
 test-unit: install
 	$(PY) -m pytest tests/unit
@@ -62,6 +83,9 @@ test-infra: install
 test-e2e: install
 	$(PY) -m pytest tests/e2e
 
+test-browser: install web $(STAMPS)/chromium
+	$(PY) -m pytest tests/browser
+
 synth: install
 	npx cdk synth --quiet
 
@@ -73,4 +97,4 @@ lint: install
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(STAMPS) cdk.out .pytest_cache
+	rm -rf $(STAMPS) cdk.out .pytest_cache web/dist

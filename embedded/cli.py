@@ -30,6 +30,9 @@ def up(
         int | None, typer.Option(help="Override every queue's visibility timeout (seconds).")
     ] = None,
     ttl_sweep_interval: Annotated[float, typer.Option(help="How often expired TTL items are deleted (s).")] = 60,
+    console_dir: Annotated[
+        Path | None, typer.Option(help="Folder of the built web console served at / (default: web/dist).")
+    ] = None,
 ) -> None:
     """Start the embedded local stack: no AWS account, no Docker."""
     from embedded.stack import EmbeddedStack, StackOptions
@@ -37,6 +40,9 @@ def up(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto server's per-request lines
     console = Console(stderr=True, soft_wrap=True)
+    if console_dir is not None and not (console_dir.expanduser() / "index.html").is_file():
+        console.print(f"[bold red]error:[/] {console_dir} has no index.html: build the console (`make web`) first")
+        raise typer.Exit(code=1)
     options = StackOptions(
         port=port,
         host=host,
@@ -47,6 +53,7 @@ def up(
         schedule_interval_seconds=schedule_interval,
         queue_visibility_timeout_seconds=queue_visibility_timeout,
         ttl_sweep_interval_seconds=ttl_sweep_interval,
+        console_dir=console_dir.expanduser().resolve() if console_dir else None,
     )
     try:
         EmbeddedStack(options, console=console).run()

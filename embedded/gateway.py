@@ -166,6 +166,15 @@ def lambda_result_to_http(result: Any) -> tuple[int, list[tuple[str, str]], byte
     return int(result["statusCode"]), headers, raw
 
 
+def reserved_prefixes(topology: Topology, websocket_path: str) -> tuple[str, ...]:
+    """The literal heads of HTTP routes (`/api`), the WebSocket path and path-mounted functions (`/llm`)."""
+    prefixes = {websocket_path.rstrip("/")}
+    prefixes |= {route.path.split("{", 1)[0].rstrip("/") for route, _ in topology.http_routes}
+    prefixes |= {f.local_mount.rstrip("/") for f in topology.functions
+                 if f.local_mount and f.local_mount.startswith("/")}
+    return tuple(sorted(prefix for prefix in prefixes if prefix))
+
+
 class LocalGateway:
     def __init__(self, topology: Topology, runtime: LambdaRuntime, config: GatewayConfig):
         self.topology = topology
@@ -184,6 +193,7 @@ class LocalGateway:
         self.prefixed_apps = [(f.local_mount.rstrip("/"), load_handler(f.handler)) for f in topology.functions
                               if f.streaming_url and f.local_mount and f.local_mount.startswith("/")]
         self.custom_websocket_routes = {key for key in self.websocket_routes if not key.startswith("$")}
+        self.reserved_prefixes = reserved_prefixes(topology, config.websocket_path)
         self.connections: dict[str, LocalConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -224,7 +234,7 @@ class LocalGateway:
         if path == "/config.json" and method in ("GET", "HEAD"):
             await _respond_json(send, 200, self.config.client_config, [("cache-control", "no-store")])
             return
-        if method in ("GET", "HEAD") and self.config.static_dir is not None:
+        if method in ("GET", "HEAD") and self.config.static_dir is not None and not self._reserved(path):
             await self._static(send, path)
             return
         await _respond_json(send, 404, {"message": "Not Found"})
@@ -262,6 +272,10 @@ class LocalGateway:
         status, headers, payload = lambda_result_to_http(result)
         await _respond(send, status, b"" if scope["method"] == "HEAD" else payload, headers)
 
+    def _reserved(self, path: str) -> bool:
+        """Paths of the API, the WebSocket and mounted functions never fall back to the console's index."""
+        return any(path == prefix or path.startswith(prefix + "/") for prefix in self.reserved_prefixes)
+
     async def _static(self, send: Send, path: str) -> None:
         root = self.config.static_dir
         assert root is not None
@@ -278,7 +292,10 @@ class LocalGateway:
                 return
             candidate = root / "index.html"
         content_type = mimetypes.guess_type(candidate.name)[0] or "application/octet-stream"
-        await _respond(send, 200, candidate.read_bytes(), [("content-type", content_type)])
+        # Built assets carry a content hash in their names; the index must be fetched anew to find new ones.
+        hashed = candidate.parent.name == "assets"
+        cache = "public, max-age=31536000, immutable" if hashed else "no-cache"
+        await _respond(send, 200, candidate.read_bytes(), [("content-type", content_type), ("cache-control", cache)])
 
     # WebSocket API ----------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ class StackOptions:
     schedule_interval_seconds: float | None = None  # overrides every schedule (tests)
     queue_visibility_timeout_seconds: int | None = None  # overrides every queue (tests)
     ttl_sweep_interval_seconds: float = 60
+    console_dir: Path | None = None  # the built console to serve at /; None: web/dist, else the placeholder
 
 
 def static_dir() -> Path:
@@ -176,7 +177,7 @@ class EmbeddedStack:
                 GatewayConfig(
                     idle_timeout_seconds=self.options.idle_timeout_seconds,
                     max_connection_age_seconds=self.options.max_connection_age_seconds,
-                    static_dir=static_dir(),
+                    static_dir=self.options.console_dir or static_dir(),
                     client_config=self.client_config(),
                 ),
             )

@@ -1,0 +1,130 @@
+import { type FormEvent, type ReactNode, useEffect, useState } from "react";
+import { Link, NavLink, Navigate, Outlet, useNavigate, useParams } from "react-router";
+import { api, type Workspace } from "./api";
+import { Dialog, ErrorNote, Loading } from "./components";
+import { useAction } from "./hooks";
+import { useSession } from "./session";
+
+const LAST_WORKSPACE = "agentserver.workspace";
+
+export function NewWorkspaceDialog({ open, onClose }: { open: boolean; onClose: () => void }) {
+  const { reloadWorkspaces } = useSession();
+  const navigate = useNavigate();
+  const action = useAction();
+  const [name, setName] = useState("");
+  async function submit(event: FormEvent) {
+    event.preventDefault();
+    const created = await action.run(() => api.post<Workspace>("/api/workspaces", { name }));
+    if (created) {
+      await reloadWorkspaces();
+      setName("");
+      onClose();
+      navigate(`/w/${created.id}`);
+    }
+  }
+  return (
+    <Dialog title="New workspace" open={open} onClose={() => { action.clear(); onClose(); }}>
+      <form onSubmit={submit} className="stack">
+        <label>Name <input name="workspace-name" required maxLength={100} value={name} onChange={(e) => setName(e.target.value)} /></label>
+        <ErrorNote error={action.error} />
+        <div className="actions">
+          <button type="button" onClick={onClose}>Cancel</button>
+          <button className="primary" type="submit" disabled={action.busy}>{action.busy ? "Creating…" : "Create workspace"}</button>
+        </div>
+      </form>
+    </Dialog>
+  );
+}
+
+function WorkspaceSwitcher({ current }: { current?: string }) {
+  const { workspaces } = useSession();
+  const navigate = useNavigate();
+  const [creating, setCreating] = useState(false);
+  if (!workspaces) return null;
+  return (
+    <div className="switcher">
+      <label className="visually-hidden" htmlFor="workspace-switcher">Workspace</label>
+      <select id="workspace-switcher" value={current ?? ""} onChange={(e) => {
+        if (e.target.value === "__new__") setCreating(true);
+        else navigate(`/w/${e.target.value}`);
+      }}>
+        {!current && <option value="">Choose a workspace</option>}
+        {workspaces.map((workspace) => (
+          <option key={workspace.id} value={workspace.id}>{workspace.name} ({workspace.role})</option>
+        ))}
+        <option value="__new__">+ New workspace…</option>
+      </select>
+      <NewWorkspaceDialog open={creating} onClose={() => setCreating(false)} />
+    </div>
+  );
+}
+
+/** The frame of every signed-in page: brand, workspace switcher, navigation, account links. */
+export function Layout() {
+  const { user, signOut } = useSession();
+  const { wid } = useParams();
+  const [menuOpen, setMenuOpen] = useState(false);
+  useEffect(() => {
+    if (wid) localStorage.setItem(LAST_WORKSPACE, wid);
+  }, [wid]);
+  return (
+    <>
+      <a className="skip" href="#main">Skip to content</a>
+      <header className="top">
+        <Link to="/" className="brand">agentserver</Link>
+        <WorkspaceSwitcher current={wid} />
+        <button type="button" className="menu-toggle" aria-expanded={menuOpen} aria-controls="site-nav"
+          onClick={() => setMenuOpen(!menuOpen)}>Menu</button>
+        <nav id="site-nav" aria-label="Main" className={menuOpen ? "open" : ""} onClick={() => setMenuOpen(false)}>
+          {wid && <>
+            <NavLink to={`/w/${wid}`} end>Sandboxes</NavLink>
+            <NavLink to={`/w/${wid}/members`}>Members</NavLink>
+            <NavLink to={`/w/${wid}/usage`}>LLM usage</NavLink>
+          </>}
+          <NavLink to="/tokens">Tokens</NavLink>
+          {user?.role === "admin" && <NavLink to="/admin">Admin</NavLink>}
+          <span className="who" title={user?.email}>{user?.name || user?.email}</span>
+          <button type="button" className="link" onClick={() => void signOut()}>Sign out</button>
+        </nav>
+      </header>
+      <main id="main" tabIndex={-1}>
+        <Outlet />
+      </main>
+    </>
+  );
+}
+
+/** `/`: the workspace used last, else the first one. */
+export function Home() {
+  const { workspaces } = useSession();
+  const [creating, setCreating] = useState(false);
+  if (!workspaces) return <Loading />;
+  const last = localStorage.getItem(LAST_WORKSPACE);
+  const target = workspaces.find((workspace) => workspace.id === last) ?? workspaces[0];
+  if (target) return <Navigate to={`/w/${target.id}`} replace />;
+  return (
+    <section className="empty">
+      <p className="empty-title">You are not in any workspace yet.</p>
+      <p>Create one, or ask someone to invite you to theirs.</p>
+      <button className="primary" type="button" onClick={() => setCreating(true)}>New workspace</button>
+      <NewWorkspaceDialog open={creating} onClose={() => setCreating(false)} />
+    </section>
+  );
+}
+
+/** The current workspace with the caller's role, for pages under /w/:wid. */
+export function useWorkspace(): { workspace: Workspace | undefined; missing: boolean } {
+  const { wid } = useParams();
+  const { workspaces } = useSession();
+  const workspace = workspaces?.find((item) => item.id === wid);
+  return { workspace, missing: workspaces !== null && !workspace };
+}
+
+export function WorkspacePage({ children }: { children: (workspace: Workspace) => ReactNode }) {
+  const { workspace, missing } = useWorkspace();
+  if (missing) {
+    return <ErrorNote error="That workspace was not found, or you are not a member of it." />;
+  }
+  if (!workspace) return <Loading />;
+  return <>{children(workspace)}</>;
+}

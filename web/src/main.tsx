@@ -1,0 +1,47 @@
+import { StrictMode } from "react";
+import { createRoot } from "react-dom/client";
+import { BrowserRouter, Link, Route, Routes } from "react-router";
+import { Home, Layout } from "./Layout";
+import { AdminPage } from "./pages/Admin";
+import { ConnectAgentPage } from "./pages/ConnectAgent";
+import { MembersPage } from "./pages/Members";
+import { SandboxDetailPage } from "./pages/SandboxDetail";
+import { SandboxesPage } from "./pages/Sandboxes";
+import { AuthPage } from "./pages/SignIn";
+import { TokensPage } from "./pages/Tokens";
+import { UsagePage } from "./pages/Usage";
+import { RequireUser, SessionProvider } from "./session";
+import "./styles.css";
+
+function NotFound() {
+  return (
+    <section className="empty">
+      <p className="empty-title">There is no page at this address.</p>
+      <Link to="/">Go to your workspace</Link>
+    </section>
+  );
+}
+
+createRoot(document.getElementById("root")!).render(
+  <StrictMode>
+    <BrowserRouter>
+      <SessionProvider>
+        <Routes>
+          <Route path="/sign-in" element={<AuthPage mode="sign-in" />} />
+          <Route path="/sign-up" element={<AuthPage mode="sign-up" />} />
+          <Route element={<RequireUser><Layout /></RequireUser>}>
+            <Route index element={<Home />} />
+            <Route path="w/:wid" element={<SandboxesPage />} />
+            <Route path="w/:wid/connect" element={<ConnectAgentPage />} />
+            <Route path="w/:wid/sandboxes/:sid" element={<SandboxDetailPage />} />
+            <Route path="w/:wid/members" element={<MembersPage />} />
+            <Route path="w/:wid/usage" element={<UsagePage />} />
+            <Route path="tokens" element={<TokensPage />} />
+            <Route path="admin" element={<AdminPage />} />
+            <Route path="*" element={<NotFound />} />
+          </Route>
+        </Routes>
+      </SessionProvider>
+    </BrowserRouter>
+  </StrictMode>,
+);

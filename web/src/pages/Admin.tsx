@@ -1,0 +1,122 @@
+import { type FormEvent, useState } from "react";
+import { api, enc, type Page } from "../api";
+import { Ago, ErrorNote, Loading } from "../components";
+import { useAction, useResource, useTitle } from "../hooks";
+import { useSession } from "../session";
+
+interface AdminUser { id: string; email: string; name: string; role: "user" | "admin"; created_at: string }
+interface AdminWorkspace { id: string; name: string; created_by: string; created_at: string }
+interface Quotas { max_workspaces_per_user: number }
+
+/** A paged list that grows with "Show more" (the admin lists follow next_cursor). */
+function usePaged<T>(path: string) {
+  const [extra, setExtra] = useState<T[]>([]);
+  const [cursor, setCursor] = useState<string | null | undefined>(undefined);
+  const first = useResource(async () => {
+    const page = await api.get<Page<T>>(path);
+    setExtra([]);
+    setCursor(page.next_cursor);
+    return page.items;
+  }, path);
+  const more = useAction();
+  const loadMore = () => more.run(async () => {
+    const page = await api.get<Page<T>>(`${path}${path.includes("?") ? "&" : "?"}cursor=${enc(cursor ?? "")}`);
+    setExtra((items) => [...items, ...page.items]);
+    setCursor(page.next_cursor);
+  });
+  return { first, items: [...(first.data ?? []), ...extra], hasMore: Boolean(cursor), loadMore, more };
+}
+
+function UserRow({ user, self, onChanged }: { user: AdminUser; self: boolean; onChanged: () => void }) {
+  const action = useAction();
+  return (
+    <tr>
+      <td data-label="User">{user.name || user.email}<div className="muted small">{user.email}</div></td>
+      <td data-label="Role">
+        <select aria-label={`System role of ${user.email}`} value={user.role} disabled={action.busy || self}
+          onChange={(e) => void action.run(async () => {
+            await api.patch(`/api/admin/users/${enc(user.id)}`, { role: e.target.value });
+            onChanged();
+          })}>
+          <option value="user">user</option>
+          <option value="admin">admin</option>
+        </select>
+        <ErrorNote error={action.error} />
+      </td>
+      <td data-label="Joined"><Ago iso={user.created_at} /></td>
+    </tr>
+  );
+}
+
+function QuotaForm() {
+  const quotas = useResource(() => api.get<Quotas>("/api/admin/quotas"), "quotas");
+  const action = useAction();
+  const [value, setValue] = useState("");
+  async function submit(event: FormEvent) {
+    event.preventDefault();
+    const saved = await action.run(() => api.put<Quotas>("/api/admin/quotas", { max_workspaces_per_user: Number(value) }));
+    if (saved) { setValue(""); void quotas.reload(); }
+  }
+  return (
+    <form className="card inline-form" onSubmit={submit}>
+      <h2>Default quotas</h2>
+      {quotas.loading && <Loading />}
+      <ErrorNote error={quotas.error} onRetry={quotas.reload} />
+      {quotas.data && <p>Each user may own up to <strong>{quotas.data.max_workspaces_per_user}</strong> workspaces.</p>}
+      <div className="fields">
+        <label>Workspaces per user
+          <input name="max_workspaces_per_user" type="number" min={1} max={10000} required value={value}
+            onChange={(e) => setValue(e.target.value)} />
+        </label>
+        <button type="submit" disabled={action.busy}>Save</button>
+      </div>
+      <ErrorNote error={action.error} />
+    </form>
+  );
+}
+
+export function AdminPage() {
+  useTitle("Administration");
+  const { user } = useSession();
+  if (user?.role !== "admin") return <ErrorNote error="This page is for system administrators." />;
+  return <Administration selfId={user.id} />;
+}
+
+function Administration({ selfId }: { selfId: string }) {
+  const users = usePaged<AdminUser>("/api/admin/users");
+  const workspaces = usePaged<AdminWorkspace>("/api/admin/workspaces");
+  return (
+    <section>
+      <div className="page-head"><div><h1>Administration</h1><p className="muted">Everyone on this server</p></div></div>
+      <QuotaForm />
+      <div className="columns">
+        <section className="card wide-card">
+          <h2>Users</h2>
+          {users.first.loading && <Loading />}
+          <ErrorNote error={users.first.error} onRetry={users.first.reload} />
+          <table className="list">
+            <thead><tr><th>User</th><th>System role</th><th>Joined</th></tr></thead>
+            <tbody>{users.items.map((item) => <UserRow key={item.id} user={item} self={item.id === selfId}
+              onChanged={() => void users.first.reload()} />)}</tbody>
+          </table>
+          {users.hasMore && <button type="button" onClick={() => void users.loadMore()} disabled={users.more.busy}>Show more</button>}
+          <ErrorNote error={users.more.error} />
+        </section>
+        <section className="card wide-card">
+          <h2>Workspaces</h2>
+          {workspaces.first.loading && <Loading />}
+          <ErrorNote error={workspaces.first.error} onRetry={workspaces.first.reload} />
+          <table className="list">
+            <thead><tr><th>Workspace</th><th>Created</th></tr></thead>
+            <tbody>{workspaces.items.map((item) => (
+              <tr key={item.id}><td data-label="Workspace">{item.name}<div className="muted small"><code>{item.id}</code></div></td>
+                <td data-label="Created"><Ago iso={item.created_at} /></td></tr>
+            ))}</tbody>
+          </table>
+          {workspaces.hasMore && <button type="button" onClick={() => void workspaces.loadMore()} disabled={workspaces.more.busy}>Show more</button>}
+          <ErrorNote error={workspaces.more.error} />
+        </section>
+      </div>
+    </section>
+  );
+}

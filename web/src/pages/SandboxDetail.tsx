@@ -1,0 +1,131 @@
+import { Fragment, useState } from "react";
+import { Link, useNavigate, useParams } from "react-router";
+import { api, enc, type Page, type Sandbox, type SandboxEvent, type UsageRow, type Workspace } from "../api";
+import { Ago, Empty, ErrorNote, formatNumber, isTransitional, Loading, StatusBadge } from "../components";
+import { useResource, useTitle } from "../hooks";
+import { WorkspacePage } from "../Layout";
+import { DeleteDialog, RenameDialog, SandboxButtons } from "../sandboxActions";
+import { useSession } from "../session";
+
+function eventTime(event: SandboxEvent): string | undefined {
+  return (event.at ?? event.created_at ?? event.time) as string | undefined;
+}
+
+function Events({ sandbox }: { sandbox: Sandbox }) {
+  const events = useResource(() => api.get<Page<SandboxEvent>>(`/api/sandboxes/${enc(sandbox.id)}/events`),
+    `${sandbox.id}:${sandbox.status}`);
+  return (
+    <section className="card">
+      <h2>Lifecycle</h2>
+      {events.loading && <Loading label="Loading events…" />}
+      <ErrorNote error={events.error} onRetry={events.reload} />
+      {events.data && !events.data.items.length && <Empty title="No lifecycle events yet." />}
+      {events.data && events.data.items.length > 0 && (
+        <ol className="timeline">
+          {events.data.items.map((event, index) => (
+            <li key={index}>
+              <StatusBadge status={String(event.phase ?? event.status ?? "event")} />
+              {event.reason && <span> {String(event.reason)}</span>}
+              {eventTime(event) && <span className="muted small"> · <Ago iso={eventTime(event)} /></span>}
+            </li>
+          ))}
+        </ol>
+      )}
+    </section>
+  );
+}
+
+function totals(rows: UsageRow[]) {
+  const sum = (pick: (row: UsageRow) => number | undefined) => rows.reduce((total, row) => total + (pick(row) ?? 0), 0);
+  return {
+    requests: sum((row) => row.requests),
+    input: sum((row) => row.input_tokens),
+    output: sum((row) => row.output_tokens),
+    cache: sum((row) => (row.cache_read_tokens ?? 0) + (row.cache_creation_tokens ?? row.cache_write_tokens ?? 0)),
+  };
+}
+
+function Usage({ sandbox }: { sandbox: Sandbox }) {
+  const usage = useResource(() => api.get<Page<UsageRow>>(`/api/sandboxes/${enc(sandbox.id)}/usage`), sandbox.id);
+  const sum = usage.data ? totals(usage.data.items) : null;
+  return (
+    <section className="card">
+      <h2>LLM usage</h2>
+      {usage.loading && <Loading label="Loading usage…" />}
+      <ErrorNote error={usage.error} onRetry={usage.reload} />
+      {sum && (
+        <dl className="stats">
+          <div><dt>Requests</dt><dd data-testid="sandbox-requests">{formatNumber(sum.requests)}</dd></div>
+          <div><dt>Input tokens</dt><dd>{formatNumber(sum.input)}</dd></div>
+          <div><dt>Output tokens</dt><dd>{formatNumber(sum.output)}</dd></div>
+          <div><dt>Cache tokens</dt><dd>{formatNumber(sum.cache)}</dd></div>
+        </dl>
+      )}
+    </section>
+  );
+}
+
+function Detail({ workspace }: { workspace: Workspace }) {
+  const { sid = "" } = useParams();
+  const { user } = useSession();
+  const navigate = useNavigate();
+  const [renaming, setRenaming] = useState<Sandbox | null>(null);
+  const [deleting, setDeleting] = useState<Sandbox | null>(null);
+  const [fast, setFast] = useState(false);
+  const sandbox = useResource(async () => {
+    const found = await api.get<Sandbox>(`/api/sandboxes/${enc(sid)}`);
+    setFast(isTransitional(found.status));
+    return found;
+  }, sid, fast ? 1500 : 5000);
+  useTitle(sandbox.data?.name ?? "Sandbox");
+  const item = sandbox.data;
+  const info = item?.agent_info ?? {};
+  return (
+    <section>
+      <p><Link to={`/w/${workspace.id}`}>← Sandboxes</Link></p>
+      {sandbox.loading && <Loading />}
+      <ErrorNote error={sandbox.error} onRetry={sandbox.reload} />
+      {item && (
+        <>
+          <div className="page-head">
+            <div>
+              <h1>{item.name}</h1>
+              <p><StatusBadge status={item.status} reason={item.status_reason} />{" "}
+                {item.status_reason && <span className="muted">{item.status_reason}</span>}</p>
+              {isTransitional(item.status) && <progress aria-label={`${item.status}…`} />}
+            </div>
+            <SandboxButtons sandbox={item} role={workspace.role} userId={user?.id}
+              onChanged={() => void sandbox.reload()} onRename={setRenaming} onDelete={setDeleting} />
+          </div>
+          <div className="columns">
+            <section className="card">
+              <h2>Details</h2>
+              <dl className="facts">
+                <dt>Kind</dt><dd>{item.kind === "local" ? "local agent" : "cloud sandbox"}</dd>
+                <dt>Agent</dt><dd>{item.type}</dd>
+                {info.hostname && <><dt>Host</dt><dd>{info.hostname}</dd></>}
+                {info.os && <><dt>System</dt><dd>{info.os}</dd></>}
+                {info.working_directory && <><dt>Folder</dt><dd><code>{info.working_directory}</code></dd></>}
+                {Object.entries(info.versions ?? {}).map(([name, version]) => (
+                  <Fragment key={name}><dt>{name}</dt><dd>{version}</dd></Fragment>
+                ))}
+                <dt>Created</dt><dd><Ago iso={item.created_at} /></dd>
+                <dt>Last activity</dt><dd><Ago iso={item.last_activity_at} /></dd>
+                <dt>Last heartbeat</dt><dd><Ago iso={item.last_heartbeat_at} /></dd>
+                <dt>Id</dt><dd><code>{item.id}</code></dd>
+              </dl>
+            </section>
+            <Events sandbox={item} />
+            <Usage sandbox={item} />
+          </div>
+        </>
+      )}
+      <RenameDialog sandbox={renaming} onClose={() => setRenaming(null)} onDone={() => void sandbox.reload()} />
+      <DeleteDialog sandbox={deleting} onClose={() => setDeleting(null)} onDone={() => navigate(`/w/${workspace.id}`)} />
+    </section>
+  );
+}
+
+export function SandboxDetailPage() {
+  return <WorkspacePage>{(workspace) => <Detail workspace={workspace} />}</WorkspacePage>;
+}
