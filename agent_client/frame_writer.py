@@ -71,7 +71,7 @@ class FrameWriter:
 
     async def _write(self, batch: list[tuple[list[codec.Message], asyncio.Future[None] | None]]) -> None:
         try:
-            packed = codec.pack([message for messages, _ in batch for message in messages], codec.MAX_MESSAGE)
+            packed = codec.pack([message for messages, _ in batch for message in messages], codec.MAX_AGENT_MESSAGE)
         except codec.ProtocolError:
             # One sender's message does not encode (callers check heads first, so this is a bug):
             # fail that sender alone rather than the connection.
@@ -87,7 +87,7 @@ class FrameWriter:
     async def _write_alone(self, entry: tuple[list[codec.Message], asyncio.Future[None] | None]) -> None:
         messages, future = entry
         try:
-            packed = codec.pack(messages, codec.MAX_MESSAGE)
+            packed = codec.pack(messages, codec.MAX_AGENT_MESSAGE)
         except codec.ProtocolError as error:
             log.error("dropping frames that do not encode: %s", error)
             if future is not None and not future.done():

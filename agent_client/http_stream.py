@@ -15,6 +15,7 @@ import httpx
 
 from agent_client.frame_writer import FrameWriter
 from agent_client.local_app import LocalApp, end_to_end
+from agent_client.read_ahead import ReadAhead
 from agent_client.served_stream import ServedStream
 from layers.shared.tunnel import codec
 from layers.shared.tunnel.codec import ErrorCode
@@ -25,6 +26,10 @@ from layers.shared.tunnel.flow import INITIAL_WINDOW
 # inside the initial window, so it never waits for credit.
 SMALL_RESPONSE_BYTES = 64 * 1024
 assert SMALL_RESPONSE_BYTES <= INITIAL_WINDOW
+# A streamed body leaves in messages of this much (when that much has been read), and the agent
+# reads at most this far ahead of what it has sent.
+MESSAGE_BODY_BYTES = codec.FRAMES_PER_MESSAGE * codec.AGENT_BODY_CHUNK
+READ_AHEAD_BYTES = 4 * MESSAGE_BODY_BYTES
 
 
 class HttpStream(ServedStream):
@@ -102,9 +107,10 @@ class HttpStream(ServedStream):
             return
         if not await self.send([head]):
             return
-        async for chunk in response.aiter_raw():
-            if not await self._send_body(chunk):
-                return
+        async with ReadAhead(response.aiter_raw(), READ_AHEAD_BYTES) as body:
+            while (data := await body.take(MESSAGE_BODY_BYTES)) is not None:
+                if not await self._send_body(data):
+                    return
         await self.send([codec.ResponseEnd(self.stream_id, self.next_seq)])
 
     async def _send_whole(self, head: codec.ResponseHead, body: bytes) -> None:
@@ -128,7 +134,7 @@ class HttpStream(ServedStream):
         while offset < len(data):
             granted = await self.take_credit(len(data) - offset)
             chunks = codec.split_body(codec.ResponseBody, self.stream_id, data[offset : offset + granted],
-                                      first_seq=self.next_seq)
+                                      first_seq=self.next_seq, chunk_size=codec.AGENT_BODY_CHUNK)
             offset += granted
             if not await self.send(chunks):
                 return False

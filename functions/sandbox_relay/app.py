@@ -20,6 +20,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from http.cookies import SimpleCookie
@@ -34,6 +35,7 @@ from layers.shared.dal.sandboxes import DynamoSandboxStore
 from layers.shared.dal.secrets import secret_value
 from layers.shared.domain import relay_access
 from layers.shared.domain.agents import Sandbox, SandboxStatus
+from layers.shared.domain.sandbox_lifecycle import ActivityRecorder, LifecycleConfig
 from layers.shared.errors import NotAuthenticated, error_body
 from layers.shared.settings import get_settings
 from layers.shared.tunnel import codec, flow
@@ -56,13 +58,19 @@ SANDBOX_HOST = re.compile(r"^(sb-[0-9a-f]+)\.")
 LINK_LOST = None  # put in a stream's queue when the relay's connection drops
 
 
+@dataclass(frozen=True)
+class OpenStream:
+    sandbox_id: str  # the only agent whose frames this stream takes
+    queue: asyncio.Queue[codec.StreamMessage | None]
+
+
 class RelayLink:
     """This process's WebSocket connection to the WebSocket API, on which agents' answers arrive."""
 
     def __init__(self, url: str, secret: Callable[[], str]):
         self.url, self.secret = url, secret
         self.slot = relay_access.new_slot()
-        self.queues: dict[int, asyncio.Queue[codec.StreamMessage | None]] = {}
+        self.streams: dict[int, OpenStream] = {}
         self._ws: websockets.ClientConnection | None = None
         self._lock = asyncio.Lock()
 
@@ -97,23 +105,37 @@ class RelayLink:
                 except codec.ProtocolError:  # API Gateway's own text replies, e.g. an error
                     log.warning("ignored a message that is not a tunnel frame")
                     continue
-                for message in messages:
-                    if isinstance(message, codec.StreamMessage) and message.stream_id in self.queues:
-                        self.queues[message.stream_id].put_nowait(message)
+                self._dispatch(messages)
         except websockets.ConnectionClosed:
             pass
         finally:
-            for queue in self.queues.values():
-                queue.put_nowait(LINK_LOST)
+            for stream in self.streams.values():
+                stream.queue.put_nowait(LINK_LOST)
 
-    def open_stream(self) -> tuple[int, asyncio.Queue[codec.StreamMessage | None]]:
-        stream_id = relay_access.stream_id_in(self.slot, set(self.queues))
+    def _dispatch(self, messages: list[codec.Message]) -> None:
+        """Hands each stream frame to its stream, if it came from the agent the stream was opened
+        to: the server names the sender (FORWARDED_FROM) ahead of every agent's frames."""
+        sender: str | None = None
+        for message in messages:
+            if isinstance(message, codec.ForwardedFrom):
+                sender = message.sandbox_id
+            elif isinstance(message, codec.StreamMessage):
+                stream = self.streams.get(message.stream_id)
+                if stream is None:
+                    continue
+                if sender != stream.sandbox_id:
+                    log.warning("dropped a frame for a stream of %s from %s", stream.sandbox_id, sender)
+                    continue
+                stream.queue.put_nowait(message)
+
+    def open_stream(self, sandbox_id: str) -> tuple[int, asyncio.Queue[codec.StreamMessage | None]]:
+        stream_id = relay_access.stream_id_in(self.slot, set(self.streams))
         queue: asyncio.Queue[codec.StreamMessage | None] = asyncio.Queue()
-        self.queues[stream_id] = queue
+        self.streams[stream_id] = OpenStream(sandbox_id, queue)
         return stream_id, queue
 
     def close_stream(self, stream_id: int) -> None:
-        self.queues.pop(stream_id, None)
+        self.streams.pop(stream_id, None)
 
 
 class AgentGone(ConnectionError):
@@ -164,6 +186,7 @@ class SandboxRelay:
         # loading an app makes dozens); sessions end by expiry, far longer than that.
         self._sessions: TTLCache[tuple[str | None, str], bool] = TTLCache(maxsize=10_000, ttl=60)
         self._sandboxes: TTLCache[str, Sandbox] = TTLCache(maxsize=10_000, ttl=3)
+        self._activity = ActivityRecorder(_store(), LifecycleConfig.from_settings(get_settings()))
 
     async def link(self) -> RelayLink:
         if self._link is None:
@@ -209,6 +232,8 @@ class SandboxRelay:
             await _json(send, 503, error_body("agent_unavailable", f"The agent is {state}; try again when it runs."),
                         [(b"retry-after", b"5")])
             return
+        if self._activity.due(sandbox):  # user traffic feeds the idle clock (sandbox_lifecycle.py)
+            await asyncio.to_thread(self._activity.record, sandbox, now)
         await self._relay(scope, receive, send, sandbox)
 
     async def _sandbox(self, sandbox_id: str, *, fresh: bool = False) -> Sandbox | None:
@@ -241,7 +266,7 @@ class SandboxRelay:
 
     async def _relay(self, scope: Scope, receive: Receive, send: Send, sandbox: Sandbox) -> None:
         link = await self.link()
-        stream_id, queue = link.open_stream()
+        stream_id, queue = link.open_stream(sandbox.sandbox_id)
         assert sandbox.connection_id is not None
         agent = AgentStream(stream_id, get_settings().websocket_management_url or "", sandbox.connection_id)
         target = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
@@ -312,41 +337,57 @@ class SandboxRelay:
     async def _download(self, send: Send, queue: asyncio.Queue[codec.StreamMessage | None], agent: AgentStream,
                         disconnected: asyncio.Event) -> None:
         reorder, window, started = FrameReorderer(), flow.ReceiveWindow(RESPONSE_WINDOW), False
+        body: list[bytes] = []  # body frames that arrived together go to the browser in one write
+
+        async def flush() -> None:
+            if not body:
+                return
+            data = b"".join(body)
+            body.clear()
+            if not disconnected.is_set():
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            window.release(len(data))
+            increment = window.take_update()
+            if increment:
+                await agent.post([codec.WindowUpdate(agent.stream_id, agent.next_seq(), increment)])
+
         while True:
             timeout = None if started else get_settings().relay_response_timeout_seconds
             async with asyncio.timeout(timeout):
-                incoming = await queue.get()
-            if incoming is LINK_LOST:
-                raise ConnectionError("relay link lost")
-            for message in reorder.push(incoming):
-                if isinstance(message, codec.WindowUpdate):
-                    agent.window.grant(message.increment)
-                    agent.credit.set()
-                elif isinstance(message, codec.ResponseHead):
-                    started = True
-                    await send({"type": "http.response.start", "status": message.status,
-                                "headers": [(k, v) for k, v in message.headers if k.lower() not in HOP_BY_HOP
-                                            or k.lower() == b"content-length"]})
-                elif isinstance(message, codec.ResponseBody):
-                    window.consume(len(message.data))
-                    if not disconnected.is_set():
-                        await send({"type": "http.response.body", "body": message.data, "more_body": True})
-                    window.release(len(message.data))
-                    increment = window.take_update()
-                    if increment:
-                        await agent.post([codec.WindowUpdate(agent.stream_id, agent.next_seq(), increment)])
-                elif isinstance(message, codec.ResponseEnd):
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    return
-                elif isinstance(message, codec.StreamError | codec.Cancel):
-                    if disconnected.is_set():
-                        return
-                    if not started:
-                        detail = message.message if isinstance(message, codec.StreamError) else message.reason
-                        await _json(send, 502, error_body("agent_error", f"The agent could not answer: {detail}"))
-                    else:
+                arrived = [await queue.get()]
+            while not queue.empty():  # whatever else is already here, without waiting for more
+                arrived.append(queue.get_nowait())
+            for incoming in arrived:
+                if incoming is LINK_LOST:
+                    await flush()
+                    raise ConnectionError("relay link lost")
+                for message in reorder.push(incoming):
+                    if isinstance(message, codec.ResponseBody):
+                        window.consume(len(message.data))
+                        body.append(message.data)
+                        continue
+                    await flush()
+                    if isinstance(message, codec.WindowUpdate):
+                        agent.window.grant(message.increment)
+                        agent.credit.set()
+                    elif isinstance(message, codec.ResponseHead):
+                        started = True
+                        await send({"type": "http.response.start", "status": message.status,
+                                    "headers": [(k, v) for k, v in message.headers if k.lower() not in HOP_BY_HOP
+                                                or k.lower() == b"content-length"]})
+                    elif isinstance(message, codec.ResponseEnd):
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    return
+                        return
+                    elif isinstance(message, codec.StreamError | codec.Cancel):
+                        if disconnected.is_set():
+                            return
+                        if not started:
+                            detail = message.message if isinstance(message, codec.StreamError) else message.reason
+                            await _json(send, 502, error_body("agent_error", f"The agent could not answer: {detail}"))
+                        else:
+                            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        return
+            await flush()
 
 
 def _replay(first: dict[str, Any], receive: Receive) -> Receive:

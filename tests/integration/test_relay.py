@@ -4,11 +4,14 @@ origin → HTTP through the relay, the WebSocket API, `$default` and the agent's
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from layers.shared.tunnel import codec
 from tests.fake_agent import FakeAgent, FakeStream
 from tests.identity_support import registered_agent, sign_up
 from tests.support import RunningStack
@@ -31,6 +34,11 @@ async def app(stream: FakeStream) -> None:
         for number in range(3):
             await stream.respond_body(f"data: {number} {time.time()}\n\n".encode())
             await asyncio.sleep(SSE_GAP)
+    elif path == "/genuine":  # answers only once the test has let an impostor try to answer first
+        waiting.append(stream.stream_id)
+        await asyncio.get_running_loop().run_in_executor(None, impostor_tried.wait, 10)
+        await stream.respond_head(200, [(b"content-type", b"text/plain")])
+        await stream.respond_body(b"genuine")
     elif path == "/silent":  # never answers at all
         await stream.cancelled.wait()
         return
@@ -45,14 +53,14 @@ async def app(stream: FakeStream) -> None:
 
 
 hung: list[int] = []
+waiting: list[int] = []
+impostor_tried = threading.Event()
 
 
 class AgentThread:
     """Runs the fake agent on its own event loop thread for the duration of a test."""
 
     def __init__(self, url: str):
-        import threading
-
         self.loop = asyncio.new_event_loop()
         self.ready = asyncio.Event()
         self.agent = FakeAgent(url, app)
@@ -190,3 +198,26 @@ def test_only_the_sandbox_own_origin_is_served(stack: RunningStack, agent) -> No
     # The same sandbox id in front of another domain is not its origin
     elsewhere = client.get("/hello", headers={"host": f"{registration['sandbox_id']}.evil.localhost:{stack.port}"})
     assert elsewhere.status_code == 404
+
+
+def test_an_agent_cannot_answer_for_another_sandbox(stack: RunningStack, agent) -> None:  # type: ignore[no-untyped-def]
+    """Even knowing a stream's id, another sandbox's agent cannot put a response into it: the
+    server names each frame's sender and the relay takes a stream's frames from its agent only."""
+    browser, registration = agent
+    _, _, other = registered_agent(stack.base_url, "impostor")
+    client = opened_client(stack, open_url(browser, registration["sandbox_id"]))
+    with AgentThread(f"{stack.ws_url}?token={other['tunnel_token']}") as impostor, ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(client.get, "/genuine")
+        deadline = time.monotonic() + 10
+        while not waiting:
+            assert time.monotonic() < deadline, "the request did not reach the agent"
+            time.sleep(0.02)
+        stream_id = waiting[-1]
+        forged = [codec.ResponseHead(stream_id, 0, 200, [(b"content-type", b"text/plain")]),
+                  codec.ResponseBody(stream_id, 1, b"forged"), codec.ResponseEnd(stream_id, 2)]
+        asyncio.run_coroutine_threadsafe(impostor.agent.send(forged), impostor.loop).result(5)
+        time.sleep(0.5)  # ample time for the forgery to cross $default and the relay
+        impostor_tried.set()
+        response = answer.result(15)
+    assert response.status_code == 200 and response.text == "genuine"
+    assert "dropped a frame for a stream of " + registration["sandbox_id"] in stack.output()

@@ -12,6 +12,7 @@ from layers.shared.dal.connections import DynamoConnectionStore
 from layers.shared.dal.sandboxes import DynamoSandboxStore
 from layers.shared.domain import agent_connections, agents
 from layers.shared.domain.connections import handle_message, open_connection, reap_lost_connections
+from layers.shared.errors import NotAuthenticated
 from layers.shared.tunnel import codec
 from tests.unit.fakes import CONTEXT, MemoryConnectionStore, RecordingPusher
 
@@ -154,3 +155,79 @@ def test_dynamo_store_keeps_the_agent_of_a_connection(moto_aws) -> None:
                     sandbox_id="sb-1")
     loaded = store.get("c")
     assert loaded is not None and loaded.sandbox_id == "sb-1"
+
+
+def agent_record(store: MemoryConnectionStore, connection_id: str = "c-agent", sandbox_id: str = "sb-aaaa") -> None:
+    from layers.shared.domain.connections import Connection
+
+    store.put(Connection(connection_id, NOW, URL, NOW + timedelta(hours=2), sandbox_id=sandbox_id))
+
+
+class NoSandboxes:
+    """Forwarding stream frames must not read the sandbox (it costs a read per message)."""
+
+    def get_sandbox(self, sandbox_id: str):  # type: ignore[no-untyped-def]
+        raise AssertionError("stream frames alone need no sandbox read")
+
+
+SLOT = 0x1234ABCD
+STREAM_OF_SLOT = (SLOT << 32) | 7
+
+
+def test_stream_frames_go_to_the_relay_as_they_came_behind_the_sender() -> None:
+    store, pusher = MemoryConnectionStore(), RecordingPusher()
+    agent_record(store)
+    body = [codec.ResponseHead(STREAM_OF_SLOT, 0, 200, []), codec.ResponseBody(STREAM_OF_SLOT, 1, b"x" * 30_000),
+            codec.ResponseEnd(STREAM_OF_SLOT, 2)]
+    (message,) = codec.pack(body, codec.MAX_AGENT_MESSAGE)
+    replies = agent_connections.handle_agent_frames(
+        NoSandboxes(), store, pusher, {SLOT: "c-relay"}.get, connection_id="c-agent", management_url=URL,
+        data=message, now=NOW)
+    assert replies == []
+    ((_, to, data),) = pusher.sent
+    assert to == "c-relay"
+    assert data.endswith(message)  # not re-encoded
+    assert codec.unpack(data) == [codec.ForwardedFrom("sb-aaaa"), *body]
+
+
+def test_frames_for_a_gone_relay_are_cancelled_at_the_agent() -> None:
+    store, pusher = MemoryConnectionStore(), RecordingPusher(alive={"c-agent"})
+    agent_record(store)
+    (message,) = codec.pack([codec.ResponseBody(STREAM_OF_SLOT, 1, b"abc")])
+    replies = agent_connections.handle_agent_frames(
+        NoSandboxes(), store, pusher, {SLOT: "c-relay-gone"}.get, connection_id="c-agent", management_url=URL,
+        data=message, now=NOW)
+    assert replies == [codec.Cancel(STREAM_OF_SLOT, codec.MAX_SEQ, "the relay is gone")]
+    assert [to for _, to, _ in pusher.sent] == ["c-agent"]
+
+
+def test_mixed_messages_split_by_relay_each_behind_the_sender(moto_aws) -> None:
+    store, pusher = MemoryConnectionStore(), RecordingPusher()
+    sandboxes, sandbox_id = connected_agent(store, pusher)
+    pusher.sent.clear()
+    agent_id = next(c.connection_id for c in store.items.values() if c.sandbox_id == sandbox_id)
+    other = (0x0BADF00D << 32) | 1
+    (message,) = codec.pack([codec.ResponseEnd(STREAM_OF_SLOT, 0), codec.Heartbeat(1, 5),
+                             codec.ResponseEnd(other, 0)], codec.MAX_AGENT_MESSAGE)
+    agent_connections.handle_agent_frames(
+        sandboxes, store, pusher, {SLOT: "c-relay-1", 0x0BADF00D: "c-relay-2"}.get, connection_id=agent_id,
+        management_url=URL, data=message, now=NOW)
+    sent = {to: codec.unpack(data) for _, to, data in pusher.sent}
+    assert sent["c-relay-1"] == [codec.ForwardedFrom(sandbox_id), codec.ResponseEnd(STREAM_OF_SLOT, 0)]
+    assert sent["c-relay-2"] == [codec.ForwardedFrom(sandbox_id), codec.ResponseEnd(other, 0)]
+    assert isinstance(sent[agent_id][0], codec.HeartbeatAck)
+
+
+def test_an_agent_cannot_name_a_sender() -> None:
+    store, pusher = MemoryConnectionStore(), RecordingPusher()
+    agent_record(store)
+    (message,) = codec.pack([codec.ForwardedFrom("sb-victim"), codec.ResponseEnd(STREAM_OF_SLOT, 0)])
+    try:
+        agent_connections.handle_agent_frames(
+            NoSandboxes(), store, pusher, {SLOT: "c-relay"}.get, connection_id="c-agent", management_url=URL,
+            data=message, now=NOW)
+    except NotAuthenticated:
+        pass
+    else:
+        raise AssertionError("a FORWARDED_FROM from an agent must be refused")
+    assert pusher.sent == []

@@ -24,6 +24,7 @@ from layers.shared.tunnel.codec import (
     Cancel,
     CancelReason,
     ErrorCode,
+    ForwardedFrom,
     FrameTooLarge,
     Heartbeat,
     HeartbeatAck,
@@ -82,6 +83,7 @@ ONE_OF_EACH: list[Message] = [
         working_directory="/Users/ana/código",
         versions={"agent_client": "0.1.0", "opencode": "0.9.1"},
     ),
+    ForwardedFrom("sb-0123456789abcdef"),
 ]
 
 
@@ -347,7 +349,7 @@ def test_an_unknown_version_is_named_in_the_error() -> None:
         decode(b"\x02" + frame[1:])
 
 
-@pytest.mark.parametrize("type_code", [0x00, 0x0A, 0x13, 0x23, 0xFF])
+@pytest.mark.parametrize("type_code", [0x00, 0x0A, 0x13, 0x24, 0xFF])
 def test_an_unknown_type_is_a_protocol_error(type_code: int) -> None:
     frame = valid_frame()
     with pytest.raises(ProtocolError, match="unknown message type"):
@@ -509,3 +511,47 @@ def test_a_fragmented_message_carries_up_to_128_kb_of_frames_in_32_kb_fragments(
     assert b"".join(m.data for message in messages for m in codec.unpack(message)) == b"z" * 200_000
     with pytest.raises(codec.ProtocolError):
         codec.unpack(messages[0] + messages[1])  # over 128 KB: API Gateway would refuse it
+
+
+# ---------------------------------------------------------------------------------------------
+# Routing by headers alone, and the room an agent leaves for the server's FORWARDED_FROM
+
+
+def test_stream_frames_reads_types_and_streams_from_headers() -> None:
+    messages = [ResponseHead(STREAM, 0, 200, []), ResponseBody(STREAM, 1, b"x" * 1000), ResponseEnd(STREAM + 1, 0)]
+    (packed,) = pack(messages, codec.MAX_MESSAGE)
+    assert codec.stream_frames(packed) == [(m.TYPE, m.stream_id) for m in messages]
+
+
+def test_stream_frames_is_none_when_a_connection_frame_is_present() -> None:
+    (packed,) = pack([ResponseEnd(STREAM, 0), Heartbeat(1, 2)], codec.MAX_MESSAGE)
+    assert codec.stream_frames(packed) is None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "version", "type", "stream zero", "empty"])
+def test_stream_frames_refuses_broken_headers(damage: str) -> None:
+    frame = encode(ResponseBody(STREAM, 0, b"abc"))
+    broken = {
+        "truncated": frame[:-1],
+        "version": bytes([PROTOCOL_VERSION + 1]) + frame[1:],
+        "type": frame[:1] + bytes([0x7F]) + frame[2:],
+        "stream zero": frame[:4] + bytes(8) + frame[12:],
+        "empty": b"",
+    }[damage]
+    with pytest.raises(ProtocolError):
+        codec.stream_frames(broken)
+
+
+def test_an_agent_message_of_full_body_chunks_leaves_room_for_the_sender() -> None:
+    chunks = split_body(ResponseBody, STREAM, b"z" * (codec.FRAMES_PER_MESSAGE * codec.AGENT_BODY_CHUNK),
+                        first_seq=0, chunk_size=codec.AGENT_BODY_CHUNK)
+    (message,) = pack(chunks, codec.MAX_AGENT_MESSAGE)
+    sender = encode(ForwardedFrom("s" * codec.MAX_SENDER_ID_BYTES))
+    assert len(sender) + len(message) <= codec.MAX_MESSAGE
+    assert [m.data for m in unpack(sender + message)[1:]] == [c.data for c in chunks]
+
+
+def test_forwarded_from_refuses_an_empty_or_long_sender() -> None:
+    for sender in ("", "s" * (codec.MAX_SENDER_ID_BYTES + 1)):
+        with pytest.raises(ProtocolError):
+            ForwardedFrom(sender)

@@ -117,19 +117,31 @@ def handle_agent_frames(
     now: datetime,
 ) -> list[codec.Message]:
     """One WebSocket message from an agent: heartbeats are recorded and acknowledged, agent info is
-    stored, and stream frames go on, as they came, to the relay whose slot opened the stream (a
-    stream whose relay is gone is cancelled). Returns what was sent back to the agent."""
+    stored, and stream frames go on to the relay whose slot opened the stream, behind a
+    FORWARDED_FROM naming the agent's sandbox (a stream whose relay is gone is cancelled). Returns
+    what was sent back to the agent."""
     record = records.get(connection_id)
     if record is None or record.sandbox_id is None:
         raise NotAuthenticated("This connection has no agent.")
+    sender = codec.encode(codec.ForwardedFrom(record.sandbox_id))
+    frames = codec.stream_frames(data)
+    if frames is not None and len(data) + len(sender) <= codec.MAX_MESSAGE:
+        # The common case (a download's body, an SSE event): forwarded as it came, undecoded.
+        slots = {relay_access.slot_of(stream_id) for _, stream_id in frames}
+        if len(slots) == 1:
+            cancels = _forward(pusher, relays, management_url, slots.pop(), frames, [sender + bytes(data)])
+            _reply(records, pusher, management_url, connection_id, cancels)
+            return cancels
     messages = codec.unpack(data)
     replies: list[codec.Message] = []
-    by_slot: dict[int, list[codec.Message]] = {}
+    by_slot: dict[int, list[codec.StreamMessage]] = {}
     sandbox: Sandbox | None = None
     for message in messages:
         if isinstance(message, codec.StreamMessage):
             by_slot.setdefault(relay_access.slot_of(message.stream_id), []).append(message)
             continue
+        if isinstance(message, codec.ForwardedFrom):
+            raise NotAuthenticated("An agent cannot send FORWARDED_FROM.")
         sandbox = sandbox or sandboxes.get_sandbox(record.sandbox_id)
         if sandbox is None:
             raise NotAuthenticated("The connection's sandbox no longer exists.")
@@ -141,17 +153,29 @@ def handle_agent_frames(
                     "working_directory": message.working_directory, "versions": dict(message.versions)}
             sandbox = agents.record_agent_info(sandboxes, sandbox, info)
     for slot, stream_messages in by_slot.items():
-        relay = relays(slot)
-        delivered = relay is not None and all(pusher.post(management_url, relay, frame)
-                                              for frame in codec.pack(stream_messages, codec.MAX_MESSAGE))
-        if not delivered:
-            open_streams = {m.stream_id for m in stream_messages if not isinstance(m, codec.Cancel)}
-            replies += [codec.Cancel(stream_id, codec.MAX_SEQ, "the relay is gone") for stream_id in open_streams]
+        packed = [sender + frame for frame in codec.pack(stream_messages, codec.MAX_MESSAGE - len(sender))]
+        replies += _forward(pusher, relays, management_url, slot,
+                            [(message.TYPE, message.stream_id) for message in stream_messages], packed)
+    _reply(records, pusher, management_url, connection_id, replies)
+    return replies
+
+
+def _forward(pusher: ConnectionPusher, relays: RelayLookup, management_url: str, slot: int,
+             frames: list[tuple[codec.MessageType, int]], messages: list[bytes]) -> list[codec.Message]:
+    """Posts the messages to the slot's relay; if it is gone, the CANCELs to send the agent."""
+    relay = relays(slot)
+    if relay is not None and all(pusher.post(management_url, relay, message) for message in messages):
+        return []
+    open_streams = {stream_id for kind, stream_id in frames if kind is not codec.MessageType.CANCEL}
+    return [codec.Cancel(stream_id, codec.MAX_SEQ, "the relay is gone") for stream_id in sorted(open_streams)]
+
+
+def _reply(records: ConnectionStore, pusher: ConnectionPusher, management_url: str, connection_id: str,
+           replies: list[codec.Message]) -> None:
     for frame in codec.pack(replies):
         if not pusher.post(management_url, connection_id, frame):
             records.delete(connection_id)
             break
-    return replies
 
 
 def silent_agents_offline(sandboxes: SandboxStore, records: ConnectionStore, pusher: ConnectionPusher, *,

@@ -34,6 +34,14 @@ _HEADER = struct.Struct("!BBHQII")
 HEADER_SIZE = _HEADER.size
 MAX_PAYLOAD = MAX_FRAME - HEADER_SIZE
 MAX_BODY_CHUNK = MAX_PAYLOAD
+FRAMES_PER_MESSAGE = MAX_MESSAGE // MAX_FRAME
+# The server forwards an agent's message to the relay as it came, behind a FORWARDED_FROM frame
+# (at most HEADER_SIZE + 1 + MAX_SENDER_ID_BYTES), so an agent leaves that much room in a message.
+MAX_SENDER_ID_BYTES = 63  # sandbox ids are DNS labels
+MAX_AGENT_MESSAGE = MAX_MESSAGE - 128
+# Body chunks of this size fill an agent's message with FRAMES_PER_MESSAGE frames: a download
+# takes a quarter of the messages (and $default invocations) that 32 KB messages would.
+AGENT_BODY_CHUNK = MAX_AGENT_MESSAGE // FRAMES_PER_MESSAGE - HEADER_SIZE
 
 CONNECTION_STREAM_ID = 0
 MAX_STREAM_ID = 2**64 - 1
@@ -88,6 +96,7 @@ class MessageType(IntEnum):
     HEARTBEAT = 0x20
     HEARTBEAT_ACK = 0x21
     AGENT_INFO = 0x22
+    FORWARDED_FROM = 0x23
 
 
 class Flag(IntFlag):
@@ -634,6 +643,28 @@ class AgentInfo(ConnectionMessage):
         return cls(**{name: document[name] for name in cls._TEXT_FIELDS}, versions=document["versions"])
 
 
+@dataclass(frozen=True)
+class ForwardedFrom(ConnectionMessage):
+    """Server → relay only: the stream frames that follow, in the same WebSocket message, come from
+    this sandbox's agent. The relay takes a stream's frames only from the sandbox it opened the
+    stream to, so one agent cannot answer for another; the server never forwards this frame from
+    an agent."""
+
+    TYPE = MessageType.FORWARDED_FROM
+    sandbox_id: str
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.sandbox_id, str) and 0 < len(self.sandbox_id.encode()) <= MAX_SENDER_ID_BYTES,
+                 f"a sender is a sandbox id of 1 to {MAX_SENDER_ID_BYTES} bytes, got {self.sandbox_id!r}")
+
+    def payload(self) -> bytes:
+        return _blob(self.sandbox_id.encode(), 1, "sandbox id")
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        return cls(reader.text(reader.blob8("sandbox id"), "sandbox id"))
+
+
 _MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
     message_class.TYPE: message_class
     for message_class in (
@@ -652,8 +683,10 @@ _MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
         Heartbeat,
         HeartbeatAck,
         AgentInfo,
+        ForwardedFrom,
     )
 }
+STREAM_TYPES = frozenset(t for t, c in _MESSAGE_CLASSES.items() if issubclass(c, StreamMessage))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -722,6 +755,33 @@ def unpack(data: bytes | bytearray | memoryview) -> list[Message]:
         message, offset = _decode_frame(view, offset)
         messages.append(message)
     return messages
+
+
+def stream_frames(data: bytes | bytearray | memoryview) -> list[tuple[MessageType, int]] | None:
+    """The (type, stream id) of every frame in a WebSocket message made only of stream frames, read
+    from the headers alone; None if any frame is a connection frame. Enough to route a message
+    without decoding its payloads: whoever consumes the frames decodes and checks them in full."""
+    view = _binary_view(data)
+    frames: list[tuple[MessageType, int]] = []
+    offset = 0
+    while offset < len(view):
+        if len(view) - offset < HEADER_SIZE:
+            raise ProtocolError(f"truncated frame header: {len(view) - offset} of {HEADER_SIZE} bytes")
+        version, type_code, _, stream_id, _, length = _HEADER.unpack_from(view, offset)
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(f"unsupported tunnel protocol version {version}; this side speaks {PROTOCOL_VERSION}")
+        if type_code not in STREAM_TYPES:
+            if type_code in _MESSAGE_CLASSES:
+                return None
+            raise ProtocolError(f"unknown message type 0x{type_code:02x}")
+        _require(stream_id != CONNECTION_STREAM_ID, "a stream frame needs a stream id; stream 0 is the connection")
+        offset += HEADER_SIZE + length
+        if offset > len(view):
+            raise ProtocolError(f"truncated frame: payload of {length} bytes runs past the message")
+        frames.append((MessageType(type_code), stream_id))
+    if not frames:
+        raise ProtocolError("an empty WebSocket message holds no frame")
+    return frames
 
 
 def _binary_view(data: object) -> memoryview:
