@@ -165,12 +165,16 @@ class AgentStream:
     async def send_body(self, data: bytes) -> None:
         """Body bytes within the agent's window, waiting for WINDOW_UPDATEs as needed."""
         while data:
-            granted = self.window.take(min(len(data), codec.MAX_BODY_CHUNK))
+            # Up to a full message's worth per post: one management API call per 128 KB, not per frame.
+            granted = self.window.take(min(len(data), codec.FRAMES_PER_MESSAGE * codec.MAX_BODY_CHUNK))
             if granted == 0:
                 self.credit.clear()
                 await self.credit.wait()
                 continue
-            await self.post([codec.RequestBody(self.stream_id, self.next_seq(), data[:granted])])
+            first = self.seq
+            chunks = codec.split_body(codec.RequestBody, self.stream_id, data[:granted], first_seq=first)
+            self.seq += len(chunks)
+            await self.post(list(chunks))
             data = data[granted:]
 
 
