@@ -54,8 +54,8 @@ class EmbeddedStack:
         self.moto: MotoServer | None = None
         self.dynamodb: DynamoDBLocal | None = None
         self.runtime: LambdaRuntime | None = None
-        self.threads: list[threading.Thread] = []
         self.sandboxes: LocalSandboxBackend | None = None
+        self.threads: list[threading.Thread] = []
 
     @property
     def base_url(self) -> str:
@@ -90,8 +90,8 @@ class EmbeddedStack:
             "AGENTSERVER_RELAY_URL": self.client_config()["relay_url"],
             "AGENTSERVER_LLM_BASE_URL": self.client_config()["llm_base_url"],
             "AGENTSERVER_SANDBOX_ORIGIN": self.client_config()["relay_url"],
-            "POWERTOOLS_TRACE_DISABLED": "true",
             "AGENTSERVER_SANDBOX_BACKEND": "local",  # cloud sandboxes as processes: embedded/sandbox_processes.py
+            "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_NAMESPACE": "agentserver",
         }
         if not self.options.in_memory:
@@ -142,7 +142,6 @@ class EmbeddedStack:
         for thread in self.threads:
             thread.start()
 
-    def banner(self) -> None:
     def start_sandboxes(self, settings: Settings) -> None:
         """The local sandbox backend, for the worker that runs in this process; sandboxes that ran
         before a restart are started again."""
@@ -154,6 +153,7 @@ class EmbeddedStack:
         if recovered:
             log.info("sandboxes after the restart: %s", recovered)
 
+    def banner(self) -> None:
         storage = "in memory (moto)" if self.options.in_memory else f"DynamoDB Local in {self.options.state_dir}"
         self.console.print(f"[bold green]agentserver {VERSION}[/] is up")
         self.console.print(f"  console     {self.base_url}/")
@@ -169,8 +169,8 @@ class EmbeddedStack:
         try:
             settings = self.start_services()
             self.runtime = LambdaRuntime(settings.aws_region)
-            self.start_event_sources(settings)
             self.start_sandboxes(settings)
+            self.start_event_sources(settings)
             gateway = LocalGateway(
                 self.topology,
                 self.runtime,
@@ -206,9 +206,9 @@ class EmbeddedStack:
         self.endpoints_file.unlink(missing_ok=True)
         for thread in self.threads:
             thread.join(timeout=5)
-        if self.runtime is not None:
         if self.sandboxes is not None:
             self.sandboxes.shutdown()  # before the gateway's services go: agents close their tunnels
+        if self.runtime is not None:
             self.runtime.shutdown()
         if self.dynamodb is not None:
             self.dynamodb.stop()
