@@ -72,6 +72,7 @@ FARGATE_SIZES: dict[int, range] = {
 }
 DEFAULT_CPU, DEFAULT_MEMORY, DEFAULT_IDLE_TIMEOUT = 1024, 2048, 1800
 EVENT_PAGE = 100
+VERSION_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -204,10 +205,19 @@ def _kind_for(target: SandboxStatus) -> str:
 def _intend(store: LifecycleStore, queue: CommandQueue, sandbox: Sandbox, target: SandboxStatus, *,
             reason: str, now: datetime, config: LifecycleConfig, **changes: Any) -> Sandbox:
     """Record the intent (conditional on the version) and send the command that carries it out."""
-    check_transition(sandbox, target)
     operation_id = new_id("op-")
-    updated = store.update_sandbox(sandbox, status=target, status_reason=reason, operation_id=operation_id,
-                                   deadline_at=_deadline(config, target, now), attempts=1, **changes)
+    for attempt in range(VERSION_RETRIES):
+        check_transition(sandbox, target)
+        try:
+            updated = store.update_sandbox(sandbox, status=target, status_reason=reason, operation_id=operation_id,
+                                           deadline_at=_deadline(config, target, now), attempts=1, **changes)
+            break
+        except InvalidTransition:
+            # A heartbeat or the worker wrote meanwhile: decide again on the current state.
+            latest = store.get_sandbox(sandbox.sandbox_id)
+            if latest is None or attempt == VERSION_RETRIES - 1:
+                raise
+            sandbox = latest
     queue.send(Command(command_id=operation_id, kind=_kind_for(target),
                        payload={"sandbox_id": sandbox.sandbox_id}))
     return updated
