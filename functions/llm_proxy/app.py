@@ -65,6 +65,10 @@ class TimedCache(Generic[T]):
         return value
 
 
+class UpstreamBrokeOff(ConnectionError):
+    """The provider closed its answer before the end."""
+
+
 @dataclass
 class Exchange:
     """What one request did, for its usage record."""
@@ -191,6 +195,7 @@ class LlmProxy:
             raise ProxyError(401, "authentication", "Send the sandbox's proxy token as x-api-key or a bearer token.")
         caller = await self.caches.callers.get(token, lambda: llm_proxy.caller_for(self.tokens, token))
         if caller is None:
+            log.warning("refused a request with an unknown or revoked proxy token")
             raise ProxyError(401, "authentication", "The proxy token is unknown, or its sandbox was deleted.")
         return caller
 
@@ -277,8 +282,13 @@ class LlmProxy:
                     if meter is not None:
                         meter.feed(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except httpx.HTTPError as error:  # the upstream broke off mid-answer: end what the client has
+            except httpx.HTTPError as error:
+                # The upstream broke off mid-answer: the client's connection is broken off too (raising after
+                # the response started makes the server drop it), so it sees what it would have seen directly.
                 log.warning("upstream %s broke off: %s", route.provider.value, type(error).__name__)
+                if meter is not None:
+                    await self._record(caller, route, meter, exchange, started, started_at)
+                raise UpstreamBrokeOff(route.provider.value) from error
         finally:
             await response.aclose()
         if meter is not None and self.settings.frozen_after_response:

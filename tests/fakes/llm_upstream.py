@@ -52,9 +52,13 @@ class SeenRequest:
 
 @dataclass
 class ScriptedError:
-    status: int
+    status: int  # 0: not an error answer, but a stream that breaks off after message_start
     error_type: str  # Anthropic's type, e.g. overloaded_error; OpenAI's bodies get the same word
     message: str = "scripted by the test"
+
+    @classmethod
+    def break_off(cls) -> ScriptedError:
+        return cls(0, "", "the connection drops mid-stream")
 
 
 @dataclass
@@ -226,7 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._anthropic_error(404, "not_found_error", f"{self.command} {path} not found")
             return
         error = self._scripted_error()
-        if error is not None:
+        if error is not None and error.status:
             self._anthropic_error(error.status, error.error_type, error.message)
             return
         usage = fake.usage_for(json.dumps(payload.get("messages")))
@@ -248,6 +252,9 @@ class _Handler(BaseHTTPRequestHandler):
         event("message_start", {"type": "message_start", "message": {
             "id": message_id, "type": "message", "role": "assistant", "model": ANTHROPIC_MODEL, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": start_usage}})
+        if error is not None:  # break off: no chunked terminator, the connection just closes
+            self.close_connection = True
+            return
         event("content_block_start", {"type": "content_block_start", "index": 0,
                                       "content_block": {"type": "text", "text": ""}})
         event("ping", {"type": "ping"})
