@@ -91,6 +91,7 @@ synth: install
 
 bench: install
 	$(PY) bench/local_gateway.py
+	$(PY) bench/sandboxes.py
 
 lint: install
 	$(VENV)/bin/ruff check .
