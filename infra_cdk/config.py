@@ -99,6 +99,12 @@ class DeploymentConfig:
     oidc_client_secret_name: str = ""
     oidc_client_secret_version: str = ""
 
+    # LLM proxy (docs/llm-proxy.md): upstream base URLs (empty: the providers' own) and the default requests per
+    # day of a workspace (empty: unlimited); constants.LLM_PROXY_ENV hands them to the functions.
+    anthropic_base_url: str = ""
+    openai_base_url: str = ""
+    llm_default_max_rpd: str = ""
+
     # Sandbox origins (docs/relay.md): each sandbox is served on `<sandbox id>.<sandbox_domain>` by a CloudFront
     # distribution for `*.<sandbox_domain>` in front of the relay's Function URL. Empty: no such distribution,
     # and the API's open endpoint has no working URL to hand out in AWS.
@@ -115,6 +121,12 @@ class DeploymentConfig:
             raise ValueError(f"{CONTEXT_PREFIX}architecture must be arm64 or x86_64, not {self.architecture!r}")
         self._check_sign_in()
         self._check_sandbox_origins()
+        if self.llm_default_max_rpd and not self.llm_default_max_rpd.isdigit():
+            raise ValueError(f"{CONTEXT_PREFIX}llm_default_max_rpd must be a whole number (0 = unlimited), "
+                             f"not {self.llm_default_max_rpd!r}")
+        for name in ("anthropic_base_url", "openai_base_url"):
+            if getattr(self, name) and not getattr(self, name).startswith(("https://", "http://")):
+                raise ValueError(f"{CONTEXT_PREFIX}{name} must be an http(s):// URL")
 
     def _check_sign_in(self) -> None:
         if self.password_auth:

@@ -30,6 +30,9 @@ ENV_PUBLIC_RELAY_URL = "AGENTSERVER_RELAY_URL"
 ENV_PUBLIC_LLM_BASE_URL = "AGENTSERVER_LLM_BASE_URL"
 ENV_TRUSTED_PROXY_HOPS = "AGENTSERVER_TRUSTED_PROXY_HOPS"
 ENV_SANDBOX_ORIGIN = "AGENTSERVER_SANDBOX_ORIGIN"
+# Set on every streaming function: Lambda may freeze the process once a response ends (the web adapter then
+# asks for the next event), so work after the response must happen before its end.
+ENV_FROZEN_AFTER_RESPONSE = "AGENTSERVER_FROZEN_AFTER_RESPONSE"
 
 # Sign-in settings of the API function: each context key `agentserver:<field>` becomes this variable when
 # it is non-empty, and on this function only (it serves every /api/auth route).
@@ -66,6 +69,15 @@ STREAMING_URL_ENV = {"relay_url": ENV_PUBLIC_RELAY_URL, "llm_base_url": ENV_PUBL
 # distribution for the wildcard domain, and these functions learn the origin template: the API builds the
 # open endpoint's URL from it, the relay serves it.
 SANDBOX_RELAY_FUNCTION = STREAMING_URL_KEYS["relay_url"]
+# LLM proxy settings (docs/llm-proxy.md): each context key `agentserver:<field>` becomes this variable, when
+# non-empty, on the functions named: the upstream base URLs on the proxy, the default quota also on the API
+# (which reports it).
+LLM_PROXY_FUNCTION = STREAMING_URL_KEYS["llm_base_url"]
+LLM_PROXY_ENV = {
+    "anthropic_base_url": ("ANTHROPIC_BASE_URL", (LLM_PROXY_FUNCTION,)),
+    "openai_base_url": ("OPENAI_BASE_URL", (LLM_PROXY_FUNCTION,)),
+    "llm_default_max_rpd": ("LLMPROXY_DEFAULT_MAX_RPD", (LLM_PROXY_FUNCTION, "http_api")),
+}
 SANDBOX_ORIGIN_FUNCTIONS = ("http_api", SANDBOX_RELAY_FUNCTION)
 # CloudFront replaces the viewer's Host with the Function URL's own (Lambda routes by it); a viewer-request
 # function first copies the sandbox's host name into this header, which the relay reads.

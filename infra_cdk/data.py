@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration
+from aws_cdk import Duration, SecretValue
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
@@ -12,7 +12,7 @@ from constructs import Construct
 from infra_cdk import constants, nag
 from infra_cdk.config import DeploymentConfig
 from infra_cdk.naming import construct_id
-from layers.shared.topology import Key, Topology
+from layers.shared.topology import SECRET_PLACEHOLDER, Key, Topology
 from layers.shared.topology import Queue as QueueSpec
 from layers.shared.topology import Table as TableSpec
 
@@ -39,7 +39,8 @@ class DataStore(Construct):
         self.queues = {queue.name: self._queue(queue) for queue in topology.queues}
         self.access_logs = self._access_log_bucket()
         self.buckets = {bucket.name: self._bucket(bucket.name) for bucket in topology.buckets}
-        self.secrets = {secret.name: self._secret(secret.name, secret.description) for secret in topology.secrets}
+        self.secrets = {secret.name: self._secret(secret.name, secret.description, optional=secret.optional)
+                        for secret in topology.secrets}
 
     def _table(self, spec: TableSpec) -> dynamodb.Table:
         table = dynamodb.Table(
@@ -125,14 +126,16 @@ class DataStore(Construct):
             removal_policy=self._removal,
         )
 
-    def _secret(self, name: str, description: str) -> secretsmanager.Secret:
-        # Created with a random placeholder value; the operator puts the real key (docs/deploy.md).
+    def _secret(self, name: str, description: str, *, optional: bool = False) -> secretsmanager.Secret:
+        # Created with a random placeholder value; the operator puts the real key (docs/deploy.md). An optional
+        # secret starts as the known placeholder instead, which its readers take for "not configured".
         secret = secretsmanager.Secret(
             self,
             construct_id(name, "Secret"),
             secret_name=self._prefix + name,
             description=description,
             removal_policy=self._removal,
+            secret_string_value=SecretValue.unsafe_plain_text(SECRET_PLACEHOLDER) if optional else None,
         )
         nag.acknowledge(
             secret,

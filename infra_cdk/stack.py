@@ -80,6 +80,7 @@ class AgentServerStack(Stack):
         }
         self._hand_public_endpoints_to_functions(streaming_urls)
         self._hand_sign_in_settings_to_api(config)
+        self._hand_llm_settings_to_functions(config)
         self.console.publish(
             {
                 "api_url": self.public_api_url,
@@ -148,11 +149,22 @@ class AgentServerStack(Stack):
         # referring to them adds no cycle; a function URL depends on its own function, so that one is skipped.
         self.runtime.add_environment_to_all(constants.ENV_PUBLIC_API_URL, self.public_api_url)
         self.runtime.add_environment_to_all(constants.ENV_PUBLIC_WEBSOCKET_URL, self.websocket_api.url)
-        for key, function_name in constants.STREAMING_URL_KEYS.items():
+        # Streaming functions learn none of these URLs: each URL depends on its function, so two streaming
+        # functions referring to each other's would be a cycle (and none of them needs another's URL).
+        streaming = set(self.streaming.urls)
+        for key in constants.STREAMING_URL_KEYS:
             if streaming_urls[key]:
-                self.runtime.add_environment_to_all(
-                    constants.STREAMING_URL_ENV[key], streaming_urls[key], except_function=function_name
-                )
+                for name, function in self.runtime.functions.items():
+                    if name not in streaming:
+                        function.add_environment(constants.STREAMING_URL_ENV[key], streaming_urls[key])
+
+    def _hand_llm_settings_to_functions(self, config: DeploymentConfig) -> None:
+        for field_name, (variable, function_names) in constants.LLM_PROXY_ENV.items():
+            value = getattr(config, field_name)
+            for name in function_names:
+                function = self.runtime.functions.get(name)
+                if value and function is not None:
+                    function.add_environment(variable, value)
 
     def _hand_sign_in_settings_to_api(self, config: DeploymentConfig) -> None:
         function = self.runtime.functions.get(constants.SIGN_IN_FUNCTION)

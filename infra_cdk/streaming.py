@@ -52,6 +52,7 @@ class LambdaWebAdapter:
             "AWS_LWA_INVOKE_MODE": "response_stream",
             "AWS_LWA_PORT": constants.LAMBDA_WEB_ADAPTER_PORT,
             "AGENTSERVER_ASGI_APP": asgi_app(spec.handler),
+            constants.ENV_FROZEN_AFTER_RESPONSE: "true",
         }
 
 

@@ -64,6 +64,10 @@ class Bucket:
     name: str
 
 
+# What a secret holds until an operator puts a value (see `Secret.optional`).
+SECRET_PLACEHOLDER = "unset"
+
+
 @dataclass(frozen=True)
 class Secret:
     """A Secrets Manager secret; `seed_env` names the variable the embedded stack seeds it from.
