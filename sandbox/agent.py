@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from agent_client.agent_runner import serve_registrations
-from agent_client.commands.connect import _event_printer, _run_until_interrupted
+from agent_client.commands.connect import event_printer, run_until_interrupted
 from agent_client.registry import Registration
 
 REQUIRED = ("AGENTSERVER_SANDBOX_ID", "AGENTSERVER_WORKSPACE_ID", "AGENTSERVER_SERVER_URL", "AGENTSERVER_TUNNEL_URL",
@@ -54,7 +54,7 @@ def main() -> int:
     except MissingSetting as error:
         console.print(f"error: {error}")
         return 2
-    failed = _run_until_interrupted(serve_registrations([registration], on_event=_event_printer(console)))
+    failed = run_until_interrupted(serve_registrations([registration], on_event=event_printer(console)))
     return 1 if failed else 0
 
 

@@ -66,7 +66,7 @@ def connect(
     except RegistryError as error:
         _fail(console, str(error))
     console.print(registrations_table(registrations, title="Connecting (Ctrl-C to stop)"))
-    failed = _run_until_interrupted(serve_registrations(registrations, on_event=_event_printer(console)))
+    failed = run_until_interrupted(serve_registrations(registrations, on_event=event_printer(console)))
     if failed and failed == len(registrations):
         raise typer.Exit(code=1)
 
@@ -118,7 +118,7 @@ def _saved(console: Console, registry: Registry, *, workspace: str | None, direc
     return selected
 
 
-def _run_until_interrupted(work: Coroutine[Any, Any, int]) -> int:
+def run_until_interrupted(work: Coroutine[Any, Any, int]) -> int:
     """Runs `work`; Ctrl-C or SIGTERM cancels it, which closes every tunnel and local app cleanly."""
 
     async def main() -> int:
@@ -142,7 +142,7 @@ def _run_until_interrupted(work: Coroutine[Any, Any, int]) -> int:
     return asyncio.run(main())
 
 
-def _event_printer(console: Console) -> Callable[[Registration, TunnelEvent], None]:
+def event_printer(console: Console) -> Callable[[Registration, TunnelEvent], None]:
     def print_event(registration: Registration, event: TunnelEvent) -> None:
         if event.state == "connecting":
             return  # every attempt says so; "retrying" and "connected" say what matters
