@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,15 +62,22 @@ def console_build() -> Path:
     return CONSOLE_DIR
 
 
-@pytest.fixture(scope="module")
-def console(console_build: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    running = RunningStack(state_dir=tmp_path_factory.mktemp("stack"), in_memory=True,
-                           extra_args=["--console-dir", str(console_build), "--queue-visibility-timeout", "1"]).start()
+@contextmanager
+def running_console(console_dir: Path, state_dir: Path, env: dict[str, str] | None = None) -> Iterator[Console]:
+    """`agentserver up` serving the built console, with its first account (the admin) registered."""
+    running = RunningStack(state_dir=state_dir, in_memory=True, env=env,
+                           extra_args=["--console-dir", str(console_dir), "--queue-visibility-timeout", "1"]).start()
     try:
         # The first account on a server is its admin: made here so that every test knows who that is.
         yield Console(running, new_account(running.base_url, "admin"))
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def console(console_build: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    with running_console(console_build, tmp_path_factory.mktemp("stack")) as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

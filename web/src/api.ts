@@ -15,18 +15,20 @@ export interface AgentInfo {
 export interface Sandbox {
   id: string; workspace_id: string; name: string; kind: "cloud" | "local"; type: string; status: string;
   status_reason: string | null; created_by: string; created_at: string; last_activity_at: string | null;
-  last_heartbeat_at: string | null; agent_info: AgentInfo;
+  last_heartbeat_at: string | null; agent_info: AgentInfo; cpu?: number | null; memory?: number | null;
+  idle_timeout?: number | null;
 }
-export interface SandboxEvent { phase?: string; status?: string; reason?: string | null; at?: string; created_at?: string; [key: string]: unknown }
+export interface SandboxEvent { at: string; phase: string; reason: string | null }
 export interface AgentCode { code: string; expires_at: string; command: string }
 export interface Token { id: string; name: string; created_at: string; expires_at: string | null; last_used_at: string | null }
 export interface CreatedToken extends Token { token: string }
-export interface LlmQuota { max_rpd: number; used_today: number; resets_at: string }
+export interface LlmQuota { max_rpd: number; used_today: number; resets_at: string; uses_default?: boolean }
+/** One row of a usage report: `key` is the day (YYYY-MM-DD), sandbox id or model it groups by. */
 export interface UsageRow {
-  key?: string; day?: string; date?: string; sandbox_id?: string; model?: string;
-  requests: number; input_tokens?: number; output_tokens?: number; cache_read_tokens?: number;
-  cache_creation_tokens?: number; cache_write_tokens?: number;
+  key: string; requests: number; errors: number; input_tokens: number; output_tokens: number;
+  cache_read_tokens: number; cache_write_tokens: number;
 }
+export interface UsageReport { from: string; to: string; group_by: string; items: UsageRow[]; totals: UsageRow }
 export interface Page<T> { items: T[]; next_cursor: string | null }
 export interface ClientConfig { api_url: string; websocket_url: string; relay_url: string; llm_base_url: string; version: string }
 
@@ -49,11 +51,10 @@ const FALLBACK_SENTENCES: Record<number, string> = {
   503: "The server is busy or unavailable. Try again in a moment.",
 };
 
+/** Ends the server's message as a sentence; its first word may be a field name, so its case is kept. */
 function sentence(text: string): string {
   const trimmed = text.trim();
-  if (!trimmed) return trimmed;
-  const capital = trimmed[0].toUpperCase() + trimmed.slice(1);
-  return /[.!?]$/.test(capital) ? capital : `${capital}.`;
+  return !trimmed || /[.!?]$/.test(trimmed) ? trimmed : `${trimmed}.`;
 }
 
 async function errorFrom(response: Response): Promise<ApiError> {

@@ -20,19 +20,45 @@ export function allowedActions(sandbox: Sandbox, role: Role, userId: string | un
 /**
  * Opens the sandbox on its own origin in a new tab. The tab is opened during the click (so no popup
  * blocker steps in) and cut off from this window before it navigates: what a sandbox serves is untrusted
- * and must not reach the console through window.opener.
+ * and must not reach the console through window.opener. A paused sandbox is resumed first: the tab says so
+ * while the console waits for it to run, then asks for a fresh ticket.
  */
-export async function openSandbox(sandbox: Sandbox): Promise<void> {
+export async function openSandbox(sandbox: Sandbox, onProgress: () => void = () => {}): Promise<void> {
   const tab = window.open("about:blank", "_blank");
-  if (tab) tab.opener = null;
+  if (tab) {
+    tab.opener = null;
+    tab.document.title = `${sandbox.name} · agentserver`;
+    tab.document.body.textContent = `Opening ${sandbox.name}…`;
+  }
   try {
-    const { url } = await api.post<{ url: string }>(`/api/sandboxes/${enc(sandbox.id)}/open`);
-    if (tab) tab.location.href = url;
-    else window.location.href = url;
+    let opened = await api.post<{ url: string; status?: string }>(`/api/sandboxes/${enc(sandbox.id)}/open`);
+    if (opened.status && opened.status !== "running") {
+      onProgress();
+      if (tab) tab.document.body.textContent = `Resuming ${sandbox.name}… this tab opens it once it runs.`;
+      await waitUntilRunning(sandbox.id);
+      opened = await api.post<{ url: string; status?: string }>(`/api/sandboxes/${enc(sandbox.id)}/open`);
+    }
+    if (tab) tab.location.href = opened.url;
+    else window.location.href = opened.url;
   } catch (error) {
     tab?.close();
     throw error;
   }
+}
+
+const RESUME_WAIT_MS = 5 * 60 * 1000;
+
+async function waitUntilRunning(sandboxId: string): Promise<void> {
+  const deadline = Date.now() + RESUME_WAIT_MS;
+  while (Date.now() < deadline) {
+    await new Promise((resolve) => window.setTimeout(resolve, 1500));
+    const current = await api.get<Sandbox>(`/api/sandboxes/${enc(sandboxId)}`);
+    if (current.status === "running") return;
+    if (!["resuming", "paused", "creating"].includes(current.status)) {
+      throw new Error(`The sandbox did not start: it is ${current.status}${current.status_reason ? ` (${current.status_reason})` : ""}.`);
+    }
+  }
+  throw new Error("The sandbox is taking too long to start. Look at its lifecycle events, then try again.");
 }
 
 export function RenameDialog({ sandbox, onClose, onDone }: { sandbox: Sandbox | null; onClose: () => void; onDone: () => void }) {
@@ -103,7 +129,7 @@ export function SandboxButtons({ sandbox, role, userId, onChanged, onRename, onD
   return (
     <div className="row-actions">
       {allowed.open && <button type="button" className="primary" aria-label={label("Open")} disabled={action.busy}
-        onClick={() => void action.run(() => openSandbox(sandbox))}>Open</button>}
+        onClick={() => void action.run(() => openSandbox(sandbox, onChanged))}>Open</button>}
       {allowed.pause && <button type="button" aria-label={label("Pause")} disabled={action.busy}
         onClick={() => void lifecycle("pause")}>Pause</button>}
       {allowed.resume && <button type="button" aria-label={label("Resume")} disabled={action.busy}

@@ -6,7 +6,16 @@ import { useSession } from "../session";
 
 interface AdminUser { id: string; email: string; name: string; role: "user" | "admin"; created_at: string }
 interface AdminWorkspace { id: string; name: string; created_by: string; created_at: string }
-interface Quotas { max_workspaces_per_user: number }
+interface Quotas {
+  max_workspaces_per_user: number; max_sandboxes_per_workspace?: number; max_workspace_cpu?: number;
+  max_workspace_memory?: number;
+}
+const QUOTA_FIELDS: { key: keyof Quotas; label: string; min: number }[] = [
+  { key: "max_workspaces_per_user", label: "Workspaces per user", min: 1 },
+  { key: "max_sandboxes_per_workspace", label: "Sandboxes per workspace", min: 0 },
+  { key: "max_workspace_cpu", label: "CPU units per workspace (1024 = 1 vCPU)", min: 0 },
+  { key: "max_workspace_memory", label: "Memory per workspace (MiB)", min: 0 },
+];
 
 /** A paged list that grows with "Show more" (the admin lists follow next_cursor). */
 function usePaged<T>(path: string) {
@@ -51,11 +60,13 @@ function UserRow({ user, self, onChanged }: { user: AdminUser; self: boolean; on
 function QuotaForm() {
   const quotas = useResource(() => api.get<Quotas>("/api/admin/quotas"), "quotas");
   const action = useAction();
-  const [value, setValue] = useState("");
+  const [edits, setEdits] = useState<Partial<Record<keyof Quotas, string>>>({});
+  const fields = QUOTA_FIELDS.filter((field) => quotas.data?.[field.key] !== undefined);
   async function submit(event: FormEvent) {
     event.preventDefault();
-    const saved = await action.run(() => api.put<Quotas>("/api/admin/quotas", { max_workspaces_per_user: Number(value) }));
-    if (saved) { setValue(""); void quotas.reload(); }
+    const body = Object.fromEntries(fields.map((field) => [field.key, Number(edits[field.key] ?? quotas.data?.[field.key])]));
+    const saved = await action.run(() => api.put<Quotas>("/api/admin/quotas", body));
+    if (saved) { setEdits({}); void quotas.reload(); }
   }
   return (
     <form className="card inline-form" onSubmit={submit}>
@@ -64,11 +75,14 @@ function QuotaForm() {
       <ErrorNote error={quotas.error} onRetry={quotas.reload} />
       {quotas.data && <p>Each user may own up to <strong>{quotas.data.max_workspaces_per_user}</strong> workspaces.</p>}
       <div className="fields">
-        <label>Workspaces per user
-          <input name="max_workspaces_per_user" type="number" min={1} max={10000} required value={value}
-            onChange={(e) => setValue(e.target.value)} />
-        </label>
-        <button type="submit" disabled={action.busy}>Save</button>
+        {fields.map((field) => (
+          <label key={field.key}>{field.label}
+            <input name={field.key} type="number" min={field.min} required
+              value={edits[field.key] ?? String(quotas.data?.[field.key] ?? "")}
+              onChange={(e) => setEdits({ ...edits, [field.key]: e.target.value })} />
+          </label>
+        ))}
+        <button type="submit" disabled={action.busy || !quotas.data}>Save</button>
       </div>
       <ErrorNote error={action.error} />
     </form>

@@ -1,15 +1,11 @@
 import { Fragment, useState } from "react";
 import { Link, useNavigate, useParams } from "react-router";
-import { api, enc, type Page, type Sandbox, type SandboxEvent, type UsageRow, type Workspace } from "../api";
+import { api, enc, type Page, type Sandbox, type SandboxEvent, type UsageReport, type Workspace } from "../api";
 import { Ago, Empty, ErrorNote, formatNumber, isTransitional, Loading, StatusBadge } from "../components";
 import { useResource, useTitle } from "../hooks";
 import { WorkspacePage } from "../Layout";
 import { DeleteDialog, RenameDialog, SandboxButtons } from "../sandboxActions";
 import { useSession } from "../session";
-
-function eventTime(event: SandboxEvent): string | undefined {
-  return (event.at ?? event.created_at ?? event.time) as string | undefined;
-}
 
 function Events({ sandbox }: { sandbox: Sandbox }) {
   const events = useResource(() => api.get<Page<SandboxEvent>>(`/api/sandboxes/${enc(sandbox.id)}/events`),
@@ -24,9 +20,9 @@ function Events({ sandbox }: { sandbox: Sandbox }) {
         <ol className="timeline">
           {events.data.items.map((event, index) => (
             <li key={index}>
-              <StatusBadge status={String(event.phase ?? event.status ?? "event")} />
-              {event.reason && <span> {String(event.reason)}</span>}
-              {eventTime(event) && <span className="muted small"> · <Ago iso={eventTime(event)} /></span>}
+              <StatusBadge status={event.phase} />
+              {event.reason && <span> {event.reason}</span>}
+              <span className="muted small"> · <Ago iso={event.at} /></span>
             </li>
           ))}
         </ol>
@@ -35,19 +31,9 @@ function Events({ sandbox }: { sandbox: Sandbox }) {
   );
 }
 
-function totals(rows: UsageRow[]) {
-  const sum = (pick: (row: UsageRow) => number | undefined) => rows.reduce((total, row) => total + (pick(row) ?? 0), 0);
-  return {
-    requests: sum((row) => row.requests),
-    input: sum((row) => row.input_tokens),
-    output: sum((row) => row.output_tokens),
-    cache: sum((row) => (row.cache_read_tokens ?? 0) + (row.cache_creation_tokens ?? row.cache_write_tokens ?? 0)),
-  };
-}
-
 function Usage({ sandbox }: { sandbox: Sandbox }) {
-  const usage = useResource(() => api.get<Page<UsageRow>>(`/api/sandboxes/${enc(sandbox.id)}/usage`), sandbox.id);
-  const sum = usage.data ? totals(usage.data.items) : null;
+  const usage = useResource(() => api.get<UsageReport>(`/api/sandboxes/${enc(sandbox.id)}/usage`), sandbox.id);
+  const sum = usage.data?.totals;
   return (
     <section className="card">
       <h2>LLM usage</h2>
@@ -56,9 +42,9 @@ function Usage({ sandbox }: { sandbox: Sandbox }) {
       {sum && (
         <dl className="stats">
           <div><dt>Requests</dt><dd data-testid="sandbox-requests">{formatNumber(sum.requests)}</dd></div>
-          <div><dt>Input tokens</dt><dd>{formatNumber(sum.input)}</dd></div>
-          <div><dt>Output tokens</dt><dd>{formatNumber(sum.output)}</dd></div>
-          <div><dt>Cache tokens</dt><dd>{formatNumber(sum.cache)}</dd></div>
+          <div><dt>Input tokens</dt><dd>{formatNumber(sum.input_tokens)}</dd></div>
+          <div><dt>Output tokens</dt><dd>{formatNumber(sum.output_tokens)}</dd></div>
+          <div><dt>Cache tokens</dt><dd>{formatNumber(sum.cache_read_tokens + sum.cache_write_tokens)}</dd></div>
         </dl>
       )}
     </section>

@@ -7,21 +7,27 @@ import { WorkspacePage } from "../Layout";
 import { DeleteDialog, RenameDialog, SandboxButtons } from "../sandboxActions";
 import { useSession } from "../session";
 
-// Fargate's CPU sizes (1024 units = 1 vCPU) and the memory each allows, in MiB.
-const CPU_CHOICES: { cpu: number; memory: number[] }[] = [
-  { cpu: 256, memory: [512, 1024, 2048] },
-  { cpu: 512, memory: [1024, 2048, 3072, 4096] },
-  { cpu: 1024, memory: [2048, 3072, 4096, 5120, 6144, 7168, 8192] },
-  { cpu: 2048, memory: [4096, 5120, 6144, 8192, 12288, 16384] },
-  { cpu: 4096, memory: [8192, 12288, 16384, 20480, 24576, 30720] },
+// Fargate's CPU sizes (1024 units = 1 vCPU) and the memory each can run with, in MiB (as the server checks).
+const FARGATE_SIZES: { cpu: number; memory: number[] }[] = [
+  { cpu: 256, memory: steps(512, 2048, 512) },
+  { cpu: 512, memory: steps(1024, 4096, 1024) },
+  { cpu: 1024, memory: steps(2048, 8192, 1024) },
+  { cpu: 2048, memory: steps(4096, 16384, 1024) },
+  { cpu: 4096, memory: steps(8192, 30720, 1024) },
 ];
+function steps(from: number, to: number, step: number): number[] {
+  return Array.from({ length: (to - from) / step + 1 }, (_, index) => from + index * step);
+}
 const AGENT_TYPES = [
   { value: "opencode", label: "opencode" },
   { value: "claudecode", label: "Claude Code" },
   { value: "codex", label: "Codex" },
 ];
 
-/** The limits a new sandbox must fit in; the server checks them again and explains a refusal. */
+/**
+ * The limits a new sandbox must fit in. The server's defaults, unless the workspace carries its own
+ * (`sandbox_limits`); either way the server checks again and its refusal is shown as a sentence.
+ */
 export interface SandboxBounds {
   max_cpu: number; max_memory: number; min_idle_timeout: number; max_idle_timeout: number;
 }
@@ -31,10 +37,10 @@ const vcpu = (units: number) => `${units / 1024} vCPU`;
 const gib = (mib: number) => (mib >= 1024 ? `${mib / 1024} GiB` : `${mib} MiB`);
 
 function CreateSandboxDialog({ workspace, open, onClose, onCreated }: {
-  workspace: Workspace & { sandbox_bounds?: SandboxBounds }; open: boolean; onClose: () => void; onCreated: () => void;
+  workspace: Workspace & { sandbox_limits?: SandboxBounds }; open: boolean; onClose: () => void; onCreated: () => void;
 }) {
-  const bounds = workspace.sandbox_bounds ?? DEFAULT_BOUNDS;
-  const cpus = CPU_CHOICES.filter((choice) => choice.cpu <= bounds.max_cpu);
+  const bounds = workspace.sandbox_limits ?? DEFAULT_BOUNDS;
+  const cpus = FARGATE_SIZES.filter((choice) => choice.cpu <= bounds.max_cpu);
   const action = useAction();
   const [name, setName] = useState("");
   const [type, setType] = useState("opencode");
@@ -65,7 +71,7 @@ function CreateSandboxDialog({ workspace, open, onClose, onCreated }: {
             <select name="cpu" value={cpu} onChange={(e) => {
               const next = Number(e.target.value);
               setCpu(next);
-              const allowed = (CPU_CHOICES.find((c) => c.cpu === next)?.memory ?? []).filter((m) => m <= bounds.max_memory);
+              const allowed = (FARGATE_SIZES.find((c) => c.cpu === next)?.memory ?? []).filter((m) => m <= bounds.max_memory);
               if (!allowed.includes(memory)) setMemory(allowed[0] ?? memory);
             }}>
               {cpus.map((choice) => <option key={choice.cpu} value={choice.cpu}>{vcpu(choice.cpu)}</option>)}

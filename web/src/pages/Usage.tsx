@@ -1,5 +1,5 @@
 import { type FormEvent, useState } from "react";
-import { api, atLeast, enc, type LlmQuota, type Page, type UsageRow, type Workspace } from "../api";
+import { api, atLeast, enc, type LlmQuota, type UsageReport, type UsageRow, type Workspace } from "../api";
 import { BarChart, Empty, ErrorNote, formatNumber, Loading } from "../components";
 import { useAction, useResource, useTitle } from "../hooks";
 import { WorkspacePage } from "../Layout";
@@ -10,13 +10,10 @@ function isoDay(date: Date): string {
   return date.toISOString().slice(0, 10);
 }
 
-function rowKey(row: UsageRow): string {
-  return String(row.day ?? row.date ?? row.key ?? row.model ?? row.sandbox_id ?? "");
-}
 
 /** The last DAYS days, oldest first, with days without requests as zero. */
 function dailyPoints(rows: UsageRow[], today: Date) {
-  const byDay = new Map(rows.map((row) => [rowKey(row).slice(0, 10), row.requests]));
+  const byDay = new Map(rows.map((row) => [row.key, row.requests]));
   return Array.from({ length: DAYS }, (_, index) => {
     const day = new Date(today);
     day.setUTCDate(day.getUTCDate() - (DAYS - 1 - index));
@@ -74,8 +71,8 @@ function Usage({ workspace }: { workspace: Workspace }) {
   from.setUTCDate(from.getUTCDate() - (DAYS - 1));
   const range = `from=${isoDay(from)}&to=${isoDay(today)}`;
   const base = `/api/workspaces/${enc(workspace.id)}/usage?${range}`;
-  const daily = useResource(() => api.get<Page<UsageRow>>(`${base}&group_by=day`), `${workspace.id}:day`);
-  const models = useResource(() => api.get<Page<UsageRow>>(`${base}&group_by=model`), `${workspace.id}:model`);
+  const daily = useResource(() => api.get<UsageReport>(`${base}&group_by=day`), `${workspace.id}:day`);
+  const models = useResource(() => api.get<UsageReport>(`${base}&group_by=model`), `${workspace.id}:model`);
   const points = daily.data ? dailyPoints(daily.data.items, today) : [];
   const total = points.reduce((sum, point) => sum + point.value, 0);
   return (
@@ -102,8 +99,8 @@ function Usage({ workspace }: { workspace: Workspace }) {
               <thead><tr><th>Model</th><th>Requests</th><th>Input tokens</th><th>Output tokens</th></tr></thead>
               <tbody>
                 {models.data.items.map((row) => (
-                  <tr key={rowKey(row)}>
-                    <td data-label="Model">{rowKey(row)}</td>
+                  <tr key={row.key}>
+                    <td data-label="Model">{row.key}</td>
                     <td data-label="Requests">{formatNumber(row.requests)}</td>
                     <td data-label="Input tokens">{formatNumber(row.input_tokens)}</td>
                     <td data-label="Output tokens">{formatNumber(row.output_tokens)}</td>
