@@ -89,6 +89,8 @@ def test_a_new_user_signs_up_creates_a_workspace_and_invites_a_member(page: Page
     role = page.get_by_label(f"Role of {colleague.email}")
     expect(role).to_have_value("developer")
     role.select_option("maintainer")
+    expect(role).to_have_value("maintainer")  # the list shows the stored role once the change is saved
+    expect(role).to_be_enabled()
 
     # Then the change holds after a reload
     page.reload()
