@@ -48,6 +48,10 @@ _DOMAIN_NAME = re.compile(r"(?=.{1,230}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+
 # CloudFront takes ACM certificates from us-east-1 only.
 _CLOUDFRONT_CERTIFICATE_ARN = re.compile(r"arn:aws:acm:us-east-1:[0-9]{12}:certificate/[A-Za-z0-9-]{1,128}")
 _HOSTED_ZONE_ID = re.compile(r"Z[A-Z0-9]{1,31}")
+# A container image reference: registry/repository, then a tag or a digest (no scheme, no spaces).
+_IMAGE_REFERENCE = re.compile(
+    r"(?!.*://)[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?"
+)
 
 
 def _as_tuple(value: Any) -> tuple[str, ...]:
@@ -116,11 +120,25 @@ class DeploymentConfig:
     sandbox_hosted_zone_id: str = ""
     sandbox_hosted_zone_name: str = ""
 
+    # Cloud sandboxes (docs/deploy.md, "Deploying cloud sandboxes"): the image of sandbox/Dockerfile, by URI. Empty:
+    # the stack's own ECR repository (`<prefix>sandbox`), tag `latest`, which you push to after the first deploy.
+    agent_image: str = ""
+    agent_architecture: str = "x86_64"  # or "arm64": the CPU the image was built for (Fargate runs either)
+
     def __post_init__(self) -> None:
         if self.architecture not in {"arm64", "x86_64"}:
             raise ValueError(f"{CONTEXT_PREFIX}architecture must be arm64 or x86_64, not {self.architecture!r}")
         self._check_sign_in()
         self._check_sandbox_origins()
+        if self.agent_architecture not in {"arm64", "x86_64"}:
+            raise ValueError(
+                f"{CONTEXT_PREFIX}agent_architecture must be arm64 or x86_64, not {self.agent_architecture!r}"
+            )
+        if self.agent_image and not _IMAGE_REFERENCE.fullmatch(self.agent_image):
+            raise ValueError(
+                f"{CONTEXT_PREFIX}agent_image must be an image reference such as "
+                f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/agentserver-sandbox:v1, not {self.agent_image!r}"
+            )
         if self.llm_default_max_rpd and not self.llm_default_max_rpd.isdigit():
             raise ValueError(f"{CONTEXT_PREFIX}llm_default_max_rpd must be a whole number (0 = unlimited), "
                              f"not {self.llm_default_max_rpd!r}")

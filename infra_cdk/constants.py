@@ -108,3 +108,31 @@ HTTP_API_THROTTLE_BURST = 400
 # CloudFront sends these paths to the HTTP API (every route of the topology starts /api), the rest to the bucket.
 API_PATH_PATTERN = "/api/*"
 ACCESS_LOG_EXPIRY_DAYS = 90
+
+# Cloud sandboxes (infra_cdk/sandboxes.py, docs/sandboxes.md). The base task definition's family is `<prefix>sandbox`;
+# the ECS backend clones it into one family per sandbox, `<prefix>sandbox-<sandbox id>` (layers/shared/dal/
+# ecs_sandboxes.py), which is what the worker may run. The volume name is the backend's WORKSPACE_VOLUME and the
+# path the image's AGENTSERVER_WORKSPACE_DIR (sandbox/Dockerfile); tests/infra/test_sandboxes.py checks both.
+SANDBOX_TASK_FAMILY = "sandbox"
+SANDBOX_CONTAINER = "agent"
+SANDBOX_WORKSPACE_VOLUME = "workspace"
+SANDBOX_WORKSPACE_PATH = "/workspace"
+# The stack's own image repository (`<prefix>sandbox`) and the tag tasks run when the context names no image.
+SANDBOX_REPOSITORY = "sandbox"
+SANDBOX_IMAGE_TAG = "latest"
+# The base definition's size; every start overrides it with the sandbox's own cpu and memory.
+SANDBOX_DEFAULT_CPU = 1024
+SANDBOX_DEFAULT_MEMORY_MIB = 2048
+SANDBOX_AVAILABILITY_ZONES = 2
+# Variables of layers/shared/settings.py that functions with `runs_sandboxes` receive.
+ENV_SANDBOX_BACKEND = "AGENTSERVER_SANDBOX_BACKEND"
+ENV_SANDBOX_CLUSTER = "AGENTSERVER_SANDBOX_CLUSTER"
+ENV_SANDBOX_TASK_DEFINITION = "AGENTSERVER_SANDBOX_TASK_DEFINITION"
+ENV_SANDBOX_CONTAINER = "AGENTSERVER_SANDBOX_CONTAINER"
+ENV_SANDBOX_SUBNETS = "AGENTSERVER_SANDBOX_SUBNETS"
+ENV_SANDBOX_SECURITY_GROUPS = "AGENTSERVER_SANDBOX_SECURITY_GROUPS"
+ENV_SANDBOX_ASSIGN_PUBLIC_IP = "AGENTSERVER_SANDBOX_ASSIGN_PUBLIC_IP"
+ENV_SANDBOX_FILE_SYSTEM = "AGENTSERVER_SANDBOX_FILE_SYSTEM"
+# The tag the ECS backend puts on each sandbox's task definition, task and access point (ecs_sandboxes.SANDBOX_TAG):
+# the worker may register, tag and delete only what carries it.
+SANDBOX_TAG = "agentserver:sandbox"

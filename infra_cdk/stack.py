@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Annotations, CfnOutput, Stack
+from aws_cdk import Annotations, CfnOutput, Fn, Stack
 from constructs import Construct
 
 from infra_cdk import constants, sign_in
@@ -16,6 +16,7 @@ from infra_cdk.http_api import HttpApi
 from infra_cdk.naming import construct_id
 from infra_cdk.runtime import Runtime, log_retention
 from infra_cdk.sandbox_origins import SandboxOrigins
+from infra_cdk.sandboxes import Sandboxes
 from infra_cdk.streaming import StreamingUrls
 from infra_cdk.websocket_api import WebSocketApi
 from layers.shared.settings import VERSION
@@ -73,6 +74,7 @@ class AgentServerStack(Stack):
         )
         self.streaming = StreamingUrls(self, "Streaming", topology=topology, functions=functions)
         self.sandbox_origins = self._serve_sandbox_origins(config)
+        self.sandboxes = self._run_cloud_sandboxes(topology, config)
 
         streaming_urls = {
             key: self.streaming.urls.get(function_name, "")
@@ -116,6 +118,36 @@ class AgentServerStack(Stack):
                 description=f"Where {self.sandbox_origins.wildcard} must point (a CNAME, or the alias records the "
                 "stack adds with a hosted zone)",
             )
+
+    @property
+    def availability_zones(self) -> list[str]:
+        """The region's first zones as CloudFormation resolves them (the sandboxes' VPC reads this): synthesis
+        never looks zones up in the account, and the template holds no literal zone names."""
+        return [Fn.select(index, Fn.get_azs()) for index in range(constants.SANDBOX_AVAILABILITY_ZONES)]
+
+    def _run_cloud_sandboxes(self, topology: Topology, config: DeploymentConfig) -> Sandboxes | None:
+        """The ECS/Fargate side of cloud sandboxes, and its rights and settings on the functions that drive it."""
+        drivers = [spec.name for spec in topology.functions if spec.runs_sandboxes]
+        if not drivers:
+            return None
+        sandboxes = Sandboxes(self, "Sandboxes", config=config, log_bucket=self.data.access_logs)
+        for name in drivers:
+            sandboxes.allow_to_run(self.runtime.functions[name])
+        CfnOutput(
+            self,
+            "SandboxCluster",
+            value=sandboxes.cluster.cluster_name,
+            description="ECS cluster of the cloud sandboxes' Fargate tasks",
+        )
+        if sandboxes.repository is not None:
+            CfnOutput(
+                self,
+                "SandboxImageRepository",
+                value=sandboxes.repository.repository_uri,
+                description=f"Push sandbox/Dockerfile's image here as :{constants.SANDBOX_IMAGE_TAG} "
+                "(docs/deploy.md, 'Deploying cloud sandboxes')",
+            )
+        return sandboxes
 
     def _serve_sandbox_origins(self, config: DeploymentConfig) -> SandboxOrigins | None:
         """The wildcard distribution in front of the relay, and the origin template for the API and the relay."""

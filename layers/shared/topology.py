@@ -136,6 +136,9 @@ class Function:
     tables: tuple[str, ...] = ()  # tables it reads and writes
     queues_send: tuple[str, ...] = ()  # queues it sends to
     manages_connections: bool = False  # may call the WebSocket @connections API
+    # Drives the cloud sandbox backend: in AWS it may run and stop the sandboxes' Fargate tasks and manage
+    # their EFS access points, and learns the cluster, task definition and network (infra_cdk/sandboxes.py).
+    runs_sandboxes: bool = False
     secrets: tuple[str, ...] = ()  # secrets it reads
 
 
@@ -305,6 +308,7 @@ TOPOLOGY = Topology(
             timeout_seconds=50,  # below the queue's visibility timeout
             sqs=SqsTrigger(queue="sandbox-ops", batch_size=10),
             tables=("operations", "sandboxes"),
+            runs_sandboxes=True,
         ),
         Function(
             name="reaper",

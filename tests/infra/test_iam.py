@@ -11,8 +11,19 @@ from layers.shared.topology import TOPOLOGY, Function
 from tests.infra.synth import Synthesized, as_list, references, render, synthesize
 
 # X-Ray's PutTraceSegments and PutTelemetryRecords have no resource-level permissions: AWS documents
-# Resource "*" as the only form they accept, and active tracing needs them. Nothing else may use "*".
-ACTIONS_AWS_ONLY_GRANTS_ON_EVERY_RESOURCE = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+# Resource "*" as the only form they accept, and active tracing needs them. So do ECR's login (the sandbox
+# tasks' execution role) and the ECS task-definition calls and ListTasks of the sandbox backend (narrowed by
+# conditions where AWS has keys: tests/infra/test_sandboxes.py). Nothing else may use "*".
+ACTIONS_AWS_ONLY_GRANTS_ON_EVERY_RESOURCE = {
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "ecr:GetAuthorizationToken",
+    "ecs:RegisterTaskDefinition",
+    "ecs:DeregisterTaskDefinition",
+    "ecs:DescribeTaskDefinition",
+    "ecs:ListTaskDefinitions",
+    "ecs:ListTasks",
+}
 
 
 @pytest.fixture(scope="module")
