@@ -65,6 +65,37 @@ class TimedCache(Generic[T]):
         return value
 
 
+class UsageWriter:
+    """Usage records written off the request path, for a long-lived server (the embedded stack): one task
+    writes what accumulated every FLUSH_SECONDS, each daily counter once per batch. Where the process may
+    freeze after a response (Lambda) the proxy writes each record itself before ending the response."""
+
+    FLUSH_SECONDS = 0.2
+    MAX_PENDING = 50_000  # if the database is away for long, the oldest records go, not the memory
+
+    def __init__(self, store: Callable[[], DynamoUsageStore]):
+        self._store = store
+        self._pending: list[UsageRecord] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, record: UsageRecord) -> None:
+        if len(self._pending) >= self.MAX_PENDING:
+            log.warning("dropped %d unwritten usage records", len(self._pending) // 2)
+            del self._pending[: len(self._pending) // 2]
+        self._pending.append(record)
+        if self._task is None or self._task.done() or self._task.get_loop() is not asyncio.get_running_loop():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self.FLUSH_SECONDS)
+            batch, self._pending = self._pending, []
+            try:
+                await asyncio.to_thread(self._store().record_many, batch)
+            except Exception:  # the answers were served; a lost record must not become an error for a client
+                log.exception("could not record %d usage records", len(batch))
+
+
 class UpstreamBrokeOff(ConnectionError):
     """The provider closed its answer before the end."""
 
@@ -99,6 +130,7 @@ class LlmProxy:
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._caches: Caches | None = None
+        self.writer = UsageWriter(lambda: self.usage)
 
     # Collaborators, made on first use (settings are read once the runtime has set the environment) ---------
 
@@ -311,6 +343,9 @@ class LlmProxy:
             counted_at_admission=exchange.counted_at_admission,
             client_disconnected=exchange.disconnected,
         )
+        if not self.settings.frozen_after_response:
+            self.writer.add(record)
+            return
         try:
             await asyncio.to_thread(self.usage.record, record)
         except Exception:  # the answer was served; a lost record must not turn into an error for the client

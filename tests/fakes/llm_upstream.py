@@ -381,3 +381,24 @@ class _Handler(BaseHTTPRequestHandler):
         event("response.output_item.done", {"output_index": 0, "item": message})
         event("response.completed", {"response": response("completed", [message], True)})
         self._end_stream()
+
+
+def main() -> None:
+    """Serve the fake on its own (benchmarks run it in a separate process): prints its URL, then serves."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="A fake Anthropic and OpenAI API on loopback")
+    parser.add_argument("--port", type=int, default=0)
+    arguments = parser.parse_args()
+    fake = FakeLlmUpstream(record=False)
+    fake._server = _Server(("127.0.0.1", arguments.port), type("Handler", (_Handler,), {"upstream": fake}))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # the serving thread inherits it
+    threading.Thread(target=fake._server.serve_forever, daemon=True).start()
+    print(fake.url, flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    fake.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -90,3 +90,24 @@ def test_records_add_up_by_day_sandbox_and_model() -> None:
     recent = store.recent_requests("sb-a", 10)
     assert {r.request_id for r in recent} == {"req_1", "req_2"}
     assert recent[0].tokens.input_tokens in (10, 20) and recent[0].time_to_first_byte_ms == 12.5
+
+
+@pytest.mark.usefixtures("moto_aws")
+def test_a_batch_adds_up_like_the_records_one_by_one() -> None:
+    # Given the same requests, recorded one by one in one workspace and as one batch in another
+    records = [record(f"req_{i}", f"sb-{i % 2}", f"m-{i % 3}", Tokens(i, 2 * i, i % 2, 1),
+                      status=500 if i % 4 == 0 else 200, counted=i % 5 == 0) for i in range(12)]
+    store = DynamoUsageStore()
+    for one in records:
+        store.record(one)
+    store.record_many([UsageRecord(**{**r.__dict__, "workspace_id": "ws-batch", "sandbox_id": "b" + r.sandbox_id})
+                       for r in records])
+    today = llm_quota.day_of(NOW)
+    # Then every grouping reads the same, and the quota counted the same requests
+    for group_by in GroupBy:
+        one_by_one = workspace_report(store, "ws-u", group_by=group_by, first=None, last=None, today=today)
+        batched = workspace_report(store, "ws-batch", group_by=group_by, first=None, last=None, today=today)
+        assert [(i.key.removeprefix("b"), i.requests, i.errors, i.tokens) for i in batched.items] == [
+            (i.key, i.requests, i.errors, i.tokens) for i in one_by_one.items]
+    assert store.admitted_on("ws-batch", today) == store.admitted_on("ws-u", today) == 9
+    assert len(store.recent_requests("bsb-1", 20)) == 6
