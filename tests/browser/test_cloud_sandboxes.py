@@ -23,6 +23,7 @@ def test_a_cloud_sandbox_is_created_opened_paused_resumed_and_deleted_from_the_c
     page.get_by_role("button", name="New sandbox").click()
     dialog = page.get_by_role("dialog", name="New sandbox")
     expect(dialog.get_by_text(re.compile(r"allows up to \d+ vCPU"))).to_be_visible()
+    expect(dialog.get_by_text(re.compile(r"at most \d+ sandboxes in the workspace"))).to_be_visible()
     dialog.get_by_label("Name").fill("task")
     dialog.locator('select[name="cpu"]').select_option("256")
     dialog.locator('select[name="memory"]').select_option("512")

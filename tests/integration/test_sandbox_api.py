@@ -37,6 +37,11 @@ def test_quotas_bounds_and_transitions(stack: RunningStack) -> None:
         "code": "quota_exceeded",
         "message": "The workspace's sandboxes use 0 MiB; with 8192 more it would pass the maximum of 4096 MiB."}
 
+    # The workspace tells a member the limits that the server enforces
+    limits = browser.get(f"/api/workspaces/{wid}").json()["sandbox_limits"]
+    assert (limits["max_sandboxes"], limits["max_workspace_memory"]) == (1, 4096)
+    assert limits["min_idle_timeout"] <= 120 <= limits["max_idle_timeout"] and limits["max_cpu"] >= 256
+
     created = browser.post(path, json={"name": "one", "cpu": 256, "memory": 512, "idle_timeout": 120})
     assert created.status_code == 202 and created.json()["status"] == "creating"
     sid = created.json()["id"]
@@ -54,6 +59,7 @@ def test_quotas_bounds_and_transitions(stack: RunningStack) -> None:
     raised = admin.put("/api/admin/quotas", json={"max_workspaces_per_user": 10, "max_sandboxes_per_workspace": 2})
     assert raised.status_code == 200 and raised.json()["max_workspace_memory"] == 4096
     assert browser.post(path, json={"name": "two", "cpu": 256, "memory": 512}).status_code == 202
+    assert browser.get(f"/api/workspaces/{wid}").json()["sandbox_limits"]["max_sandboxes"] == 2
 
     # Deleting gives the quota back once the worker has removed it
     wait_until(lambda: browser.get(f"/api/sandboxes/{sid}").json()["status"] == "running", timeout=90, interval=0.5)

@@ -9,6 +9,7 @@ from functions.http_api.dependencies import Caller, Now, Store, default_quotas
 from layers.shared.domain import workspaces
 from layers.shared.domain.roles import Action, Role
 from layers.shared.domain.workspaces import Member, Workspace
+from layers.shared.settings import get_settings
 
 router = APIRouter(prefix="/api/workspaces", tags=["workspaces"])
 
@@ -23,6 +24,22 @@ class WorkspaceOut(BaseModel):
     name: str
     role: Role
     created_at: datetime
+
+
+class SandboxLimits(BaseModel):
+    """What a new sandbox must fit in (the create dialog shows these; the server checks them again)."""
+
+    max_cpu: int
+    max_memory: int
+    min_idle_timeout: int
+    max_idle_timeout: int
+    max_sandboxes: int
+    max_workspace_cpu: int
+    max_workspace_memory: int
+
+
+class WorkspaceDetailOut(WorkspaceOut):
+    sandbox_limits: SandboxLimits
 
 
 class WorkspaceList(BaseModel):
@@ -76,10 +93,18 @@ def create_workspace(body: WorkspaceIn, caller: Caller, store: Store, now: Now) 
     return _workspace_out(workspace, Role.owner)
 
 
-@router.get("/{workspace_id}", response_model=WorkspaceOut)
-def get_workspace(workspace_id: str, caller: Caller, store: Store) -> WorkspaceOut:
+@router.get("/{workspace_id}", response_model=WorkspaceDetailOut)
+def get_workspace(workspace_id: str, caller: Caller, store: Store) -> WorkspaceDetailOut:
     workspace, role = workspaces.membership(store, workspace_id, caller.user.user_id, Action.workspace_read)
-    return _workspace_out(workspace, role)
+    quotas = workspaces.effective_quotas(store, default_quotas())
+    settings = get_settings()
+    limits = SandboxLimits(
+        max_cpu=settings.sandbox_max_cpu, max_memory=settings.sandbox_max_memory,
+        min_idle_timeout=settings.sandbox_min_idle_timeout_seconds,
+        max_idle_timeout=settings.sandbox_max_idle_timeout_seconds,
+        max_sandboxes=quotas.max_sandboxes_per_workspace, max_workspace_cpu=quotas.max_workspace_cpu,
+        max_workspace_memory=quotas.max_workspace_memory)
+    return WorkspaceDetailOut(**_workspace_out(workspace, role).model_dump(), sandbox_limits=limits)
 
 
 @router.patch("/{workspace_id}", response_model=WorkspaceOut)

@@ -25,11 +25,13 @@ const AGENT_TYPES = [
 ];
 
 /**
- * The limits a new sandbox must fit in. The server's defaults, unless the workspace carries its own
- * (`sandbox_limits`); either way the server checks again and its refusal is shown as a sentence.
+ * The limits a new sandbox must fit in, from the workspace (`GET /api/workspaces/{wid}`); until they
+ * have loaded, the server's defaults. Either way the server checks again and its refusal is shown
+ * as a sentence.
  */
 export interface SandboxBounds {
   max_cpu: number; max_memory: number; min_idle_timeout: number; max_idle_timeout: number;
+  max_sandboxes?: number;
 }
 const DEFAULT_BOUNDS: SandboxBounds = { max_cpu: 4096, max_memory: 16384, min_idle_timeout: 60, max_idle_timeout: 86400 };
 
@@ -37,9 +39,12 @@ const vcpu = (units: number) => `${units / 1024} vCPU`;
 const gib = (mib: number) => (mib >= 1024 ? `${mib / 1024} GiB` : `${mib} MiB`);
 
 function CreateSandboxDialog({ workspace, open, onClose, onCreated }: {
-  workspace: Workspace & { sandbox_limits?: SandboxBounds }; open: boolean; onClose: () => void; onCreated: () => void;
+  workspace: Workspace; open: boolean; onClose: () => void; onCreated: () => void;
 }) {
-  const bounds = workspace.sandbox_limits ?? DEFAULT_BOUNDS;
+  const detail = useResource(
+    () => api.get<Workspace & { sandbox_limits: SandboxBounds }>(`/api/workspaces/${enc(workspace.id)}`),
+    `${workspace.id}:${open}`);
+  const bounds = detail.data?.sandbox_limits ?? DEFAULT_BOUNDS;
   const cpus = FARGATE_SIZES.filter((choice) => choice.cpu <= bounds.max_cpu);
   const action = useAction();
   const [name, setName] = useState("");
@@ -89,7 +94,8 @@ function CreateSandboxDialog({ workspace, open, onClose, onCreated }: {
         </label>
         <p className="muted small">
           This workspace allows up to {vcpu(bounds.max_cpu)} and {gib(bounds.max_memory)} per sandbox, and an idle
-          timeout between {minMinutes} and {maxMinutes} minutes.
+          timeout between {minMinutes} and {maxMinutes} minutes
+          {bounds.max_sandboxes ? `; at most ${bounds.max_sandboxes} sandboxes in the workspace` : ""}.
         </p>
         <ErrorNote error={action.error} />
         <div className="actions">
