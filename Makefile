@@ -92,6 +92,7 @@ synth: install
 bench: install
 	$(PY) bench/local_gateway.py
 	$(PY) bench/sandboxes.py
+	$(PY) bench/llm_proxy.py
 
 lint: install
 	$(VENV)/bin/ruff check .
