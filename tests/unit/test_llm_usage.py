@@ -117,7 +117,8 @@ def test_openai_responses_stream_and_json() -> None:
 def test_error_bodies_and_garbage_carry_no_usage() -> None:
     error = json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}).encode()
     assert meter_over(Provider.anthropic, "application/json", [error]).tokens == Tokens()
-    assert meter_over(Provider.anthropic, "text/event-stream", [b"data: {not json message_start\n\n"]).tokens == Tokens()
+    garbage = b"data: {not json message_start\n\n"
+    assert meter_over(Provider.anthropic, "text/event-stream", [garbage]).tokens == Tokens()
     assert meter_over(Provider.openai, "application/json", [b"<html>bad gateway</html>"]).model is None
 
 
