@@ -188,7 +188,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-llm-"))
     fake, upstream = start_fake()
     processes: list[subprocess.Popen[str]] = [fake]
-    stack = RunningStack(state_dir=workdir / "stack", env={
+    # DynamoDB Local, as `make up` runs it: moto would share the gateway process and its interpreter lock.
+    stack = RunningStack(state_dir=workdir / "stack", in_memory=False, env={
         "ANTHROPIC_BASE_URL": f"{upstream}/anthropic", "ANTHROPIC_API_KEY": ANTHROPIC_KEY, "ANTHROPIC_AUTH_TOKEN": "",
         "LLMPROXY_DEFAULT_MAX_RPD": "0"})
     try:

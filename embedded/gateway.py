@@ -33,6 +33,7 @@ log = logging.getLogger("agentserver.gateway")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 HTTP_PAYLOAD_LIMIT_BYTES = 10 * 1024 * 1024  # HTTP API request payload quota
 HTTP_INTEGRATION_TIMEOUT_SECONDS = 30
@@ -175,6 +176,39 @@ def reserved_prefixes(topology: Topology, websocket_path: str) -> tuple[str, ...
     return tuple(sorted(prefix for prefix in prefixes if prefix))
 
 
+class MountedLifespan:
+    """Drives one mounted app's ASGI lifespan from the gateway's own. An app that does not speak the
+    protocol (it raises, or never answers within LIFESPAN_TIMEOUT) is simply served without it."""
+
+    LIFESPAN_TIMEOUT = 10.0
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+        self._to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        if self._task is None:
+            scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+            self._task = asyncio.ensure_future(self.app(scope, self._to_app.get, self._from_app.put))
+            await self._exchange({"type": "lifespan.startup"})
+
+    async def shutdown(self) -> None:
+        if self._task is not None and not self._task.done():
+            await self._exchange({"type": "lifespan.shutdown"})
+
+    async def _exchange(self, message: dict[str, Any]) -> None:
+        assert self._task is not None
+        await self._to_app.put(message)
+        answer = asyncio.ensure_future(self._from_app.get())
+        await asyncio.wait({answer, self._task}, timeout=self.LIFESPAN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        if not answer.done():
+            answer.cancel()
+        elif answer.result()["type"].endswith(".failed"):
+            log.warning("a mounted app's %s failed: %s", message["type"], answer.result().get("message", ""))
+
+
 class LocalGateway:
     def __init__(self, topology: Topology, runtime: LambdaRuntime, config: GatewayConfig):
         self.topology = topology
@@ -212,10 +246,20 @@ class LocalGateway:
             else:
                 await send({"type": "websocket.close", "code": 1008})
         elif scope["type"] == "lifespan":
+            # The mounted apps live as long as the server, as under the Lambda Web Adapter: each gets
+            # its startup and, before the server exits, its shutdown (the LLM proxy writes pending usage).
+            mounted = [MountedLifespan(app) for app in self._mounted_apps()]
             while (await receive())["type"] != "lifespan.shutdown":
+                for lifespan in mounted:
+                    await lifespan.startup()
                 await send({"type": "lifespan.startup.complete"})
+            for lifespan in mounted:
+                await lifespan.shutdown()
             await self.close_all()
             await send({"type": "lifespan.shutdown.complete"})
+
+    def _mounted_apps(self) -> list[ASGIApp]:
+        return ([self.subdomain_app] if self.subdomain_app is not None else []) + [app for _, app in self.prefixed_apps]
 
     # HTTP API ---------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 
 from layers.shared.dal.aws import client
 from layers.shared.settings import Settings
-from layers.shared.topology import Table, Topology
+from layers.shared.topology import SECRET_PLACEHOLDER, Table, Topology
 
 
 def table_definition(table: Table, physical_name: str) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def provision(topology: Topology, settings: Settings, *, visibility_timeout: int
         if not value and secret.generated:
             value = secrets_module.token_urlsafe(32)
         try:
-            secrets.create_secret(Name=name, Description=secret.description, SecretString=value or "unset")
+            secrets.create_secret(Name=name, Description=secret.description, SecretString=value or SECRET_PLACEHOLDER)
         except ClientError as error:
             if error.response["Error"]["Code"] != "ResourceExistsException":
                 raise

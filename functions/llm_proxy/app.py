@@ -15,6 +15,7 @@ docs/llm-proxy.md describes the contract, the caches and their TTLs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -77,6 +78,7 @@ class UsageWriter:
         self._store = store
         self._pending: list[UsageRecord] = []
         self._task: asyncio.Task[None] | None = None
+        self._writing: asyncio.Future[None] | None = None
 
     def add(self, record: UsageRecord) -> None:
         if len(self._pending) >= self.MAX_PENDING:
@@ -89,11 +91,29 @@ class UsageWriter:
     async def _drain(self) -> None:
         while self._pending:
             await asyncio.sleep(self.FLUSH_SECONDS)
-            batch, self._pending = self._pending, []
-            try:
-                await asyncio.to_thread(self._store().record_many, batch)
-            except Exception:  # the answers were served; a lost record must not become an error for a client
-                log.exception("could not record %d usage records", len(batch))
+            await self._write_pending()
+
+    async def flush(self) -> None:
+        """Writes what is pending now (at shutdown: nothing metered may be lost to a Ctrl-C)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._writing is not None:
+            await self._writing  # a write under way finishes before the server (and its database) goes
+        await self._write_pending()
+
+    async def _write_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            self._writing = asyncio.ensure_future(asyncio.to_thread(self._write, batch))
+            await asyncio.shield(self._writing)
+
+    def _write(self, batch: list[UsageRecord]) -> None:
+        try:
+            self._store().record_many(batch)
+        except Exception:  # the answers were served; a lost record must not become an error for a client
+            log.exception("could not record %d usage records", len(batch))
 
 
 class UpstreamBrokeOff(ConnectionError):
@@ -215,6 +235,7 @@ class LlmProxy:
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
+        await self.writer.flush()
         if self._client is not None:
             await self._client.aclose()
         await send({"type": "lifespan.shutdown.complete"})
