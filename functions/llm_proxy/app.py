@@ -32,6 +32,7 @@ from layers.shared.dal.usage import DynamoUsageStore
 from layers.shared.domain import llm_proxy, llm_quota
 from layers.shared.domain.llm_proxy import Caller, Provider, ProxyError, Route
 from layers.shared.domain.llm_usage import UNKNOWN_MODEL, UsageMeter, UsageRecord
+from layers.shared.domain.sandbox_lifecycle import ActivityRecorder, LifecycleConfig
 from layers.shared.settings import Settings, get_settings
 
 log = logging.getLogger("agentserver.llm_proxy")
@@ -150,6 +151,7 @@ class LlmProxy:
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._caches: Caches | None = None
+        self._activity: ActivityRecorder | None = None
         self.writer = UsageWriter(lambda: self.usage)
 
     # Collaborators, made on first use (settings are read once the runtime has set the environment) ---------
@@ -171,6 +173,12 @@ class LlmProxy:
         if self._tokens is None:
             self._tokens = DynamoSandboxStore()
         return self._tokens
+
+    @property
+    def activity(self) -> ActivityRecorder:
+        if self._activity is None:
+            self._activity = ActivityRecorder(DynamoSandboxStore(), LifecycleConfig.from_settings(self.settings))
+        return self._activity
 
     @property
     def usage(self) -> DynamoUsageStore:
@@ -212,6 +220,9 @@ class LlmProxy:
             body = await self._read_body(headers, receive)
             counted_at_admission = await self._admit(caller, started_at) if route.billable else False
             credentials = await self._credentials(provider)
+            if route.billable and self.activity.due_by_id(caller.sandbox_id):
+                # The agent is working: its calls keep a cloud sandbox from pausing as idle.
+                await asyncio.to_thread(self.activity.record_by_id, caller.sandbox_id, started_at)
         except ProxyError as error:
             await _error(send, provider, error)
             return

@@ -223,6 +223,22 @@ def test_an_idle_sandbox_pauses_and_activity_keeps_it_running(store) -> None:
     assert run_reaper(store, queue, T0 + timedelta(days=1, seconds=200))["sandboxes_paused"] == 0
 
 
+def test_the_agents_own_llm_calls_count_as_activity(store) -> None:
+    """The LLM proxy knows a caller's sandbox by id only; its calls push the idle deadline like user traffic."""
+    queue, backend = MemoryQueue(), RecordingBackend()
+    sandbox = create(store, queue, idle=300)
+    run_worker(store, backend, queue.sent[0])
+    running = dial_home(store, sandbox.sandbox_id, T0 + timedelta(seconds=10))
+    for second in range(40, 560, 30):  # the agent stays connected throughout
+        running = agents.record_heartbeat(store, running, now=T0 + timedelta(seconds=second))
+    recorder = ActivityRecorder(store, CONFIG)
+    assert recorder.due_by_id(sandbox.sandbox_id) and not recorder.due_by_id(sandbox.sandbox_id)
+    assert recorder.record_by_id(sandbox.sandbox_id, T0 + timedelta(seconds=250))
+    assert run_reaper(store, queue, T0 + timedelta(seconds=320))["sandboxes_paused"] == 0
+    assert run_reaper(store, queue, T0 + timedelta(seconds=551))["sandboxes_paused"] == 1
+    assert not recorder.record_by_id("sb-unknown", T0)
+
+
 def test_quotas_count_sandboxes_and_their_size_and_deletion_gives_them_back(store) -> None:
     queue, backend = MemoryQueue(), RecordingBackend()
     first = create(store, queue, cpu=1024, memory=4096)

@@ -527,3 +527,20 @@ class ActivityRecorder:
         except Exception:  # the idle clock must never cost a user's request
             log.exception("recording activity failed", extra={"sandbox_id": sandbox.sandbox_id})
             return False
+
+    # The agent's own work: its LLM calls through the proxy, which knows the sandbox only by id.
+
+    def due_by_id(self, sandbox_id: str) -> bool:
+        """Whether this call should be recorded (claims the slot for this interval)."""
+        if sandbox_id in self._recent:
+            return False
+        self._recent[sandbox_id] = True
+        return True
+
+    def record_by_id(self, sandbox_id: str, now: datetime) -> bool:
+        try:
+            sandbox = self.store.get_sandbox(sandbox_id)
+        except Exception:
+            log.exception("recording activity failed", extra={"sandbox_id": sandbox_id})
+            return False
+        return sandbox is not None and self.record(sandbox, now)
