@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import httpx2
 from authlib.integrations.httpx_client import OAuth2Client, OAuthError
 from authlib.oidc.core import CodeIDToken
 from joserfc import jwt
@@ -33,7 +33,7 @@ from layers.shared.settings import Settings
 
 GITHUB_SCOPES = "read:user user:email"
 GITHUB_API_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
-HTTP_TIMEOUT = httpx.Timeout(10.0)  # well inside the HTTP API's 29 s, with room for three calls
+HTTP_TIMEOUT = httpx2.Timeout(10.0)  # well inside the HTTP API's 29 s, with room for three calls
 ID_TOKEN_LEEWAY_SECONDS = 60  # clock skew between us and the provider
 # Public-key signatures only: with HS256 the verification key would be our client secret, which
 # the provider's key set does not hold, and "none" is no signature at all.
@@ -117,7 +117,7 @@ def token_endpoint_auth_method(metadata: ProviderMetadata, client_secret: str | 
 
 # Talking to providers ----------------------------------------------------------------------------
 
-def _json(response: httpx.Response) -> Any:
+def _json(response: httpx2.Response) -> Any:
     response.raise_for_status()
     return response.json()
 
@@ -135,11 +135,11 @@ def _answers_from(provider_id: str) -> Iterator[None]:
         # joserfc's messages name the failed check and claim, never a claim's value.
         logger.warning("ID token rejected", extra={"provider": provider_id, "reason": str(error)})
         raise ProviderFailed("The identity provider's ID token did not pass validation.") from error
-    except httpx.TransportError as error:
+    except httpx2.TransportError as error:
         logger.warning("identity provider unreachable", extra={"provider": provider_id,
                                                                "error_type": type(error).__name__})
         raise ProviderFailed("The identity provider could not be reached; try again later.") from error
-    except (httpx.HTTPStatusError, ValueError) as error:  # ValueError: not JSON, or not the expected shape
+    except (httpx2.HTTPStatusError, ValueError) as error:  # ValueError: not JSON, or not the expected shape
         logger.warning("identity provider answer unusable", extra={"provider": provider_id,
                                                                    "error_type": type(error).__name__})
         raise ProviderFailed() from error
@@ -199,7 +199,7 @@ class OidcProvider:
     def metadata(self) -> ProviderMetadata:
         """The discovery document, fetched once per process: a provider's endpoints do not move."""
         if self._metadata is None:
-            with _answers_from(self.provider_id), httpx.Client(timeout=HTTP_TIMEOUT) as http:
+            with _answers_from(self.provider_id), httpx2.Client(timeout=HTTP_TIMEOUT) as http:
                 metadata = ProviderMetadata.model_validate(
                     _json(http.get(f"{self.issuer}/.well-known/openid-configuration")))
             # OIDC Discovery 1.0 section 4.3: the document must be the issuer's own.
@@ -212,7 +212,7 @@ class OidcProvider:
     def key_set(self, *, refresh: bool = False) -> KeySet:
         """The provider's signing keys, fetched again only when a token names a key we lack (rotation)."""
         if self._keys is None or refresh:
-            with _answers_from(self.provider_id), httpx.Client(timeout=HTTP_TIMEOUT) as http:
+            with _answers_from(self.provider_id), httpx2.Client(timeout=HTTP_TIMEOUT) as http:
                 self._keys = KeySet.import_key_set(_json(http.get(self.metadata().jwks_uri)))
         return self._keys
 
