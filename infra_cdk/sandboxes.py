@@ -306,6 +306,8 @@ class Sandboxes(Construct):
                 conditions={"StringEquals": {"ecs:CreateAction": ["RunTask", "RegisterTaskDefinition"]}},
             ),
             iam.PolicyStatement(actions=["ecs:RegisterTaskDefinition"], resources=["*"], conditions=tagged_as_sandbox),
+            # A sandbox's definition names the base revision it was cloned from in a tag (read on each start).
+            iam.PolicyStatement(actions=["ecs:ListTagsForResource"], resources=[self._sandbox_definitions_arn]),
             iam.PolicyStatement(
                 actions=["ecs:DescribeTaskDefinition", "ecs:DeregisterTaskDefinition", "ecs:ListTaskDefinitions"],
                 resources=["*"],

@@ -247,6 +247,9 @@ def test_the_worker_runs_only_the_per_sandbox_definitions_in_the_sandbox_cluster
     [register] = _granting(statements, "ecs:RegisterTaskDefinition")
     assert register["Resource"] == "*"
     assert register["Condition"] == {"Null": {f"aws:RequestTag/{ecs_sandboxes.SANDBOX_TAG}": "false"}}
+    # And the tags naming a sandbox definition's base revision are read on the sandbox families only
+    [tags] = _granting(statements, "ecs:ListTagsForResource")
+    assert render(tags["Resource"]) == _arn("ecs", f"task-definition/{family}-*")
 
 
 def test_the_worker_passes_only_the_sandbox_roles_and_only_to_ecs_tasks(synthesized: Synthesized) -> None:

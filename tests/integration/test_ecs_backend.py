@@ -100,3 +100,31 @@ def test_start_pause_resume_and_delete_a_sandbox_on_fargate(backend: EcsSandboxB
 def test_an_unconfigured_backend_says_what_is_missing() -> None:
     with pytest.raises(BackendError, match="not configured"):
         EcsSandboxBackend(EcsSettings("", "", "agent", (), (), True, ""), ecs=object(), efs=object())
+
+
+def test_a_resume_after_a_new_base_definition_runs_the_new_one(backend: EcsSandboxBackend) -> None:
+    """The stack deploys a new image: a paused sandbox resumes on it, with its files' access point kept."""
+    ecs, sandbox = backend.ecs, spec("sb-00000000000000aa")
+    first = backend.start(sandbox)
+    [before] = ecs.describe_tasks(cluster=backend.config.cluster, tasks=[first])["tasks"]
+    backend.stop(sandbox.sandbox_id, first)
+    base = ecs.describe_task_definition(taskDefinition=BASE_FAMILY)["taskDefinition"]
+    ecs.register_task_definition(
+        family=BASE_FAMILY, networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
+        executionRoleArn=base["executionRoleArn"], taskRoleArn=base["taskRoleArn"], volumes=[{"name": "workspace"}],
+        containerDefinitions=[{**base["containerDefinitions"][0], "image": "example/agentserver-sandbox:2"}])
+    newer = EcsSandboxBackend(backend.config, ecs=ecs, efs=backend.efs)  # a new worker instance after the deploy
+    second = newer.start(sandbox)
+    [after] = ecs.describe_tasks(cluster=backend.config.cluster, tasks=[second])["tasks"]
+    assert after["taskDefinitionArn"] != before["taskDefinitionArn"]
+    definition = ecs.describe_task_definition(taskDefinition=after["taskDefinitionArn"])["taskDefinition"]
+    assert definition["containerDefinitions"][0]["image"] == "example/agentserver-sandbox:2"
+    old = ecs.describe_task_definition(taskDefinition=before["taskDefinitionArn"])["taskDefinition"]
+    assert old["status"] == "INACTIVE"
+    points = [v["efsVolumeConfiguration"]["authorizationConfig"]["accessPointId"] for v in (definition, old)
+              for v in v["volumes"]]
+    assert points[0] == points[1]
+    third = newer.start(sandbox)  # nothing changed since: the same definition
+    [again] = ecs.describe_tasks(cluster=backend.config.cluster, tasks=[third])["tasks"]
+    assert again["taskDefinitionArn"] == after["taskDefinitionArn"]
+    newer.delete(sandbox.sandbox_id, third)

@@ -4,6 +4,7 @@
   idempotent by client token) and so its own task definition family `<base family>-<id>`, cloned
   from the base definition the CDK stack deploys with only the volume changed: RunTask cannot
   override volumes, and an access point per sandbox keeps one sandbox out of another's files.
+  A start after the stack deployed a new base revision registers the sandbox's definition again.
 - Start is RunTask with the sandbox's credentials in the container's environment (tunnel token,
   proxy token, server, tunnel and LLM URLs; never a provider key), its size as task overrides,
   tags naming the sandbox and workspace, awsvpc networking. Pause is StopTask: the files stay on
@@ -25,6 +26,7 @@ from layers.shared.settings import Settings, get_settings
 WORKSPACE_VOLUME = "workspace"
 SANDBOX_UID = 1000  # the image's non-root user (sandbox/Dockerfile)
 SANDBOX_TAG, WORKSPACE_TAG = "agentserver:sandbox", "agentserver:workspace"
+BASE_TAG = "agentserver:base"  # on a sandbox's definition: the base revision it was cloned from
 # Fields of a described task definition that register_task_definition takes back.
 _REGISTERABLE = ("containerDefinitions", "taskRoleArn", "executionRoleArn", "networkMode", "requiresCompatibilities",
                  "cpu", "memory", "runtimePlatform", "ephemeralStorage")
@@ -124,22 +126,31 @@ class EcsSandboxBackend:
         return dict(described["taskDefinition"])
 
     def _definition_for(self, sandbox_id: str) -> str:
+        """The sandbox's own definition, registered again when the base one changed since (a new
+        image, size or role deployed by the stack), so a resume runs what is deployed now."""
         family = self._family(sandbox_id)
+        base = self._base_definition
         try:
-            return str(self.ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]["taskDefinitionArn"])
+            described = self.ecs.describe_task_definition(taskDefinition=family, include=["TAGS"])
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") not in ("ClientException", "InvalidParameterException"):
                 raise BackendError(f"ECS could not describe the sandbox's task: {_message(error)}") from error
-        access_point = self._access_point(sandbox_id)
-        base = self._base_definition
+            described = None
+        previous = str(described["taskDefinition"]["taskDefinitionArn"]) if described else None
+        if described and {"key": BASE_TAG, "value": base["taskDefinitionArn"]} in described.get("tags", []):
+            return str(previous)
+        access_point = _access_point_of(described["taskDefinition"]) if described else None
+        access_point = access_point or self._access_point(sandbox_id)
         registered = self._call(
             self.ecs.register_task_definition, family=family,
             **{key: base[key] for key in _REGISTERABLE if base.get(key)},
             volumes=[{"name": WORKSPACE_VOLUME, "efsVolumeConfiguration": {
                 "fileSystemId": self.config.file_system_id, "transitEncryption": "ENABLED",
                 "authorizationConfig": {"accessPointId": access_point, "iam": "ENABLED"}}}],
-            tags=[{"key": SANDBOX_TAG, "value": sandbox_id}],
+            tags=[{"key": SANDBOX_TAG, "value": sandbox_id}, {"key": BASE_TAG, "value": base["taskDefinitionArn"]}],
         )
+        if previous:  # no task runs it any more: start() stopped them first
+            self._call(self.ecs.deregister_task_definition, taskDefinition=previous)
         return str(registered["taskDefinition"]["taskDefinitionArn"])
 
     def _access_point(self, sandbox_id: str) -> str:
@@ -164,6 +175,15 @@ class EcsSandboxBackend:
             return method(**arguments)
         except ClientError as error:
             raise BackendError(f"AWS refused {method.__name__}: {_message(error)}") from error
+
+
+def _access_point_of(definition: dict[str, Any]) -> str | None:
+    """The access point the sandbox's files are behind, from its definition's workspace volume."""
+    for volume in definition.get("volumes", []):
+        if volume.get("name") == WORKSPACE_VOLUME:
+            found = volume.get("efsVolumeConfiguration", {}).get("authorizationConfig", {}).get("accessPointId")
+            return str(found) if found else None
+    return None
 
 
 def _message(error: ClientError) -> str:
