@@ -295,7 +295,7 @@ def test_events_page_oldest_first(store) -> None:
     queue = MemoryQueue()
     sandbox = create(store, queue)
     for index in range(3):
-        store.add_event(sandbox, f"phase{index}", None, T0 + timedelta(seconds=index))
+        store.add_event(sandbox, f"phase{index}", None, T0 + timedelta(seconds=index + 1))
     first, cursor = store.list_events(sandbox.sandbox_id, 2, None)
     rest, end = store.list_events(sandbox.sandbox_id, 10, cursor)
     assert [e.phase for e in first + rest] == ["creating", "phase0", "phase1", "phase2"]
