@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from agent_client.processes import die_with_parent
 from agent_client.registry import Registration, agentserver_home
 
 # The model opencode uses when the user has not chosen one; the server's proxy decides what it costs.
@@ -84,9 +85,14 @@ class OpencodeServer:
             self.process = subprocess.Popen(
                 [str(self.executable), "serve", "--port", str(self.port), "--hostname", "127.0.0.1"],
                 cwd=self.directory, env=environment, stdin=subprocess.DEVNULL, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - its own group, and it dies with us
             )
-        await self._wait_until_ready(timeout)
+        try:
+            await self._wait_until_ready(timeout)
+        except BaseException:  # also a Ctrl-C or SIGTERM while it starts: no opencode is left behind
+            await self.stop()
+            raise
 
     async def _wait_until_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -5,7 +5,6 @@ that persist across restarts. In memory mode moto serves DynamoDB too and Java i
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
@@ -15,6 +14,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent_client.processes import die_with_parent
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIN_JAVA = 17
@@ -71,17 +72,6 @@ class MotoServer:
         self._server.stop()
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when we die, even by SIGKILL (Linux prctl)."""
-    os.setsid()
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except OSError:
-        pass
-
-
 def java_major_version(java: str) -> int | None:
     output = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
     match = re.search(r'version "(\d+)(?:\.(\d+))?', output)
@@ -129,7 +119,7 @@ class DynamoDBLocal:
             [java, "-Djava.library.path=./DynamoDBLocal_lib", "-Xmx512m", "-jar", "DynamoDBLocal.jar",
              "-port", str(self.port), "-dbPath", str(self.data_dir), "-sharedDb"],
             cwd=home, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - needed for PR_SET_PDEATHSIG
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - needed for PR_SET_PDEATHSIG
         )
         log.close()
         wait_for_port(self.port, 60, self.process)

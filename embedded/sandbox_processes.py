@@ -26,7 +26,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from embedded.aws_services import PROJECT_ROOT, _die_with_parent
+from agent_client.processes import die_with_parent
+from embedded.aws_services import PROJECT_ROOT
 from layers.shared.clock import utcnow
 from layers.shared.dal.operations import SqsCommandQueue
 from layers.shared.dal.sandboxes import DynamoSandboxStore
@@ -122,7 +123,7 @@ class LocalSandboxBackend:
             return subprocess.Popen(
                 [self.python, "-m", "sandbox.agent"], cwd=folder, env=environment, stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - own process group, SIGTERM when we die
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - own process group, SIGTERM when we die
             )
 
     def _terminate(self, sandbox_id: str) -> None:

@@ -137,3 +137,27 @@ def test_sandboxes_die_with_the_stack_and_come_back_after_a_restart(tmp_path: Pa
     finally:
         again.stop()
     wait_until(lambda: not agent_processes(sid), timeout=20)
+
+
+def test_a_stack_stopped_while_a_sandbox_starts_leaves_no_process_behind(tmp_path: Path) -> None:
+    """Ctrl-C while the sandbox's opencode is still starting: the agent stops it on the way out."""
+    stack = RunningStack(state_dir=tmp_path / "stack").start()
+    try:
+        browser, _ = sign_up(stack.base_url, "early")
+        wid = browser.get("/api/workspaces").json()["items"][0]["id"]
+        sid = browser.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "early", "cpu": 256,
+                                                                     "memory": 512}).json()["id"]
+        # The agent is up and has started opencode, which needs seconds before it serves
+        wait_until(lambda: any("opencode" in _cmdline(pid) for pid in agent_processes(sid)), timeout=60,
+                   interval=0.05)
+        assert sandbox_status(browser, sid) == "creating"
+    finally:
+        stack.stop()
+    wait_until(lambda: not agent_processes(sid), timeout=20)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
