@@ -91,6 +91,8 @@ synth: install
 
 bench: install
 	$(PY) bench/local_gateway.py
+	$(PY) bench/auth.py
+	$(PY) bench/tunnel.py
 	$(PY) bench/sandboxes.py
 	$(PY) bench/llm_proxy.py
 
