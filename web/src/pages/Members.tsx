@@ -1,4 +1,4 @@
-import { type FormEvent, useState } from "react";
+import { type FormEvent, useEffect, useState } from "react";
 import { useNavigate } from "react-router";
 import { api, atLeast, enc, type Member, type Page, type Role, ROLES, type Workspace } from "../api";
 import { Ago, ErrorNote, Loading } from "../components";
@@ -48,10 +48,18 @@ function MemberRow({ member, workspace, self, onChanged }: {
   const { reloadWorkspaces } = useSession();
   const navigate = useNavigate();
   const owner = workspace.role === "owner";
-  const changeRole = (role: Role) => action.run(async () => {
-    await api.put(`/api/workspaces/${enc(workspace.id)}/members/${enc(member.user_id)}`, { role });
-    onChanged();
-  });
+  // The picker shows the chosen role while it is saved, not the old one until the list reloads.
+  const [pending, setPending] = useState<Role | null>(null);
+  useEffect(() => setPending(null), [member.role]);
+  const changeRole = async (role: Role) => {
+    setPending(role);
+    const saved = await action.run(async () => {
+      await api.put(`/api/workspaces/${enc(workspace.id)}/members/${enc(member.user_id)}`, { role });
+      onChanged();
+      return true;
+    });
+    if (!saved) setPending(null);  // refused: back to the role the member has
+  };
   const remove = () => action.run(async () => {
     await api.del(`/api/workspaces/${enc(workspace.id)}/members/${enc(member.user_id)}`);
     if (self) {
@@ -65,7 +73,7 @@ function MemberRow({ member, workspace, self, onChanged }: {
         <div className="muted small">{member.email}</div></td>
       <td data-label="Role">
         {owner ? (
-          <select aria-label={`Role of ${member.email}`} value={member.role} disabled={action.busy}
+          <select aria-label={`Role of ${member.email}`} value={pending ?? member.role} disabled={action.busy}
             onChange={(e) => void changeRole(e.target.value as Role)}>
             {ROLES.map((role) => <option key={role} value={role}>{role}</option>)}
           </select>
