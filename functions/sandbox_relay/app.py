@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import json
 import logging
 import re
@@ -31,9 +32,10 @@ import websockets
 from cachetools import TTLCache
 
 from layers.shared.dal.connections import ApiGatewayPusher
+from layers.shared.dal.operations import SqsCommandQueue
 from layers.shared.dal.sandboxes import DynamoSandboxStore
 from layers.shared.dal.secrets import secret_value
-from layers.shared.domain import relay_access
+from layers.shared.domain import relay_access, sandbox_lifecycle
 from layers.shared.domain.agents import Sandbox, SandboxStatus
 from layers.shared.domain.sandbox_lifecycle import ActivityRecorder, LifecycleConfig
 from layers.shared.errors import NotAuthenticated, error_body
@@ -183,6 +185,11 @@ def _store() -> DynamoSandboxStore:
     return DynamoSandboxStore()
 
 
+@lru_cache(maxsize=1)
+def _commands() -> SqsCommandQueue:
+    return SqsCommandQueue()
+
+
 class SandboxRelay:
     def __init__(self) -> None:
         self._link: RelayLink | None = None
@@ -232,13 +239,28 @@ class SandboxRelay:
         if sandbox is not None and sandbox.status != SandboxStatus.running:
             sandbox = await self._sandbox(sandbox_id, fresh=True)  # a copy never keeps an agent away
         if sandbox is None or sandbox.status != SandboxStatus.running or sandbox.connection_id is None:
-            state = sandbox.status.value if sandbox else "deleted"
-            await _json(send, 503, error_body("agent_unavailable", f"The agent is {state}; try again when it runs."),
-                        [(b"retry-after", b"5")])
+            await self._unavailable(scope, send, sandbox, now)
             return
         if self._activity.due(sandbox):  # user traffic feeds the idle clock (sandbox_lifecycle.py)
             await asyncio.to_thread(self._activity.record, sandbox, now)
         await self._relay(scope, receive, send, sandbox)
+
+    async def _unavailable(self, scope: Scope, send: Send, sandbox: Sandbox | None, now: datetime) -> None:
+        """503 while the agent is not there. A person opening a page (a navigation) gets a page that
+        reloads itself, and a paused sandbox starts resuming; the app's own requests get JSON."""
+        navigation = _is_navigation(scope)
+        if sandbox is not None and navigation:
+            sandbox = await asyncio.to_thread(
+                sandbox_lifecycle.resume_on_visit, _store(), _commands(), sandbox, now=now,
+                config=self._activity.config)
+            self._sandboxes.pop(sandbox.sandbox_id, None)
+        state = sandbox.status.value if sandbox else "deleted"
+        retry = [(b"retry-after", b"5")]
+        if navigation:
+            await _waiting_page(send, state, retry)
+        else:
+            await _json(send, 503, error_body("agent_unavailable", f"The agent is {state}; try again when it runs."),
+                        retry)
 
     async def _sandbox(self, sandbox_id: str, *, fresh: bool = False) -> Sandbox | None:
         """The sandbox, from a copy at most a few seconds old: a page load makes many requests. A
@@ -425,6 +447,41 @@ def _without_cookie(header: bytes, name: str) -> bytes:
     """The relay's own cookie stays with the relay; the app sees only its own cookies."""
     parts = [part.strip() for part in header.split(b";")]
     return b"; ".join(part for part in parts if not part.startswith(name.encode() + b"="))
+
+
+# What the page says, and whether it keeps reloading (while the agent may yet come).
+_WAITING = {
+    "creating": ("The sandbox is starting…", True),
+    "resuming": ("The sandbox is resuming…", True),
+    "pausing": ("The sandbox is pausing; open it again in a moment to resume it.", True),
+    "offline": ("The agent is offline. This page reloads when it connects again.", True),
+    "paused": ("The sandbox is paused. Open it from the console to resume it.", False),
+    "failed": ("The sandbox failed to start. See its events in the console.", False),
+}
+
+
+def _is_navigation(scope: Scope) -> bool:
+    """A person opening a page, rather than the app's own fetches."""
+    if scope["method"] != "GET":
+        return False
+    headers = dict(scope["headers"])
+    mode = headers.get(b"sec-fetch-mode")
+    if mode is not None:
+        return mode == b"navigate"
+    return b"text/html" in headers.get(b"accept", b"")
+
+
+async def _waiting_page(send: Send, state: str, headers: list[tuple[bytes, bytes]]) -> None:
+    message, reloads = _WAITING.get(state, (f"The agent is {state}.", False))
+    refresh = '<meta http-equiv="refresh" content="3">' if reloads else ""
+    body = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>agentserver</title>{refresh}'
+            f'<meta name="viewport" content="width=device-width"></head>'
+            f'<body style="font-family:system-ui,sans-serif;margin:4rem auto;max-width:36rem">'
+            f'<p role="status">{html.escape(message)}</p></body></html>').encode()
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"text/html; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store"), *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _json(send: Send, status: int, document: dict[str, Any],

@@ -286,6 +286,7 @@ TOPOLOGY = Topology(
             streaming_url=True,
             local_mount="subdomain",
             tables=("sandboxes",),
+            queues_send=("sandbox-ops",),  # a visit to a paused sandbox resumes it
             manages_connections=True,
             secrets=("relay-secret",),
         ),

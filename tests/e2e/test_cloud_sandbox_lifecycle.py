@@ -161,3 +161,35 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_opening_a_paused_sandboxs_address_resumes_it_behind_a_page_that_reloads(tmp_path: Path) -> None:
+    stack = RunningStack(state_dir=tmp_path / "stack").start()
+    sid = None
+    try:
+        browser, _ = sign_up(stack.base_url, "bookmark")
+        wid = browser.get("/api/workspaces").json()["items"][0]["id"]
+        sid = browser.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "bookmarked", "cpu": 256,
+                                                                     "memory": 512}).json()["id"]
+        wait_until(lambda: sandbox_status(browser, sid) == "running", timeout=90, interval=0.5)
+        origin = open_in_browser(stack, browser, sid)  # the tab keeps the origin's cookie
+        assert browser.post(f"/api/sandboxes/{sid}/pause").status_code == 202
+        wait_until(lambda: sandbox_status(browser, sid) == "paused", timeout=30, interval=0.5)
+
+        # The app's own requests get JSON and resume nothing
+        fetched = origin.get("/session", headers={"sec-fetch-mode": "cors"})
+        assert fetched.status_code == 503 and fetched.json()["error"]["code"] == "agent_unavailable"
+        assert sandbox_status(browser, sid) == "paused"
+
+        # A person opening the page gets one that reloads itself, and the sandbox resumes
+        page = origin.get("/", headers={"sec-fetch-mode": "navigate", "accept": "text/html"})
+        assert page.status_code == 503 and page.headers["content-type"].startswith("text/html")
+        assert "resuming" in page.text and 'http-equiv="refresh"' in page.text
+        assert sandbox_status(browser, sid) in ("resuming", "running")
+        wait_until(lambda: origin.get("/", headers={"sec-fetch-mode": "navigate"}).status_code == 200,
+                   timeout=90, interval=1)
+        assert sandbox_status(browser, sid) == "running"
+    finally:
+        stack.stop()
+    if sid is not None:
+        wait_until(lambda: not agent_processes(sid), timeout=20)

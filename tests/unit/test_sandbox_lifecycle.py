@@ -239,6 +239,31 @@ def test_the_agents_own_llm_calls_count_as_activity(store) -> None:
     assert not recorder.record_by_id("sb-unknown", T0)
 
 
+def test_a_visit_resumes_a_paused_sandbox_but_not_a_failed_one(store) -> None:
+    queue, backend = MemoryQueue(), RecordingBackend()
+    sandbox = create(store, queue)
+    run_worker(store, backend, queue.sent[0])
+    running = dial_home(store, sandbox.sandbox_id, T0 + timedelta(seconds=5))
+    visit = T0 + timedelta(seconds=30)
+    assert sandbox_lifecycle.resume_on_visit(store, queue, running, now=visit, config=CONFIG).status == \
+        SandboxStatus.running  # nothing to do
+    pausing = sandbox_lifecycle.request_pause(store, queue, running, reason="by hand", now=visit, config=CONFIG)
+    run_worker(store, backend, queue.sent[-1])
+    paused = store.get_sandbox(sandbox.sandbox_id)
+    assert paused is not None and paused.status == SandboxStatus.paused and pausing.status == SandboxStatus.pausing
+    resumed = sandbox_lifecycle.resume_on_visit(store, queue, paused, now=visit, config=CONFIG)
+    assert resumed.status == SandboxStatus.resuming and queue.sent[-1].kind == "sandbox.start"
+    assert "its address was visited" in [e.reason for e in store.list_events(sandbox.sandbox_id, 50, None)[0]]
+    # A second visit with the stale copy changes nothing (the first one won)
+    sent = len(queue.sent)
+    assert sandbox_lifecycle.resume_on_visit(store, queue, paused, now=visit, config=CONFIG) == paused
+    assert len(queue.sent) == sent
+    failed = store.update_sandbox(store.get_sandbox(sandbox.sandbox_id), status=SandboxStatus.failed)
+    assert sandbox_lifecycle.resume_on_visit(store, queue, failed, now=visit, config=CONFIG).status == \
+        SandboxStatus.failed
+    assert len(queue.sent) == sent
+
+
 def test_quotas_count_sandboxes_and_their_size_and_deletion_gives_them_back(store) -> None:
     queue, backend = MemoryQueue(), RecordingBackend()
     first = create(store, queue, cpu=1024, memory=4096)

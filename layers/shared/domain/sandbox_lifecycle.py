@@ -307,6 +307,18 @@ def open_sandbox(store: LifecycleStore, queue: CommandQueue, sandbox: Sandbox, *
     return sandbox
 
 
+def resume_on_visit(store: LifecycleStore, queue: CommandQueue, sandbox: Sandbox, *, now: datetime,
+                    config: LifecycleConfig) -> Sandbox:
+    """A person opened a paused cloud sandbox's own address (a bookmark, a tab left open): it resumes,
+    as `open` would. A failed one does not: a page that reloads itself would retry a failing start."""
+    if sandbox.kind == SandboxKind.cloud and sandbox.status == S.paused:
+        try:
+            return request_resume(store, queue, sandbox, reason="its address was visited", now=now, config=config)
+        except InvalidTransition:
+            pass  # another visit or the console won the race; the caller reads the current state
+    return sandbox
+
+
 def record_activity(store: LifecycleStore, sandbox: Sandbox, *, now: datetime, config: LifecycleConfig) -> bool:
     """User traffic reached a running cloud sandbox: push its idle deadline out, at most once per
     `activity_interval` (the relay calls this on every request). Heartbeats never come here."""
