@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from agent_client.processes import die_with_parent
+from agent_client.processes import die_with_parent, stop_group
 from agent_client.registry import Registration, agentserver_home
 
 # The model opencode uses when the user has not chosen one; the server's proxy decides what it costs.
@@ -115,18 +114,9 @@ class OpencodeServer:
         raise OpencodeError(f"opencode did not answer within {timeout:g} s; see {self.log_path}")
 
     async def stop(self) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            await asyncio.to_thread(process.wait, STOP_TIMEOUT_SECONDS)
-        # Whatever is left of the group (the leader too if it ignored SIGTERM, or children that
-        # outlived it) is killed: nothing opencode started may outlive the client.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await asyncio.to_thread(process.wait)
+        """Nothing opencode started may outlive the client."""
+        if self.process is not None:
+            await asyncio.to_thread(stop_group, self.process, STOP_TIMEOUT_SECONDS)
 
     def _log_tail(self, lines: int = 20) -> str:
         try:

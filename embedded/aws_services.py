@@ -8,14 +8,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent_client.processes import die_with_parent
+from agent_client.processes import die_with_parent, stop_group
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIN_JAVA = 17
@@ -125,11 +124,5 @@ class DynamoDBLocal:
         wait_for_port(self.port, 60, self.process)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=5)
+        if self.process is not None:
+            stop_group(self.process, 10)

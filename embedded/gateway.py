@@ -16,7 +16,7 @@ import mimetypes
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,14 +26,11 @@ from urllib.parse import unquote
 from embedded import events
 from embedded.lambda_runtime import InvocationTimeout, LambdaRuntime, load_handler
 from embedded.ws_protocol import MESSAGE_LIMIT_BYTES
+from layers.shared.asgi import ASGIApp, ClientDisconnected, Receive, Scope, Send, read_body
 from layers.shared.topology import Function, Topology
 
 log = logging.getLogger("agentserver.gateway")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 HTTP_PAYLOAD_LIMIT_BYTES = 10 * 1024 * 1024  # HTTP API request payload quota
 HTTP_INTEGRATION_TIMEOUT_SECONDS = 30
@@ -135,22 +132,6 @@ async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[str
 async def _respond_json(send: Send, status: int, document: Any, headers: list[tuple[str, str]] | None = None) -> None:
     await _respond(send, status, json.dumps(document).encode(), [("content-type", "application/json"),
                                                                   *(headers or [])])
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None when it is over the limit."""
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return b""
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def lambda_result_to_http(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -285,7 +266,10 @@ class LocalGateway:
 
     async def _invoke_http(self, scope: Scope, receive: Receive, send: Send, route: CompiledRoute,
                            path_parameters: dict[str, str]) -> None:
-        body = await _read_body(receive, HTTP_PAYLOAD_LIMIT_BYTES)
+        try:
+            body = await read_body(receive, HTTP_PAYLOAD_LIMIT_BYTES)
+        except ClientDisconnected:
+            return  # nobody is left to answer
         if body is None:
             await _respond_json(send, 413, {"message": "Request Entity Too Large"})
             return
@@ -475,7 +459,10 @@ class LocalGateway:
         connection = self.connections.get(connection_id)
         method = scope["method"]
         if method == "POST":
-            data = await _read_body(receive, MESSAGE_LIMIT_BYTES)
+            try:
+                data = await read_body(receive, MESSAGE_LIMIT_BYTES)
+            except ClientDisconnected:
+                return  # the sender went away mid-body: post nothing
             if data is None:
                 await self._management_error(send, 413, "PayloadTooLargeException", "Message too long")
                 return

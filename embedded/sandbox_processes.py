@@ -14,7 +14,6 @@ stack reconciles: what was running is started again (`recover_after_restart`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from agent_client.processes import die_with_parent
+from agent_client.processes import die_with_parent, signal_group, stop_group
 from embedded.aws_services import PROJECT_ROOT
 from layers.shared.clock import utcnow
 from layers.shared.dal.operations import SqsCommandQueue
@@ -110,8 +109,7 @@ class LocalSandboxBackend:
         with self._lock:
             processes = [p for p in self._processes.values() if p.poll() is None]
         for process in processes:  # all at once: each takes a moment to close its tunnel and opencode
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+            signal_group(process, signal.SIGTERM)
         for sandbox_id in list(self._processes):
             self._terminate(sandbox_id)
         self._spawner.shutdown(wait=False)
@@ -133,14 +131,7 @@ class LocalSandboxBackend:
             process = self._processes.pop(sandbox_id, None)
         if process is None or process.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
+        stop_group(process, STOP_TIMEOUT_SECONDS)
         log.info("sandbox %s stopped", sandbox_id)
 
 

@@ -16,7 +16,6 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -27,6 +26,7 @@ from websockets import Subprotocol
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.http11 import Request, Response
 
+from layers.shared.asgi import Receive, Scope, Send
 from layers.shared.tunnel import codec
 from layers.shared.tunnel.flow import ReceiveWindow, SendWindow
 from layers.shared.tunnel.streams import FrameReorderer, new_stream_id
@@ -262,9 +262,6 @@ class FakeTunnelServer:
 # ---------------------------------------------------------------------------------------------
 # The agent's local app.
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass

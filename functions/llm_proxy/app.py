@@ -19,13 +19,15 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import httpx
+from cachetools import TTLCache
 
+from layers.shared.asgi import ClientDisconnected, Receive, Scope, Send, read_body
 from layers.shared.dal.provider_keys import provider_secret
 from layers.shared.dal.sandboxes import DynamoSandboxStore
 from layers.shared.dal.usage import DynamoUsageStore
@@ -37,9 +39,6 @@ from layers.shared.settings import Settings, get_settings
 
 log = logging.getLogger("agentserver.llm_proxy")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 T = TypeVar("T")
 
 # Secrets holding each provider's credentials: (API key, bearer token used instead when set).
@@ -49,21 +48,18 @@ JSON = b"application/json"
 
 
 class TimedCache(Generic[T]):
-    """Values kept for `ttl` seconds, loaded on a miss (misses are cached too)."""
+    """A cachetools TTL cache whose misses are loaded off the event loop; a miss (None) is cached too."""
 
     def __init__(self, ttl: float, max_entries: int = 10_000):
-        self.ttl, self.max_entries = ttl, max_entries
-        self._entries: dict[str, tuple[float, T]] = {}
+        self._entries: TTLCache[str, T] = TTLCache(maxsize=max_entries, ttl=ttl)
 
     async def get(self, key: str, load: Callable[[], T]) -> T:
-        now = time.monotonic()
-        entry = self._entries.get(key)
-        if entry is not None and now - entry[0] < self.ttl:
-            return entry[1]
+        try:
+            return self._entries[key]
+        except KeyError:
+            pass
         value = await asyncio.to_thread(load)
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()  # a burst of distinct keys (e.g. bad tokens) costs reloads, never memory
-        self._entries[key] = (now, value)
+        self._entries[key] = value
         return value
 
 
@@ -269,18 +265,13 @@ class LlmProxy:
         for name, value in headers:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 raise too_large
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ProxyError(400, "invalid_request", "The client went away.")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            body = await read_body(receive, limit)
+        except ClientDisconnected:
+            raise ProxyError(400, "invalid_request", "The client went away.") from None
+        if body is None:
+            raise too_large
+        return body
 
     async def _admit(self, caller: Caller, now: datetime) -> bool:
         """Count the request against the workspace's limit; over it → 429 until the next UTC midnight.

@@ -20,7 +20,7 @@ import html
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 import websockets
 from cachetools import TTLCache
 
+from layers.shared.asgi import Receive, Scope, Send
 from layers.shared.dal.connections import ApiGatewayPusher
 from layers.shared.dal.operations import SqsCommandQueue
 from layers.shared.dal.sandboxes import DynamoSandboxStore
@@ -45,9 +46,6 @@ from layers.shared.tunnel.streams import FrameReorderer
 
 log = logging.getLogger("agentserver.relay")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 TICKET_PATH = "/_agentserver/open"  # the open endpoint of the API builds URLs to it
 RELAY_COOKIE = "agentserver_relay"

@@ -528,10 +528,7 @@ class ActivityRecorder:
 
     def due(self, sandbox: Sandbox) -> bool:
         """Whether this request should be recorded (claims the slot for this interval)."""
-        if sandbox.kind != SandboxKind.cloud or sandbox.status != S.running or sandbox.sandbox_id in self._recent:
-            return False
-        self._recent[sandbox.sandbox_id] = True
-        return True
+        return sandbox.kind == SandboxKind.cloud and sandbox.status == S.running and self.due_by_id(sandbox.sandbox_id)
 
     def record(self, sandbox: Sandbox, now: datetime) -> bool:
         try:
