@@ -63,6 +63,9 @@ def test_create_open_idle_pause_resume_and_delete_a_sandbox(tmp_path: Path) -> N
 
         # Running only once its agent dialed home through the tunnel, with opencode's version reported
         wait_until(lambda: sandbox_status(browser, sid) == "running", timeout=90, interval=0.5)
+        # AGENT_INFO is the agent's first message on its connection, just after $connect marked it running
+        wait_until(lambda: "working_directory" in (browser.get(f"/api/sandboxes/{sid}").json()["agent_info"] or {}),
+                   timeout=10, interval=0.1)
         sandbox = browser.get(f"/api/sandboxes/{sid}").json()
         workspace = Path(sandbox["agent_info"]["working_directory"])
         assert workspace == (stack.state_dir / "sandboxes" / sid / "workspace").resolve()
