@@ -20,3 +20,50 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
+
+
+@pytest.fixture(scope="session")
+def dynamodb_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One DynamoDB Local for the whole session (≈ 3 s to start, ≈ 220 MB): its URL.
+
+    Race tests need it: in-process moto neither serialises conditional writes nor keeps every
+    concurrent ADD, so a race test on moto passes on non-atomic code and can fail on correct code.
+    Each test isolates itself with its own table prefix (see `dynamodb_tables`).
+    """
+    from embedded.aws_services import DynamoDBLocal
+
+    server = DynamoDBLocal(data_dir=tmp_path_factory.mktemp("dynamodb-local"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def dynamodb_tables(dynamodb_local: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The topology's tables on the shared DynamoDB Local, under a prefix of this test's own; the DAL
+    (settings, boto3 and PynamoDB) points at them for the test. Returns the prefix."""
+    import uuid
+
+    from embedded.provision import table_definition
+    from layers.shared.dal import aws
+    from layers.shared.settings import get_settings
+    from layers.shared.topology import TOPOLOGY
+
+    prefix = f"t{uuid.uuid4().hex[:10]}-"
+    for name, value in {"AWS_ENDPOINT_URL_DYNAMODB": dynamodb_local, "AGENTSERVER_RESOURCE_PREFIX": prefix,
+                        "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+                        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+                        "POWERTOOLS_TRACE_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    caches = (get_settings, aws.client, aws.queue_url, aws.management_client)
+    for cache in caches:
+        cache.cache_clear()
+    dynamodb = aws.client("dynamodb")
+    for table in TOPOLOGY.tables:
+        dynamodb.create_table(**table_definition(table, get_settings().physical_name(table.name)))
+    yield prefix
+    for table in TOPOLOGY.tables:
+        dynamodb.delete_table(TableName=get_settings().physical_name(table.name))
+    for cache in caches:
+        cache.cache_clear()
