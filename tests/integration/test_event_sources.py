@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from layers.shared.topology import SANDBOX_OPS
 from tests.support import RunningStack, wait_until
 
 
@@ -43,14 +44,19 @@ def test_a_record_that_keeps_failing_lands_in_the_dlq_and_its_batch_mates_do_not
     dlq = queue_url(stack, "sandbox-ops-dlq")
 
     def poison_in_dlq() -> dict | None:
-        for message in sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10,
+        # Hidden for long once received, so the first receive from the DLQ is the one that returns it
+        for message in sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, VisibilityTimeout=300,
                                            AttributeNames=["All"]).get("Messages", []):
             if message["Body"] == poison:
                 return message
         return None
 
     landed = wait_until(poison_in_dlq, timeout=30, interval=0.5)
-    assert int(landed["Attributes"]["ApproximateReceiveCount"]) >= 1
+    # Received exactly maxReceiveCount times from the queue, as the topology declares, plus once from the DLQ
+    assert int(landed["Attributes"]["ApproximateReceiveCount"]) == SANDBOX_OPS.max_receive_count + 1
+    redrive = json.loads(sqs.get_queue_attributes(QueueUrl=queue_url(stack, "sandbox-ops"),
+                                                  AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"])
+    assert int(redrive["maxReceiveCount"]) == SANDBOX_OPS.max_receive_count
     assert operation_status(stack, good_id) == "done"
 
 
@@ -64,13 +70,17 @@ def test_a_repeated_command_runs_once(stack: RunningStack) -> None:
                                            Key={"command_id": {"S": command_id}})["Item"]
     # When the same command is delivered again
     sqs.send_message(QueueUrl=url, MessageBody=body)
-    time.sleep(2.5)
+
+    def queue_empty() -> bool:  # received, handled and deleted (neither waiting nor in flight)
+        counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return all(int(value) == 0 for value in counts.values())
+
+    wait_until(queue_empty, timeout=30)
     # Then its record is untouched: it was recognised as a repeat
     again = stack.aws("dynamodb").get_item(TableName=stack.name("operations"),
                                            Key={"command_id": {"S": command_id}})["Item"]
     assert again == first
-    assert int(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
-               ["Attributes"]["ApproximateNumberOfMessages"]) == 0
 
 
 @pytest.fixture(scope="module")
