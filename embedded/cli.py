@@ -23,6 +23,9 @@ def up(
     max_connection_age: Annotated[
         float, typer.Option(help="WebSocket maximum connection age in seconds (API Gateway: 7200).")
     ] = 7200,
+    http_integration_timeout: Annotated[
+        float, typer.Option(help="HTTP route handler timeout in seconds, then a 503 (API Gateway: 30).")
+    ] = 30,
     schedule_interval: Annotated[
         float | None, typer.Option(help="Run every scheduled function this often (seconds) instead of its rate.")
     ] = None,
@@ -50,6 +53,7 @@ def up(
         in_memory=in_memory,
         idle_timeout_seconds=idle_timeout,
         max_connection_age_seconds=max_connection_age,
+        http_integration_timeout_seconds=http_integration_timeout,
         schedule_interval_seconds=schedule_interval,
         queue_visibility_timeout_seconds=queue_visibility_timeout,
         ttl_sweep_interval_seconds=ttl_sweep_interval,

@@ -43,6 +43,7 @@ class GatewayConfig:
     websocket_stage: str = "local"
     idle_timeout_seconds: float = 600  # API Gateway: 10 minutes without a message
     max_connection_age_seconds: float = 7200  # API Gateway: 2 hours
+    http_integration_timeout_seconds: float = HTTP_INTEGRATION_TIMEOUT_SECONDS  # shorter in tests
     static_dir: Path | None = None
     client_config: dict[str, str] = field(default_factory=dict)
 
@@ -288,7 +289,8 @@ class LocalGateway:
             port=(scope.get("server") or ("", 80))[1],
         )
         try:
-            result = await self.runtime.invoke(route.function, event, timeout=HTTP_INTEGRATION_TIMEOUT_SECONDS)
+            result = await self.runtime.invoke(route.function, event,
+                                               timeout=self.config.http_integration_timeout_seconds)
         except InvocationTimeout:
             log.warning("%s timed out on %s %s", route.function.name, scope["method"], scope["path"])
             await _respond_json(send, 503, {"message": "Service Unavailable"})

@@ -34,6 +34,7 @@ class StackOptions:
     in_memory: bool = False
     idle_timeout_seconds: float = 600
     max_connection_age_seconds: float = 7200
+    http_integration_timeout_seconds: float = 30
     schedule_interval_seconds: float | None = None  # overrides every schedule (tests)
     queue_visibility_timeout_seconds: int | None = None  # overrides every queue (tests)
     ttl_sweep_interval_seconds: float = 60
@@ -177,6 +178,7 @@ class EmbeddedStack:
                 GatewayConfig(
                     idle_timeout_seconds=self.options.idle_timeout_seconds,
                     max_connection_age_seconds=self.options.max_connection_age_seconds,
+                    http_integration_timeout_seconds=self.options.http_integration_timeout_seconds,
                     static_dir=self.options.console_dir or static_dir(),
                     client_config=self.client_config(),
                 ),
