@@ -76,9 +76,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     yield world
     output = stack.stop()
     upstream.stop()
-    # No proxy token ever reached the logs (the proxy did log: refused tokens, a broken-off upstream)
-    assert "refused a request with an unknown or revoked proxy token" in output
-    assert "upstream anthropic broke off" in output
+    # No proxy token ever reached the logs (the tests that make the proxy log check that it did)
     for token in world.tokens_seen:
         assert token not in output
 
@@ -252,6 +250,7 @@ def test_upstream_errors_pass_through_in_the_providers_format(world: World) -> N
                      ["totals"]["requests"] == 3 and u)
     assert own["totals"]["errors"] == 2
     assert sorted(r["status"] for r in own["recent_requests"]) == [200, 400, 529]
+    wait_until(lambda: "upstream anthropic broke off" in world.stack.output())
 
 
 def test_the_proxy_refuses_in_the_providers_format(world: World) -> None:
@@ -273,6 +272,7 @@ def test_the_proxy_refuses_in_the_providers_format(world: World) -> None:
     assert too_large.status_code == 413
     assert too_large.json()["error"]["type"] == "request_too_large"
     assert world.seen_for(agent) == []
+    wait_until(lambda: "refused a request with an unknown or revoked proxy token" in world.stack.output())
 
 
 def test_a_deleted_sandbox_token_stops_working_within_the_cache_ttl(world: World) -> None:
