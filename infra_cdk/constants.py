@@ -133,6 +133,9 @@ ENV_SANDBOX_SUBNETS = "AGENTSERVER_SANDBOX_SUBNETS"
 ENV_SANDBOX_SECURITY_GROUPS = "AGENTSERVER_SANDBOX_SECURITY_GROUPS"
 ENV_SANDBOX_ASSIGN_PUBLIC_IP = "AGENTSERVER_SANDBOX_ASSIGN_PUBLIC_IP"
 ENV_SANDBOX_FILE_SYSTEM = "AGENTSERVER_SANDBOX_FILE_SYSTEM"
+ENV_SANDBOX_TASK_POLICY = "AGENTSERVER_SANDBOX_TASK_POLICY"
+# On each sandbox's own task role: the id of the access point it may mount through (ecs_sandboxes.ACCESS_POINT_TAG).
+SANDBOX_ACCESS_POINT_TAG = "agentserver-access-point"
 # The tag the ECS backend puts on each sandbox's task definition, task and access point (ecs_sandboxes.SANDBOX_TAG):
 # the worker may register, tag and delete only what carries it.
 SANDBOX_TAG = "agentserver:sandbox"

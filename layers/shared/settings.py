@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     sandbox_security_groups: str = Field(default="", alias="AGENTSERVER_SANDBOX_SECURITY_GROUPS")
     sandbox_assign_public_ip: bool = Field(default=True, alias="AGENTSERVER_SANDBOX_ASSIGN_PUBLIC_IP")
     sandbox_file_system_id: str = Field(default="", alias="AGENTSERVER_SANDBOX_FILE_SYSTEM")
+    # The one policy a sandbox's own task role gets (and its permissions boundary): mount through its access point
+    sandbox_task_policy_arn: str = Field(default="", alias="AGENTSERVER_SANDBOX_TASK_POLICY")
 
     # Public endpoints that clients are told about (config.json, agent registration)
     public_api_url: str = Field(default="http://localhost:8080", alias="AGENTSERVER_API_URL")
