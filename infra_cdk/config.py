@@ -38,10 +38,13 @@ _BOOLEAN_WORDS = {
     "no": "false",
     "off": "false",
 }
-# A secret's name or ARN (Secrets Manager's characters), and a version id: never a value with spaces or braces,
-# which would end the `{{resolve:...}}` reference early.
+# A secret's name or ARN (Secrets Manager's characters): never a value with spaces or braces.
 _SECRET_ID = re.compile(r"[A-Za-z0-9/_+=.@:-]{1,2048}")
-_SECRET_VERSION_ID = re.compile(r"[A-Za-z0-9-]{32,64}")
+# Context keys that older versions read; a deploy that still sets one is told they are gone.
+_RETIRED_KEYS = {
+    "github_client_secret_version": "the API function now reads the secret's current value at run time",
+    "oidc_client_secret_version": "the API function now reads the secret's current value at run time",
+}
 # A DNS name of at least two labels (letters, digits, inner hyphens), short enough that `sb-<16 hex>.` in front
 # of it stays within DNS's 253 characters.
 _DOMAIN_NAME = re.compile(r"(?=.{1,230}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -97,11 +100,9 @@ class DeploymentConfig:
     password_auth: str = ""  # "true" or "false"
     default_max_workspaces: str = ""  # a whole number, at least 1
     # Client secrets: the name (or ARN) of a Secrets Manager secret the operator created, never the value.
-    # The function receives a CloudFormation dynamic reference; a version id makes a deploy re-read it.
+    # The function receives the name and reads the current value at run time (cached for 5 minutes).
     github_client_secret_name: str = ""
-    github_client_secret_version: str = ""
     oidc_client_secret_name: str = ""
-    oidc_client_secret_version: str = ""
 
     # LLM proxy (docs/llm-proxy.md): upstream base URLs (empty: the providers' own) and the default requests per
     # day of a workspace (empty: unlimited); constants.LLM_PROXY_ENV hands them to the functions.
@@ -165,15 +166,11 @@ class DeploymentConfig:
                 f"{CONTEXT_PREFIX}github_client_id needs {CONTEXT_PREFIX}github_client_secret_name: the name of "
                 "the Secrets Manager secret that holds the OAuth app's client secret (docs/deploy.md)"
             )
-        for name_field, version_field in constants.SIGN_IN_SECRET_ENV.values():
-            name, version = getattr(self, name_field), getattr(self, version_field)
+        for name_field in constants.SIGN_IN_SECRET_ENV.values():
+            name = getattr(self, name_field)
             if name and not _SECRET_ID.fullmatch(name):
                 # The value is not echoed: it might be the secret itself, pasted into the wrong key.
                 raise ValueError(f"{CONTEXT_PREFIX}{name_field} must be a secret's name or ARN")
-            if version and not name:
-                raise ValueError(f"{CONTEXT_PREFIX}{version_field} needs {CONTEXT_PREFIX}{name_field}")
-            if version and not _SECRET_VERSION_ID.fullmatch(version):
-                raise ValueError(f"{CONTEXT_PREFIX}{version_field} must be a secret version id")
 
     def _check_sandbox_origins(self) -> None:
         domain = self.sandbox_domain.lower().removesuffix(".")
@@ -225,6 +222,9 @@ class DeploymentConfig:
 
     @classmethod
     def from_context(cls, node: Node) -> DeploymentConfig:
+        for key, why in _RETIRED_KEYS.items():
+            if node.try_get_context(CONTEXT_PREFIX + key):
+                raise ValueError(f"{CONTEXT_PREFIX}{key} is no longer used ({why}); remove it")
         values: dict[str, Any] = {}
         for spec in fields(cls):
             raw = node.try_get_context(CONTEXT_PREFIX + spec.name)

@@ -52,12 +52,16 @@ SIGN_IN_ENV = {
 # The base URL providers send the browser back to (`<base>/api/auth/oidc/{provider}/callback`): the
 # console's own URL unless the context names another, since CloudFront serves the API under /api/*.
 ENV_OIDC_REDIRECT_BASE_URL = SIGN_IN_ENV["oidc_redirect_base_url"]
-# Client secrets are never context values: the context names a Secrets Manager secret (and optionally
-# its version), and the variable holds a CloudFormation dynamic reference to it.
+# Client secrets are never context values: the context names a Secrets Manager secret, the variable holds that
+# name, and the function reads the value at run time (it may read that secret only).
 SIGN_IN_SECRET_ENV = {
-    "GITHUB_CLIENT_SECRET": ("github_client_secret_name", "github_client_secret_version"),
-    "OIDC_CLIENT_SECRET": ("oidc_client_secret_name", "oidc_client_secret_version"),
+    "GITHUB_CLIENT_SECRET_ID": "github_client_secret_name",
+    "OIDC_CLIENT_SECRET_ID": "oidc_client_secret_name",
 }
+# The API function learns the name of the secret CloudFront sends in the origin-verify header (http_api/
+# dependencies.py trusts X-Forwarded-For only on requests that carry it).
+ENV_ORIGIN_SECRET = "AGENTSERVER_ORIGIN_SECRET"
+ORIGIN_VERIFY_HEADER = "X-Agentserver-Origin-Verify"
 
 # The topology does not yet say which streaming function is the sandbox relay and which the LLM proxy,
 # so the console's config keys are matched to function names here. A name that the topology lacks
@@ -133,6 +137,9 @@ ENV_SANDBOX_SUBNETS = "AGENTSERVER_SANDBOX_SUBNETS"
 ENV_SANDBOX_SECURITY_GROUPS = "AGENTSERVER_SANDBOX_SECURITY_GROUPS"
 ENV_SANDBOX_ASSIGN_PUBLIC_IP = "AGENTSERVER_SANDBOX_ASSIGN_PUBLIC_IP"
 ENV_SANDBOX_FILE_SYSTEM = "AGENTSERVER_SANDBOX_FILE_SYSTEM"
+ENV_SANDBOX_TASK_POLICY = "AGENTSERVER_SANDBOX_TASK_POLICY"
+# On each sandbox's own task role: the id of the access point it may mount through (ecs_sandboxes.ACCESS_POINT_TAG).
+SANDBOX_ACCESS_POINT_TAG = "agentserver-access-point"
 # The tag the ECS backend puts on each sandbox's task definition, task and access point (ecs_sandboxes.SANDBOX_TAG):
 # the worker may register, tag and delete only what carries it.
 SANDBOX_TAG = "agentserver:sandbox"

@@ -9,14 +9,18 @@
   the base one here (RunTask cannot override volumes), so the worker may run `<prefix>sandbox-*` only.
 - The base task definition's `workspace` volume (transit encryption, IAM authorization) is mounted where the
   image keeps the workspace; its container has no environment of its own: each start passes the sandbox's
-  tokens and URLs as overrides, and no provider key ever reaches it.
+  ids and URLs as overrides, and its tokens through its own secret (`<prefix>sandbox/<id>`, which the clone's
+  container names in `secrets`, so nothing secret is in RunTask); no provider key ever reaches it.
+- Each sandbox runs as its own task role (`role/<prefix>sandbox/<prefix>sandbox-<id>`), created by the worker
+  with the one policy it may attach, `task_policy`, which is also the role's permissions boundary: mount and
+  write the file system only through the access point the role's own `agentserver-access-point` tag names.
 """
 
 from __future__ import annotations
 
 import re
 
-from aws_cdk import Fn, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, Fn, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_ecs as ecs
@@ -37,6 +41,11 @@ _ECR_IMAGE = re.compile(
     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?(@sha256:[0-9a-f]{64})?"
 )
 _ECS_TASKS = "ecs-tasks.amazonaws.com"
+_CLIENT_ACTIONS = [
+    "elasticfilesystem:ClientMount",
+    "elasticfilesystem:ClientWrite",
+    "elasticfilesystem:ClientRootAccess",
+]
 
 
 class Sandboxes(Construct):
@@ -73,6 +82,7 @@ class Sandboxes(Construct):
             allow_all_outbound=True,
         )
         self.file_system = self._file_system()
+        self.task_policy = self._task_policy()
         self.cluster = ecs.Cluster(
             self,
             "Cluster",
@@ -114,35 +124,77 @@ class Sandboxes(Construct):
                         principals=[iam.AnyPrincipal()],
                         actions=["*"],
                         conditions={"Bool": {"aws:SecureTransport": "false"}},
-                    )
+                    ),
+                    # Whatever an identity policy says: no client reaches the file system's root (every sandbox's
+                    # files) without an access point, nor from anywhere but a mount target in the VPC.
+                    iam.PolicyStatement(
+                        effect=iam.Effect.DENY,
+                        principals=[iam.AnyPrincipal()],
+                        actions=_CLIENT_ACTIONS,
+                        conditions={"Null": {"elasticfilesystem:AccessPointArn": "true"}},
+                    ),
+                    iam.PolicyStatement(
+                        effect=iam.Effect.DENY,
+                        principals=[iam.AnyPrincipal()],
+                        actions=_CLIENT_ACTIONS,
+                        conditions={"Bool": {"elasticfilesystem:AccessedViaMountTarget": "false"}},
+                    ),
                 ]
             ),
         )
         file_system.connections.allow_default_port_from(self.task_security_group, "NFS from agentserver sandbox tasks")
         return file_system
 
+    def _task_policy(self) -> iam.ManagedPolicy:
+        """What a sandbox's own task role may do, and the most it could ever be given (its permissions boundary):
+        mount and write the file system through the one access point its own tag names, from a mount target."""
+        access_point = self._stack.format_arn(
+            service="elasticfilesystem",
+            resource="access-point",
+            resource_name=f"${{aws:PrincipalTag/{constants.SANDBOX_ACCESS_POINT_TAG}}}",
+        )
+        return iam.ManagedPolicy(
+            self,
+            "TaskPolicy",
+            description="agentserver sandbox task roles: mount their own EFS access point (their tag), nothing else",
+            statements=[
+                iam.PolicyStatement(
+                    actions=["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
+                    resources=[self.file_system.file_system_arn],
+                    conditions={
+                        "StringEquals": {"elasticfilesystem:AccessPointArn": access_point},
+                        "Bool": {"elasticfilesystem:AccessedViaMountTarget": "true"},
+                    },
+                )
+            ],
+        )
+
     def _task_definition(self) -> ecs.FargateTaskDefinition:
         config = self._config
+        # The base definition is never run; each sandbox's clone names the sandbox's own role instead. This one
+        # has no rights at all, so nothing can mount a workspace with it.
         task_role = iam.Role(
             self,
             "TaskRole",
             assumed_by=iam.ServicePrincipal(_ECS_TASKS),
-            description="agentserver sandbox tasks: mount and write their own workspace on EFS, nothing else",
-        )
-        task_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
-                resources=[self.file_system.file_system_arn],
-                # Only through an access point, which pins a sandbox's own directory and user: the file system's
-                # root stays out of reach.
-                conditions={"ArnLike": {"elasticfilesystem:AccessPointArn": self._access_points_arn}},
-            )
+            description="agentserver base sandbox task definition: no rights (each sandbox runs as a role of its own)",
         )
         execution_role = iam.Role(
             self,
             "ExecutionRole",
             assumed_by=iam.ServicePrincipal(_ECS_TASKS),
-            description="ECS starts agentserver sandbox tasks with it: pulls the image and writes the container's logs",
+            description="ECS starts agentserver sandbox tasks with it: pulls the image, reads the sandbox's secret, "
+            "writes the container's logs",
+        )
+        # ECS injects each sandbox's tokens from its own secret when the container starts (the clone's `secrets`).
+        execution_role.add_to_policy(
+            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[self._sandbox_secrets_arn])
+        )
+        nag.acknowledge(
+            execution_role,
+            nag.wildcard_resource_finding(execution_role, self._sandbox_secrets_arn),
+            "Each sandbox's credentials secret (<prefix>sandbox/<sandbox id>) is created at run time by the ECS "
+            "backend; ECS reads it with this role only to inject it into that sandbox's container at start.",
         )
         definition = ecs.FargateTaskDefinition(
             self,
@@ -238,6 +290,7 @@ class Sandboxes(Construct):
             constants.ENV_SANDBOX_SECURITY_GROUPS: self.task_security_group.security_group_id,
             constants.ENV_SANDBOX_ASSIGN_PUBLIC_IP: "true",
             constants.ENV_SANDBOX_FILE_SYSTEM: self.file_system.file_system_id,
+            constants.ENV_SANDBOX_TASK_POLICY: self.task_policy.managed_policy_arn,
         }
         for name, value in environment.items():
             function.add_environment(name, value)
@@ -265,6 +318,19 @@ class Sandboxes(Construct):
         )
         nag.acknowledge(
             role,
+            nag.wildcard_resource_finding(role, self._sandbox_roles_arn),
+            "Each sandbox's own task role is created at run time under the path /<prefix>sandbox/, only with the "
+            "stack's sandbox task policy as permissions boundary and as its one attachable policy, so no role made "
+            "there can do more than mount the sandbox file system through the access point its tag names.",
+        )
+        nag.acknowledge(
+            role,
+            nag.wildcard_resource_finding(role, self._sandbox_secrets_arn),
+            "Each sandbox's credentials secret (<prefix>sandbox/<sandbox id>) is created, updated at each start and "
+            "deleted at run time; its name is not known in advance.",
+        )
+        nag.acknowledge(
+            role,
             "AwsSolutions-IAM5[Resource::*]",
             "ECS's RegisterTaskDefinition, DeregisterTaskDefinition, DescribeTaskDefinition, ListTaskDefinitions and "
             "ListTasks support no resource-level permissions (AWS requires Resource '*'); registration requires the "
@@ -278,6 +344,22 @@ class Sandboxes(Construct):
     @property
     def _cluster_tasks_arn(self) -> str:
         return self._stack.format_arn(service="ecs", resource="task", resource_name=f"{self.cluster.cluster_name}/*")
+
+    @property
+    def _sandbox_roles_arn(self) -> str:
+        return self._stack.format_arn(
+            service="iam", region="", resource="role", resource_name=f"{self.family}/{self.family}-*"
+        )
+
+    @property
+    def _sandbox_secrets_arn(self) -> str:
+        # Secrets Manager adds a random suffix (-AbCdEf) to the name in the ARN.
+        return self._stack.format_arn(
+            service="secretsmanager",
+            resource="secret",
+            resource_name=f"{self.family}/*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
 
     @property
     def _access_points_arn(self) -> str:
@@ -312,11 +394,35 @@ class Sandboxes(Construct):
                 actions=["ecs:DescribeTaskDefinition", "ecs:DeregisterTaskDefinition", "ecs:ListTaskDefinitions"],
                 resources=["*"],
             ),
-            # Registering a clone and running it both pass the base definition's roles, to ECS tasks only.
+            # Registering a clone and running it pass the execution role and the sandbox's own role, to ECS tasks only.
             iam.PolicyStatement(
                 actions=["iam:PassRole"],
-                resources=[definition.task_role.role_arn, execution_role.role_arn],
+                resources=[self._sandbox_roles_arn, execution_role.role_arn],
                 conditions={"StringEquals": {"iam:PassedToService": _ECS_TASKS}},
+            ),
+            # A sandbox's own role: created only with the task policy as its boundary, given only that policy.
+            iam.PolicyStatement(
+                actions=["iam:CreateRole"],
+                resources=[self._sandbox_roles_arn],
+                conditions={"ArnEquals": {"iam:PermissionsBoundary": self.task_policy.managed_policy_arn}},
+            ),
+            iam.PolicyStatement(
+                actions=["iam:AttachRolePolicy", "iam:DetachRolePolicy"],
+                resources=[self._sandbox_roles_arn],
+                conditions={"ArnEquals": {"iam:PolicyARN": self.task_policy.managed_policy_arn}},
+            ),
+            iam.PolicyStatement(
+                actions=["iam:GetRole", "iam:TagRole", "iam:DeleteRole"], resources=[self._sandbox_roles_arn]
+            ),
+            # A sandbox's credentials secret, created tagged, replaced at each start, deleted with the sandbox.
+            iam.PolicyStatement(
+                actions=["secretsmanager:CreateSecret"],
+                resources=[self._sandbox_secrets_arn],
+                conditions=tagged_as_sandbox,
+            ),
+            iam.PolicyStatement(
+                actions=["secretsmanager:TagResource", "secretsmanager:PutSecretValue", "secretsmanager:DeleteSecret"],
+                resources=[self._sandbox_secrets_arn],
             ),
             iam.PolicyStatement(
                 actions=["elasticfilesystem:CreateAccessPoint"],

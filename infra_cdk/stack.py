@@ -55,7 +55,7 @@ class AgentServerStack(Stack):
             log_retention=retention,
             removal_policy=config.removal_policy,
         )
-        self.console.serve_api(self.http_api.domain_name)
+        self.origin_secret = self.console.serve_api(self.http_api.domain_name)
         # Where browsers, the CLI and agents reach the API: the console's origin, which CloudFront splits.
         self.public_api_url = self.console.url
         self.websocket_api = WebSocketApi(
@@ -209,9 +209,14 @@ class AgentServerStack(Stack):
             return
         for name, value in sign_in.sign_in_environment(config, public_url=self.public_api_url).items():
             function.add_environment(name, value)
+        assert function.role is not None, "runtime.py gives every function its own role"
+        sign_in.allow_reading_client_secrets(config, function.role)
         # Browsers reach the API through CloudFront, so the viewer's address is the one before it in
-        # X-Forwarded-For (per-source sign-in lockout counts viewers, not edge servers).
+        # X-Forwarded-For (per-source sign-in lockout counts viewers, not edge servers); but only on requests
+        # that carry the origin secret CloudFront adds: anyone may call the execute-api URL with any header.
         function.add_environment(constants.ENV_TRUSTED_PROXY_HOPS, "1")
+        function.add_environment(constants.ENV_ORIGIN_SECRET, self.origin_secret.secret_arn)
+        self.origin_secret.grant_read(function)
 
 
 def check_api_paths(topology: Topology) -> None:

@@ -3,7 +3,8 @@
 The same program runs in the Fargate task (sandbox/Dockerfile) and as the embedded stack's local
 sandbox process. It is `agentserver connect --auto-start` for a registration that the server made
 itself: the sandbox's identity and credentials come from the environment (set by the backend from
-the sandbox-ops worker: RunTask overrides on ECS, the child's environment locally), opencode runs
+the sandbox-ops worker: on ECS the ids and URLs as RunTask overrides and the tokens from the
+sandbox's own secret, which ECS injects at container start; locally the child's environment), opencode runs
 in the workspace folder, and the agent dials home through the tunnel like a laptop's.
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -11,6 +12,7 @@ from fastapi import Depends, Request, Response
 
 from layers.shared.clock import utcnow
 from layers.shared.dal.identity import DynamoIdentityStore
+from layers.shared.dal.secrets import secret_by_id
 from layers.shared.domain import identity
 from layers.shared.domain.identity import AuthPolicy, IssuedSession, Session, User
 from layers.shared.domain.provider_sign_in import IdentityProvider
@@ -22,6 +24,8 @@ from layers.shared.settings import get_settings
 
 SESSION_COOKIE, CSRF_COOKIE, CSRF_HEADER = "agentserver_session", "agentserver_csrf", "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# CloudFront adds this header, with the stack's origin secret, to every request it forwards to the API.
+ORIGIN_VERIFY_HEADER = "x-agentserver-origin-verify"
 
 
 class CsrfFailed(Forbidden):
@@ -50,7 +54,7 @@ def auth_policy() -> AuthPolicy:
 def identity_providers() -> dict[str, IdentityProvider]:
     """The sign-in providers the settings switch on, built once per process (so OIDC discovery
     and signing keys are fetched once too)."""
-    return providers_from_settings(get_settings())
+    return providers_from_settings(get_settings(), read_secret=secret_by_id)
 
 
 def default_quotas() -> Quotas:
@@ -147,12 +151,22 @@ AdminCaller = Annotated[Principal, Depends(admin_principal)]
 
 def client_address(request: Request) -> str:
     """The caller's address: API Gateway appends the address it saw to X-Forwarded-For, so behind
-    `trusted_proxy_hops` proxies the client is that many entries before the last."""
-    hops = get_settings().trusted_proxy_hops
+    `trusted_proxy_hops` proxies the client is that many entries before the last. Only a request that
+    proves it came through the proxy (the origin secret, which CloudFront adds) gets that trust: anyone
+    can call the API's own execute-api URL with an X-Forwarded-For of their choosing."""
+    settings = get_settings()
+    hops = settings.trusted_proxy_hops
     forwarded = [part.strip() for part in request.headers.get("x-forwarded-for", "").split(",") if part.strip()]
-    if hops and len(forwarded) > hops:
+    if hops and len(forwarded) > hops and _through_trusted_proxy(request, settings.origin_secret_id):
         return forwarded[-(hops + 1)]
     return request.client.host if request.client else "unknown"
+
+
+def _through_trusted_proxy(request: Request, origin_secret_id: str | None) -> bool:
+    if not origin_secret_id:
+        return True
+    presented = request.headers.get(ORIGIN_VERIFY_HEADER, "")
+    return bool(presented) and hmac.compare_digest(presented.encode(), secret_by_id(origin_secret_id).encode())
 
 
 def served_over_https(request: Request) -> bool:

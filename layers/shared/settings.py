@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     sandbox_security_groups: str = Field(default="", alias="AGENTSERVER_SANDBOX_SECURITY_GROUPS")
     sandbox_assign_public_ip: bool = Field(default=True, alias="AGENTSERVER_SANDBOX_ASSIGN_PUBLIC_IP")
     sandbox_file_system_id: str = Field(default="", alias="AGENTSERVER_SANDBOX_FILE_SYSTEM")
+    # The one policy a sandbox's own task role gets (and its permissions boundary): mount through its access point
+    sandbox_task_policy_arn: str = Field(default="", alias="AGENTSERVER_SANDBOX_TASK_POLICY")
 
     # Public endpoints that clients are told about (config.json, agent registration)
     public_api_url: str = Field(default="http://localhost:8080", alias="AGENTSERVER_API_URL")
@@ -66,6 +68,9 @@ class Settings(BaseSettings):
     # Proxies in front of API Gateway that append to X-Forwarded-For (CloudFront: 1). The client's
     # address is the entry before theirs; with 0 it is the connection's own source address.
     trusted_proxy_hops: int = Field(default=0, ge=0, le=5, alias="AGENTSERVER_TRUSTED_PROXY_HOPS")
+    # Name or ARN of the secret the proxy (CloudFront) sends in X-Agentserver-Origin-Verify: X-Forwarded-For is
+    # trusted only on requests that carry it. Unset: trusted on every request (the embedded stack has no proxy).
+    origin_secret_id: str | None = Field(default=None, alias="AGENTSERVER_ORIGIN_SECRET")
 
     # Identity
     password_auth_enabled: bool = Field(default=True, alias="AGENTSERVER_PASSWORD_AUTH")
@@ -79,11 +84,14 @@ class Settings(BaseSettings):
     # Sign-in through GitHub and a generic OIDC provider (each on when its client id is set)
     github_client_id: str | None = Field(default=None, alias="GITHUB_CLIENT_ID")
     github_client_secret: str | None = Field(default=None, alias="GITHUB_CLIENT_SECRET")
+    # In AWS: the name or ARN of the Secrets Manager secret holding it, read at run time (cached), never the value.
+    github_client_secret_id: str | None = Field(default=None, alias="GITHUB_CLIENT_SECRET_ID")
     github_oauth_url: str = Field(default="https://github.com", alias="GITHUB_OAUTH_URL")
     github_api_url: str = Field(default="https://api.github.com", alias="GITHUB_API_URL")
     oidc_issuer_url: str | None = Field(default=None, alias="OIDC_ISSUER_URL")
     oidc_client_id: str | None = Field(default=None, alias="OIDC_CLIENT_ID")
     oidc_client_secret: str | None = Field(default=None, alias="OIDC_CLIENT_SECRET")
+    oidc_client_secret_id: str | None = Field(default=None, alias="OIDC_CLIENT_SECRET_ID")
     oidc_provider_name: str = Field(default="Single sign-on", alias="OIDC_PROVIDER_NAME")
     oidc_scopes: str = Field(default="openid email profile", alias="OIDC_SCOPES")
     # Public base URL the providers redirect back to (…/api/auth/oidc/{provider}/callback);

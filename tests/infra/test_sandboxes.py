@@ -23,7 +23,7 @@ from layers.shared.topology import TOPOLOGY
 from tests.infra.synth import REPO_ROOT, Synthesized, as_list, references, render, synthesize
 
 DRIVERS = [spec.name for spec in TOPOLOGY.functions if spec.runs_sandboxes]
-SANDBOX_ACTION_PREFIXES = ("ecs:", "elasticfilesystem:", "iam:PassRole")
+SANDBOX_ACTION_PREFIXES = ("ecs:", "elasticfilesystem:", "iam:")
 IMAGE = "210987654321.dkr.ecr.eu-west-1.amazonaws.com/team/agentserver-sandbox:v7"
 IMAGE_CONTEXT = {"agentserver:agent_image": IMAGE, "agentserver:agent_architecture": "arm64"}
 
@@ -131,10 +131,17 @@ def test_the_file_system_is_encrypted_and_reached_only_from_the_sandbox_tasks(sy
     # Given the file system and the security groups / When synthesized
     _, file_system = synthesized.one("AWS::EFS::FileSystem")
     assert file_system["Encrypted"] is True
-    # Then its policy allows nobody by itself (IAM grants decide) and refuses every request without TLS
-    [statement] = file_system["FileSystemPolicy"]["Statement"]
-    assert statement["Effect"] == "Deny"
-    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    # Then its policy allows nobody by itself (IAM grants decide), refuses every request without TLS, and every
+    # mount without an access point (the root holds every sandbox's files) or from outside a mount target
+    statements = file_system["FileSystemPolicy"]["Statement"]
+    assert {statement["Effect"] for statement in statements} == {"Deny"}
+    assert all(statement["Principal"] == {"AWS": "*"} for statement in statements)
+    conditions = {json.dumps(statement["Condition"], sort_keys=True): statement["Action"] for statement in statements}
+    client = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientRootAccess", "elasticfilesystem:ClientWrite"]
+    assert conditions.pop(json.dumps({"Bool": {"aws:SecureTransport": "false"}})) == "*"
+    assert sorted(conditions.pop(json.dumps({"Null": {"elasticfilesystem:AccessPointArn": "true"}}))) == client
+    assert sorted(conditions.pop(json.dumps({"Bool": {"elasticfilesystem:AccessedViaMountTarget": "false"}}))) == client
+    assert conditions == {}
     # And every mount target is in the file system's security group, whose only ingress is NFS from the task group
     task_group = _task_security_group(synthesized)
     mount_groups = {
@@ -189,17 +196,101 @@ def test_the_network_has_public_subnets_no_nat_and_flow_logs(synthesized: Synthe
     assert render(flow_log["LogDestination"]).startswith("<DataAccessLogsBucket")
 
 
-def test_the_task_role_may_only_mount_and_write_through_an_access_point(synthesized: Synthesized) -> None:
-    # Given the base task definition's task role
-    _, definition = _task_definition(synthesized)
+def test_a_sandbox_role_may_only_mount_through_the_access_point_its_own_tag_names(synthesized: Synthesized) -> None:
+    # Given the task policy the worker attaches to each sandbox's own role (and sets as its permissions boundary)
     file_system_id, _ = synthesized.one("AWS::EFS::FileSystem")
-    # When synthesized / Then its one statement is EFS client mount and write on that file system, through an
-    # access point (the file system's root is out of reach)
-    [statement] = _role_statements(synthesized, definition["TaskRoleArn"]["Fn::GetAtt"][0])
+    [(policy_id, policy)] = synthesized.of_type("AWS::IAM::ManagedPolicy").items()
+    assert synthesized.environment(DRIVERS[0])[constants.ENV_SANDBOX_TASK_POLICY] == {"Ref": policy_id}
+    # When synthesized / Then its one statement is EFS client mount and write on that file system, through the
+    # access point named by the calling role's own tag, from a mount target: another sandbox's is out of reach
+    [statement] = policy["Properties"]["PolicyDocument"]["Statement"]
     assert sorted(statement["Action"]) == ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
     assert statement["Resource"] == {"Fn::GetAtt": [file_system_id, "Arn"]}
-    condition = statement["Condition"]["ArnLike"]["elasticfilesystem:AccessPointArn"]
-    assert render(condition) == _arn("elasticfilesystem", "access-point/*")
+    tag = ecs_sandboxes.ACCESS_POINT_TAG
+    assert tag == constants.SANDBOX_ACCESS_POINT_TAG
+    condition = statement["Condition"]["StringEquals"]["elasticfilesystem:AccessPointArn"]
+    assert render(condition) == _arn("elasticfilesystem", f"access-point/${{aws:PrincipalTag/{tag}}}")
+    assert statement["Condition"]["Bool"] == {"elasticfilesystem:AccessedViaMountTarget": "true"}
+    # And the base definition's role, which no sandbox runs as, may do nothing at all
+    _, definition = _task_definition(synthesized)
+    assert _role_statements(synthesized, definition["TaskRoleArn"]["Fn::GetAtt"][0]) == []
+
+
+def test_the_worker_makes_sandbox_roles_only_under_the_task_policy(synthesized: Synthesized) -> None:
+    # Given the worker's role / When synthesized
+    statements = _role_statements(synthesized, _function_role(synthesized, DRIVERS[0]))
+    [(policy_id, _)] = synthesized.of_type("AWS::IAM::ManagedPolicy").items()
+    family = synthesized.config.resource_prefix + "sandbox"
+    roles = f"arn:<AWS::Partition>:iam::<AWS::AccountId>:role/{family}/{family}-*"
+    # Then it creates roles under the sandboxes' path only, and only with the task policy as their boundary
+    [create] = _granting(statements, "iam:CreateRole")
+    assert render(create["Resource"]) == roles
+    assert create["Condition"] == {"ArnEquals": {"iam:PermissionsBoundary": {"Ref": policy_id}}}
+    # And attaches (or detaches) no policy but the task policy; it writes no inline policy and moves no boundary
+    [attach] = _granting(statements, "iam:AttachRolePolicy")
+    assert render(attach["Resource"]) == roles
+    assert attach["Condition"] == {"ArnEquals": {"iam:PolicyARN": {"Ref": policy_id}}}
+    actions = {action for statement in statements for action in as_list(statement["Action"])}
+    actions = {action for action in actions if action.startswith("iam:")}
+    assert actions == {
+        "iam:CreateRole",
+        "iam:AttachRolePolicy",
+        "iam:DetachRolePolicy",
+        "iam:GetRole",
+        "iam:TagRole",
+        "iam:DeleteRole",
+        "iam:PassRole",
+    }
+    for action in actions:
+        assert all(
+            render(resource).startswith(roles.removesuffix("*")) or "ExecutionRole" in render(resource)
+            for statement in _granting(statements, action)
+            for resource in as_list(statement["Resource"])
+        )
+    # And the roles the backend makes are where those rights apply
+    backend_path = EcsSandboxBackend(_settings(family), ecs=object(), efs=object(), iam=object(), secrets=object())
+    assert fnmatch.fnmatchcase(
+        f"role{backend_path._path()}{backend_path._family('sb-0123456789abcdef')}",
+        roles.split("<AWS::AccountId>:", 1)[1],
+    )
+
+
+def test_sandbox_tokens_reach_the_container_from_its_own_secret(synthesized: Synthesized) -> None:
+    # Given the execution role and the worker's role / When synthesized
+    _, definition = _task_definition(synthesized)
+    family = synthesized.config.resource_prefix + "sandbox"
+    secrets = f"arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>:secret:{family}/*"
+    # Then ECS may read the sandboxes' secrets (to inject them at container start), and nothing else of Secrets Manager
+    execution = _role_statements(synthesized, definition["ExecutionRoleArn"]["Fn::GetAtt"][0])
+    [read] = _granting(execution, "secretsmanager:GetSecretValue")
+    assert (read["Action"], render(read["Resource"])) == ("secretsmanager:GetSecretValue", secrets)
+    # And the worker creates them tagged, updates and deletes them, and reads none
+    worker = _role_statements(synthesized, _function_role(synthesized, DRIVERS[0]))
+    [create] = _granting(worker, "secretsmanager:CreateSecret")
+    assert create["Condition"] == {"Null": {f"aws:RequestTag/{ecs_sandboxes.SANDBOX_TAG}": "false"}}
+    granted = [
+        statement for statement in worker if any(a.startswith("secretsmanager:") for a in as_list(statement["Action"]))
+    ]
+    assert all(render(statement["Resource"]) == secrets for statement in granted)
+    assert not _granting(worker, "secretsmanager:GetSecretValue")
+    # And the backend's secret names fall under that pattern
+    backend = EcsSandboxBackend(_settings(family), ecs=object(), efs=object(), iam=object(), secrets=object())
+    assert fnmatch.fnmatchcase(
+        f"secret:{backend._secret_name('sb-0123456789abcdef')}-AbCdEf", secrets.split("<AWS::AccountId>:", 1)[1]
+    )
+
+
+def _settings(family: str) -> EcsSettings:
+    return EcsSettings(
+        cluster="arn:aws:ecs:eu-west-1:123456789012:cluster/c",
+        task_definition=f"arn:aws:ecs:eu-west-1:123456789012:task-definition/{family}:4",
+        container_name="agent",
+        subnets=("s",),
+        security_groups=("g",),
+        assign_public_ip=True,
+        file_system_id="fs-1",
+        task_policy_arn="arn:aws:iam::123456789012:policy/p",
+    )
 
 
 def test_the_worker_runs_only_the_per_sandbox_definitions_in_the_sandbox_cluster(synthesized: Synthesized) -> None:
@@ -213,19 +304,7 @@ def test_the_worker_runs_only_the_per_sandbox_definitions_in_the_sandbox_cluster
     assert render(run["Resource"]) == _arn("ecs", f"task-definition/{family}-*")
     assert run["Condition"] == in_cluster
     # And the family the backend registers for a sandbox is one that pattern covers, and the base is not
-    backend = EcsSandboxBackend(
-        EcsSettings(
-            cluster="c",
-            task_definition=f"arn:aws:ecs:eu-west-1:123456789012:task-definition/{family}:4",
-            container_name="agent",
-            subnets=("s",),
-            security_groups=("g",),
-            assign_public_ip=True,
-            file_system_id="fs-1",
-        ),
-        ecs=object(),
-        efs=object(),
-    )
+    backend = EcsSandboxBackend(_settings(family), ecs=object(), efs=object(), iam=object(), secrets=object())
     pattern = render(run["Resource"]).split("<AWS::AccountId>:", 1)[1]
     assert fnmatch.fnmatchcase(f"task-definition/{backend._family('sb-0123456789abcdef')}:1", pattern)
     assert not fnmatch.fnmatchcase(f"task-definition/{family}:4", pattern)
@@ -256,10 +335,12 @@ def test_the_worker_passes_only_the_sandbox_roles_and_only_to_ecs_tasks(synthesi
     # Given the worker's role and the base definition's roles
     statements = _role_statements(synthesized, _function_role(synthesized, DRIVERS[0]))
     _, definition = _task_definition(synthesized)
-    # When synthesized / Then PassRole names the task and execution roles, for ecs-tasks.amazonaws.com only
+    family = synthesized.config.resource_prefix + "sandbox"
+    # When synthesized / Then PassRole names the execution role and the sandboxes' own roles (never the base
+    # definition's), for ecs-tasks.amazonaws.com only
     [pass_role] = _granting(statements, "iam:PassRole")
-    assert sorted(json.dumps(resource) for resource in pass_role["Resource"]) == sorted(
-        json.dumps(definition[key]) for key in ("TaskRoleArn", "ExecutionRoleArn")
+    assert sorted(render(resource) for resource in pass_role["Resource"]) == sorted(
+        [render(definition["ExecutionRoleArn"]), f"arn:<AWS::Partition>:iam::<AWS::AccountId>:role/{family}/{family}-*"]
     )
     assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
 
@@ -317,6 +398,7 @@ def test_the_worker_learns_every_setting_the_ecs_backend_reads(synthesized: Synt
     ecs_settings = EcsSettings.from_settings(settings)
     assert settings.sandbox_backend == "ecs"
     assert ecs_settings.cluster and ecs_settings.task_definition and ecs_settings.file_system_id
+    assert ecs_settings.task_policy_arn
     assert len(ecs_settings.subnets) == constants.SANDBOX_AVAILABILITY_ZONES and ecs_settings.assign_public_ip
     assert ecs_settings.container_name == constants.SANDBOX_CONTAINER
     # And it also learns where the agents dial home and the LLM proxy, which each start hands to the sandbox

@@ -1,4 +1,4 @@
-"""Sign-in settings from the context reach the http_api function, and client secrets only as references.
+"""Sign-in settings from the context reach the http_api function, and client secrets only by name.
 
 One synth with a context that sets some sign-in keys and leaves others empty; test_runtime covers the
 default context (no sign-in key set).
@@ -21,7 +21,6 @@ from layers.shared.topology import TOPOLOGY, Bucket, Function, HttpRoute, Topolo
 from tests.infra.synth import CDK_JSON_CONTEXT, Synthesized, as_list, render, synthesize
 
 GITHUB_SECRET_NAME = "agentserver/github-client-secret"
-GITHUB_SECRET_VERSION = "a1b2c3d4-5678-90ab-cdef-0123456789ab"
 OIDC_SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:agentserver/oidc-client-secret-AbCdEf"
 # What an operator might wrongly try: the secret values themselves as context. The app must never read them.
 CANARY_SECRETS = ("gh-canary-0f5e9c1d7b3a", "oidc-canary-8e2d4c6a1f09")
@@ -29,7 +28,6 @@ CANARY_SECRETS = ("gh-canary-0f5e9c1d7b3a", "oidc-canary-8e2d4c6a1f09")
 SIGN_IN_CONTEXT: dict[str, Any] = {
     "agentserver:github_client_id": "Iv1.0123456789abcdef",
     "agentserver:github_client_secret_name": GITHUB_SECRET_NAME,
-    "agentserver:github_client_secret_version": GITHUB_SECRET_VERSION,
     "agentserver:oidc_issuer_url": "https://sso.example.org/realms/team",
     "agentserver:oidc_client_id": "agentserver",
     "agentserver:oidc_client_secret_name": OIDC_SECRET_ARN,
@@ -51,15 +49,7 @@ EXPECTED_PLAIN = {
 }
 
 
-def _dynamic_reference(secret_id: str, version_id: str = "") -> str:
-    """CloudFormation's {{resolve:secretsmanager:secret-id:SecretString:json-key:version-stage:version-id}}."""
-    return "{{resolve:secretsmanager:" + f"{secret_id}:SecretString:::{version_id}" + "}}"
-
-
-EXPECTED_SECRETS = {
-    "GITHUB_CLIENT_SECRET": _dynamic_reference(GITHUB_SECRET_NAME, GITHUB_SECRET_VERSION),
-    "OIDC_CLIENT_SECRET": _dynamic_reference(OIDC_SECRET_ARN),
-}
+EXPECTED_SECRETS = {"GITHUB_CLIENT_SECRET_ID": GITHUB_SECRET_NAME, "OIDC_CLIENT_SECRET_ID": OIDC_SECRET_ARN}
 LEFT_EMPTY = {"GITHUB_OAUTH_URL", "GITHUB_API_URL", "OIDC_PROVIDER_NAME", "OIDC_SCOPES"}
 
 
@@ -105,35 +95,51 @@ def test_settings_py_reads_the_values_as_the_context_meant_them(synthesized: Syn
     assert settings.oidc_scopes == Settings().oidc_scopes  # left empty: the default stays
 
 
-def test_client_secrets_are_dynamic_references_never_values(synthesized: Synthesized) -> None:
+def test_client_secrets_are_named_never_resolved_into_an_environment(synthesized: Synthesized) -> None:
     # Given the context that names the secrets (and tries to pass values under likely keys) / When synthesized
     variables = synthesized.environment(constants.SIGN_IN_FUNCTION)
-    # Then each client secret is a CloudFormation dynamic reference, resolved only while deploying
+    # Then the API function learns each client secret's name, which it reads at run time
     assert {name: variables[name] for name in EXPECTED_SECRETS} == EXPECTED_SECRETS
-    # And no function holds any other variable named like a secret
-    for spec in TOPOLOGY.functions:
-        for name, value in synthesized.environment(spec.name).items():
-            if "SECRET" in name:
-                assert isinstance(value, str) and value.startswith("{{resolve:secretsmanager:"), (spec.name, name)
-    # And the template refers to Secrets Manager nowhere else
+    # And no Lambda environment anywhere holds a secret, nor a dynamic reference CloudFormation would resolve
+    # into it (Lambda would then show the value to anyone allowed lambda:GetFunctionConfiguration)
+    for function_id, function in synthesized.of_type("AWS::Lambda::Function").items():
+        environment = json.dumps(function["Properties"].get("Environment", {}))
+        assert "{{resolve:" not in environment, function_id
+        assert 'GITHUB_CLIENT_SECRET"' not in environment and 'OIDC_CLIENT_SECRET"' not in environment
+    # And the only dynamic reference in the template is CloudFront's origin secret (tests/infra/test_apis.py)
     template = json.dumps(synthesized.json)
-    assert template.count("{{resolve:secretsmanager:") == len(EXPECTED_SECRETS)
+    assert template.count("{{resolve:secretsmanager:") == 1
     # And no secret value passed as context reaches the template, the manifests or config.json
     text = synthesized.assembly_text()
     assert EXPECTED_PLAIN["GITHUB_CLIENT_ID"] in text and '"api_url"' in text  # template and config.json
     for canary in CANARY_SECRETS:
         assert canary not in text
-    # And the settings hold no field for a secret's value: only a secret's name or version
+    # And the settings hold no field for a secret's value: only a secret's name
     assert not [field.name for field in dataclasses.fields(DeploymentConfig) if field.name.endswith("secret")]
+    # And settings.py reads the names as the secrets' ids
+    settings = Settings.model_validate({name: variables[name] for name in EXPECTED_SECRETS})
+    assert (settings.github_client_secret_id, settings.oidc_client_secret_id) == (GITHUB_SECRET_NAME, OIDC_SECRET_ARN)
 
 
-def test_the_api_function_needs_no_grant_on_the_client_secrets(synthesized: Synthesized) -> None:
+def test_the_api_function_may_read_exactly_the_named_client_secrets(synthesized: Synthesized) -> None:
     # Given the IAM policies / When synthesized
-    # Then none names the client secrets: CloudFormation reads them while deploying, the function never does
-    for policy_id, policy in synthesized.of_type("AWS::IAM::Policy").items():
+    role_id = synthesized.properties(synthesized.function_id(constants.SIGN_IN_FUNCTION))["Role"]["Fn::GetAtt"][0]
+    granted: dict[str, set[str]] = {}
+    for policy in synthesized.of_type("AWS::IAM::Policy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
-            resources = " ".join(render(resource) for resource in as_list(statement.get("Resource", [])))
-            assert GITHUB_SECRET_NAME not in resources and OIDC_SECRET_ARN not in resources, policy_id
+            for resource in as_list(statement.get("Resource", [])):
+                text = render(resource)
+                if GITHUB_SECRET_NAME in text or OIDC_SECRET_ARN in text:
+                    assert policy["Properties"]["Roles"] == [{"Ref": role_id}]  # the API function's role only
+                    granted.setdefault(text, set()).update(as_list(statement["Action"]))
+    # Then the API function may read the two named secrets (the name with Secrets Manager's random suffix; the
+    # ARN as given or completed by it), and do nothing else with them
+    github_arn = "arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>:secret:" + GITHUB_SECRET_NAME
+    assert granted == {
+        f"{github_arn}-??????": {"secretsmanager:GetSecretValue"},
+        OIDC_SECRET_ARN: {"secretsmanager:GetSecretValue"},
+        f"{OIDC_SECRET_ARN}-??????": {"secretsmanager:GetSecretValue"},
+    }
 
 
 def test_extra_cors_origins_are_the_only_browser_origins_allowed(synthesized: Synthesized) -> None:

@@ -12,13 +12,14 @@ import pytest
 from aws_cdk import Stack, Validations
 from aws_cdk.assertions import Annotations, Match
 
+from functions.http_api.dependencies import ORIGIN_VERIFY_HEADER
 from infra_cdk import constants
 from infra_cdk.console import SPA_ROUTING_FUNCTION
 from infra_cdk.nag import MIN_REASON_LENGTH
 from infra_cdk.stack import check_api_paths
 from layers.shared.settings import VERSION
 from layers.shared.topology import Function, HttpRoute, Topology
-from tests.infra.synth import Synthesized, references, render, synthesize
+from tests.infra.synth import Synthesized, as_list, references, render, synthesize
 
 # CloudFront's managed policies, by the ids AWS documents for them.
 CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
@@ -134,6 +135,48 @@ def test_cloudfront_serves_the_api_under_slash_api_uncached(synthesized: Synthes
     assert behavior["OriginRequestPolicyId"] == ALL_VIEWER_EXCEPT_HOST_HEADER
     # And the viewer-request rewrite of the console's routes does not touch it
     assert "FunctionAssociations" not in behavior
+
+
+def test_cloudfront_proves_itself_to_the_api_with_a_secret_never_in_the_template(synthesized: Synthesized) -> None:
+    # Given the API behavior's origin and the API function / When synthesized
+    _, config = synthesized.distribution()
+    [behavior] = config["CacheBehaviors"]
+    origin = next(origin for origin in config["Origins"] if origin["Id"] == behavior["TargetOriginId"])
+    # Then CloudFront adds the origin-verify header, whose value is a dynamic reference to a secret that Secrets
+    # Manager generates: CloudFormation resolves it while deploying, so the template holds no value
+    [header] = origin["OriginCustomHeaders"]
+    assert header["HeaderName"] == constants.ORIGIN_VERIFY_HEADER
+    [(secret_id, secret)] = [
+        (name, resource["Properties"])
+        for name, resource in synthesized.of_type("AWS::SecretsManager::Secret").items()
+        if "CloudFront" in resource["Properties"].get("Description", "")
+    ]
+    assert "SecretString" not in secret and secret["GenerateSecretString"]["PasswordLength"] >= 32
+    assert render(header["HeaderValue"]) == f"{{{{resolve:secretsmanager:<{secret_id}>:SecretString:::}}}}"
+    # And the header name is the one the API reads
+    assert header["HeaderName"].lower() == ORIGIN_VERIFY_HEADER
+    # And the API function learns the secret's ARN (not its value), trusts one proxy hop, and may read that secret
+    function_id = synthesized.function_id(constants.SIGN_IN_FUNCTION)
+    variables = synthesized.environment(constants.SIGN_IN_FUNCTION)
+    assert variables[constants.ENV_ORIGIN_SECRET] == {"Ref": secret_id}
+    assert variables[constants.ENV_TRUSTED_PROXY_HOPS] == "1"
+    role_id = synthesized.properties(function_id)["Role"]["Fn::GetAtt"][0]
+    readers = {
+        role["Ref"]
+        for policy in synthesized.of_type("AWS::IAM::Policy").values()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if {"Ref": secret_id} in as_list(statement["Resource"])
+        for role in policy["Properties"]["Roles"]
+    }
+    assert readers == {role_id}
+    # And no other function is told to trust X-Forwarded-For
+    others = [
+        spec_id
+        for spec_id, function in synthesized.of_type("AWS::Lambda::Function").items()
+        if spec_id != function_id
+        and constants.ENV_TRUSTED_PROXY_HOPS in function["Properties"].get("Environment", {}).get("Variables", {})
+    ]
+    assert others == []
 
 
 def test_api_errors_reach_the_browser_unchanged(synthesized: Synthesized) -> None:

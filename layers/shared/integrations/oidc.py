@@ -8,7 +8,7 @@ provider's published keys.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,10 +156,13 @@ class GitHubProvider:
     api_url: str
     provider_id: str = field(default="github", init=False)
     display_name: str = field(default="GitHub", init=False)
+    # Reads the secret when it is needed (from Secrets Manager in AWS, cached there), in place of `client_secret`.
+    secret_source: Callable[[], str] | None = field(default=None, repr=False)
 
     def _client(self, pending: PendingLogin) -> OAuth2Client:
         # GitHub reads the client credentials from the form body.
-        return OAuth2Client(client_id=self.client_id, client_secret=self.client_secret, scope=GITHUB_SCOPES,
+        secret = self.secret_source() if self.secret_source else self.client_secret
+        return OAuth2Client(client_id=self.client_id, client_secret=secret, scope=GITHUB_SCOPES,
                             redirect_uri=pending.redirect_uri, code_challenge_method="S256",
                             token_endpoint_auth_method="client_secret_post", timeout=HTTP_TIMEOUT)
 
@@ -187,9 +190,10 @@ class OidcProvider:
     provider_id = "oidc"
 
     def __init__(self, *, issuer: str, client_id: str, client_secret: str | None, scopes: str,
-                 display_name: str) -> None:
+                 display_name: str, secret_source: Callable[[], str] | None = None) -> None:
         self.issuer = issuer.rstrip("/")
         self.client_id, self.client_secret, self.display_name = client_id, client_secret, display_name
+        self._secret_source = secret_source  # read when needed (Secrets Manager in AWS), in place of client_secret
         # Without "openid" there is no ID token, and so no verified identity.
         requested = scopes.split()
         self.scopes = " ".join(requested if "openid" in requested else ["openid", *requested])
@@ -217,9 +221,10 @@ class OidcProvider:
         return self._keys
 
     def _client(self, pending: PendingLogin, metadata: ProviderMetadata) -> OAuth2Client:
-        return OAuth2Client(client_id=self.client_id, client_secret=self.client_secret, scope=self.scopes,
+        secret = self._secret_source() if self._secret_source else self.client_secret
+        return OAuth2Client(client_id=self.client_id, client_secret=secret, scope=self.scopes,
                             redirect_uri=pending.redirect_uri, code_challenge_method="S256",
-                            token_endpoint_auth_method=token_endpoint_auth_method(metadata, self.client_secret),
+                            token_endpoint_auth_method=token_endpoint_auth_method(metadata, secret),
                             timeout=HTTP_TIMEOUT)
 
     def authorization_url(self, pending: PendingLogin) -> str:
@@ -262,15 +267,31 @@ class OidcProvider:
             return validated_with(self.key_set(refresh=True))
 
 
-def providers_from_settings(settings: Settings) -> dict[str, IdentityProvider]:
-    """The providers switched on by the settings, by id: each needs its client id (OIDC its issuer too)."""
+def providers_from_settings(settings: Settings,
+                            read_secret: Callable[[str], str] | None = None) -> dict[str, IdentityProvider]:
+    """The providers switched on by the settings, by id: each needs its client id (OIDC its issuer too).
+
+    A client secret named by id (`*_CLIENT_SECRET_ID`, as the CDK stack sets it) is read with `read_secret`
+    each time it is needed, so it never sits in the function's environment; a value given directly (the
+    embedded stack, tests) is used as is.
+    """
+
+    def source(secret_id: str | None) -> Callable[[], str] | None:
+        if not secret_id:
+            return None
+        if read_secret is None:
+            raise ValueError("a client secret named by id needs a secret reader")
+        return lambda: read_secret(secret_id)
+
     providers: dict[str, IdentityProvider] = {}
     if settings.github_client_id:
         providers["github"] = GitHubProvider(client_id=settings.github_client_id,
                                              client_secret=settings.github_client_secret,
-                                             oauth_url=settings.github_oauth_url, api_url=settings.github_api_url)
+                                             oauth_url=settings.github_oauth_url, api_url=settings.github_api_url,
+                                             secret_source=source(settings.github_client_secret_id))
     if settings.oidc_issuer_url and settings.oidc_client_id:
         providers["oidc"] = OidcProvider(issuer=settings.oidc_issuer_url, client_id=settings.oidc_client_id,
                                          client_secret=settings.oidc_client_secret, scopes=settings.oidc_scopes,
-                                         display_name=settings.oidc_provider_name)
+                                         display_name=settings.oidc_provider_name,
+                                         secret_source=source(settings.oidc_client_secret_id))
     return providers
