@@ -33,6 +33,11 @@ def up(
     console_dir: Annotated[
         Path | None, typer.Option(help="Folder of the built web console served at / (default: web/dist).")
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="A host name the gateway answers besides localhost, 127.0.0.1, [::1] and --host "
+                          "(repeat for more); other Host headers get 421."),
+    ] = None,
 ) -> None:
     """Start the embedded local stack: no AWS account, no Docker."""
     from embedded.stack import EmbeddedStack, StackOptions
@@ -54,6 +59,7 @@ def up(
         queue_visibility_timeout_seconds=queue_visibility_timeout,
         ttl_sweep_interval_seconds=ttl_sweep_interval,
         console_dir=console_dir.expanduser().resolve() if console_dir else None,
+        allowed_hosts=tuple(allowed_host or ()),
     )
     try:
         EmbeddedStack(options, console=console).run()

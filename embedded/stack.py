@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import uvicorn
 from rich.console import Console
 
-from embedded.aws_services import PROJECT_ROOT, DynamoDBLocal, MotoServer, ensure_port_free
+from embedded.aws_services import PROJECT_ROOT, DynamoDBLocal, MotoServer, StartupError, ensure_port_free
 from embedded.event_sources import ScheduleRunner, SqsPoller, TtlSweeper
 from embedded.gateway import GatewayConfig, LocalGateway
 from embedded.lambda_runtime import LambdaRuntime
@@ -38,6 +39,24 @@ class StackOptions:
     queue_visibility_timeout_seconds: int | None = None  # overrides every queue (tests)
     ttl_sweep_interval_seconds: float = 60
     console_dir: Path | None = None  # the built console to serve at /; None: web/dist, else the placeholder
+    allowed_hosts: tuple[str, ...] = ()  # host names answered besides localhost, 127.0.0.1, [::1] and --host
+
+
+DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def tcp_listener(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for uvicorn (which calls listen); port 0 picks a free one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host.strip("[]"), port))
+    except OSError as error:
+        listener.close()
+        raise StartupError(f"port {port} is already in use on {host}; choose another with --port") from error
+    return listener
 
 
 def static_dir() -> Path:
@@ -56,6 +75,20 @@ class EmbeddedStack:
         self.runtime: LambdaRuntime | None = None
         self.sandboxes: LocalSandboxBackend | None = None
         self.threads: list[threading.Thread] = []
+        # @connections has no authentication: it listens on loopback only, on a port of its own.
+        self.management_listener: socket.socket | None = None
+
+    @property
+    def management_url(self) -> str:
+        assert self.management_listener is not None
+        return f"http://127.0.0.1:{self.management_listener.getsockname()[1]}"
+
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """Host names the gateway answers (DNS rebinding defence); `*.localhost` is always allowed."""
+        extra = [self.options.host] if self.options.host not in WILDCARD_HOSTS else []
+        extra += list(self.options.allowed_hosts)
+        bracketed = [f"[{host}]" if ":" in host and not host.startswith("[") else host for host in extra]
+        return tuple(dict.fromkeys([*DEFAULT_HOSTS, *(host.lower() for host in bracketed)]))
 
     @property
     def base_url(self) -> str:
@@ -74,6 +107,7 @@ class EmbeddedStack:
 
     def start_services(self) -> Settings:
         ensure_port_free(self.options.host, self.options.port)
+        self.management_listener = tcp_listener("127.0.0.1", 0)
         self.moto = MotoServer()
         self.moto.start()
         environment = {
@@ -84,7 +118,7 @@ class EmbeddedStack:
             "AWS_REGION": "us-east-1",
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": self.moto.url,
-            "AGENTSERVER_WEBSOCKET_MANAGEMENT_URL": f"http://127.0.0.1:{self.options.port}",
+            "AGENTSERVER_WEBSOCKET_MANAGEMENT_URL": self.management_url,
             "AGENTSERVER_API_URL": self.client_config()["api_url"],
             "AGENTSERVER_WEBSOCKET_URL": self.client_config()["websocket_url"],
             "AGENTSERVER_RELAY_URL": self.client_config()["relay_url"],
@@ -121,6 +155,7 @@ class EmbeddedStack:
         self.options.state_dir.mkdir(parents=True, exist_ok=True)
         endpoints = {
             "gateway": self.base_url,
+            "management": environment["AGENTSERVER_WEBSOCKET_MANAGEMENT_URL"],  # @connections, loopback only
             "aws": environment["AWS_ENDPOINT_URL"],
             "dynamodb": environment.get("AWS_ENDPOINT_URL_DYNAMODB", environment["AWS_ENDPOINT_URL"]),
             "resource_prefix": get_settings().resource_prefix,
@@ -179,8 +214,12 @@ class EmbeddedStack:
                     max_connection_age_seconds=self.options.max_connection_age_seconds,
                     static_dir=self.options.console_dir or static_dir(),
                     client_config=self.client_config(),
+                    management_port=self.management_listener.getsockname()[1] if self.management_listener else None,
+                    allowed_hosts=self.allowed_hosts(),
                 ),
             )
+            assert self.management_listener is not None
+            listeners = [tcp_listener(self.options.host, self.options.port), self.management_listener]
             server = uvicorn.Server(
                 uvicorn.Config(
                     gateway,
@@ -197,13 +236,15 @@ class EmbeddedStack:
                 )
             )
             self.banner()
-            server.run()
+            server.run(sockets=listeners)
         finally:
             self.stop()
 
     def stop(self) -> None:
         self.stop_event.set()
         self.endpoints_file.unlink(missing_ok=True)
+        if self.management_listener is not None:
+            self.management_listener.close()
         for thread in self.threads:
             thread.join(timeout=5)
         if self.sandboxes is not None:
