@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from embedded.event_sources import ScheduleRunner, SqsPoller, TtlSweeper
 from embedded.gateway import GatewayConfig, LocalGateway
 from embedded.lambda_runtime import LambdaRuntime
 from embedded.provision import provision
+from embedded.sandbox_isolation import Isolation, detect
 from embedded.sandbox_processes import LocalSandboxBackend, recover_sandboxes
 from embedded.ws_protocol import MESSAGE_LIMIT_BYTES, ApiGatewayLimitsProtocol
 from layers.shared.settings import VERSION, Settings, get_settings
@@ -40,6 +43,8 @@ class StackOptions:
     ttl_sweep_interval_seconds: float = 60
     console_dir: Path | None = None  # the built console to serve at /; None: web/dist, else the placeholder
     allowed_hosts: tuple[str, ...] = ()  # host names answered besides localhost, 127.0.0.1, [::1] and --host
+    trusted_sandboxes: bool = False  # without bubblewrap, run local sandboxes unisolated instead of refusing them
+    bwrap: str | None = field(default_factory=lambda: shutil.which("bwrap"))
 
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -77,6 +82,10 @@ class EmbeddedStack:
         self.threads: list[threading.Thread] = []
         # @connections has no authentication: it listens on loopback only, on a port of its own.
         self.management_listener: socket.socket | None = None
+        # Isolated sandboxes reach the gateway only through this Unix socket (sandbox_isolation.py).
+        self.sandbox_listener: socket.socket | None = None
+        self.socket_dir: Path | None = None
+        self.isolation: Isolation | None = None
 
     @property
     def management_url(self) -> str:
@@ -103,6 +112,8 @@ class EmbeddedStack:
             "relay_url": f"http://{{sandbox_id}}.localhost:{self.options.port}",
             "llm_base_url": f"{self.base_url}/llm",
             "version": VERSION,
+            # bubblewrap | trusted (unisolated: the console warns) | unavailable (sandboxes are refused)
+            "sandbox_isolation": self.isolation.mode if self.isolation else "unavailable",
         }
 
     def start_services(self) -> Settings:
@@ -182,7 +193,22 @@ class EmbeddedStack:
         before a restart are started again."""
         from layers.shared.dal import sandbox_backends
 
-        self.sandboxes = LocalSandboxBackend(self.options.state_dir / "sandboxes")
+        self.isolation = detect(self.options.bwrap, trusted=self.options.trusted_sandboxes)
+        gateway_socket = None
+        if self.isolation.mode == "bubblewrap":
+            # A short private folder: a Unix socket's path has a length limit (108 bytes).
+            self.socket_dir = Path(tempfile.mkdtemp(prefix="agentserver-"))
+            gateway_socket = self.socket_dir / "gateway.sock"
+            self.sandbox_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sandbox_listener.bind(str(gateway_socket))
+            gateway_socket.chmod(0o600)
+        elif self.isolation.mode == "trusted":
+            log.warning("local sandboxes run WITHOUT isolation (--trusted-sandboxes): each one can read this "
+                        "machine's files and the stack's data as you can (%s)", self.isolation.reason)
+        else:
+            log.warning("local sandboxes will be refused: %s", self.isolation.refusal())
+        self.sandboxes = LocalSandboxBackend(self.options.state_dir / "sandboxes", isolation=self.isolation,
+                                             gateway_socket=gateway_socket, state_dir=self.options.state_dir)
         sandbox_backends.install("local", self.sandboxes)
         recovered = recover_sandboxes(self.sandboxes, settings)
         if recovered:
@@ -197,6 +223,14 @@ class EmbeddedStack:
         self.console.print(f"  sandboxes   http://<sandbox id>.localhost:{self.options.port}/ (opened from the API)")
         self.console.print(f"  config      {self.base_url}/config.json")
         self.console.print(f"  state       {storage}")
+        if self.isolation is not None and self.isolation.mode == "bubblewrap":
+            self.console.print("  sandboxes   isolated with bubblewrap (no network but the gateway)")
+        elif self.isolation is not None and self.isolation.mode == "trusted":
+            self.console.print("[bold yellow]  WARNING     local sandboxes run UNISOLATED (--trusted-sandboxes): their "
+                               f"code can read everything you can. {self.isolation.reason}[/]")
+        elif self.isolation is not None:
+            self.console.print(f"[yellow]  sandboxes   refused: {self.isolation.reason}; install bubblewrap, or "
+                               "start with --trusted-sandboxes[/]")
         self.console.print("  Ctrl-C stops everything.")
 
     def run(self) -> None:
@@ -220,6 +254,8 @@ class EmbeddedStack:
             )
             assert self.management_listener is not None
             listeners = [tcp_listener(self.options.host, self.options.port), self.management_listener]
+            if self.sandbox_listener is not None:
+                listeners.append(self.sandbox_listener)
             server = uvicorn.Server(
                 uvicorn.Config(
                     gateway,
@@ -243,12 +279,15 @@ class EmbeddedStack:
     def stop(self) -> None:
         self.stop_event.set()
         self.endpoints_file.unlink(missing_ok=True)
-        if self.management_listener is not None:
-            self.management_listener.close()
         for thread in self.threads:
             thread.join(timeout=5)
         if self.sandboxes is not None:
             self.sandboxes.shutdown()  # before the gateway's services go: agents close their tunnels
+        for listener in (self.management_listener, self.sandbox_listener):
+            if listener is not None:
+                listener.close()
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
         if self.runtime is not None:
             self.runtime.shutdown()
         if self.dynamodb is not None:
