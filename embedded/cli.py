@@ -36,6 +36,21 @@ def up(
     console_dir: Annotated[
         Path | None, typer.Option(help="Folder of the built web console served at / (default: web/dist).")
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="A host name the gateway answers besides localhost, 127.0.0.1, [::1] and --host "
+                          "(repeat for more); other Host headers get 421."),
+    ] = None,
+    trusted_sandboxes: Annotated[
+        bool,
+        typer.Option("--trusted-sandboxes", envvar="AGENTSERVER_TRUSTED_SANDBOXES",
+                     help="Where bubblewrap cannot isolate local sandboxes, run them anyway with your privileges "
+                          "(only if you alone use this machine and trust every sandbox's code)."),
+    ] = False,
+    bwrap: Annotated[
+        str | None,
+        typer.Option(envvar="AGENTSERVER_BWRAP", help="The bubblewrap executable (default: bwrap on PATH)."),
+    ] = None,
 ) -> None:
     """Start the embedded local stack: no AWS account, no Docker."""
     from embedded.stack import EmbeddedStack, StackOptions
@@ -58,6 +73,9 @@ def up(
         queue_visibility_timeout_seconds=queue_visibility_timeout,
         ttl_sweep_interval_seconds=ttl_sweep_interval,
         console_dir=console_dir.expanduser().resolve() if console_dir else None,
+        allowed_hosts=tuple(allowed_host or ()),
+        trusted_sandboxes=trusted_sandboxes,
+        **({"bwrap": bwrap} if bwrap else {}),
     )
     try:
         EmbeddedStack(options, console=console).run()

@@ -1,5 +1,12 @@
 """The local API gateway: one ASGI app that plays the HTTP API, the WebSocket API (with its
-@connections management endpoint) and the console's static hosting, all on one port.
+@connections management endpoint) and the console's static hosting.
+
+It is served on several listeners. The public port has the API, the WebSocket and the console;
+the @connections endpoint answers only on a loopback listener of its own (`management_port`),
+since it has no authentication: whoever reaches it can push frames into any agent's tunnel. Every
+listener accepts only requests for the configured host names (`allowed_hosts`, plus
+`*.localhost` for sandbox origins), so a web page that rebinds its own name to 127.0.0.1 cannot
+drive the stack from a developer's browser.
 
 HTTP routes and WebSocket routes come from the topology; every request becomes the event API
 Gateway would send, handed to the real Lambda handler. The limits of API Gateway are enforced
@@ -46,6 +53,29 @@ class GatewayConfig:
     http_integration_timeout_seconds: float = HTTP_INTEGRATION_TIMEOUT_SECONDS  # shorter in tests
     static_dir: Path | None = None
     client_config: dict[str, str] = field(default_factory=dict)
+    # Requests that arrive on this local port reach @connections, and nothing else does.
+    management_port: int | None = None
+    # Host names (without port) the gateway answers; any `<label>.localhost` is a sandbox origin.
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
+
+
+MANAGEMENT_PREFIX = "/@connections"
+
+
+def host_name(host_header: str) -> str:
+    """The name of a Host header without its port, lower case: `[::1]:8080` → `[::1]`."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def allowed_host(host_header: str, allowed: tuple[str, ...]) -> bool:
+    name = host_name(host_header).rstrip(".")
+    if not name:
+        return False
+    # Browsers resolve every *.localhost name to loopback themselves: no outside page can own one.
+    return name in allowed or (name.endswith(".localhost") and not name.startswith("."))
 
 
 @dataclass(frozen=True)
@@ -151,7 +181,7 @@ def lambda_result_to_http(result: Any) -> tuple[int, list[tuple[str, str]], byte
 
 def reserved_prefixes(topology: Topology, websocket_path: str) -> tuple[str, ...]:
     """The literal heads of HTTP routes (`/api`), the WebSocket path and path-mounted functions (`/llm`)."""
-    prefixes = {websocket_path.rstrip("/")}
+    prefixes = {websocket_path.rstrip("/"), MANAGEMENT_PREFIX}
     prefixes |= {route.path.split("{", 1)[0].rstrip("/") for route, _ in topology.http_routes}
     prefixes |= {f.local_mount.rstrip("/") for f in topology.functions
                  if f.local_mount and f.local_mount.startswith("/")}
@@ -210,10 +240,19 @@ class LocalGateway:
                               if f.streaming_url and f.local_mount and f.local_mount.startswith("/")]
         self.custom_websocket_routes = {key for key in self.websocket_routes if not key.startswith("$")}
         self.reserved_prefixes = reserved_prefixes(topology, config.websocket_path)
+        self.allowed_hosts = tuple(host.lower() for host in config.allowed_hosts)
         self.connections: dict[str, LocalConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            hosts = [value.decode("latin-1") for key, value in scope["headers"] if key.lower() == b"host"]
+            if len(hosts) != 1 or not allowed_host(hosts[0], self.allowed_hosts):
+                await self._refuse_host(scope, receive, send)
+                return
+            if self._on_management_listener(scope):
+                await self._management_listener(scope, receive, send)
+                return
         if self.subdomain_app is not None and scope["type"] in ("http", "websocket") and _is_subdomain(scope):
             await self.subdomain_app(scope, receive, send)
         elif scope["type"] == "http":
@@ -240,6 +279,32 @@ class LocalGateway:
             await self.close_all()
             await send({"type": "lifespan.shutdown.complete"})
 
+    def _on_management_listener(self, scope: Scope) -> bool:
+        server = scope.get("server")
+        return self.config.management_port is not None and bool(server) and server[1] == self.config.management_port
+
+    async def _management_listener(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(MANAGEMENT_PREFIX + "/"):
+            await self._management(scope, receive, send, unquote(scope["path"][len(MANAGEMENT_PREFIX) + 1:]))
+        elif scope["type"] == "http":
+            await _respond_json(send, 404, {"message": "Not Found"})
+        else:
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _refuse_host(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """421 with api.md's error body: the request was meant for another server (or is a DNS
+        rebinding attack: a page whose own name now resolves to this machine)."""
+        body = json.dumps({"error": {"code": "host_not_allowed", "message": (
+            "This server does not answer for that host name; start it with --allowed-host to add one.")}}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.http.response.start", "status": 421, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+            return
+        await send({"type": "http.response.start", "status": 421, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
     def _mounted_apps(self) -> list[ASGIApp]:
         return ([self.subdomain_app] if self.subdomain_app is not None else []) + [app for _, app in self.prefixed_apps]
 
@@ -247,9 +312,6 @@ class LocalGateway:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
-        if path.startswith("/@connections/"):
-            await self._management(scope, receive, send, unquote(path[len("/@connections/"):]))
-            return
         for route in self.routes:
             if route.method not in ("ANY", method):
                 continue

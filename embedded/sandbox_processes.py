@@ -6,6 +6,10 @@ sandbox.agent` there (the sandbox image's entry point), which starts `opencode s
 workspace and dials home through the local WebSocket API with the credentials the worker put in
 its environment. Pausing stops the processes and keeps the folder; deleting removes it.
 
+With bubblewrap (the default; embedded/sandbox_isolation.py) the processes run in namespaces of
+their own and see only their folder and the gateway's Unix socket; without it a sandbox is refused
+unless the stack runs with --trusted-sandboxes.
+
 The processes belong to the `agentserver up` process tree: they are spawned from one long-lived
 thread with PR_SET_PDEATHSIG (the signal follows the thread that forked), so they get SIGTERM even
 when `agentserver up` is killed, and a clean stop terminates them first. On the next start the
@@ -14,6 +18,8 @@ stack reconciles: what was running is started again (`recover_after_restart`).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -25,8 +31,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from agent_client.processes import die_with_parent, signal_group, stop_group
+from agent_client.opencode import OpencodeError, find_opencode
+from agent_client.processes import PR_SET_PDEATHSIG, die_with_parent, signal_group, stop_group
 from embedded.aws_services import PROJECT_ROOT
+from embedded.sandbox_isolation import SANDBOX_GATEWAY_SOCKET, Isolation, bwrap_command, runtime_paths
 from layers.shared.clock import utcnow
 from layers.shared.dal.operations import SqsCommandQueue
 from layers.shared.dal.sandboxes import DynamoSandboxStore
@@ -39,15 +47,29 @@ log = logging.getLogger("agentserver.sandboxes")
 MARKER = "sandbox.json"
 STOP_TIMEOUT_SECONDS = 15.0  # the agent closes its tunnel and stops opencode in this time
 # Only these of the stack's own variables reach a sandbox: never AWS credentials or provider keys.
-PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+def _bwrap_preexec() -> None:
+    """bubblewrap itself ignores SIGTERM, so that a stop reaches the agent inside (same process
+    group) and lets it close its tunnel, instead of killing bwrap and with it the sandbox at once.
+    It dies by SIGKILL with the stack (and --die-with-parent takes the sandbox with it)."""
+    os.setsid()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class LocalSandboxBackend:
     """`SandboxBackend` on local processes, owned by the `agentserver up` process."""
 
-    def __init__(self, root: Path, python: str = sys.executable):
+    def __init__(self, root: Path, python: str = sys.executable, *, isolation: Isolation | None = None,
+                 gateway_socket: Path | None = None, state_dir: Path | None = None):
         self.root = root
         self.python = python
+        self.isolation = isolation or Isolation("trusted", reason="no isolation configured")
+        self.gateway_socket = gateway_socket  # the gateway's Unix socket, shared into isolated sandboxes
+        self.state_dir = state_dir or root.parent
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         # One thread forks every sandbox process and lives as long as the stack (PDEATHSIG is per thread).
@@ -75,6 +97,8 @@ class LocalSandboxBackend:
     # SandboxBackend --------------------------------------------------------------------------------
 
     def start(self, spec: SandboxSpec) -> str:
+        if self.isolation.mode == "unavailable":
+            raise BackendError(self.isolation.refusal())
         self._terminate(spec.sandbox_id)
         folder = self.folder(spec.sandbox_id)
         workspace = folder / "workspace"
@@ -82,6 +106,7 @@ class LocalSandboxBackend:
             path.mkdir(parents=True, exist_ok=True)
         (folder / MARKER).write_text(json.dumps({"sandbox_id": spec.sandbox_id, "workspace_id": spec.workspace_id}))
         environment = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ}
+        environment["TMPDIR"] = "/tmp" if self.isolated else os.environ.get("TMPDIR", "/tmp")  # noqa: S108
         environment.update({
             "HOME": str(folder / "home"),
             "XDG_DATA_HOME": str(folder / "xdg" / "data"), "XDG_CONFIG_HOME": str(folder / "xdg" / "config"),
@@ -91,7 +116,7 @@ class LocalSandboxBackend:
             "PYTHONPATH": str(PROJECT_ROOT),  # sandbox/ runs from the project, as the image copies it
             **spec.environment,
         })
-        process = self._spawner.submit(self._spawn, folder, environment).result()
+        process = self._spawner.submit(self._spawn, folder, environment, self._command(folder)).result()
         with self._lock:
             self._processes[spec.sandbox_id] = process
         log.info("sandbox %s started (pid %d)", spec.sandbox_id, process.pid)
@@ -116,12 +141,32 @@ class LocalSandboxBackend:
 
     # Helpers ---------------------------------------------------------------------------------------
 
-    def _spawn(self, folder: Path, environment: dict[str, str]) -> subprocess.Popen[bytes]:
+    @property
+    def isolated(self) -> bool:
+        return self.isolation.mode == "bubblewrap"
+
+    def _command(self, folder: Path) -> list[str]:
+        agent = [self.python, "-m", "sandbox.agent"]
+        if not self.isolated:
+            return agent
+        if self.gateway_socket is None:
+            raise BackendError("the gateway's sandbox socket is not open")
+        try:
+            opencode = [find_opencode(folder / "workspace")]
+        except OpencodeError:
+            opencode = []  # the agent says so itself, from inside
+        shared = runtime_paths(self.python, PROJECT_ROOT, opencode)
+        bridge = [self.python, "-m", "embedded.sandbox_bridge", "--socket", SANDBOX_GATEWAY_SOCKET, "--", *agent]
+        return bwrap_command(self.isolation, folder=folder, state_dir=self.state_dir,
+                             gateway_socket=self.gateway_socket, shared=shared, command=bridge)
+
+    def _spawn(self, folder: Path, environment: dict[str, str], command: list[str]) -> subprocess.Popen[bytes]:
         with open(folder / "logs" / "agent.log", "ab") as log_file:
             return subprocess.Popen(
-                [self.python, "-m", "sandbox.agent"], cwd=folder, env=environment, stdin=subprocess.DEVNULL,
+                command, cwd=folder, env=environment, stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - own process group, SIGTERM when we die
+                # own process group; SIGTERM when we die (bubblewrap: SIGKILL, and it ignores SIGTERM)
+                preexec_fn=_bwrap_preexec if self.isolated else die_with_parent,  # noqa: PLW1509
             )
 
     def _terminate(self, sandbox_id: str) -> None:

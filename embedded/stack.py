@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import socket
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +16,12 @@ from pathlib import Path
 import uvicorn
 from rich.console import Console
 
-from embedded.aws_services import PROJECT_ROOT, DynamoDBLocal, MotoServer, ensure_port_free
+from embedded.aws_services import PROJECT_ROOT, DynamoDBLocal, MotoServer, StartupError, ensure_port_free
 from embedded.event_sources import ScheduleRunner, SqsPoller, TtlSweeper
 from embedded.gateway import GatewayConfig, LocalGateway
 from embedded.lambda_runtime import LambdaRuntime
 from embedded.provision import provision
+from embedded.sandbox_isolation import Isolation, detect
 from embedded.sandbox_processes import LocalSandboxBackend, recover_sandboxes
 from embedded.ws_protocol import MESSAGE_LIMIT_BYTES, ApiGatewayLimitsProtocol
 from layers.shared.settings import VERSION, Settings, get_settings
@@ -39,6 +43,26 @@ class StackOptions:
     queue_visibility_timeout_seconds: int | None = None  # overrides every queue (tests)
     ttl_sweep_interval_seconds: float = 60
     console_dir: Path | None = None  # the built console to serve at /; None: web/dist, else the placeholder
+    allowed_hosts: tuple[str, ...] = ()  # host names answered besides localhost, 127.0.0.1, [::1] and --host
+    trusted_sandboxes: bool = False  # without bubblewrap, run local sandboxes unisolated instead of refusing them
+    bwrap: str | None = field(default_factory=lambda: shutil.which("bwrap"))
+
+
+DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def tcp_listener(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for uvicorn (which calls listen); port 0 picks a free one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host.strip("[]"), port))
+    except OSError as error:
+        listener.close()
+        raise StartupError(f"port {port} is already in use on {host}; choose another with --port") from error
+    return listener
 
 
 def static_dir() -> Path:
@@ -57,6 +81,24 @@ class EmbeddedStack:
         self.runtime: LambdaRuntime | None = None
         self.sandboxes: LocalSandboxBackend | None = None
         self.threads: list[threading.Thread] = []
+        # @connections has no authentication: it listens on loopback only, on a port of its own.
+        self.management_listener: socket.socket | None = None
+        # Isolated sandboxes reach the gateway only through this Unix socket (sandbox_isolation.py).
+        self.sandbox_listener: socket.socket | None = None
+        self.socket_dir: Path | None = None
+        self.isolation: Isolation | None = None
+
+    @property
+    def management_url(self) -> str:
+        assert self.management_listener is not None
+        return f"http://127.0.0.1:{self.management_listener.getsockname()[1]}"
+
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """Host names the gateway answers (DNS rebinding defence); `*.localhost` is always allowed."""
+        extra = [self.options.host] if self.options.host not in WILDCARD_HOSTS else []
+        extra += list(self.options.allowed_hosts)
+        bracketed = [f"[{host}]" if ":" in host and not host.startswith("[") else host for host in extra]
+        return tuple(dict.fromkeys([*DEFAULT_HOSTS, *(host.lower() for host in bracketed)]))
 
     @property
     def base_url(self) -> str:
@@ -71,10 +113,13 @@ class EmbeddedStack:
             "relay_url": f"http://{{sandbox_id}}.localhost:{self.options.port}",
             "llm_base_url": f"{self.base_url}/llm",
             "version": VERSION,
+            # bubblewrap | trusted (unisolated: the console warns) | unavailable (sandboxes are refused)
+            "sandbox_isolation": self.isolation.mode if self.isolation else "unavailable",
         }
 
     def start_services(self) -> Settings:
         ensure_port_free(self.options.host, self.options.port)
+        self.management_listener = tcp_listener("127.0.0.1", 0)
         self.moto = MotoServer()
         self.moto.start()
         environment = {
@@ -85,7 +130,7 @@ class EmbeddedStack:
             "AWS_REGION": "us-east-1",
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": self.moto.url,
-            "AGENTSERVER_WEBSOCKET_MANAGEMENT_URL": f"http://127.0.0.1:{self.options.port}",
+            "AGENTSERVER_WEBSOCKET_MANAGEMENT_URL": self.management_url,
             "AGENTSERVER_API_URL": self.client_config()["api_url"],
             "AGENTSERVER_WEBSOCKET_URL": self.client_config()["websocket_url"],
             "AGENTSERVER_RELAY_URL": self.client_config()["relay_url"],
@@ -122,6 +167,7 @@ class EmbeddedStack:
         self.options.state_dir.mkdir(parents=True, exist_ok=True)
         endpoints = {
             "gateway": self.base_url,
+            "management": environment["AGENTSERVER_WEBSOCKET_MANAGEMENT_URL"],  # @connections, loopback only
             "aws": environment["AWS_ENDPOINT_URL"],
             "dynamodb": environment.get("AWS_ENDPOINT_URL_DYNAMODB", environment["AWS_ENDPOINT_URL"]),
             "resource_prefix": get_settings().resource_prefix,
@@ -148,7 +194,22 @@ class EmbeddedStack:
         before a restart are started again."""
         from layers.shared.dal import sandbox_backends
 
-        self.sandboxes = LocalSandboxBackend(self.options.state_dir / "sandboxes")
+        self.isolation = detect(self.options.bwrap, trusted=self.options.trusted_sandboxes)
+        gateway_socket = None
+        if self.isolation.mode == "bubblewrap":
+            # A short private folder: a Unix socket's path has a length limit (108 bytes).
+            self.socket_dir = Path(tempfile.mkdtemp(prefix="agentserver-"))
+            gateway_socket = self.socket_dir / "gateway.sock"
+            self.sandbox_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sandbox_listener.bind(str(gateway_socket))
+            gateway_socket.chmod(0o600)
+        elif self.isolation.mode == "trusted":
+            log.warning("local sandboxes run WITHOUT isolation (--trusted-sandboxes): each one can read this "
+                        "machine's files and the stack's data as you can (%s)", self.isolation.reason)
+        else:
+            log.warning("local sandboxes will be refused: %s", self.isolation.refusal())
+        self.sandboxes = LocalSandboxBackend(self.options.state_dir / "sandboxes", isolation=self.isolation,
+                                             gateway_socket=gateway_socket, state_dir=self.options.state_dir)
         sandbox_backends.install("local", self.sandboxes)
         recovered = recover_sandboxes(self.sandboxes, settings)
         if recovered:
@@ -163,6 +224,14 @@ class EmbeddedStack:
         self.console.print(f"  sandboxes   http://<sandbox id>.localhost:{self.options.port}/ (opened from the API)")
         self.console.print(f"  config      {self.base_url}/config.json")
         self.console.print(f"  state       {storage}")
+        if self.isolation is not None and self.isolation.mode == "bubblewrap":
+            self.console.print("  sandboxes   isolated with bubblewrap (no network but the gateway)")
+        elif self.isolation is not None and self.isolation.mode == "trusted":
+            self.console.print("[bold yellow]  WARNING     local sandboxes run UNISOLATED (--trusted-sandboxes): their "
+                               f"code can read everything you can. {self.isolation.reason}[/]")
+        elif self.isolation is not None:
+            self.console.print(f"[yellow]  sandboxes   refused: {self.isolation.reason}; install bubblewrap, or "
+                               "start with --trusted-sandboxes[/]")
         self.console.print("  Ctrl-C stops everything.")
 
     def run(self) -> None:
@@ -181,8 +250,14 @@ class EmbeddedStack:
                     http_integration_timeout_seconds=self.options.http_integration_timeout_seconds,
                     static_dir=self.options.console_dir or static_dir(),
                     client_config=self.client_config(),
+                    management_port=self.management_listener.getsockname()[1] if self.management_listener else None,
+                    allowed_hosts=self.allowed_hosts(),
                 ),
             )
+            assert self.management_listener is not None
+            listeners = [tcp_listener(self.options.host, self.options.port), self.management_listener]
+            if self.sandbox_listener is not None:
+                listeners.append(self.sandbox_listener)
             server = uvicorn.Server(
                 uvicorn.Config(
                     gateway,
@@ -199,7 +274,7 @@ class EmbeddedStack:
                 )
             )
             self.banner()
-            server.run()
+            server.run(sockets=listeners)
         finally:
             self.stop()
 
@@ -210,6 +285,11 @@ class EmbeddedStack:
             thread.join(timeout=5)
         if self.sandboxes is not None:
             self.sandboxes.shutdown()  # before the gateway's services go: agents close their tunnels
+        for listener in (self.management_listener, self.sandbox_listener):
+            if listener is not None:
+                listener.close()
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
         if self.runtime is not None:
             self.runtime.shutdown()
         if self.dynamodb is not None:

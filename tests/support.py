@@ -91,8 +91,9 @@ class RunningStack:
                             aws_access_key_id="local", aws_secret_access_key="local", aws_session_token="local")
 
     def management(self) -> Any:
-        """An unmodified boto3 @connections client pointed at the local gateway."""
-        return boto3.client("apigatewaymanagementapi", endpoint_url=self.base_url, region_name="us-east-1",
+        """An unmodified boto3 @connections client pointed at the gateway's loopback management listener."""
+        return boto3.client("apigatewaymanagementapi", endpoint_url=self.endpoints["management"],
+                            region_name="us-east-1",
                             aws_access_key_id="local", aws_secret_access_key="local")
 
     def name(self, logical: str) -> str:
