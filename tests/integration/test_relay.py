@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from layers.shared.tunnel import codec
-from tests.fake_agent import FakeAgent, FakeStream
+from tests.fake_agent import FakeAgent, FakeStream, Handler
 from tests.identity_support import registered_agent, sign_up
 from tests.support import RunningStack
 
@@ -60,10 +60,10 @@ impostor_tried = threading.Event()
 class AgentThread:
     """Runs the fake agent on its own event loop thread for the duration of a test."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, token: str, handler: Handler = app):
         self.loop = asyncio.new_event_loop()
         self.ready = asyncio.Event()
-        self.agent = FakeAgent(url, app)
+        self.agent = FakeAgent(url, token, handler)
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
         self.stop_event: asyncio.Event | None = None
 
@@ -96,7 +96,7 @@ def open_url(browser: httpx.Client, sandbox_id: str) -> str:
 @pytest.fixture
 def agent(stack: RunningStack):  # type: ignore[no-untyped-def]
     browser, wid, registration = registered_agent(stack.base_url, "relay")
-    with AgentThread(f"{stack.ws_url}?token={registration['tunnel_token']}"):
+    with AgentThread(stack.ws_url, registration["tunnel_token"]):
         time.sleep(0.3)  # $connect has marked it running
         yield browser, registration
 
@@ -180,7 +180,7 @@ def test_an_agent_that_does_not_answer_gets_a_clear_504(tmp_path) -> None:  # ty
     stack = RunningStack(state_dir=tmp_path / "s", env={"AGENTSERVER_RELAY_TIMEOUT_SECONDS": "1"}).start()
     try:
         browser, _, registration = registered_agent(stack.base_url, "silent")
-        with AgentThread(f"{stack.ws_url}?token={registration['tunnel_token']}"):
+        with AgentThread(stack.ws_url, registration["tunnel_token"]):
             time.sleep(0.3)
             client = opened_client(stack, open_url(browser, registration["sandbox_id"]))
             started = time.monotonic()
@@ -206,7 +206,7 @@ def test_an_agent_cannot_answer_for_another_sandbox(stack: RunningStack, agent) 
     browser, registration = agent
     _, _, other = registered_agent(stack.base_url, "impostor")
     client = opened_client(stack, open_url(browser, registration["sandbox_id"]))
-    with AgentThread(f"{stack.ws_url}?token={other['tunnel_token']}") as impostor, ThreadPoolExecutor(1) as pool:
+    with AgentThread(stack.ws_url, other["tunnel_token"]) as impostor, ThreadPoolExecutor(1) as pool:
         answer = pool.submit(client.get, "/genuine")
         deadline = time.monotonic() + 10
         while not waiting:
