@@ -73,9 +73,10 @@ def measure_http(urls: dict[str, str], requests: int, rounds: int = 10) -> dict[
     return samples
 
 
-async def measure_websocket(url: str, count: int) -> dict[str, list[float]]:
+async def measure_websocket(url: str, token: str, count: int) -> dict[str, list[float]]:
     app_level, protocol_level = [], []
-    async with websockets.connect(url, ping_interval=None) as ws:
+    protocols = [websockets.Subprotocol("agentserver.tunnel.v1"), websockets.Subprotocol(token)]
+    async with websockets.connect(url, subprotocols=protocols, ping_interval=None) as ws:
         for number in range(count + 20):
             started = time.perf_counter()
             await ws.send(json.dumps({"action": "ping", "id": number}))
@@ -107,7 +108,7 @@ def main() -> None:
             http = measure_http({"direct uvicorn": f"http://127.0.0.1:{direct_port}",
                                  "local gateway + Lambda handler": stack.base_url}, args.requests)
             _, _, registration = registered_agent(stack.base_url, "bench")
-            ws = asyncio.run(measure_websocket(f"{stack.ws_url}?token={registration['tunnel_token']}", args.pings))
+            ws = asyncio.run(measure_websocket(stack.ws_url, registration["tunnel_token"], args.pings))
         finally:
             direct.terminate()
             direct.wait(timeout=10)

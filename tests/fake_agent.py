@@ -48,9 +48,14 @@ class FakeStream:
         await self.agent.send([codec.ResponseEnd(self.stream_id, self._next())])
 
 
+def tunnel_subprotocols(token: str) -> list[websockets.Subprotocol]:
+    """How an agent presents its tunnel token: as a subprotocol, never in the URL."""
+    return [websockets.Subprotocol("agentserver.tunnel.v1"), websockets.Subprotocol(token)]
+
+
 class FakeAgent:
-    def __init__(self, url: str, handler: Handler):
-        self.url, self.handler = url, handler
+    def __init__(self, url: str, token: str, handler: Handler):
+        self.url, self.token, self.handler = url, token, handler
         self.streams: dict[int, FakeStream] = {}
         self.ws: websockets.ClientConnection | None = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -61,7 +66,7 @@ class FakeAgent:
             await self.ws.send(frame)
 
     async def run(self, ready: asyncio.Event) -> None:
-        async with websockets.connect(self.url, max_size=None) as ws:
+        async with websockets.connect(self.url, subprotocols=tunnel_subprotocols(self.token), max_size=None) as ws:
             self.ws = ws
             ready.set()
             async for data in ws:

@@ -56,12 +56,50 @@ HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"traile
               b"upgrade", b"host", b"content-length"}
 SANDBOX_HOST = re.compile(r"^(sb-[0-9a-f]+)\.")
 LINK_LOST = None  # put in a stream's queue when the relay's connection drops
+# What one stream may hold in its queue before the relay reads it: an agent that keeps to its
+# window never sends more than the window plus a few small frames; one that does not is reset here,
+# before its frames are decoded into a pile (the window is checked again when they are read).
+MAX_QUEUED_BYTES = RESPONSE_WINDOW + codec.MAX_MESSAGE
+MAX_QUEUED_FRAMES = 4096
+# A message on the relay's own connection is at most an agent's message behind FORWARDED_FROM.
+MAX_LINK_MESSAGE = 2 * codec.MAX_MESSAGE
+
+Queued = codec.StreamMessage | codec.ProtocolError | None
 
 
-@dataclass(frozen=True)
+@dataclass
 class OpenStream:
     sandbox_id: str  # the only agent whose frames this stream takes
-    queue: asyncio.Queue[codec.StreamMessage | None]
+    queue: asyncio.Queue[Queued]
+    queued_bytes: int = 0
+    overflowed: bool = False
+
+    def put(self, message: codec.StreamMessage) -> None:
+        """Queue a frame for the stream's reader, unless the agent has sent far past its window:
+        then the reader gets a ProtocolError in its place and the stream takes nothing more."""
+        if self.overflowed:
+            return
+        size = codec.HEADER_SIZE + (len(message.data) if isinstance(message, codec.BodyChunk) else 0)
+        if self.queued_bytes + size > MAX_QUEUED_BYTES or self.queue.qsize() >= MAX_QUEUED_FRAMES:
+            self.overflowed = True
+            self.queue.put_nowait(codec.ProtocolError(
+                f"the agent sent more than {MAX_QUEUED_BYTES} bytes or {MAX_QUEUED_FRAMES} frames ahead of the relay"))
+            return
+        self.queued_bytes += size
+        self.queue.put_nowait(message)
+
+    def taken(self, message: Queued) -> None:
+        if isinstance(message, codec.StreamMessage):
+            self.queued_bytes -= codec.HEADER_SIZE + (
+                len(message.data) if isinstance(message, codec.BodyChunk) else 0)
+
+
+class StreamReset(Exception):
+    """The relay gives up on a stream the agent broke (protocol, flow control) or let stall."""
+
+    def __init__(self, reason: str, *, started: bool):
+        super().__init__(reason)
+        self.reason, self.started = reason, started
 
 
 class RelayLink:
@@ -86,7 +124,7 @@ class RelayLink:
                         self.url,
                         subprotocols=[websockets.Subprotocol(relay_access.RELAY_SUBPROTOCOL),
                                       websockets.Subprotocol(credential)],
-                        max_size=None, ping_interval=None)
+                        max_size=MAX_LINK_MESSAGE, ping_interval=None)
                     break
                 except websockets.InvalidStatus as refused:
                     if refused.response.status_code != 409:
@@ -126,13 +164,12 @@ class RelayLink:
                 if sender != stream.sandbox_id:
                     log.warning("dropped a frame for a stream of %s from %s", stream.sandbox_id, sender)
                     continue
-                stream.queue.put_nowait(message)
+                stream.put(message)
 
-    def open_stream(self, sandbox_id: str) -> tuple[int, asyncio.Queue[codec.StreamMessage | None]]:
+    def open_stream(self, sandbox_id: str) -> tuple[int, OpenStream]:
         stream_id = relay_access.stream_id_in(self.slot, set(self.streams))
-        queue: asyncio.Queue[codec.StreamMessage | None] = asyncio.Queue()
-        self.streams[stream_id] = OpenStream(sandbox_id, queue)
-        return stream_id, queue
+        stream = self.streams[stream_id] = OpenStream(sandbox_id, asyncio.Queue())
+        return stream_id, stream
 
     def close_stream(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
@@ -290,7 +327,7 @@ class SandboxRelay:
 
     async def _relay(self, scope: Scope, receive: Receive, send: Send, sandbox: Sandbox) -> None:
         link = await self.link()
-        stream_id, queue = link.open_stream(sandbox.sandbox_id)
+        stream_id, stream = link.open_stream(sandbox.sandbox_id)
         assert sandbox.connection_id is not None
         agent = AgentStream(stream_id, get_settings().websocket_management_url or "", sandbox.connection_id)
         target = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
@@ -312,11 +349,19 @@ class SandboxRelay:
                 await _json(send, 503, error_body("agent_unavailable", "The agent is not connected."),
                             [(b"retry-after", b"5")])
                 return
-            uploader = asyncio.create_task(self._upload(_replay(first, receive), agent, disconnected, queue))
-            await self._download(send, queue, agent, disconnected)
+            uploader = asyncio.create_task(self._upload(_replay(first, receive), agent, disconnected, stream))
+            await self._download(send, stream, agent, disconnected)
         except TimeoutError:
             await _json(send, 504, error_body("agent_timeout", "The agent did not answer in time."))
             await _cancel(agent, "timeout")
+        except StreamReset as reset:
+            log.warning("reset stream %016x of %s: %s", stream_id, sandbox.sandbox_id, reset.reason)
+            await _cancel(agent, reset.reason)
+            if not reset.started:
+                await _json(send, 502, error_body("agent_error", f"The agent could not answer: {reset.reason}"))
+            elif not disconnected.is_set():
+                # The head is out: the browser sees the body end early (short of a content-length).
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (ConnectionError, websockets.ConnectionClosed):
             await _json(send, 502, error_body("tunnel_lost", "The connection to the agent was lost."))
         finally:
@@ -342,7 +387,7 @@ class SandboxRelay:
         return True
 
     async def _upload(self, receive: Receive, agent: AgentStream, disconnected: asyncio.Event,
-                      queue: asyncio.Queue[codec.StreamMessage | None]) -> None:
+                      stream: OpenStream) -> None:
         """The request body, then watch for the browser going away: that cancels the stream at the
         agent, and ends the wait for the rest of the response here."""
         message = await receive()
@@ -356,12 +401,17 @@ class SandboxRelay:
             message = await receive()
         disconnected.set()
         await _cancel(agent, "the browser went away")
-        queue.put_nowait(codec.Cancel(agent.stream_id, 0, "the browser went away"))
+        stream.put(codec.Cancel(agent.stream_id, 0, "the browser went away"))
 
-    async def _download(self, send: Send, queue: asyncio.Queue[codec.StreamMessage | None], agent: AgentStream,
+    async def _download(self, send: Send, stream: OpenStream, agent: AgentStream,
                         disconnected: asyncio.Event) -> None:
-        reorder, window, started = FrameReorderer(), flow.ReceiveWindow(RESPONSE_WINDOW), False
+        window = flow.ReceiveWindow(RESPONSE_WINDOW)
+        # Body bytes count against the window on arrival, also while held behind a missing frame.
+        reorder = FrameReorderer(window=window, max_buffered_bytes=MAX_QUEUED_BYTES)
+        settings = get_settings()
+        started = False
         body: list[bytes] = []  # body frames that arrived together go to the browser in one write
+        progress = asyncio.get_running_loop().time()  # when a frame last came out in order
 
         async def flush() -> None:
             if not body:
@@ -376,19 +426,38 @@ class SandboxRelay:
                 await agent.post([codec.WindowUpdate(agent.stream_id, agent.next_seq(), increment)])
 
         while True:
-            timeout = None if started else get_settings().relay_response_timeout_seconds
-            async with asyncio.timeout(timeout):
-                arrived = [await queue.get()]
-            while not queue.empty():  # whatever else is already here, without waiting for more
-                arrived.append(queue.get_nowait())
+            if not started:
+                timeout: float = settings.relay_response_timeout_seconds
+            else:
+                # A body that stalls (nothing in order for this long, whatever else arrives) ends.
+                timeout = progress + settings.relay_idle_timeout_seconds - asyncio.get_running_loop().time()
+            try:
+                async with asyncio.timeout(max(timeout, 0)):
+                    arrived = [await stream.queue.get()]
+            except TimeoutError:
+                if not started:
+                    raise
+                raise StreamReset(f"no response data for {settings.relay_idle_timeout_seconds:g} s",
+                                  started=True) from None
+            while not stream.queue.empty():  # whatever else is already here, without waiting for more
+                arrived.append(stream.queue.get_nowait())
             for incoming in arrived:
+                stream.taken(incoming)
                 if incoming is LINK_LOST:
                     await flush()
                     raise ConnectionError("relay link lost")
-                for message in reorder.push(incoming):
+                try:
+                    if isinstance(incoming, codec.ProtocolError):
+                        raise incoming
+                    ready = reorder.push(incoming)
+                except codec.ProtocolError as error:  # FlowControlError included
+                    await flush()
+                    raise StreamReset(str(error), started=started) from None
+                if ready:
+                    progress = asyncio.get_running_loop().time()
+                for message in ready:
                     if isinstance(message, codec.ResponseBody):
-                        window.consume(len(message.data))
-                        body.append(message.data)
+                        body.append(message.data)  # already counted against the window
                         continue
                     await flush()
                     if isinstance(message, codec.WindowUpdate):

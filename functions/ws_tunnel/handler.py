@@ -61,7 +61,7 @@ def connect(
     """Only an agent with a valid tunnel token, or the relay with a valid credential, gets a
     connection (401 otherwise)."""
     request = APIGatewayProxyEvent(event)
-    handshake = agent_connections.read_handshake(request.query_string_parameters, request.headers)
+    handshake = agent_connections.read_handshake(request.headers)
     sandboxes = sandboxes or DynamoSandboxStore()
     common = {
         "connection_id": str(request.request_context.connection_id),

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import websockets
 
+from tests.fake_agent import tunnel_subprotocols
 from tests.identity_support import registered_agent
 from tests.support import RunningStack, pids_with
 
@@ -31,7 +32,8 @@ def test_a_client_discovers_everything_from_the_console_address(tmp_path: Path) 
         assert registration["tunnel_url"] == config["websocket_url"]
 
         async def ping_over_the_advertised_websocket() -> dict:
-            async with websockets.connect(f"{config['websocket_url']}?token={registration['tunnel_token']}") as ws:
+            async with websockets.connect(config["websocket_url"],
+                                          subprotocols=tunnel_subprotocols(registration["tunnel_token"])) as ws:
                 await ws.send(json.dumps({"action": "ping", "id": "first"}))
                 return json.loads(await asyncio.wait_for(ws.recv(), 10))
 

@@ -9,19 +9,21 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
 from botocore.exceptions import ClientError
 
+from tests.fake_agent import tunnel_subprotocols
 from tests.identity_support import registered_agent
 from tests.support import RunningStack, wait_until
 
 
-def tunnel_url(stack: RunningStack) -> str:
-    """The WebSocket URL with the tunnel token of a newly registered agent."""
+def connect_agent(stack: RunningStack, **options: Any) -> websockets.connect:
+    """A WebSocket connection of a newly registered agent (its token as a subprotocol)."""
     _, _, registration = registered_agent(stack.base_url)
-    return f"{stack.ws_url}?token={registration['tunnel_token']}"
+    return websockets.connect(stack.ws_url, subprotocols=tunnel_subprotocols(registration["tunnel_token"]), **options)
 
 
 def connection_ids(stack: RunningStack) -> set[str]:
@@ -36,7 +38,7 @@ async def ping(ws: websockets.ClientConnection, message_id: int = 1) -> dict:
 
 def test_ping_is_answered_by_a_pong_pushed_through_connections(stack: RunningStack) -> None:
     async def scenario() -> dict:
-        async with websockets.connect(tunnel_url(stack)) as ws:
+        async with connect_agent(stack) as ws:
             return await ping(ws, 42)
 
     reply = asyncio.run(scenario())
@@ -49,7 +51,7 @@ def test_connection_record_lives_exactly_as_long_as_the_connection(stack: Runnin
     table = stack.name("connections")
 
     async def scenario() -> tuple[str, dict]:
-        async with websockets.connect(tunnel_url(stack), user_agent_header="test-agent/1.0") as ws:
+        async with connect_agent(stack, user_agent_header="test-agent/1.0") as ws:
             await ping(ws)
             (connection_id,) = connection_ids(stack) - before
             key = {"connection_id": {"S": connection_id}}
@@ -66,7 +68,7 @@ def test_connection_record_lives_exactly_as_long_as_the_connection(stack: Runnin
 
 def test_frame_over_32_kb_closes_with_1009(stack: RunningStack) -> None:
     async def scenario() -> int | None:
-        async with websockets.connect(tunnel_url(stack), max_size=None) as ws:
+        async with connect_agent(stack, max_size=None) as ws:
             await ws.send("x" * 40 * 1024)
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 10)
@@ -77,7 +79,7 @@ def test_frame_over_32_kb_closes_with_1009(stack: RunningStack) -> None:
 
 def test_message_of_several_small_frames_passes_until_128_kb(stack: RunningStack) -> None:
     async def send_fragmented(total_kb: int) -> dict | int | None:
-        async with websockets.connect(tunnel_url(stack)) as ws:
+        async with connect_agent(stack) as ws:
             await ws.send(["y" * 1024 * 16 for _ in range(total_kb // 16)])  # 16 KB frames
             try:
                 return json.loads(await asyncio.wait_for(ws.recv(), 10))
@@ -96,7 +98,7 @@ def test_unmodified_boto3_reaches_the_connections_endpoint(stack: RunningStack) 
 
     async def scenario() -> None:
         before = connection_ids(stack)
-        async with websockets.connect(tunnel_url(stack)) as ws:
+        async with connect_agent(stack) as ws:
             connection_id = wait_until(lambda: connection_ids(stack) - before).pop()
             # POST: data arrives on the socket
             await asyncio.to_thread(management.post_to_connection, ConnectionId=connection_id, Data=b"hello")
@@ -144,7 +146,7 @@ async def close_of(ws: websockets.ClientConnection) -> tuple[int | None, str | N
 
 def test_idle_connection_is_closed_after_the_idle_timeout(short_lived_stack: RunningStack) -> None:
     async def scenario() -> tuple[int | None, str | None]:
-        async with websockets.connect(tunnel_url(short_lived_stack), ping_interval=None) as ws:
+        async with connect_agent(short_lived_stack, ping_interval=None) as ws:
             return await close_of(ws)
 
     # Closed for idleness (1 s), not for its age (3 s), with API Gateway's code
@@ -154,7 +156,7 @@ def test_idle_connection_is_closed_after_the_idle_timeout(short_lived_stack: Run
 def test_protocol_pings_do_not_count_as_activity(short_lived_stack: RunningStack) -> None:
     async def scenario() -> tuple[int | None, str | None]:
         # A client that sends nothing but protocol pings, answered by pongs, five times a second
-        async with websockets.connect(tunnel_url(short_lived_stack), ping_interval=0.2, ping_timeout=20) as ws:
+        async with connect_agent(short_lived_stack, ping_interval=0.2, ping_timeout=20) as ws:
             return await close_of(ws)
 
     # Is closed at the idle timeout, before its maximum age
@@ -163,7 +165,7 @@ def test_protocol_pings_do_not_count_as_activity(short_lived_stack: RunningStack
 
 def test_messages_keep_a_connection_alive_until_its_maximum_age(short_lived_stack: RunningStack) -> None:
     async def scenario() -> tuple[int | None, str | None]:
-        async with websockets.connect(tunnel_url(short_lived_stack), ping_interval=None) as ws:
+        async with connect_agent(short_lived_stack, ping_interval=None) as ws:
             async def chatter() -> None:
                 # A message every 0.2 s, well within the 1 s idle timeout; answers are not awaited,
                 # so a slow handler on a busy machine cannot open a gap

@@ -4,6 +4,7 @@ origin → HTTP through the relay, the WebSocket API, `$default` and the agent's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,9 +13,9 @@ import httpx
 import pytest
 
 from layers.shared.tunnel import codec
-from tests.fake_agent import FakeAgent, FakeStream
+from tests.fake_agent import FakeAgent, FakeStream, Handler
 from tests.identity_support import registered_agent, sign_up
-from tests.support import RunningStack
+from tests.support import RunningStack, wait_until
 
 SSE_GAP = 0.4
 
@@ -42,6 +43,24 @@ async def app(stream: FakeStream) -> None:
     elif path == "/silent":  # never answers at all
         await stream.cancelled.wait()
         return
+    elif path == "/flood":  # misbehaves: never sends seq 1, and ignores the window
+        await stream.respond_head(200, [(b"content-type", b"application/octet-stream")])
+        seq, sent = 2, 0
+        while sent < FLOOD_LIMIT and not stream.cancelled.is_set():
+            await stream.agent.send([codec.ResponseBody(stream.stream_id, seq, b"x" * codec.MAX_BODY_CHUNK)])
+            seq, sent = seq + 1, sent + codec.MAX_BODY_CHUNK
+            if seq % 32 == 0:  # every MiB, a moment for a reset to come back
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stream.cancelled.wait(), 0.2)
+        flooded.append((sent, stream.cancelled.is_set()))
+        return
+    elif path == "/stall":  # a head and a first chunk, then nothing
+        await stream.respond_head(200, [(b"content-type", b"text/plain")])
+        await stream.respond_body(b"first and last")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stream.cancelled.wait(), 20)
+        stalled.append(stream.cancelled.is_set())
+        return
     elif path == "/hang":
         await stream.respond_head(200, [(b"content-type", b"text/plain")])
         await stream.cancelled.wait()
@@ -52,6 +71,9 @@ async def app(stream: FakeStream) -> None:
     await stream.respond_end()
 
 
+FLOOD_LIMIT = 32 * 1024 * 1024
+flooded: list[tuple[int, bool]] = []
+stalled: list[bool] = []
 hung: list[int] = []
 waiting: list[int] = []
 impostor_tried = threading.Event()
@@ -60,10 +82,10 @@ impostor_tried = threading.Event()
 class AgentThread:
     """Runs the fake agent on its own event loop thread for the duration of a test."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, token: str, handler: Handler = app):
         self.loop = asyncio.new_event_loop()
         self.ready = asyncio.Event()
-        self.agent = FakeAgent(url, app)
+        self.agent = FakeAgent(url, token, handler)
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
         self.stop_event: asyncio.Event | None = None
 
@@ -96,7 +118,7 @@ def open_url(browser: httpx.Client, sandbox_id: str) -> str:
 @pytest.fixture
 def agent(stack: RunningStack):  # type: ignore[no-untyped-def]
     browser, wid, registration = registered_agent(stack.base_url, "relay")
-    with AgentThread(f"{stack.ws_url}?token={registration['tunnel_token']}"):
+    with AgentThread(stack.ws_url, registration["tunnel_token"]):
         time.sleep(0.3)  # $connect has marked it running
         yield browser, registration
 
@@ -177,10 +199,11 @@ def test_guests_and_other_workspaces_cannot_open(stack: RunningStack, agent) -> 
 
 
 def test_an_agent_that_does_not_answer_gets_a_clear_504(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    stack = RunningStack(state_dir=tmp_path / "s", env={"AGENTSERVER_RELAY_TIMEOUT_SECONDS": "1"}).start()
+    stack = RunningStack(state_dir=tmp_path / "s", env={"AGENTSERVER_RELAY_TIMEOUT_SECONDS": "1",
+                                                        "AGENTSERVER_RELAY_IDLE_TIMEOUT_SECONDS": "1"}).start()
     try:
         browser, _, registration = registered_agent(stack.base_url, "silent")
-        with AgentThread(f"{stack.ws_url}?token={registration['tunnel_token']}"):
+        with AgentThread(stack.ws_url, registration["tunnel_token"]):
             time.sleep(0.3)
             client = opened_client(stack, open_url(browser, registration["sandbox_id"]))
             started = time.monotonic()
@@ -188,6 +211,13 @@ def test_an_agent_that_does_not_answer_gets_a_clear_504(tmp_path) -> None:  # ty
             assert answer.status_code == 504
             assert answer.json()["error"]["code"] == "agent_timeout"
             assert 0.9 <= time.monotonic() - started < 10
+            # A body that stalls after the head ends after the idle deadline, and the agent is told
+            with client.stream("GET", "/stall") as stall:
+                assert stall.status_code == 200
+                assert stall.read() == b"first and last"
+            wait_until(lambda: bool(stalled), timeout=10)
+            assert stalled == [True]
+            assert "no response data for 1 s" in stack.output()
     finally:
         stack.stop()
 
@@ -206,7 +236,7 @@ def test_an_agent_cannot_answer_for_another_sandbox(stack: RunningStack, agent) 
     browser, registration = agent
     _, _, other = registered_agent(stack.base_url, "impostor")
     client = opened_client(stack, open_url(browser, registration["sandbox_id"]))
-    with AgentThread(f"{stack.ws_url}?token={other['tunnel_token']}") as impostor, ThreadPoolExecutor(1) as pool:
+    with AgentThread(stack.ws_url, other["tunnel_token"]) as impostor, ThreadPoolExecutor(1) as pool:
         answer = pool.submit(client.get, "/genuine")
         deadline = time.monotonic() + 10
         while not waiting:
@@ -221,3 +251,18 @@ def test_an_agent_cannot_answer_for_another_sandbox(stack: RunningStack, agent) 
         response = answer.result(15)
     assert response.status_code == 200 and response.text == "genuine"
     assert "dropped a frame for a stream of " + registration["sandbox_id"] in stack.output()
+
+
+def test_an_agent_flooding_past_its_window_is_reset_not_buffered(stack: RunningStack, agent) -> None:  # type: ignore[no-untyped-def]
+    """Frames held behind a missing one count against the window: an agent that never sends seq 1
+    and ignores its credit gets CANCEL after about a window, instead of the relay holding what it sends."""
+    browser, registration = agent
+    client = opened_client(stack, open_url(browser, registration["sandbox_id"]))
+    with client.stream("GET", "/flood") as response:
+        assert response.status_code == 200
+        assert response.read() == b""  # nothing came in order, so nothing reached the browser
+    wait_until(lambda: bool(flooded), timeout=30)
+    sent, cancelled = flooded[-1]
+    assert cancelled, f"the relay took {sent} bytes without resetting the stream"
+    assert sent <= 8 * 1024 * 1024  # the 2 MiB window, and what was in flight when the reset came
+    assert "reset stream" in stack.output()

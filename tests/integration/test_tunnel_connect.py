@@ -9,6 +9,7 @@ import pytest
 import websockets
 
 from layers.shared.tunnel import codec
+from tests.fake_agent import tunnel_subprotocols
 from tests.identity_support import registered_agent
 from tests.support import RunningStack, wait_until
 
@@ -26,6 +27,19 @@ def test_a_connection_without_a_valid_token_is_refused_with_401(stack: RunningSt
 
     assert asyncio.run(attempt(stack.ws_url)) == 401
     assert asyncio.run(attempt(f"{stack.ws_url}?token=ast_forged")) == 401
+
+
+def test_a_valid_token_in_the_url_is_refused(stack: RunningStack) -> None:
+    """Credentials travel only as a subprotocol: a URL ends up in access logs and proxies."""
+    _, _, registration = registered_agent(stack.base_url, "inurl")
+
+    async def attempt() -> int:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(f"{stack.ws_url}?token={registration['tunnel_token']}"):
+                pass
+        return refused.value.response.status_code
+
+    assert asyncio.run(attempt()) == 401
 
 
 def test_the_agent_is_running_while_connected_and_offline_after(stack: RunningStack) -> None:
@@ -51,10 +65,11 @@ def test_the_agent_is_running_while_connected_and_offline_after(stack: RunningSt
 
 def test_a_second_connection_replaces_the_first_cleanly(stack: RunningStack) -> None:
     browser, _, registration = registered_agent(stack.base_url, "replace")
-    url = f"{stack.ws_url}?token={registration['tunnel_token']}"
+    protocols = tunnel_subprotocols(registration["tunnel_token"])
 
     async def scenario() -> None:
-        async with websockets.connect(url) as first, websockets.connect(url) as second:
+        async with websockets.connect(stack.ws_url, subprotocols=protocols) as first, \
+                websockets.connect(stack.ws_url, subprotocols=protocols) as second:
             # The first is closed by the server; the second works and the agent stays running
             with pytest.raises(websockets.ConnectionClosed):
                 await asyncio.wait_for(first.recv(), 10)
@@ -72,7 +87,7 @@ def test_a_deleted_agent_cannot_connect(stack: RunningStack) -> None:
 
     async def attempt() -> int:
         with pytest.raises(websockets.InvalidStatus) as refused:
-            async with websockets.connect(f"{stack.ws_url}?token={registration['tunnel_token']}"):
+            async with websockets.connect(stack.ws_url, subprotocols=tunnel_subprotocols(registration["tunnel_token"])):
                 pass
         return refused.value.response.status_code
 
@@ -85,7 +100,8 @@ def test_binary_heartbeats_are_acknowledged_and_agent_info_shows_in_the_registry
                            working_directory="/home/dev/project", versions={"agent_client": "0.1.0"})
 
     async def scenario() -> codec.Message:
-        async with websockets.connect(f"{stack.ws_url}?token={registration['tunnel_token']}") as ws:
+        protocols = tunnel_subprotocols(registration["tunnel_token"])
+        async with websockets.connect(stack.ws_url, subprotocols=protocols) as ws:
             for frame in codec.pack([info, codec.Heartbeat(1, 1_700_000_000_000)]):
                 await ws.send(frame)
             (reply,) = codec.unpack(await asyncio.wait_for(ws.recv(), 10))
@@ -106,7 +122,7 @@ def test_an_agent_that_goes_silent_is_marked_offline_by_the_reaper(tmp_path) -> 
 
         async def scenario() -> int | None:
             # Connected, but never a heartbeat: the reaper closes the half-open tunnel
-            async with websockets.connect(f"{stack.ws_url}?token={registration['tunnel_token']}",
+            async with websockets.connect(stack.ws_url, subprotocols=tunnel_subprotocols(registration["tunnel_token"]),
                                           ping_interval=None) as ws:
                 with pytest.raises(websockets.ConnectionClosed) as closed:
                     await asyncio.wait_for(ws.recv(), 15)

@@ -20,6 +20,10 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 URL = "https://api.example/prod"
 
 
+def agent_protocol(token: str) -> list[tuple[str, str]]:
+    return [("Sec-WebSocket-Protocol", f"agentserver.tunnel.v1, {token}")]
+
+
 def event(route_key: str, event_type: str, connection_id: str = "c-1", **extra) -> dict:
     return websocket_event(route_key=route_key, event_type=event_type, connection_id=connection_id,
                            connected_at_ms=0, domain_name="api.example", stage="prod",
@@ -68,9 +72,13 @@ def test_handlers_authenticate_store_and_forget_a_connection(moto_aws) -> None:
     refused = ws.connect(event("$connect", "CONNECT", raw_query="token=ast_wrong"), CONTEXT, store=store,
                          sandboxes=sandboxes, pusher=pusher)
     assert refused == {"statusCode": 401} and not store.items
-    accepted = ws.connect(event("$connect", "CONNECT", headers=[("User-Agent", "agent/1")],
-                                raw_query=f"token={token}"), CONTEXT, store=store, sandboxes=sandboxes, pusher=pusher)
-    assert accepted == {"statusCode": 200}
+    # The token in the URL, as older clients sent it, is refused: credentials never travel in URLs
+    in_query = ws.connect(event("$connect", "CONNECT", raw_query=f"token={token}"), CONTEXT, store=store,
+                          sandboxes=sandboxes, pusher=pusher)
+    assert in_query == {"statusCode": 401} and not store.items
+    accepted = ws.connect(event("$connect", "CONNECT", headers=[("User-Agent", "agent/1"), *agent_protocol(token)]),
+                          CONTEXT, store=store, sandboxes=sandboxes, pusher=pusher)
+    assert accepted["statusCode"] == 200
     stored = store.get("c-1")
     assert stored is not None and stored.sandbox_id is not None
     # Without a configured endpoint, the management URL is the stage's own
@@ -89,8 +97,8 @@ def connected_agent(store: MemoryConnectionStore, pusher: RecordingPusher) -> tu
     code, _ = agents.create_code(sandboxes, workspace_id="ws_1", created_by="u_1", now=NOW)
     registration = agents.register_agent(sandboxes, code=code, name="box", agent_type=agents.AgentType.opencode,
                                          now=NOW)
-    ws.connect(event("$connect", "CONNECT", raw_query=f"token={registration.tunnel_token}"), CONTEXT, store=store,
-               sandboxes=sandboxes, pusher=pusher)
+    ws.connect(event("$connect", "CONNECT", headers=agent_protocol(registration.tunnel_token)), CONTEXT,
+               store=store, sandboxes=sandboxes, pusher=pusher)
     return sandboxes, registration.sandbox.sandbox_id
 
 

@@ -555,3 +555,15 @@ def test_forwarded_from_refuses_an_empty_or_long_sender() -> None:
     for sender in ("", "s" * (codec.MAX_SENDER_ID_BYTES + 1)):
         with pytest.raises(ProtocolError):
             ForwardedFrom(sender)
+
+
+def test_a_frame_larger_than_a_frame_payload_is_refused_even_inside_a_large_message() -> None:
+    # A 128 KB message may hold several frames, never one frame over MAX_PAYLOAD (no sender encodes one)
+    header = struct.pack("!BBHQII", 1, MessageType.RESPONSE_BODY, 0, 7, 1, MAX_PAYLOAD + 1)
+    oversized = header + b"x" * (MAX_PAYLOAD + 1)
+    with pytest.raises(ProtocolError, match="limit is"):
+        unpack(oversized)
+    with pytest.raises(ProtocolError, match="limit is"):
+        codec.stream_frames(oversized)
+    largest = struct.pack("!BBHQII", 1, MessageType.RESPONSE_BODY, 0, 7, 1, MAX_PAYLOAD) + b"x" * MAX_PAYLOAD
+    assert unpack(largest) == [ResponseBody(7, 1, b"x" * MAX_PAYLOAD)]

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from layers.shared.tunnel.codec import (
     MAX_BODY_CHUNK,
+    MAX_PAYLOAD,
     MAX_STREAM_ID,
     Cancel,
     CancelReason,
@@ -388,3 +389,36 @@ def test_the_reorderer_buffer_is_bounded() -> None:
         reorderer.push(ResponseBody(1, seq, b""))
     with pytest.raises(ProtocolError, match="wait for missing seq 0"):
         reorderer.push(ResponseBody(1, 4, b""))
+
+
+def test_body_bytes_held_behind_a_gap_count_against_the_window() -> None:
+    # An agent that never sends seq 0 cannot park more than its window in the receiver
+    window = ReceiveWindow(INITIAL_WINDOW)
+    reorderer = FrameReorderer(window=window)
+    chunk = b"x" * MAX_PAYLOAD
+    seq = 1
+    with pytest.raises(FlowControlError):
+        while True:
+            reorderer.push(ResponseBody(1, seq, chunk))
+            seq += 1
+    assert seq - 1 == INITIAL_WINDOW // MAX_PAYLOAD
+    assert reorderer.buffered_bytes() <= INITIAL_WINDOW
+    # Delivered in order, the bytes were counted once: released, they can be granted back
+    in_order = FrameReorderer(window=(fresh := ReceiveWindow(INITIAL_WINDOW)))
+    assert in_order.push(ResponseBody(1, 1, b"abc")) == [] and fresh.available() == INITIAL_WINDOW - 3
+    assert len(in_order.push(ResponseHead(1, 0, 200))) == 2 and fresh.undelivered() == 3
+    assert in_order.push(ResponseBody(1, 1, b"abc")) == [] and fresh.undelivered() == 3  # a duplicate is free
+
+
+def test_the_reorderer_bounds_the_bytes_it_holds_of_any_frame() -> None:
+    # Heads are not flow-controlled; their payload still counts toward the byte bound
+    reorderer = FrameReorderer(max_buffered_bytes=100_000)
+    big_head = ResponseHead(1, 1, 200, [(b"x-filler", b"y" * 30_000)])
+    reorderer.push(big_head)
+    reorderer.push(ResponseHead(1, 2, 200, [(b"x-filler", b"y" * 30_000)]))
+    reorderer.push(ResponseHead(1, 3, 200, [(b"x-filler", b"y" * 30_000)]))
+    with pytest.raises(ProtocolError, match="wait for missing seq 0"):
+        reorderer.push(ResponseHead(1, 4, 200, [(b"x-filler", b"y" * 30_000)]))
+    assert reorderer.buffered_bytes() < 100_000
+    # Filling the gap hands the frames out and frees what they held
+    assert len(reorderer.push(ResponseHead(1, 0, 200))) == 4 and reorderer.buffered_bytes() == 0

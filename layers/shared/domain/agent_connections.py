@@ -31,16 +31,17 @@ class Handshake:
     subprotocol: str | None  # to echo back when the credential came as a subprotocol
 
 
-def read_handshake(query: dict[str, str] | None, headers: dict[str, str] | None) -> Handshake:
-    """Browsers cannot set headers on a WebSocket, so a credential travels in the query string
-    (`?token=`) or as the second value of `Sec-WebSocket-Protocol: <protocol>, <credential>`."""
+def read_handshake(headers: dict[str, str] | None) -> Handshake:
+    """The credential travels only as the second value of `Sec-WebSocket-Protocol: <protocol>,
+    <credential>`, never in the URL (`?token=` is ignored: a URL ends up in access logs, proxies and
+    CloudWatch, and a credential there outlives the connection)."""
     offered = next((v for k, v in (headers or {}).items() if k.lower() == "sec-websocket-protocol"), "")
     values = [value.strip() for value in offered.split(",") if value.strip()]
     for protocol, kind in ((SUBPROTOCOL, "agent"), (RELAY_SUBPROTOCOL, "relay")):
         if protocol in values:
             rest = [value for value in values if value != protocol]
             return Handshake(kind, rest[0] if rest else None, protocol)
-    return Handshake("agent", (query or {}).get("token"), None)
+    return Handshake("agent", None, None)
 
 
 def connect_agent(

@@ -775,6 +775,7 @@ def stream_frames(data: bytes | bytearray | memoryview) -> list[tuple[MessageTyp
                 return None
             raise ProtocolError(f"unknown message type 0x{type_code:02x}")
         _require(stream_id != CONNECTION_STREAM_ID, "a stream frame needs a stream id; stream 0 is the connection")
+        _check_payload_length(MessageType(type_code).name, length)
         offset += HEADER_SIZE + length
         if offset > len(view):
             raise ProtocolError(f"truncated frame: payload of {length} bytes runs past the message")
@@ -782,6 +783,13 @@ def stream_frames(data: bytes | bytearray | memoryview) -> list[tuple[MessageTyp
     if not frames:
         raise ProtocolError("an empty WebSocket message holds no frame")
     return frames
+
+
+def _check_payload_length(type_name: str, length: int) -> None:
+    """No sender encodes a payload over MAX_PAYLOAD (`encode` refuses it), so a receiver refuses one
+    too: a single frame then never holds more than a frame's worth, however the message is packed."""
+    if length > MAX_PAYLOAD:
+        raise ProtocolError(f"a {type_name} frame declares a {length}-byte payload; the limit is {MAX_PAYLOAD}")
 
 
 def _binary_view(data: object) -> memoryview:
@@ -809,6 +817,7 @@ def _decode_frame(view: memoryview, offset: int) -> tuple[Message, int]:
         raise ProtocolError(f"unknown message type 0x{type_code:02x}")
     message_type = MessageType(type_code)
     message_class = _MESSAGE_CLASSES[message_type]
+    _check_payload_length(message_type.name, length)
     start = offset + HEADER_SIZE
     if start + length > len(view):
         raise ProtocolError(

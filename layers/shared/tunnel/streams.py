@@ -18,6 +18,7 @@ from enum import Enum
 
 from layers.shared.tunnel.codec import (
     MAX_STREAM_ID,
+    BodyChunk,
     Cancel,
     ProtocolError,
     RequestBody,
@@ -33,10 +34,14 @@ from layers.shared.tunnel.codec import (
     WsMessage,
     WsOpen,
 )
+from layers.shared.tunnel.flow import ReceiveWindow
 
-# Frames a reorderer holds while waiting for a missing one. Flow control already bounds the body
-# bytes in flight; this bounds the frame count against a peer that sends many tiny frames.
-MAX_BUFFERED_FRAMES = 4096
+# Frames a reorderer holds while waiting for a missing one: bounds the count against a peer that
+# sends many tiny frames. Body bytes held are bounded by the receive window when the reorderer is
+# given one (they count against it on arrival, not when delivered), and every frame's payload by
+# MAX_BUFFERED_BYTES, so a peer that never fills a gap cannot make the receiver hold more than that.
+MAX_BUFFERED_FRAMES = 1024
+MAX_BUFFERED_BYTES = 4 * 1024 * 1024
 
 
 class IllegalTransition(ProtocolError):
@@ -175,32 +180,51 @@ class FrameReorderer:
     `push` returns the frames that can be handled now, in order: the pushed frame and any buffered
     ones it unblocks, or nothing while an earlier frame is missing. CANCEL and ERROR come back at
     once. Duplicates (a seq already handed out or buffered) are dropped, so a redelivery is harmless.
+
+    Given a `window`, every body chunk is counted against it when it arrives, buffered or not (the
+    caller then releases it when delivered and does not consume it again): a frame waiting for a
+    gap holds credit, so a peer cannot park more than its window behind a missing seq. Buffering
+    past `max_buffered` frames or `max_buffered_bytes` of payload raises ProtocolError.
     """
 
-    def __init__(self, first_seq: int = 0, max_buffered: int = MAX_BUFFERED_FRAMES):
+    def __init__(self, first_seq: int = 0, max_buffered: int = MAX_BUFFERED_FRAMES, *,
+                 max_buffered_bytes: int = MAX_BUFFERED_BYTES, window: ReceiveWindow | None = None):
         self._next_seq = first_seq
         self._buffered: dict[int, StreamMessage] = {}
+        self._buffered_bytes = 0
         self._max_buffered = max_buffered
+        self._max_buffered_bytes = max_buffered_bytes
+        self._window = window
 
     def waiting_for(self) -> int | None:
         """The missing seq that holds buffered frames back, if any (for timeouts and logs)."""
         return self._next_seq if self._buffered else None
+
+    def buffered_bytes(self) -> int:
+        return self._buffered_bytes
 
     def push(self, message: StreamMessage) -> list[StreamMessage]:
         if isinstance(message, Cancel | StreamError):
             return [message]
         if message.seq < self._next_seq or message.seq in self._buffered:
             return []
+        if self._window is not None and isinstance(message, BodyChunk):
+            self._window.consume(len(message.data))  # FlowControlError past the credit given
         if message.seq > self._next_seq:
-            if len(self._buffered) >= self._max_buffered:
+            size = len(message.data) if isinstance(message, BodyChunk) else len(message.payload())
+            if len(self._buffered) >= self._max_buffered or self._buffered_bytes + size > self._max_buffered_bytes:
                 raise ProtocolError(
-                    f"stream {message.stream_id}: {len(self._buffered)} frames wait for missing seq {self._next_seq}"
+                    f"stream {message.stream_id}: {len(self._buffered)} frames ({self._buffered_bytes} bytes) "
+                    f"wait for missing seq {self._next_seq}"
                 )
             self._buffered[message.seq] = message
+            self._buffered_bytes += size
             return []
         ready = [message]
         self._next_seq += 1
         while self._next_seq in self._buffered:
-            ready.append(self._buffered.pop(self._next_seq))
+            held = self._buffered.pop(self._next_seq)
+            self._buffered_bytes -= len(held.data) if isinstance(held, BodyChunk) else len(held.payload())
+            ready.append(held)
             self._next_seq += 1
         return ready
