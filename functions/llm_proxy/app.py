@@ -208,10 +208,12 @@ class LlmProxy:
         started, started_at = time.perf_counter(), datetime.now(UTC)
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         speaks_anthropic = any(name == b"anthropic-version" for name, _ in headers)
-        provider, route = llm_proxy.resolve(scope["method"], scope["path"], speaks_anthropic=speaks_anthropic)
+        # The path as sent (undecoded): routes match it exactly and the upstream URL is built from the match.
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        provider, route = llm_proxy.resolve(scope["method"], raw_path, speaks_anthropic=speaks_anthropic)
         try:
             if route is None:
-                raise ProxyError(404, "not_found", f"{scope['method']} {scope['path']} is not served by this proxy.")
+                raise ProxyError(404, "not_found", f"{scope['method']} {raw_path[:200]} is not served by this proxy.")
             caller = await self._authenticate(headers)
             body = await self._read_body(headers, receive)
             counted_at_admission = await self._admit(caller, started_at) if route.billable else False
@@ -329,7 +331,7 @@ class LlmProxy:
                 meter.start(content_type)
             await send({"type": "http.response.start", "status": response.status_code,
                         "headers": [(name.lower(), value) for name, value in response.headers.raw
-                                    if name.lower() not in llm_proxy.RESPONSE_HEADERS_DROPPED]})
+                                    if llm_proxy.passes_back(name.lower())]})
             try:
                 async for chunk in response.aiter_raw():
                     if exchange.first_byte_at is None:

@@ -58,7 +58,12 @@ def test_requests_through_the_proxy_show_in_the_chart_the_quota_and_the_sandbox(
     expect(page.get_by_test_id("quota")).to_contain_text("3 requests today of no limit")
 
     # When the owner sets a limit, it shows against today's use
-    page.get_by_label("Requests per day (0 = no limit)").fill("100")
+    # (the server's default is unlimited here: any positive limit, but lifting it is an admin's decision)
+    expect(page.get_by_test_id("quota-ceiling")).to_contain_text("only an admin may lift it")
+    page.get_by_label("Requests per day").fill("0")
+    page.get_by_role("button", name="Set quota").click()
+    expect(page.get_by_role("alert")).to_contain_text("Only an admin may make")
+    page.get_by_label("Requests per day").fill("100")
     page.get_by_role("button", name="Set quota").click()
     expect(page.get_by_test_id("quota")).to_contain_text("3 requests today of 100")
     expect(page.get_by_role("meter")).to_be_visible()

@@ -71,6 +71,11 @@ class FakeLlmUpstream:
     seen: list[SeenRequest] = field(default_factory=list)
     fail_next: list[ScriptedError] = field(default_factory=list)
     record: bool = True  # benchmarks turn recording off
+    # Headers the real APIs put on every answer that name the account behind the key (a proxy must not pass them on)
+    organization_headers: dict[str, dict[str, str]] = field(default_factory=lambda: {
+        "anthropic": {"anthropic-organization-id": "3f1c2a9e-fake-org"},
+        "openai": {"openai-organization": "org-fake-operator", "openai-project": "proj_fake_operator"},
+    })
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -147,6 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         provider = "anthropic" if path.startswith("/anthropic/") else "openai" if path.startswith("/openai/") else ""
         seen = SeenRequest(provider, self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        self._provider = provider
         if self.upstream.record:
             with self.upstream._lock:
                 self.upstream.seen.append(seen)
@@ -172,16 +178,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.send_header("request-id", f"req_{uuid.uuid4().hex[:24]}")
+        self._organization_headers()
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _organization_headers(self) -> None:
+        for name, value in self.upstream.organization_headers.get(getattr(self, "_provider", ""), {}).items():
+            self.send_header(name, value)
 
     def _start_stream(self) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream; charset=utf-8")
         self.send_header("cache-control", "no-cache")
         self.send_header("transfer-encoding", "chunked")
+        self._organization_headers()
         self.end_headers()
 
     def _event(self, data: bytes) -> None:

@@ -4,6 +4,8 @@ a fake upstream that speaks both providers' wire formats."""
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -273,6 +275,74 @@ def test_the_proxy_refuses_in_the_providers_format(world: World) -> None:
     assert too_large.json()["error"]["type"] == "request_too_large"
     assert world.seen_for(agent) == []
     wait_until(lambda: "refused a request with an unknown or revoked proxy token" in world.stack.output())
+
+
+def raw_get(world: World, target: str, token: str, *, anthropic_version: bool) -> tuple[int, dict[str, str], bytes]:
+    """A GET whose request target goes on the wire exactly as written (HTTP clients normalise `..` away)."""
+    url = httpx.URL(world.llm_url)
+    connection = http.client.HTTPConnection(url.host, url.port, timeout=10)
+    try:
+        headers = {"x-api-key": token, **({"anthropic-version": "2023-06-01"} if anthropic_version else {})}
+        connection.putrequest("GET", url.path + target, skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("target", [
+    "/v1/models/%2e%2e/%2e%2e/v1/files", "/v1/models/../../v1/files", "/anthropic/v1/models/%2e%2e%2fv1%2ffiles",
+    "/openai/v1/models/%2e%2e/files", "/v1/models/x/../../files", "/v1/models/%2E%2E/%2E%2E/%2E%2E/openai/v1/files",
+])
+def test_a_traversal_never_reaches_the_provider(world: World, target: str) -> None:
+    # Given an agent with a valid proxy token
+    agent = world.agent()
+    before = len(world.upstream.seen)
+    for speaks_anthropic in (True, False):
+        # When it asks for a path that decodes or normalises to another provider endpoint
+        status, headers, body = raw_get(world, target, agent.proxy_token, anthropic_version=speaks_anthropic)
+        # Then the proxy refuses it in the provider's own format
+        assert status == 404, body
+        document = json.loads(body)
+        assert (document.get("type") == "error" and document["error"]["type"] == "not_found_error") or (
+            document["error"]["code"] == "unknown_url"), document
+    # And nothing reached the provider
+    assert len(world.upstream.seen) == before
+
+
+def test_a_model_id_route_still_reaches_the_provider(world: World) -> None:
+    agent = world.agent()
+    before = len(world.upstream.seen)
+    status, _, _ = raw_get(world, "/v1/models/claude-sonnet-4-5", agent.proxy_token, anthropic_version=True)
+    # The fake serves only the model list, so 404, but from the upstream at exactly the model's path
+    assert status == 404
+    assert [seen.path for seen in world.upstream.seen[before:]] == ["/anthropic/v1/models/claude-sonnet-4-5"]
+
+
+def test_the_providers_organisation_headers_never_reach_the_agent(world: World) -> None:
+    # Given an upstream whose answers name the operator's organisation and project
+    agent = world.agent()
+    claude, gpt = world.claude(agent), world.gpt(agent)
+    # When the agent calls both providers, plainly and streaming
+    answers = [
+        claude.messages.with_raw_response.create(model="claude-sonnet-4-5", max_tokens=8, messages=agent.prompt()),
+        gpt.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=agent.prompt()),
+        gpt.models.with_raw_response.list(),
+    ]
+    with claude.messages.with_streaming_response.create(model="claude-sonnet-4-5", max_tokens=8, stream=True,
+                                                        messages=agent.prompt()) as streamed:
+        streamed.read()
+        answers.append(streamed)
+    # Then no answer carries them, while the request ids pass
+    for answer in answers:
+        names = {name.lower() for name in answer.headers}
+        assert not names & {"anthropic-organization-id", "openai-organization", "openai-project"}, names
+        assert "request-id" in names or answer is answers[-1]
+    # (the fake did send them)
+    assert world.upstream.organization_headers["openai"]["openai-project"]
 
 
 def test_a_deleted_sandbox_token_stops_working_within_the_cache_ttl(world: World) -> None:

@@ -16,6 +16,7 @@ import pytest
 from tests.identity_support import Browser, sign_in, sign_up, unique_email
 from tests.support import RunningStack
 
+DEFAULT_MAX_RPD = 1000  # the server's LLM limit: a ceiling for workspace maintainers
 CALLERS = ("owner", "maintainer", "developer", "guest", "outsider", "admin", "anonymous")
 
 
@@ -65,7 +66,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     stack = RunningStack(state_dir=tmp_path_factory.mktemp("matrix"),
-                         env={"AGENTSERVER_DEFAULT_MAX_WORKSPACES": "1000"}).start()
+                         env={"AGENTSERVER_DEFAULT_MAX_WORKSPACES": "1000",
+                              "LLMPROXY_DEFAULT_MAX_RPD": str(DEFAULT_MAX_RPD)}).start()
     clients: dict[str, httpx.Client] = {}
     users: dict[str, dict] = {}
     # The first account becomes the system admin; it is a member of nothing here.
@@ -207,6 +209,13 @@ ROWS = [
     Row("PUT /api/workspaces/{wid}/llm-quota",
         call("PUT", "/api/workspaces/{wid}/llm-quota", lambda w: {"max_rpd": 500}),
         statuses(200, 200, 403, 403, 404, 404)),
+    # Above the server's default, or unlimited (0): admins only, so every member is refused.
+    Row("PUT /api/workspaces/{wid}/llm-quota above the default",
+        call("PUT", "/api/workspaces/{wid}/llm-quota", lambda w: {"max_rpd": DEFAULT_MAX_RPD + 1}),
+        statuses(403, 403, 403, 403, 404, 404)),
+    Row("PUT /api/workspaces/{wid}/llm-quota unlimited",
+        call("PUT", "/api/workspaces/{wid}/llm-quota", lambda w: {"max_rpd": 0}),
+        statuses(403, 403, 403, 403, 404, 404)),
     Row("GET /api/workspaces/{wid}/usage", call("GET", "/api/workspaces/{wid}/usage?group_by=model"),
         statuses(200, 200, 200, 200, 404, 404)),
     Row("GET /api/sandboxes/{sid}/usage", call("GET", "/api/sandboxes/{sid}/usage"),
@@ -230,3 +239,24 @@ def test_role_matrix(world: World, row: Row, caller: str) -> None:
     if response.status_code >= 400:
         error = response.json()["error"]
         assert error["code"] and error["message"]
+
+
+def test_only_an_admin_lifts_the_llm_limit_above_the_server_default(world: World) -> None:
+    # Given an owner's workspace and an admin's own workspace, under a server default of 1000 a day
+    owner = world.client("owner")
+    wid = owner.post("/api/workspaces", json={"name": "Thrifty"}).json()["id"]
+    admin = world.client("admin")
+    admin_wid = admin.post("/api/workspaces", json={"name": "Operator's"}).json()["id"]
+    # When the owner tries to lift the limit, Then the server refuses with the ceiling in its message
+    for wanted in (DEFAULT_MAX_RPD + 1, 0):
+        refused = owner.put(f"/api/workspaces/{wid}/llm-quota", json={"max_rpd": wanted})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "quota_above_default"
+        assert "admin" in refused.json()["error"]["message"]
+    assert owner.get(f"/api/workspaces/{wid}/llm-quota").json()["max_rpd"] == DEFAULT_MAX_RPD
+    # And the quota says what the owner may set
+    quota = owner.get(f"/api/workspaces/{wid}/llm-quota").json()
+    assert (quota["default_max_rpd"], quota["max_settable"]) == (DEFAULT_MAX_RPD, DEFAULT_MAX_RPD)
+    # While an admin may raise it and lift it
+    assert admin.put(f"/api/workspaces/{admin_wid}/llm-quota", json={"max_rpd": 50_000}).json()["max_rpd"] == 50_000
+    assert admin.put(f"/api/workspaces/{admin_wid}/llm-quota", json={"max_rpd": 0}).json()["max_rpd"] == 0
+    assert admin.get(f"/api/workspaces/{admin_wid}/llm-quota").json()["max_settable"] is None

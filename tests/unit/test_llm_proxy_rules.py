@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from layers.shared.domain import llm_proxy
 from layers.shared.domain.agents import AgentType, Sandbox, SandboxKind, SandboxStatus
@@ -30,6 +33,53 @@ def test_paths_pick_their_provider_and_billability(method: str, path: str, anthr
 def test_other_paths_are_not_served() -> None:
     assert llm_proxy.resolve("GET", "/v1/messages", speaks_anthropic=True) == (Provider.anthropic, None)
     assert llm_proxy.resolve("POST", "/v1/embeddings", speaks_anthropic=False) == (Provider.openai, None)
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/models/%2e%2e/%2e%2e/v1/files", "/v1/models/../../v1/files", "/v1/models/..", "/v1/models/%2E%2E",
+    "/v1/models/claude%2f..%2f..%2fv1%2ffiles", "/v1/models/", "/v1/models/a/b", "/anthropic/v1/models/%2e%2e",
+    "/openai/v1/models/../files", "/v1/models/.hidden", "/v1//models", "/v1/messages/", "/V1/messages",
+])
+def test_traversal_and_encoded_paths_are_refused(path: str) -> None:
+    # Given a path that would reach another provider endpoint once decoded or normalised
+    for method in ("GET", "POST"):
+        for anthropic in (True, False):
+            # When the proxy resolves it, Then it serves no route for it
+            assert llm_proxy.resolve(method, path, speaks_anthropic=anthropic)[1] is None
+
+
+BASES = {Provider.anthropic: "https://api.anthropic.example/base", Provider.openai: "https://api.openai.example/v1"}
+# Path pieces that decode, normalise or separate: what an attacker would combine.
+PIECES = st.sampled_from(["/", "//", ".", "..", "%2e", "%2E", "%2f", "%2F", "%5c", "\\", "%00", "?", "#", ";",
+                          "v1", "models", "messages", "files", "anthropic", "openai", "count_tokens", "claude-x",
+                          "gpt-4o", ":", "@", "%25", "é", " ", "%20"])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]), anthropic=st.booleans(),
+       path=st.one_of(st.lists(PIECES, max_size=12).map("".join).map(lambda p: "/" + p),
+                      st.text(max_size=60).map(lambda p: "/" + p)))
+def test_every_path_is_refused_or_an_exact_allowed_route(method: str, anthropic: bool, path: str) -> None:
+    # Given any path, however encoded
+    provider, route = llm_proxy.resolve(method, path, speaks_anthropic=anthropic)
+    # Then either the proxy refuses it
+    if route is None:
+        return
+    # Or what goes upstream is one of the allowed routes, unchanged by the HTTP client on the way
+    assert llm_proxy.allowed_upstream_path(route.provider, route.upstream_path)
+    base = BASES[route.provider]
+    sent = httpx.Request(method, base + route.upstream_path).url
+    assert sent.raw_path.decode() == httpx.URL(base).raw_path.decode() + route.upstream_path
+    assert sent.host == httpx.URL(base).host
+
+
+def test_organisation_headers_never_reach_the_agent() -> None:
+    for name in (b"anthropic-organization-id", b"openai-organization", b"openai-project", b"x-organization-id",
+                 b"set-cookie", b"transfer-encoding"):
+        assert not llm_proxy.passes_back(name)
+    for name in (b"request-id", b"x-request-id", b"content-type", b"anthropic-ratelimit-requests-remaining",
+                 b"retry-after", b"openai-processing-ms"):
+        assert llm_proxy.passes_back(name)
 
 
 def test_the_proxy_token_comes_from_x_api_key_or_a_bearer() -> None:

@@ -50,10 +50,39 @@ def test_admission_stops_exactly_at_the_limit_even_when_requests_race() -> None:
 def test_the_workspace_limit_overrides_the_default() -> None:
     store = DynamoUsageStore()
     assert llm_quota.effective_max_rpd(store, "ws-q", default=100) == 100
-    status = llm_quota.set_limit(store, "ws-q", 0, default=100, now=NOW)
+    status = llm_quota.set_limit(store, "ws-q", 0, default=100, now=NOW, admin=True)
     # 0 is the workspace's own choice (unlimited), not "use the default"
     assert (status.max_rpd, status.overridden, status.used_today) == (0, True, 0)
     assert llm_quota.effective_max_rpd(store, "ws-q", default=100) == 0
+
+
+@pytest.mark.usefixtures("moto_aws")
+@pytest.mark.parametrize(("default", "wanted", "admin", "allowed"), [
+    (100, 50, False, True),  # a maintainer may lower the limit
+    (100, 100, False, True),  # up to the server's default
+    (100, 101, False, False),  # not above it
+    (100, 0, False, False),  # nor lift it (0 = unlimited)
+    (100, 5000, True, True),  # admins may raise it
+    (100, 0, True, True),  # and lift it
+    (0, 10_000_000, False, True),  # an unlimited default is no ceiling: any positive value
+    (0, 0, False, False),  # but "unlimited" stays an admin's word
+])
+def test_the_server_default_is_a_ceiling_only_admins_lift(default: int, wanted: int, admin: bool,
+                                                          allowed: bool) -> None:
+    # Given a workspace under the server's default
+    store = DynamoUsageStore()
+    workspace = f"ws-ceiling-{default}-{wanted}-{admin}"
+    # When its maintainer (or an admin) sets a limit
+    if allowed:
+        status = llm_quota.set_limit(store, workspace, wanted, default=default, now=NOW, admin=admin)
+        # Then it applies
+        assert status.max_rpd == wanted and llm_quota.effective_max_rpd(store, workspace, default) == wanted
+    else:
+        # Then above the default, or unlimited, is refused for anyone but an admin, and nothing changes
+        with pytest.raises(llm_quota.AboveDefault) as refused:
+            llm_quota.set_limit(store, workspace, wanted, default=default, now=NOW, admin=admin)
+        assert refused.value.status == 403 and "admin" in refused.value.message
+        assert store.get_max_rpd(workspace) is None
 
 
 def record(request_id: str, sandbox: str, model: str, tokens: Tokens, *, status: int = 200, day_offset: int = 0,

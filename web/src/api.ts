@@ -22,7 +22,7 @@ export interface SandboxEvent { at: string; phase: string; reason: string | null
 export interface AgentCode { code: string; expires_at: string; command: string }
 export interface Token { id: string; name: string; created_at: string; expires_at: string | null; last_used_at: string | null }
 export interface CreatedToken extends Token { token: string }
-export interface LlmQuota { max_rpd: number; used_today: number; resets_at: string; uses_default?: boolean }
+export interface LlmQuota { max_rpd: number; used_today: number; resets_at: string; uses_default?: boolean; default_max_rpd?: number; max_settable?: number | null; may_set_unlimited?: boolean }
 /** One row of a usage report: `key` is the day (YYYY-MM-DD), sandbox id or model it groups by. */
 export interface UsageRow {
   key: string; requests: number; errors: number; input_tokens: number; output_tokens: number;

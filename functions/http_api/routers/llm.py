@@ -14,7 +14,7 @@ from functions.http_api.routers.sandboxes import Sandboxes
 from layers.shared.dal.usage import DynamoUsageStore
 from layers.shared.domain import llm_quota, llm_usage, workspaces
 from layers.shared.domain.llm_usage import GroupBy
-from layers.shared.domain.roles import Action
+from layers.shared.domain.roles import Action, SystemRole
 from layers.shared.errors import NotFound
 from layers.shared.settings import get_settings
 
@@ -39,6 +39,9 @@ class QuotaOut(BaseModel):
     used_today: int
     resets_at: datetime
     uses_default: bool = Field(description="The server's default applies (no limit of the workspace's own)")
+    default_max_rpd: int = Field(description="The server's default (0 = unlimited): the most a maintainer may set")
+    max_settable: int | None = Field(description="The highest limit the caller may set (None: no ceiling)")
+    may_set_unlimited: bool = Field(description="Whether the caller may set 0 (unlimited): admins only")
 
 
 class QuotaIn(BaseModel):
@@ -87,23 +90,28 @@ class SandboxUsageReport(UsageReport):
     recent_requests: list[RequestOut]
 
 
-def _quota_out(status: llm_quota.QuotaStatus) -> QuotaOut:
+def _quota_out(status: llm_quota.QuotaStatus, *, default: int, admin: bool) -> QuotaOut:
     return QuotaOut(max_rpd=status.max_rpd, used_today=status.used_today, resets_at=status.resets_at,
-                    uses_default=not status.overridden)
+                    uses_default=not status.overridden, default_max_rpd=default,
+                    max_settable=llm_quota.ceiling_for(default, admin=admin), may_set_unlimited=admin)
 
 
 @router.get("/api/workspaces/{workspace_id}/llm-quota", response_model=QuotaOut)
 def get_llm_quota(workspace_id: str, caller: Caller, store: Store, usage: Usage, now: Now) -> QuotaOut:
     workspaces.membership(store, workspace_id, caller.user.user_id, Action.llm_quota_read)
-    return _quota_out(llm_quota.status(usage, workspace_id, default=get_settings().llm_default_max_rpd, now=now))
+    default = get_settings().llm_default_max_rpd
+    return _quota_out(llm_quota.status(usage, workspace_id, default=default, now=now), default=default,
+                      admin=caller.user.role == SystemRole.admin)
 
 
 @router.put("/api/workspaces/{workspace_id}/llm-quota", response_model=QuotaOut)
 def set_llm_quota(workspace_id: str, body: QuotaIn, caller: Caller, store: Store, usage: Usage, now: Now) -> QuotaOut:
-    """The proxy applies a new limit within LLMPROXY_QUOTA_CACHE_SECONDS (10 s by default)."""
+    """The proxy applies a new limit within LLMPROXY_QUOTA_CACHE_SECONDS (10 s by default). The server's default
+    (LLMPROXY_DEFAULT_MAX_RPD) is the most a maintainer may set; above it, or 0 (unlimited), admins only."""
     workspaces.membership(store, workspace_id, caller.user.user_id, Action.llm_quota_set)
-    return _quota_out(llm_quota.set_limit(usage, workspace_id, body.max_rpd,
-                                          default=get_settings().llm_default_max_rpd, now=now))
+    default, admin = get_settings().llm_default_max_rpd, caller.user.role == SystemRole.admin
+    return _quota_out(llm_quota.set_limit(usage, workspace_id, body.max_rpd, default=default, now=now, admin=admin),
+                      default=default, admin=admin)
 
 
 @router.get("/api/workspaces/{workspace_id}/usage", response_model=UsageReport, response_model_by_alias=True)

@@ -7,6 +7,7 @@ No I/O here; `functions/llm_proxy` does the forwarding.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -44,12 +45,24 @@ _OPENAI = {
 PROVIDER_PREFIXES = {"/anthropic": Provider.anthropic, "/openai": Provider.openai}
 
 
+# One model's details (`GET /v1/models/{model_id}`): a model id is one path segment of plain characters, so no
+# encoding (`%2e%2e`, `%2f`), dot segment or slash can reach another upstream endpoint through it. It covers the
+# providers' ids (`claude-sonnet-4-5-20250929`, `gpt-4o-mini-2024-07-18`, `ft:gpt-4o-mini:org:name:id`).
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+MODELS_PREFIX = "/v1/models/"
+
+
 def _upstream_path(provider: Provider, path: str) -> str:
     return path if provider == Provider.anthropic else path.removeprefix("/v1")
 
 
-def resolve(method: str, path: str, *, speaks_anthropic: bool) -> tuple[Provider, Route | None]:
-    """The provider a request is for, and its route (None when the proxy does not serve that path)."""
+def resolve(method: str, raw_path: str, *, speaks_anthropic: bool) -> tuple[Provider, Route | None]:
+    """The provider a request is for, and its route (None when the proxy does not serve that path).
+
+    `raw_path` is the path exactly as the client sent it (ASGI `raw_path`, undecoded, without the query): only
+    exact routes match, and the upstream path is built from what matched, so a percent-encoded or dot-segment
+    path is refused here rather than decoded or normalised on the way upstream."""
+    path = raw_path
     provider: Provider | None = None
     for prefix, named in PROVIDER_PREFIXES.items():
         if path.startswith(prefix + "/"):
@@ -62,11 +75,21 @@ def resolve(method: str, path: str, *, speaks_anthropic: bool) -> tuple[Provider
         provider = Provider.anthropic if anthropic else Provider.openai
     table = _ANTHROPIC if provider == Provider.anthropic else _OPENAI
     billable = table.get((method, path))
-    if billable is None and method == "GET" and path.startswith("/v1/models/"):
+    one_model = path.startswith(MODELS_PREFIX) and MODEL_ID.fullmatch(path[len(MODELS_PREFIX):]) is not None
+    if billable is None and method == "GET" and one_model:
         billable = False  # one model's details
     if billable is None:
         return provider, None
     return provider, Route(provider, _upstream_path(provider, path), billable)
+
+
+def allowed_upstream_path(provider: Provider, upstream_path: str) -> bool:
+    """Whether an upstream path is one the proxy may call (the routes above); what the fuzz tests hold it to."""
+    table = _ANTHROPIC if provider == Provider.anthropic else _OPENAI
+    exact = {_upstream_path(provider, path) for _, path in table}
+    models = _upstream_path(provider, MODELS_PREFIX)
+    return upstream_path in exact or (upstream_path.startswith(models)
+                                      and MODEL_ID.fullmatch(upstream_path[len(models):]) is not None)
 
 
 # Headers ------------------------------------------------------------------------------------------------------
@@ -79,11 +102,19 @@ REQUEST_HEADERS_DROPPED = frozenset({
     b"openai-organization", b"openai-project", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
     b"x-forwarded-port", b"forwarded", b"x-amzn-trace-id",
 })
-# Never passed back to the client: hop-by-hop headers and cookies the provider sets for itself.
+# Never passed back to the client: hop-by-hop headers, cookies the provider sets for itself, and headers naming the
+# operator's account at the provider (organisation, project). Request ids and rate-limit headers pass.
 RESPONSE_HEADERS_DROPPED = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-    b"set-cookie",
+    b"set-cookie", b"anthropic-organization-id", b"openai-organization", b"openai-project",
 })
+
+
+def passes_back(name: bytes) -> bool:
+    """Whether an upstream response header (lower case) reaches the agent: no hop-by-hop header, and nothing
+    that identifies the operator's organisation or project at the provider, whatever the provider calls it."""
+    return (name not in RESPONSE_HEADERS_DROPPED and b"organization" not in name and b"organisation" not in name
+            and not name.endswith(b"-project") and not name.endswith(b"-project-id"))
 
 
 def proxy_token(headers: list[tuple[bytes, bytes]]) -> str | None:

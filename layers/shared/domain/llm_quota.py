@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Protocol
 
-from layers.shared.errors import ValidationFailed
+from layers.shared.errors import Forbidden, ValidationFailed
 
 MAX_RPD_CEILING = 10_000_000  # far above any real use; keeps a typo from looking like "unlimited"
 
@@ -35,6 +35,30 @@ def validate_max_rpd(value: int) -> int:
     if not 0 <= value <= MAX_RPD_CEILING:
         raise ValidationFailed(f"max_rpd is a whole number from 0 (unlimited) to {MAX_RPD_CEILING}.")
     return value
+
+
+class AboveDefault(Forbidden):
+    code, default_message = "quota_above_default", "Only an admin may set a limit above the server's default."
+
+
+def ceiling_for(default: int, *, admin: bool) -> int | None:
+    """The highest limit a workspace maintainer may set: the server's default is a ceiling that only admins
+    lift (None: no ceiling, when the caller is an admin or the default itself is unlimited)."""
+    return None if admin or default == 0 else default
+
+
+def check_allowed(max_rpd: int, *, default: int, admin: bool) -> None:
+    """Maintainers may lower their workspace's limit; raising it above the default, or lifting it (0), is
+    the operator's decision, since the operator's provider account pays for every request."""
+    if admin:
+        return
+    if max_rpd == 0:
+        raise AboveDefault("Only an admin may make a workspace's LLM requests unlimited (0)."
+                           + (f" Set at most {default} a day." if default else " Set a positive number."))
+    ceiling = ceiling_for(default, admin=admin)
+    if ceiling is not None and max_rpd > ceiling:
+        raise AboveDefault(f"The server's default of {ceiling} LLM requests a day is the most a workspace may "
+                           "set; only an admin may set more.")
 
 
 @dataclass(frozen=True)
@@ -69,6 +93,8 @@ def status(store: QuotaStore, workspace_id: str, *, default: int, now: datetime)
                        resets_at=resets_at(now), overridden=own is not None)
 
 
-def set_limit(store: QuotaStore, workspace_id: str, max_rpd: int, *, default: int, now: datetime) -> QuotaStatus:
-    store.set_max_rpd(workspace_id, validate_max_rpd(max_rpd))
+def set_limit(store: QuotaStore, workspace_id: str, max_rpd: int, *, default: int, now: datetime,
+              admin: bool) -> QuotaStatus:
+    check_allowed(validate_max_rpd(max_rpd), default=default, admin=admin)
+    store.set_max_rpd(workspace_id, max_rpd)
     return status(store, workspace_id, default=default, now=now)

@@ -51,9 +51,19 @@ function QuotaCard({ workspace }: { workspace: Workspace }) {
           )}
         </>
       )}
+      {data && (
+        <p className="muted" data-testid="quota-ceiling">
+          {data.may_set_unlimited
+            ? "As an admin you may set any limit, or 0 for none."
+            : data.max_settable == null
+              ? "Any positive limit; only an admin may lift it (0)."
+              : `At most ${formatNumber(data.max_settable)} requests a day (the server's default); only an admin may set more or lift the limit.`}
+        </p>
+      )}
       {maintainer && (
         <form className="inline-form fields" onSubmit={submit}>
-          <label>Requests per day (0 = no limit)
+          {/* No max attribute: above the ceiling the server refuses, and its message says why. */}
+          <label>{data?.may_set_unlimited ? "Requests per day (0 = no limit)" : "Requests per day"}
             <input name="max_rpd" type="number" min={0} required value={limit} onChange={(e) => setLimit(e.target.value)} />
           </label>
           <button type="submit" disabled={action.busy}>Set quota</button>
