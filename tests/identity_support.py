@@ -41,6 +41,7 @@ _admins_lock = threading.Lock()
 def stack_admin(base_url: str) -> tuple[Browser, dict]:
     """The stack's admin: registered with the setup token the first time a test asks (tests/support.py
     starts every stack with a known one), then shared by the tests of that stack."""
+    base_url = base_url.rstrip("/")
     with _admins_lock:
         if base_url not in _admins:
             browser = Browser(base_url=base_url, timeout=30)
@@ -61,7 +62,7 @@ def outbox(base_url: str, to: str) -> list[dict]:
 
 def verify_email(browser: Browser, email: str) -> dict:
     """Follow the confirmation link the stack mailed to `email`, as its owner would."""
-    [latest, *_] = outbox(str(browser.base_url), email)
+    [latest, *_] = [m for m in outbox(str(browser.base_url), email) if "#token=" in m["text"]]
     token = latest["text"].split("#token=", 1)[1].split()[0]
     response = browser.post("/api/auth/verify", json={"token": token})
     assert response.status_code == 200 and response.json()["email_verified"], response.text
