@@ -57,6 +57,7 @@ def up(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto server's per-request lines
+    logging.getLogger("mail.outbox").setLevel(logging.INFO)  # the outbox's mail, for the operator to read
     console = Console(stderr=True, soft_wrap=True)
     if console_dir is not None and not (console_dir.expanduser() / "index.html").is_file():
         console.print(f"[bold red]error:[/] {console_dir} has no index.html: build the console (`make web`) first")

@@ -137,6 +137,7 @@ class EmbeddedStack:
             "AGENTSERVER_LLM_BASE_URL": self.client_config()["llm_base_url"],
             "AGENTSERVER_SANDBOX_ORIGIN": self.client_config()["relay_url"],
             "AGENTSERVER_SANDBOX_BACKEND": "local",  # cloud sandboxes as processes: embedded/sandbox_processes.py
+            "AGENTSERVER_MAIL_BACKEND": "outbox",  # mail is stored and printed, never sent: dal/mail.py
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_NAMESPACE": "agentserver",
         }
@@ -232,8 +233,24 @@ class EmbeddedStack:
         elif self.isolation is not None:
             self.console.print(f"[yellow]  sandboxes   refused: {self.isolation.reason}; install bubblewrap, or "
                                "start with --trusted-sandboxes[/]")
+        self.console.print("  mail        printed here and kept in the outbox (console: Admin → Outbox)")
         self.console.print("  Ctrl-C stops everything.")
+        self.print_setup_token()
 
+    def print_setup_token(self) -> None:
+        """While the server has no admin, the one-time token that makes the first one (docs/auth.md)."""
+        from layers.shared.dal.identity import DynamoIdentityStore
+        from layers.shared.dal.secrets import secret_value
+
+        if DynamoIdentityStore().count_admins() > 0:
+            return
+        token = secret_value("setup-token")
+        self.console.print("")
+        self.console.print("[bold yellow]  No admin yet.[/] Sign up in the console with this setup token to become "
+                           "the first admin:")
+        self.console.print(f"  setup token [bold]{token}[/]")
+        self.console.print(f"  ({self.base_url}/sign-in → Create account → Setup token; "
+                           "set AGENTSERVER_SETUP_TOKEN to choose it)")
     def run(self) -> None:
         """Start everything, serve until interrupted, then stop everything that was started."""
         try:

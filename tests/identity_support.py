@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import httpx
+
+from tests.support import SETUP_TOKEN
 
 PASSWORD = "correct horse battery staple"
 
@@ -29,6 +32,53 @@ def sign_up(base_url: str, label: str, password: str = PASSWORD) -> tuple[Browse
                                                         "name": label.title()})
     assert response.status_code == 201, response.text
     return browser, response.json()
+
+
+_admins: dict[str, tuple[Browser, dict]] = {}
+_admins_lock = threading.Lock()
+
+
+def stack_admin(base_url: str) -> tuple[Browser, dict]:
+    """The stack's admin: registered with the setup token the first time a test asks (tests/support.py
+    starts every stack with a known one), then shared by the tests of that stack."""
+    base_url = base_url.rstrip("/")
+    with _admins_lock:
+        if base_url not in _admins:
+            browser = Browser(base_url=base_url, timeout=30)
+            response = browser.post("/api/auth/register", json={"email": unique_email("admin"), "password": PASSWORD,
+                                                                "name": "Admin", "setup_token": SETUP_TOKEN})
+            assert response.status_code == 201, response.text
+            _admins[base_url] = (browser, response.json())
+        return _admins[base_url]
+
+
+def outbox(base_url: str, to: str) -> list[dict]:
+    """The mail the stack sent to an address, newest first, read by its admin from the outbox."""
+    admin, _ = stack_admin(base_url)
+    response = admin.get("/api/admin/outbox", params={"limit": 200})
+    assert response.status_code == 200, response.text
+    return [message for message in response.json()["items"] if message["to"] == to]
+
+
+def verify_email(browser: Browser, email: str) -> dict:
+    """Follow the confirmation link the stack mailed to `email`, as its owner would."""
+    [latest, *_] = [m for m in outbox(str(browser.base_url), email) if "#token=" in m["text"]]
+    token = latest["text"].split("#token=", 1)[1].split()[0]
+    response = browser.post("/api/auth/verify", json={"token": token})
+    assert response.status_code == 200 and response.json()["email_verified"], response.text
+    return response.json()
+
+
+def join(owner: Browser, workspace_id: str, member: Browser, email: str, role: str) -> str:
+    """`owner` invites `email` (whose session is `member`) and the member accepts, having verified the
+    address first if needed. Returns the invitation id."""
+    invited = owner.post(f"/api/workspaces/{workspace_id}/members", json={"email": email, "role": role})
+    assert invited.status_code == 201, invited.text
+    if not member.get("/api/auth/me").json()["email_verified"]:
+        verify_email(member, email)
+    accepted = member.post(f"/api/invitations/{invited.json()['id']}/accept")
+    assert accepted.status_code == 200, accepted.text
+    return invited.json()["id"]
 
 
 def sign_in(base_url: str, email: str, password: str = PASSWORD) -> Browser:

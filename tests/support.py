@@ -19,6 +19,9 @@ from embedded.aws_services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENTSERVER = [sys.executable, "-m", "agent_client.cli"]
+# Every test stack gets this one-time setup token (AGENTSERVER_SETUP_TOKEN seeds the generated
+# secret), so tests can make the stack's admin cheaply: tests/identity_support.py `stack_admin`.
+SETUP_TOKEN = "test-setup-token-not-secret"
 
 
 @dataclass
@@ -47,7 +50,7 @@ class RunningStack:
         return args + (["--in-memory"] if self.in_memory else []) + self.extra_args
 
     def start(self, timeout: float = 90) -> RunningStack:
-        environment = {**os.environ, **(self.env or {})}
+        environment = {**os.environ, "AGENTSERVER_SETUP_TOKEN": SETUP_TOKEN, **(self.env or {})}
         # Output goes to a file, not a pipe: a pipe nobody reads fills up and stalls the server.
         self.log_path = self.state_dir.parent / f"{self.state_dir.name}-{self.port}.log"
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from functions.http_api.routers import admin, auth, health, llm, oidc, sandboxes, tokens, workspaces
+from functions.http_api.routers import admin, auth, health, invitations, llm, oidc, sandboxes, tokens, workspaces
 from layers.shared.errors import AppError, error_body, error_for_status
 from layers.shared.observability import logger
 from layers.shared.settings import VERSION
@@ -41,7 +41,7 @@ def create_app() -> FastAPI:
         docs_url="/api/docs",
         redoc_url=None,
     )
-    for module in (health, auth, oidc, tokens, workspaces, sandboxes, llm, admin):
+    for module in (health, auth, oidc, tokens, workspaces, invitations, sandboxes, llm, admin):
         app.include_router(module.router)
     _install_error_handlers(app)
     return app

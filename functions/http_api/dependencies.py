@@ -12,15 +12,19 @@ from fastapi import Depends, Request, Response
 
 from layers.shared.clock import utcnow
 from layers.shared.dal.identity import DynamoIdentityStore
-from layers.shared.dal.secrets import secret_by_id
+from layers.shared.dal.mail import mailer
+from layers.shared.dal.secrets import secret_by_id, secret_value
 from layers.shared.domain import identity
 from layers.shared.domain.identity import AuthPolicy, IssuedSession, Session, User
+from layers.shared.domain.mail import Mailer
 from layers.shared.domain.provider_sign_in import IdentityProvider
 from layers.shared.domain.roles import SystemRole
+from layers.shared.domain.signup import SignUpPolicy
 from layers.shared.domain.workspaces import Quotas
 from layers.shared.errors import Forbidden, NotAuthenticated
 from layers.shared.integrations.oidc import providers_from_settings
 from layers.shared.settings import get_settings
+from layers.shared.topology import SECRET_PLACEHOLDER
 
 SESSION_COOKIE, CSRF_COOKIE, CSRF_HEADER = "agentserver_session", "agentserver_csrf", "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -57,6 +61,22 @@ def identity_providers() -> dict[str, IdentityProvider]:
     return providers_from_settings(get_settings(), read_secret=secret_by_id)
 
 
+@lru_cache(maxsize=1)
+def sign_up_policy() -> SignUpPolicy:
+    settings = get_settings()
+    return SignUpPolicy(email_domains=settings.signup_email_domain_set,
+                        github_org=settings.signup_github_org or None,
+                        oidc_groups=settings.signup_oidc_group_set,
+                        oidc_hosted_domains=settings.signup_oidc_hosted_domain_set,
+                        invite_only=settings.signup_invite_only)
+
+
+def setup_token() -> str | None:
+    """The deployment's one-time setup token (a generated secret; cached for a few minutes)."""
+    value = secret_value("setup-token")
+    return None if not value or value == SECRET_PLACEHOLDER else value
+
+
 def default_quotas() -> Quotas:
     settings = get_settings()
     return Quotas(max_workspaces_per_user=settings.default_max_workspaces_per_user,
@@ -78,7 +98,12 @@ async def _now() -> datetime:
     return utcnow()
 
 
+async def _mailer() -> Mailer:
+    return mailer()
+
+
 Store = Annotated[DynamoIdentityStore, Depends(_store)]
+Mail = Annotated[Mailer, Depends(_mailer)]
 Policy = Annotated[AuthPolicy, Depends(_policy)]
 Now = Annotated[datetime, Depends(_now)]
 

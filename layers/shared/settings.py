@@ -82,6 +82,18 @@ class Settings(BaseSettings):
     max_failures_per_account: int = Field(default=5, alias="AGENTSERVER_MAX_FAILURES_PER_ACCOUNT")
     max_failures_per_source: int = Field(default=20, alias="AGENTSERVER_MAX_FAILURES_PER_SOURCE")
     default_max_workspaces_per_user: int = Field(default=10, ge=1, alias="AGENTSERVER_DEFAULT_MAX_WORKSPACES")
+    # Who may sign up (docs/auth.md, "Restricting sign-up"); comma-separated lists, empty = no limit
+    signup_email_domains: str = Field(default="", max_length=4096, alias="AGENTSERVER_SIGNUP_EMAIL_DOMAINS")
+    signup_github_org: str = Field(default="", max_length=100, alias="AGENTSERVER_SIGNUP_GITHUB_ORG")
+    signup_oidc_groups: str = Field(default="", max_length=4096, alias="AGENTSERVER_SIGNUP_OIDC_GROUPS")
+    oidc_groups_claim: str = Field(default="groups", max_length=100, alias="OIDC_GROUPS_CLAIM")
+    signup_oidc_hosted_domains: str = Field(default="", max_length=4096, alias="AGENTSERVER_SIGNUP_OIDC_HD")
+    signup_invite_only: bool = Field(default=False, alias="AGENTSERVER_SIGNUP_INVITE_ONLY")
+    # Mail (verification links, invitations): Amazon SES in AWS, the outbox in the embedded stack
+    mail_backend: str = Field(default="ses", pattern="^(ses|outbox)$", alias="AGENTSERVER_MAIL_BACKEND")
+    mail_sender: str = Field(default="", max_length=254, alias="AGENTSERVER_MAIL_SENDER")
+    # Where mailed links point (the console's origin); the API URL when unset.
+    console_url: str = Field(default="", max_length=2048, alias="AGENTSERVER_CONSOLE_URL")
 
     # Sign-in through GitHub and a generic OIDC provider (each on when its client id is set)
     github_client_id: str | None = Field(default=None, alias="GITHUB_CLIENT_ID")
@@ -119,6 +131,26 @@ class Settings(BaseSettings):
     # The runtime may freeze the process as soon as a response ends (Lambda behind the web adapter), so work
     # after the response is not sure to happen; set by the CDK stack for streaming functions.
     frozen_after_response: bool = Field(default=False, alias="AGENTSERVER_FROZEN_AFTER_RESPONSE")
+
+    @staticmethod
+    def _list(value: str) -> frozenset[str]:
+        return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
+
+    @property
+    def signup_email_domain_set(self) -> frozenset[str]:
+        return self._list(self.signup_email_domains)
+
+    @property
+    def signup_oidc_group_set(self) -> frozenset[str]:
+        return frozenset(part.strip() for part in self.signup_oidc_groups.split(",") if part.strip())
+
+    @property
+    def signup_oidc_hosted_domain_set(self) -> frozenset[str]:
+        return self._list(self.signup_oidc_hosted_domains)
+
+    @property
+    def mail_link_base(self) -> str:
+        return self.console_url or self.public_api_url
 
     @property
     def dynamodb_endpoint(self) -> str | None:

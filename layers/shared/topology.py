@@ -140,6 +140,7 @@ class Function:
     # their EFS access points, and learns the cluster, task definition and network (infra_cdk/sandboxes.py).
     runs_sandboxes: bool = False
     secrets: tuple[str, ...] = ()  # secrets it reads
+    sends_mail: bool = False  # may send mail through Amazon SES (ses:SendEmail)
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,8 @@ TOPOLOGY = Topology(
         Secret("openai-api-key", "OpenAI API key used by the LLM proxy", seed_env="OPENAI_API_KEY"),
         Secret("relay-secret", "Signs the sandbox relay's short-lived credential for the WebSocket API",
                seed_env="AGENTSERVER_RELAY_SECRET", generated=True),
+        Secret("setup-token", "One-time token that makes its presenter the first admin (docs/auth.md)",
+               seed_env="AGENTSERVER_SETUP_TOKEN", generated=True),
     ),
     functions=(
         Function(
@@ -246,6 +249,8 @@ TOPOLOGY = Topology(
             http_routes=(HttpRoute("ANY", "/api/{proxy+}"),),
             tables=("connections", "operations", "identity", "sandboxes", "usage"),
             queues_send=("sandbox-ops",),
+            secrets=("setup-token",),
+            sends_mail=True,  # address confirmations and invitations
         ),
         Function(
             name="ws_connect",

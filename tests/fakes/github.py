@@ -7,6 +7,8 @@
   PKCE (S256) checked. Errors come as HTTP 200 with an `error` field, as GitHub does; the answer is
   JSON or form-encoded per `Accept`.
 - `GET /user`, `GET /user/emails`: the REST API with `Authorization: Bearer|token <token>`.
+- `GET /user/memberships/orgs/{org}`: the caller's membership (needs the `read:org` scope): 200
+  with `state` "active" or "pending", 404 for a non-member.
 
 It records what it saw, so tests can check where the client secret travelled and that the PKCE
 verifier matched the challenge.
@@ -31,6 +33,7 @@ class GitHubAccount:
     login: str
     name: str | None
     emails: list[dict[str, Any]]  # GitHub's /user/emails entries: email, primary, verified, visibility
+    orgs: dict[str, str] = field(default_factory=dict)  # organisation login -> membership state
 
     def user_document(self, base_url: str) -> dict[str, Any]:
         public_email = next((e["email"] for e in self.emails if e["primary"] and e["visibility"] == "public"), None)
@@ -167,6 +170,8 @@ class _GitHubHandler(BaseHTTPRequestHandler):
             self._user()
         elif parts.path == "/user/emails":
             self._emails()
+        elif parts.path.startswith("/user/memberships/orgs/"):
+            self._membership(parts.path.removeprefix("/user/memberships/orgs/"))
         else:
             self._api_error(404, "Not Found")
 
@@ -269,3 +274,19 @@ class _GitHubHandler(BaseHTTPRequestHandler):
             self._api_error(404, "Not Found")  # what GitHub answers without the user:email scope
             return
         self._send_json(200, account.emails)
+
+    def _membership(self, org: str) -> None:
+        caller = self._caller()
+        if caller is None:
+            self._api_error(401, "Requires authentication")
+            return
+        account, scope = caller
+        if "read:org" not in scope.split(","):
+            self._api_error(403, "You need at least read:org scope to view organization memberships.")
+            return
+        state = next((value for name, value in account.orgs.items() if name.lower() == org.lower()), None)
+        if state is None:
+            self._api_error(404, "Not Found")
+            return
+        self._send_json(200, {"url": f"{self.github.url}/orgs/{org}/memberships/{account.login}", "state": state,
+                              "role": "member", "organization": {"login": org}, "user": {"login": account.login}})

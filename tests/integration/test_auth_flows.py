@@ -8,8 +8,18 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.identity_support import PASSWORD, sign_in, sign_up, unique_email
-from tests.support import RunningStack
+from tests.identity_support import (
+    PASSWORD,
+    Browser,
+    join,
+    outbox,
+    sign_in,
+    sign_up,
+    stack_admin,
+    unique_email,
+    verify_email,
+)
+from tests.support import SETUP_TOKEN, RunningStack
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +70,7 @@ def test_logout_ends_the_session_on_the_server(stack: RunningStack) -> None:
 
 
 def test_session_expires_after_its_ttl(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    stack = RunningStack(state_dir=tmp_path / "s", env={"AGENTSERVER_SESSION_TTL_DAYS": str(2 / 86400)}).start()
+    stack = RunningStack(state_dir=tmp_path / "s", env={"AGENTSERVER_SESSION_TTL_DAYS": str(6 / 86400)}).start()
     try:
         _expires(stack)
     finally:
@@ -70,7 +80,7 @@ def test_session_expires_after_its_ttl(tmp_path) -> None:  # type: ignore[no-unt
 def _expires(stack: RunningStack) -> None:
     browser, _ = sign_up(stack.base_url, "expiry")
     assert browser.get("/api/auth/me").status_code == 200
-    time.sleep(2.5)
+    time.sleep(6.5)
     expired = httpx.get(f"{stack.base_url}/api/auth/me", cookies=browser.cookies)
     assert expired.status_code == 401
     assert expired.json()["error"]["code"] == "not_authenticated"
@@ -187,50 +197,129 @@ def test_workspace_quota_is_403_with_current_and_max(stack: RunningStack) -> Non
 
 def test_last_owner_is_protected_and_a_second_owner_frees_the_first(stack: RunningStack) -> None:
     owner, owner_user = sign_up(stack.base_url, "solo")
-    _, other = sign_up(stack.base_url, "heir")
+    heir, other = sign_up(stack.base_url, "heir")
     wid = owner.get("/api/workspaces").json()["items"][0]["id"]
     demote = owner.put(f"/api/workspaces/{wid}/members/{owner_user['id']}", json={"role": "developer"})
     assert demote.status_code == 409 and demote.json()["error"]["code"] == "last_owner"
-    assert owner.post(f"/api/workspaces/{wid}/members", json={"email": other["email"], "role": "owner"}
-                      ).status_code == 201
+    join(owner, wid, heir, other["email"], "owner")
     assert owner.delete(f"/api/workspaces/{wid}/members/{owner_user['id']}").status_code == 204
     # The former owner is now a non-member: 404, not 403
     assert owner.get(f"/api/workspaces/{wid}").status_code == 404
 
 
-def test_a_guest_invited_by_email_sees_the_workspace(stack: RunningStack) -> None:
+def test_a_guest_invited_by_email_accepts_and_sees_the_workspace(stack: RunningStack) -> None:
     owner, _ = sign_up(stack.base_url, "inviter")
     guest, guest_user = sign_up(stack.base_url, "guest")
     wid = owner.post("/api/workspaces", json={"name": "Shared"}).json()["id"]
     assert guest.get(f"/api/workspaces/{wid}").status_code == 404
+    # When the owner adds the guest's address, that is an invitation, mailed to it
     invited = owner.post(f"/api/workspaces/{wid}/members", json={"email": guest_user["email"], "role": "guest"})
-    assert invited.status_code == 201
+    assert invited.status_code == 201 and invited.json()["role"] == "guest"
+    invitation_id = invited.json()["id"]
+    assert any("invited you" in m["subject"] for m in outbox(stack.base_url, guest_user["email"]))
+    assert guest.get(f"/api/workspaces/{wid}").status_code == 404  # not a member yet
+    pending = owner.get(f"/api/workspaces/{wid}/invitations").json()["items"]
+    assert [(i["email"], i["role"]) for i in pending] == [(guest_user["email"], "guest")]
+    # An address nobody has registered can be invited too (they sign up, confirm it, and accept)
+    assert owner.post(f"/api/workspaces/{wid}/members", json={"email": unique_email("ghost"), "role": "guest"}
+                      ).status_code == 201
+    # The guest, once their address is confirmed, sees the invitation and accepts it
+    assert guest.get("/api/invitations").json()["items"] == []
+    verify_email(guest, guest_user["email"])
+    assert [i["id"] for i in guest.get("/api/invitations").json()["items"]] == [invitation_id]
+    accepted = guest.post(f"/api/invitations/{invitation_id}/accept")
+    assert accepted.status_code == 200 and accepted.json() == {"workspace_id": wid, "role": "guest"}
     seen = {w["id"]: w["role"] for w in guest.get("/api/workspaces").json()["items"]}
     assert seen[wid] == "guest"
-    unknown = owner.post(f"/api/workspaces/{wid}/members", json={"email": unique_email("ghost"), "role": "guest"})
-    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "user_not_found"
     again = owner.post(f"/api/workspaces/{wid}/members", json={"email": guest_user["email"], "role": "guest"})
-    assert again.status_code == 409
+    assert again.status_code == 409 and again.json()["error"]["code"] == "already_member"
+    assert guest.post(f"/api/invitations/{invitation_id}/accept").status_code == 404  # used up
+
+
+def test_adding_a_member_by_email_grants_nothing_to_whoever_registered_the_address(stack: RunningStack) -> None:
+    # Given someone who registered a password account with a colleague's address (never confirmed)
+    owner, _ = sign_up(stack.base_url, "lead")
+    squatter = Browser(base_url=stack.base_url, timeout=30)
+    colleague = unique_email("colleague")
+    assert squatter.post("/api/auth/register", json={"email": colleague, "password": PASSWORD}).status_code == 201
+    wid = owner.post("/api/workspaces", json={"name": "Secret project"}).json()["id"]
+    # When the owner adds the colleague by email
+    invited = owner.post(f"/api/workspaces/{wid}/members", json={"email": colleague, "role": "developer"})
+    assert invited.status_code == 201
+    # Then the squatter is no member, cannot see the invitation, and cannot accept it
+    assert squatter.get(f"/api/workspaces/{wid}").status_code == 404
+    assert squatter.get("/api/invitations").json()["items"] == []
+    refused = squatter.post(f"/api/invitations/{invited.json()['id']}/accept")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "email_not_verified"
+    assert squatter.get(f"/api/workspaces/{wid}").status_code == 404
+    assert [m["role"] for m in owner.get(f"/api/workspaces/{wid}/members").json()["items"]] == ["owner"]
+
+
+def test_invitations_are_revoked_by_maintainers_and_declined_by_invitees_only(stack: RunningStack) -> None:
+    owner, _ = sign_up(stack.base_url, "revoker")
+    invitee, invitee_user = sign_up(stack.base_url, "invitee")
+    outsider, _ = sign_up(stack.base_url, "outsider")
+    verify_email(invitee, invitee_user["email"])
+    wid = owner.post("/api/workspaces", json={"name": "Revocable"}).json()["id"]
+    first = owner.post(f"/api/workspaces/{wid}/members", json={"email": invitee_user["email"], "role": "guest"})
+    iid = first.json()["id"]
+    assert outsider.post(f"/api/invitations/{iid}/decline").status_code in (403, 404)
+    assert outsider.get(f"/api/workspaces/{wid}/invitations").status_code == 404
+    assert outsider.delete(f"/api/workspaces/{wid}/invitations/{iid}").status_code == 404
+    assert owner.delete(f"/api/workspaces/{wid}/invitations/{iid}").status_code == 204
+    assert invitee.post(f"/api/invitations/{iid}/accept").status_code == 404
+    again = owner.post(f"/api/workspaces/{wid}/members", json={"email": invitee_user["email"], "role": "guest"})
+    assert invitee.post(f"/api/invitations/{again.json()['id']}/decline").status_code == 204
+    assert owner.get(f"/api/workspaces/{wid}/invitations").json()["items"] == []
+    assert invitee.get(f"/api/workspaces/{wid}").status_code == 404
+
+
+def test_email_verification_through_the_mailed_link(stack: RunningStack) -> None:
+    browser, user = sign_up(stack.base_url, "verifier")
+    assert user["email_verified"] is False and browser.get("/api/auth/me").json()["email_verified"] is False
+    [mail] = outbox(stack.base_url, user["email"])
+    assert "/verify#token=asv_" in mail["text"]
+    token = mail["text"].split("#token=", 1)[1].split()[0]
+    # The token is stored only as its digest
+    items = stack.aws("dynamodb").scan(TableName=stack.name("identity"))["Items"]
+    assert not any(token in str(item) for item in items if item["pk"]["S"] != "OUTBOX")
+    # Anyone holding the link confirms it (no session needed), once
+    confirmed = httpx.post(f"{stack.base_url}/api/auth/verify", json={"token": token})
+    assert confirmed.status_code == 200 and confirmed.json()["email_verified"] is True
+    replay = httpx.post(f"{stack.base_url}/api/auth/verify", json={"token": token})
+    assert replay.status_code == 400 and replay.json()["error"]["code"] == "invalid_verification_token"
+    assert browser.get("/api/auth/me").json()["email_verified"] is True
+    done = browser.post("/api/auth/verify/resend")
+    assert done.status_code == 409 and done.json()["error"]["code"] == "already_verified"
+
+
+def test_resending_the_link_is_rate_limited(stack: RunningStack) -> None:
+    browser, user = sign_up(stack.base_url, "resender")  # the sign-up mailed one
+    statuses = [browser.post("/api/auth/verify/resend").status_code for _ in range(5)]
+    assert statuses == [202, 202, 202, 202, 429]
+    assert len(outbox(stack.base_url, user["email"])) == 5
+
+
+def test_the_outbox_is_for_admins_only(stack: RunningStack) -> None:
+    browser, _ = sign_up(stack.base_url, "snoop")
+    refused = browser.get("/api/admin/outbox")
+    assert refused.status_code == 403 and "asv_" not in refused.text
 
 
 def test_deleting_a_workspace_removes_it_for_every_member(stack: RunningStack) -> None:
     owner, _ = sign_up(stack.base_url, "deleter")
     member, member_user = sign_up(stack.base_url, "bystander")
     wid = owner.post("/api/workspaces", json={"name": "Doomed"}).json()["id"]
-    owner.post(f"/api/workspaces/{wid}/members", json={"email": member_user["email"], "role": "developer"})
+    join(owner, wid, member, member_user["email"], "developer")
     assert owner.delete(f"/api/workspaces/{wid}").status_code == 204
     assert wid not in [w["id"] for w in member.get("/api/workspaces").json()["items"]]
     assert member.get(f"/api/workspaces/{wid}").status_code == 404
 
 
 def test_admin_overrides_default_quotas_and_cannot_remove_the_last_admin(stack: RunningStack) -> None:
-    # The first account of this stack is its admin (registered by whichever test ran first)
-    first = stack.aws("dynamodb").get_item(TableName=stack.name("identity"),
-                                           Key={"pk": {"S": "CONFIG"}, "sk": {"S": "FIRST_USER"}})["Item"]
-    admin_id = first["user_id"]["S"]
-    admin_email = stack.aws("dynamodb").get_item(TableName=stack.name("identity"), Key={
-        "pk": {"S": f"USER#{admin_id}"}, "sk": {"S": "PROFILE"}})["Item"]["email"]["S"]
-    admin = sign_in(stack.base_url, admin_email)
+    # The stack's admin, made with the setup token
+    admin, admin_user = stack_admin(stack.base_url)
+    admin_id = admin_user["id"]
     assert admin.get("/api/auth/me").json()["role"] == "admin"
     assert admin.put("/api/admin/quotas", json={"max_workspaces_per_user": 2}).status_code == 200
     newcomer, _ = sign_up(stack.base_url, "capped")
@@ -239,3 +328,46 @@ def test_admin_overrides_default_quotas_and_cannot_remove_the_last_admin(stack: 
     admin.put("/api/admin/quotas", json={"max_workspaces_per_user": 10})
     last = admin.patch(f"/api/admin/users/{admin_id}", json={"role": "user"})
     assert last.status_code == 409 and last.json()["error"]["code"] == "last_admin"
+
+
+def test_the_first_admin_is_made_by_the_setup_token_and_sign_up_can_be_restricted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    stack = RunningStack(state_dir=tmp_path / "s", env={"AGENTSERVER_SIGNUP_INVITE_ONLY": "true",
+                                                        "AGENTSERVER_SIGNUP_EMAIL_DOMAINS": "example.com"}).start()
+    try:
+        _setup_and_restrictions(stack)
+    finally:
+        output = stack.stop()
+    assert "Traceback" not in output
+
+
+def _setup_and_restrictions(stack: RunningStack) -> None:
+    def register(email: str, **extra: str) -> httpx.Response:
+        return httpx.post(f"{stack.base_url}/api/auth/register", json={"email": email, "password": PASSWORD, **extra})
+
+    # Given a new server: `agentserver up` printed the setup token, and it waits for its first admin
+    assert SETUP_TOKEN in stack.output()
+    providers = httpx.get(f"{stack.base_url}/api/auth/providers").json()
+    assert providers["setup_pending"] is True and providers["invite_only"] is True
+    # Being first is not enough (and invite-only turns the uninvited away)
+    first = register(unique_email("first"))
+    assert first.status_code == 403 and first.json()["error"]["code"] == "sign_up_restricted"
+    wrong = register(unique_email("guesser"), setup_token="not-the-token")
+    assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "invalid_setup_token"
+    # The setup token makes the first admin (and lets them in whatever the restrictions)
+    made = register("root@elsewhere.example", setup_token=SETUP_TOKEN)
+    assert made.status_code == 201 and made.json()["role"] == "admin"
+    again = register(unique_email("second"), setup_token=SETUP_TOKEN)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "setup_done"
+    assert httpx.get(f"{stack.base_url}/api/auth/providers").json()["setup_pending"] is False
+    # Invite-only: only an invited address may sign up, and only at an allowed domain
+    admin = sign_in(stack.base_url, "root@elsewhere.example")
+    wid = admin.get("/api/workspaces").json()["items"][0]["id"]
+    invited = unique_email("invited")
+    for address in (invited, "friend@elsewhere.example"):
+        assert admin.post(f"/api/workspaces/{wid}/members", json={"email": address, "role": "developer"}
+                          ).status_code == 201
+    assert register(unique_email("uninvited")).status_code == 403
+    outside = register("friend@elsewhere.example")
+    assert outside.status_code == 403 and "example.com" in outside.json()["error"]["message"]
+    joined = register(invited)
+    assert joined.status_code == 201 and joined.json()["role"] == "user"

@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from tests.fakes.github import FakeGitHub, GitHubAccount, s256
-from tests.support import ROOT, RunningStack, free_port
+from tests.identity_support import Browser, verify_email
+from tests.support import ROOT, SETUP_TOKEN, RunningStack, free_port
 
 MOCK_IDP = ROOT / "tests" / "oidc" / "mock_idp.mjs"
 OIDC_CLIENT_ID = "agentserver-console"
@@ -69,8 +70,8 @@ def provider_environment(issuer: str, github: FakeGitHub) -> dict[str, str]:
     }
 
 
-def start_stack(state_dir: Path, issuer: str, github: FakeGitHub) -> RunningStack:
-    stack = RunningStack(state_dir=state_dir, env=provider_environment(issuer, github))
+def start_stack(state_dir: Path, issuer: str, github: FakeGitHub, **settings: str) -> RunningStack:
+    stack = RunningStack(state_dir=state_dir, env={**provider_environment(issuer, github), **settings})
     # What an operator registers in the GitHub OAuth app (docs/auth.md).
     github.callback_urls.add(f"{stack.base_url}/api/auth/oidc/github/callback")
     return stack.start()
@@ -185,7 +186,7 @@ def register(stack: RunningStack, email: str) -> dict[str, Any]:
 
 # Generic OIDC -------------------------------------------------------------------------------------
 
-def test_first_oidc_user_is_admin_with_a_default_workspace_and_keeps_their_account(
+def test_first_oidc_user_becomes_admin_only_with_the_setup_token_and_keeps_their_account(
         tmp_path: Path, oidc_issuer: str, github: FakeGitHub, new_browser: Callable[[], httpx.Client]) -> None:
     # Given a new installation with an OIDC provider
     stack = start_stack(tmp_path / "state", oidc_issuer, github)
@@ -211,11 +212,20 @@ def test_first_oidc_user_is_admin_with_a_default_workspace_and_keeps_their_accou
         back = browser.get(f"{authorize_url}&{urlencode({'claims': json.dumps(someone)})}")
         assert back.status_code == 302 and back.headers["location"].startswith(sent["redirect_uri"])
         finished = finish(browser, back.headers["location"])
-        # Then they are signed in: the first account of the installation, an admin
+        # Then they are signed in: the first account of the installation, yet not an admin for being first,
+        # with the address the provider vouched for counted as verified
         assert_signed_in(finished, browser)
         assert browser.cookies.get(LOGIN_STATE_COOKIE) is None  # used up
         user = me(browser, stack)
-        assert user["email"] == someone["email"] and user["name"] == "Ada Lovelace" and user["role"] == "admin"
+        assert user["email"] == someone["email"] and user["name"] == "Ada Lovelace" and user["role"] == "user"
+        assert user["email_verified"] is True
+        # until they present the setup token `agentserver up` printed
+        assert SETUP_TOKEN in stack.output()
+        csrf = {"X-CSRF-Token": browser.cookies["agentserver_csrf"]}
+        wrong = browser.post(f"{stack.base_url}/api/auth/setup", json={"setup_token": "guess"}, headers=csrf)
+        assert_error(wrong, 403, "invalid_setup_token")
+        made = browser.post(f"{stack.base_url}/api/auth/setup", json={"setup_token": SETUP_TOKEN}, headers=csrf)
+        assert made.status_code == 200 and made.json()["role"] == "admin"
         # with a "Default workspace" they own
         workspaces = browser.get(f"{stack.base_url}/api/workspaces").json()["items"]
         assert [(w["name"], w["role"]) for w in workspaces] == [("Default workspace", "owner")]
@@ -238,9 +248,12 @@ def test_providers_lists_both_sign_in_options(stack: RunningStack) -> None:
 
 def test_password_account_with_the_same_verified_email_is_linked(
         stack: RunningStack, new_browser: Callable[[], httpx.Client]) -> None:
-    # Given someone who registered with a password
+    # Given someone who registered with a password and confirmed the address from the mailed link
     someone = person()
-    registered = register(stack, someone["email"])
+    password_browser = Browser(base_url=stack.base_url, timeout=30)
+    registered = password_browser.post("/api/auth/register", json={"email": someone["email"],
+                                                                   "password": "correct horse battery"}).json()
+    verify_email(password_browser, someone["email"])
     # When they sign in through the provider, which has verified that email (in another case)
     browser = new_browser()
     finished = finish(browser, oidc_callback_url(browser, stack, {**someone, "email": someone["email"].upper()}))
@@ -252,6 +265,52 @@ def test_password_account_with_the_same_verified_email_is_linked(
     again = new_browser()
     finish(again, oidc_callback_url(again, stack, {**someone, "email": "changed@example.org"}))
     assert me(again, stack)["id"] == registered["id"]
+
+
+def test_an_unverified_password_account_is_never_taken_over_by_a_provider_sign_in(
+        stack: RunningStack, github: FakeGitHub, new_browser: Callable[[], httpx.Client]) -> None:
+    # Given someone who registered a password account with another person's address, never confirming it
+    account = github_account(github)
+    victim_email = account.emails[0]["email"]
+    squatter = register(stack, victim_email)
+    assert squatter["email_verified"] is False
+    # When the address's owner signs in with GitHub, which has verified it
+    browser = new_browser()
+    finished = finish(browser, github_callback_url(browser, stack, account))
+    # Then the sign-in is refused with a clear error: no session, and the identity is linked to nothing
+    assert_error(finished, 409, "account_email_unverified")
+    assert browser.cookies.get(SESSION_COOKIE) is None
+    again = new_browser()
+    assert_error(finish(again, github_callback_url(again, stack, account)), 409, "account_email_unverified")
+    # and the squatter's password account did not gain the address's owner's identity either
+    squatter_browser = Browser(base_url=stack.base_url, timeout=30)
+    squatter_browser.post("/api/auth/login", json={"email": victim_email, "password": "correct horse battery"})
+    assert squatter_browser.get("/api/auth/me").json()["email_verified"] is False
+
+
+def test_sign_up_restricted_to_a_github_organisation_and_oidc_groups(
+        tmp_path: Path, oidc_issuer: str, github: FakeGitHub, new_browser: Callable[[], httpx.Client]) -> None:
+    stack = start_stack(tmp_path / "state", oidc_issuer, github, AGENTSERVER_SIGNUP_GITHUB_ORG="acme",
+                        AGENTSERVER_SIGNUP_OIDC_GROUPS="engineering")
+    try:
+        # A GitHub account outside the organisation (or only invited to it) gets no account
+        for orgs in ({}, {"acme": "pending"}, {"other": "active"}):
+            outsider, browser = github_account(github), new_browser()
+            outsider.orgs = orgs
+            assert_error(finish(browser, github_callback_url(browser, stack, outsider)), 403, "sign_up_restricted")
+        # (GitHub is asked for the read:org scope, which reading a membership needs)
+        assert "read:org" in query_of(go_to_provider(new_browser(), stack, "github").headers["location"])["scope"]
+        member, browser = github_account(github), new_browser()
+        member.orgs = {"ACME": "active"}
+        assert_signed_in(finish(browser, github_callback_url(browser, stack, member)), browser)
+        # OIDC: the groups claim decides
+        browser = new_browser()
+        refused = finish(browser, oidc_callback_url(browser, stack, person(groups=["sales"])))
+        assert_error(refused, 403, "sign_up_restricted")
+        browser = new_browser()
+        assert_signed_in(finish(browser, oidc_callback_url(browser, stack, person(groups=["engineering"]))), browser)
+    finally:
+        stack.stop()
 
 
 def test_unverified_email_is_refused_and_creates_no_account(

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from layers.shared.dal.identity import DynamoIdentityStore
-from layers.shared.domain import identity, roles, workspaces
+from layers.shared.domain import email_verification, identity, invitations, roles, signup, workspaces
 from layers.shared.domain.identity import AuthPolicy, InvalidCredentials, PasswordAuthDisabled
+from layers.shared.domain.mail import MailMessage
 from layers.shared.domain.roles import Action, Role
 from layers.shared.errors import Forbidden, NotFound, RateLimited, ValidationFailed
 
@@ -18,19 +19,105 @@ POLICY = AuthPolicy(max_failures_per_account=2, max_failures_per_source=3)
 PASSWORD = "a long enough password"
 
 
+class Outbox:
+    """A mailer that keeps what it was given (the real ones are SES and the stack's outbox)."""
+
+    def __init__(self) -> None:
+        self.messages: list[MailMessage] = []
+
+    def send(self, message: MailMessage) -> None:
+        self.messages.append(message)
+
+    def sent_to(self, address: str) -> list[MailMessage]:
+        return [m for m in self.messages if m.to == address]
+
+
+OUTBOX = Outbox()
+
+
 @pytest.fixture
 def store(moto_aws) -> DynamoIdentityStore:
     return DynamoIdentityStore()
 
 
-def test_first_user_is_admin_and_later_users_are_not(store: DynamoIdentityStore) -> None:
+def test_being_first_makes_nobody_admin_only_the_setup_token_does(store: DynamoIdentityStore) -> None:
     first = identity.register_with_password(store, POLICY, email="First@Example.com", password=PASSWORD,
                                             name=None, now=NOW)
     second = identity.register_with_password(store, POLICY, email="second@example.com", password=PASSWORD,
                                              name="Sam", now=NOW)
-    assert (first.role, second.role) == ("admin", "user")
-    assert first.email == "first@example.com" and first.name == "first"
+    assert (first.role, second.role) == ("user", "user")
+    assert first.email == "first@example.com" and first.name == "first" and not first.email_verified
     assert first.password_hash and first.password_hash.startswith("$argon2id$")
+    with pytest.raises(signup.InvalidSetupToken):
+        signup.claim_setup(store, user=first, expected="asu_right", presented="asu_wrong")
+    with pytest.raises(signup.InvalidSetupToken):  # no token configured: nobody can claim
+        signup.claim_setup(store, user=first, expected=None, presented="")
+    admin = signup.claim_setup(store, user=second, expected="asu_right", presented="asu_right")
+    assert admin.role == "admin" and store.get_user(second.user_id).role == "admin"
+    with pytest.raises(signup.SetupDone):  # one-time
+        signup.claim_setup(store, user=first, expected="asu_right", presented="asu_right")
+
+
+def test_sign_up_restrictions(store: DynamoIdentityStore) -> None:
+    def check(policy: signup.SignUpPolicy, **applicant: object) -> None:
+        signup.check_sign_up(policy, store, signup.Applicant(**applicant), NOW)  # type: ignore[arg-type]
+
+    domains = signup.SignUpPolicy(email_domains=frozenset({"corp.example"}))
+    check(domains, email="a@corp.example")
+    with pytest.raises(signup.SignUpRestricted):
+        check(domains, email="a@elsewhere.example")
+    org = signup.SignUpPolicy(github_org="acme")
+    check(org, email="a@x.example", provider="github", groups=frozenset({"acme"}))
+    check(org, email="a@x.example")  # the GitHub organisation limits GitHub sign-ups only
+    with pytest.raises(signup.SignUpRestricted):
+        check(org, email="a@x.example", provider="github")
+    groups = signup.SignUpPolicy(oidc_groups=frozenset({"engineering"}),
+                                 oidc_hosted_domains=frozenset({"corp.example"}))
+    check(groups, email="a@corp.example", provider="oidc", groups=frozenset({"engineering", "x"}),
+          hosted_domain="corp.example")
+    with pytest.raises(signup.SignUpRestricted):
+        check(groups, email="a@corp.example", provider="oidc", groups=frozenset({"sales"}),
+              hosted_domain="corp.example")
+    with pytest.raises(signup.SignUpRestricted):
+        check(groups, email="a@gmail.example", provider="oidc", groups=frozenset({"engineering"}))
+    invite_only = signup.SignUpPolicy(invite_only=True)
+    with pytest.raises(signup.SignUpRestricted):
+        check(invite_only, email="invitee@example.com")
+    owner = identity.create_user(store, email="o@example.com", name=None, now=NOW)
+    workspace = workspaces.create_workspace(store, user=owner, name="W", now=NOW, quotas=workspaces.Quotas(5))
+    invitations.invite(store, OUTBOX, workspace=workspace, caller=owner, caller_role=Role.owner,
+                       email="invitee@example.com", role=Role.guest, console_url="http://c", now=NOW)
+    check(invite_only, email="invitee@example.com")
+    with pytest.raises(signup.SignUpRestricted):  # an expired invitation opens nothing
+        signup.check_sign_up(invite_only, store, signup.Applicant(email="invitee@example.com"), NOW + timedelta(days=8))
+
+
+def test_a_verification_link_works_once_and_expires(store: DynamoIdentityStore) -> None:
+    user = identity.register_with_password(store, POLICY, email="v@example.com", password=PASSWORD, name=None, now=NOW)
+    email_verification.send_verification(store, OUTBOX, user=user, console_url="http://console", now=NOW)
+    [mail] = OUTBOX.sent_to("v@example.com")
+    token = mail.text.split("#token=")[1].split()[0]
+    assert mail.text.count("http://console/verify#token=") == 1
+    with pytest.raises(email_verification.InvalidVerificationToken):  # expired
+        email_verification.confirm(store, token=token, now=NOW + timedelta(hours=25))
+    email_verification.send_verification(store, OUTBOX, user=user, console_url="http://console", now=NOW)
+    token = OUTBOX.sent_to("v@example.com")[-1].text.split("#token=")[1].split()[0]
+    assert email_verification.confirm(store, token=token, now=NOW).email_verified
+    assert store.get_user(user.user_id).email_verified
+    with pytest.raises(email_verification.InvalidVerificationToken):  # single use
+        email_verification.confirm(store, token=token, now=NOW)
+    with pytest.raises(email_verification.InvalidVerificationToken):
+        email_verification.confirm(store, token="asv_forged", now=NOW)
+
+
+def test_resending_is_rate_limited(store: DynamoIdentityStore) -> None:
+    user = identity.register_with_password(store, POLICY, email="r@example.com", password=PASSWORD, name=None, now=NOW)
+    for _ in range(email_verification.MAX_MAILS_PER_WINDOW):
+        email_verification.send_verification(store, OUTBOX, user=user, console_url="http://c", now=NOW)
+    with pytest.raises(RateLimited):
+        email_verification.send_verification(store, OUTBOX, user=user, console_url="http://c", now=NOW)
+    later = NOW + email_verification.MAIL_WINDOW + timedelta(seconds=1)
+    email_verification.send_verification(store, OUTBOX, user=user, console_url="http://c", now=later)
 
 
 def test_password_policy_and_switch(store: DynamoIdentityStore) -> None:
@@ -105,12 +192,25 @@ def test_access_tokens_expire_and_revoke(store: DynamoIdentityStore) -> None:
     assert identity.resolve_access_token(store, POLICY, secret, NOW) is None
 
 
+def test_identity_sign_in_never_links_an_account_whose_address_is_unverified(store: DynamoIdentityStore) -> None:
+    # Given a password account registered with someone else's address (never verified)
+    squatter = identity.register_with_password(store, POLICY, email="victim@example.com", password=PASSWORD,
+                                               name=None, now=NOW)
+    # When the address's owner signs in through a provider that vouches for it, nothing is linked
+    with pytest.raises(identity.AccountNotVerified):
+        identity.sign_in_with_identity(store, provider="github", subject="7", email="victim@example.com",
+                                       email_verified=True, name=None, now=NOW)
+    assert store.user_for_identity("github", "7") is None
+    assert store.get_user(squatter.user_id).email_verified is False
+
+
 def test_identity_sign_in_links_by_verified_email_only(store: DynamoIdentityStore) -> None:
     existing = identity.register_with_password(store, POLICY, email="dev@example.com", password=PASSWORD,
                                                name=None, now=NOW)
     with pytest.raises(Forbidden):
         identity.sign_in_with_identity(store, provider="oidc", subject="s1", email="dev@example.com",
                                        email_verified=False, name=None, now=NOW)
+    assert store.set_email_verified(existing.user_id, "dev@example.com")  # its owner followed the mailed link
     linked, created = identity.sign_in_with_identity(store, provider="oidc", subject="s1", email="dev@example.com",
                                                      email_verified=True, name=None, now=NOW)
     assert (linked.user_id, created) == (existing.user_id, False)
@@ -120,20 +220,21 @@ def test_identity_sign_in_links_by_verified_email_only(store: DynamoIdentityStor
     assert again.user_id == existing.user_id
     fresh, created = identity.sign_in_with_identity(store, provider="github", subject="42", email="new@example.com",
                                                     email_verified=True, name="New", now=NOW)
-    assert created and fresh.user_id != existing.user_id
+    assert created and fresh.user_id != existing.user_id and fresh.email_verified
 
 
 def test_owner_count_protects_the_last_owner(store: DynamoIdentityStore) -> None:
     owner = identity.create_user(store, email="o@example.com", name=None, now=NOW)
-    helper = identity.create_user(store, email="h@example.com", name=None, now=NOW)
+    helper = identity.create_user(store, email="h@example.com", name=None, now=NOW, email_verified=True)
     workspace = workspaces.create_workspace(store, user=owner, name=" Team  A ", now=NOW,
                                             quotas=workspaces.Quotas(5))
     assert workspace.name == "Team A"
     wid = workspace.workspace_id
     with pytest.raises(workspaces.LastOwner):
         workspaces.change_member_role(store, workspace_id=wid, user_id=owner.user_id, role=Role.developer)
-    workspaces.add_member(store, store, workspace_id=wid, caller_role=Role.owner, email="h@example.com",
-                          role=Role.owner, now=NOW)
+    invited = invitations.invite(store, OUTBOX, workspace=workspace, caller=owner, caller_role=Role.owner,
+                                 email="h@example.com", role=Role.owner, console_url="http://c", now=NOW)
+    invitations.accept(store, user=helper, invitation_id=invited.invitation_id, now=NOW)
     workspaces.change_member_role(store, workspace_id=wid, user_id=owner.user_id, role=Role.developer)
     with pytest.raises(workspaces.LastOwner):
         workspaces.remove_member(store, workspace_id=wid, user_id=helper.user_id)
@@ -141,14 +242,69 @@ def test_owner_count_protects_the_last_owner(store: DynamoIdentityStore) -> None
 
 def test_a_maintainer_may_only_give_developer_or_guest(store: DynamoIdentityStore) -> None:
     owner = identity.create_user(store, email="o@example.com", name=None, now=NOW)
-    identity.create_user(store, email="m@example.com", name=None, now=NOW)
-    wid = workspaces.create_workspace(store, user=owner, name="W", now=NOW, quotas=workspaces.Quotas(5)).workspace_id
+    workspace = workspaces.create_workspace(store, user=owner, name="W", now=NOW, quotas=workspaces.Quotas(5))
     with pytest.raises(Forbidden):
-        workspaces.add_member(store, store, workspace_id=wid, caller_role=Role.maintainer, email="m@example.com",
-                              role=Role.owner, now=NOW)
-    added = workspaces.add_member(store, store, workspace_id=wid, caller_role=Role.maintainer,
-                                  email="M@Example.com", role=Role.developer, now=NOW)
-    assert added.role == Role.developer
+        invitations.invite(store, OUTBOX, workspace=workspace, caller=owner, caller_role=Role.maintainer,
+                           email="m@example.com", role=Role.owner, console_url="http://c", now=NOW)
+    added = invitations.invite(store, OUTBOX, workspace=workspace, caller=owner, caller_role=Role.maintainer,
+                               email="M@Example.com", role=Role.developer, console_url="http://c", now=NOW)
+    assert added.role == Role.developer and added.email == "m@example.com"
+    owners = invitations.invite(store, OUTBOX, workspace=workspace, caller=owner, caller_role=Role.owner,
+                                email="boss@example.com", role=Role.owner, console_url="http://c", now=NOW)
+    with pytest.raises(Forbidden):  # nor revoke an owner's invitation of an owner
+        invitations.revoke(store, workspace_id=workspace.workspace_id, caller_role=Role.maintainer,
+                           invitation_id=owners.invitation_id, now=NOW)
+
+
+def test_an_invitation_is_accepted_only_by_the_verified_owner_of_its_address(store: DynamoIdentityStore) -> None:
+    owner = identity.create_user(store, email="o@example.com", name="Olga", now=NOW)
+    workspace = workspaces.create_workspace(store, user=owner, name="W", now=NOW, quotas=workspaces.Quotas(5))
+    wid = workspace.workspace_id
+    squatter = identity.create_user(store, email="dev@example.com", name=None, now=NOW)  # unverified
+    other = identity.create_user(store, email="other@example.com", name=None, now=NOW, email_verified=True)
+    invitation = invitations.invite(store, OUTBOX, workspace=workspace, caller=owner, caller_role=Role.owner,
+                                    email="dev@example.com", role=Role.developer, console_url="http://c", now=NOW)
+    assert OUTBOX.sent_to("dev@example.com")[-1].subject.startswith("Olga invited you")
+    # Adding a member no longer adds anyone: the workspace has its owner only
+    assert [m.user_id for m in store.list_members(wid)] == [owner.user_id]
+    assert invitations.pending_for_user(store, squatter, NOW) == []  # unverified: sees nothing
+    with pytest.raises(invitations.EmailNotVerified):
+        invitations.accept(store, user=squatter, invitation_id=invitation.invitation_id, now=NOW)
+    with pytest.raises(invitations.InvitationNotFound):  # someone else's invitation
+        invitations.accept(store, user=other, invitation_id=invitation.invitation_id, now=NOW)
+    assert store.set_email_verified(squatter.user_id, "dev@example.com")
+    verified = store.get_user(squatter.user_id)
+    assert [i.invitation_id for i in invitations.pending_for_user(store, verified, NOW)] == [invitation.invitation_id]
+    with pytest.raises(invitations.InvitationNotFound):  # expired
+        invitations.accept(store, user=verified, invitation_id=invitation.invitation_id, now=NOW + timedelta(days=8))
+    member = invitations.accept(store, user=verified, invitation_id=invitation.invitation_id, now=NOW)
+    assert member.role == Role.developer and store.get_member(wid, verified.user_id) is not None
+    with pytest.raises(invitations.InvitationNotFound):  # used up
+        invitations.accept(store, user=verified, invitation_id=invitation.invitation_id, now=NOW)
+    with pytest.raises(workspaces.AlreadyMember):
+        invitations.invite(store, OUTBOX, workspace=workspace, caller=owner, caller_role=Role.owner,
+                           email="dev@example.com", role=Role.guest, console_url="http://c", now=NOW)
+
+
+def test_an_invitation_can_be_declined_or_revoked(store: DynamoIdentityStore) -> None:
+    owner = identity.create_user(store, email="o@example.com", name=None, now=NOW)
+    invitee = identity.create_user(store, email="i@example.com", name=None, now=NOW, email_verified=True)
+    workspace = workspaces.create_workspace(store, user=owner, name="W", now=NOW, quotas=workspaces.Quotas(5))
+    wid = workspace.workspace_id
+
+    def invite() -> invitations.Invitation:
+        return invitations.invite(store, OUTBOX, workspace=workspace, caller=owner, caller_role=Role.owner,
+                                  email="i@example.com", role=Role.guest, console_url="http://c", now=NOW)
+
+    invitations.decline(store, user=invitee, invitation_id=invite().invitation_id, now=NOW)
+    assert invitations.pending_for_workspace(store, wid, NOW) == []
+    revoked = invite()
+    assert [i.email for i in invitations.pending_for_workspace(store, wid, NOW)] == ["i@example.com"]
+    invitations.revoke(store, workspace_id=wid, caller_role=Role.maintainer, invitation_id=revoked.invitation_id,
+                       now=NOW)
+    with pytest.raises(invitations.InvitationNotFound):
+        invitations.accept(store, user=invitee, invitation_id=revoked.invitation_id, now=NOW)
+    assert store.get_member(wid, invitee.user_id) is None
 
 
 def test_policy_hides_workspaces_from_non_members() -> None:

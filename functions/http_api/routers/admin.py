@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from functions.http_api.dependencies import AdminCaller, Store, default_quotas
 from layers.shared.domain import identity, workspaces
 from layers.shared.domain.roles import SystemRole
+from layers.shared.errors import NotFound
+from layers.shared.settings import get_settings
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 
@@ -95,3 +97,25 @@ def put_quotas(body: QuotasIn, caller: AdminCaller, store: Store) -> QuotasOut:
     quotas = {**current, **body.model_dump(exclude_none=True)}
     store.put_quotas(quotas)
     return QuotasOut(**quotas)
+
+
+class OutboxMessage(BaseModel):
+    id: str
+    to: str
+    subject: str
+    text: str
+    sent_at: datetime
+
+
+class OutboxList(BaseModel):
+    items: list[OutboxMessage]
+    next_cursor: str | None = None
+
+
+@router.get("/outbox", response_model=OutboxList)
+def outbox(caller: AdminCaller, store: Store, limit: int = Limit) -> OutboxList:
+    """The embedded stack's mail, newest first (admins only: the messages hold other users' links).
+    404 where mail goes out through SES."""
+    if get_settings().mail_backend != "outbox":
+        raise NotFound("Mail is sent through Amazon SES here; there is no outbox.")
+    return OutboxList(items=[OutboxMessage(**message) for message in store.list_outbox(limit)])

@@ -20,6 +20,7 @@ from functions.http_api.dependencies import (
     identity_providers,
     served_over_https,
     set_session_cookies,
+    sign_up_policy,
 )
 from layers.shared.dal.login_state import DynamoLoginStateStore
 from layers.shared.domain import provider_sign_in
@@ -80,7 +81,8 @@ def callback(request: Request, identity_provider: Provider, states: LoginStates,
     received = ProviderCallback(state=state, code=code, error=error,
                                 browser_state=request.cookies.get(LOGIN_STATE_COOKIE))
     user, created, session = provider_sign_in.finish_sign_in(
-        states, users, identity_provider, callback=received, policy=policy, defaults=default_quotas(), now=now)
+        states, users, identity_provider, callback=received, policy=policy, defaults=default_quotas(), now=now,
+        sign_up=sign_up_policy())
     logger.info("signed in through an identity provider",
                 extra={"provider": identity_provider.provider_id, "user_id": user.user_id, "new_account": created})
     response = RedirectResponse(AFTER_SIGN_IN, status_code=status.HTTP_302_FOUND)

@@ -5,8 +5,9 @@ from datetime import datetime
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from functions.http_api.dependencies import Caller, Now, Store, default_quotas
-from layers.shared.domain import workspaces
+from functions.http_api.dependencies import Caller, Mail, Now, Store, default_quotas
+from functions.http_api.routers.invitations import InvitationOut, invitation_out
+from layers.shared.domain import invitations, workspaces
 from layers.shared.domain.roles import Action, Role
 from layers.shared.domain.workspaces import Member, Workspace
 from layers.shared.settings import get_settings
@@ -128,12 +129,15 @@ def list_members(workspace_id: str, caller: Caller, store: Store) -> MemberList:
     return MemberList(items=[_member_out(m) for m in store.list_members(workspace_id)])
 
 
-@router.post("/{workspace_id}/members", status_code=status.HTTP_201_CREATED, response_model=MemberOut)
-def add_member(workspace_id: str, body: MemberIn, caller: Caller, store: Store, now: Now) -> MemberOut:
-    _, role = workspaces.membership(store, workspace_id, caller.user.user_id, Action.members_add)
-    member = workspaces.add_member(store, store, workspace_id=workspace_id, caller_role=role, email=body.email,
-                                   role=body.role, now=now)
-    return _member_out(member)
+@router.post("/{workspace_id}/members", status_code=status.HTTP_201_CREATED, response_model=InvitationOut)
+def add_member(workspace_id: str, body: MemberIn, caller: Caller, store: Store, mail: Mail,
+               now: Now) -> InvitationOut:
+    """Invite an address; its owner joins by accepting with that address verified (api.md)."""
+    workspace, role = workspaces.membership(store, workspace_id, caller.user.user_id, Action.members_add)
+    invitation = invitations.invite(store, mail, workspace=workspace, caller=caller.user, caller_role=role,
+                                    email=body.email, role=body.role, console_url=get_settings().mail_link_base,
+                                    now=now)
+    return invitation_out(invitation)
 
 
 @router.put("/{workspace_id}/members/{user_id}", response_model=MemberOut)

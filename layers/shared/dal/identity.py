@@ -12,13 +12,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cachetools import TTLCache
-from pynamodb.attributes import MapAttribute, NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
+from pynamodb.attributes import BooleanAttribute, MapAttribute, NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
 from pynamodb.exceptions import DeleteError, PutError, TransactWriteError, UpdateError
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.transactions import TransactWrite
 
 from layers.shared.dal.base import BaseModel, condition_failed, get_item, table_meta, transaction_connection
+from layers.shared.domain.email_verification import PendingVerification
 from layers.shared.domain.identity import AccessToken, EmailTaken, Session, User
+from layers.shared.domain.invitations import Invitation, InvitationNotFound
 from layers.shared.domain.roles import Role, SystemRole
 from layers.shared.domain.workspaces import (
     AlreadyMember,
@@ -106,6 +108,8 @@ class IdentityItem(BaseModel):
     token_hash = UnicodeAttribute(null=True)
     last_used_at = UTCDateTimeAttribute(null=True)
     failures = NumberAttribute(null=True)
+    email_verified = BooleanAttribute(null=True)
+    inviter_name = UnicodeAttribute(null=True)
     values = MapAttribute(null=True)  # type: ignore[var-annotated]
     gsi1 = Gsi1()
     by_type = ByType()
@@ -124,6 +128,21 @@ def _to_user(item: IdentityItem) -> User:
         role=SystemRole(item.role),
         created_at=datetime.fromisoformat(item.created_at),
         password_hash=item.password_hash,
+        email_verified=bool(item.email_verified),
+    )
+
+
+def _to_invitation(item: IdentityItem) -> Invitation:
+    return Invitation(
+        invitation_id=item.token_id,
+        workspace_id=item.pk.removeprefix("WS#"),
+        workspace_name=item.name,
+        email=item.email,
+        role=Role(item.role),
+        invited_by=item.user_id,
+        inviter_name=item.inviter_name or "",
+        created_at=datetime.fromisoformat(item.created_at),
+        expires_at=_from_epoch(item.expires_at) or datetime.now(UTC),
     )
 
 
@@ -182,6 +201,7 @@ class DynamoIdentityStore:
             name=user.name,
             role=user.role.value,
             password_hash=user.password_hash,
+            email_verified=user.email_verified,
             owned_workspaces=0,
             gsi1pk=f"ROLE#{user.role.value}",
             gsi1sk=pk,
@@ -223,6 +243,123 @@ class DynamoIdentityStore:
         IdentityItem(*_user_key(user_id)).update(
             actions=[IdentityItem.password_hash.set(password_hash)], condition=IdentityItem.pk.exists()
         )
+
+    def set_email_verified(self, user_id: str, email: str) -> bool:
+        self._profiles.pop(user_id, None)
+        try:
+            IdentityItem(*_user_key(user_id)).update(
+                actions=[IdentityItem.email_verified.set(True)], condition=IdentityItem.email == email)
+        except UpdateError as error:
+            if condition_failed(error):  # the account is gone (or has another address)
+                return False
+            raise
+        return True
+
+    # Email verification tokens ---------------------------------------------------------------
+
+    def put_verification(self, pending: PendingVerification) -> None:
+        IdentityItem(f"VERIFY#{pending.token_hash}", "VERIFY", user_id=pending.user_id, email=pending.email,
+                     expires_at=_epoch(pending.expires_at)).save(condition=IdentityItem.pk.does_not_exist())
+
+    def take_verification(self, token_hash: str) -> PendingVerification | None:
+        item = get_item(IdentityItem, f"VERIFY#{token_hash}", "VERIFY")
+        if item is None:
+            return None
+        try:  # the conditional delete makes the token single use, even for two concurrent clicks
+            item.delete(condition=IdentityItem.pk.exists())
+        except DeleteError as error:
+            if condition_failed(error):
+                return None
+            raise
+        return PendingVerification(token_hash, item.user_id, item.email,
+                                   _from_epoch(item.expires_at) or datetime.now(UTC))
+
+    # Invitations -----------------------------------------------------------------------------
+
+    def put_invitation(self, invitation: Invitation) -> None:
+        IdentityItem(
+            f"WS#{invitation.workspace_id}",
+            f"INVITE#{invitation.invitation_id}",
+            token_id=invitation.invitation_id,
+            name=invitation.workspace_name,
+            email=invitation.email,
+            role=invitation.role.value,
+            user_id=invitation.invited_by,
+            inviter_name=invitation.inviter_name,
+            created_at=invitation.created_at.isoformat(),
+            expires_at=_epoch(invitation.expires_at),
+            gsi1pk=f"INVITEE#{invitation.email}",
+            gsi1sk=f"INVITE#{invitation.workspace_id}",
+        ).save()
+
+    def get_invitation(self, workspace_id: str, invitation_id: str) -> Invitation | None:
+        item = get_item(IdentityItem, f"WS#{workspace_id}", f"INVITE#{invitation_id}")
+        return _to_invitation(item) if item else None
+
+    def list_invitations(self, workspace_id: str) -> list[Invitation]:
+        return [_to_invitation(item)
+                for item in IdentityItem.query(f"WS#{workspace_id}", IdentityItem.sk.startswith("INVITE#"))]
+
+    def invitations_for(self, email: str) -> list[Invitation]:
+        found = [_to_invitation(item) for item in IdentityItem.gsi1.query(f"INVITEE#{email}")]
+        if not found:
+            return []
+        # Invitations to a deleted workspace linger until their TTL; they are not shown.
+        metas = {item.pk for item in IdentityItem.batch_get([(f"WS#{i.workspace_id}", "META") for i in found])}
+        return [invitation for invitation in found if f"WS#{invitation.workspace_id}" in metas]
+
+    def has_pending_invitation(self, email: str, now: datetime) -> bool:
+        return any(invitation.pending(now) for invitation in self.invitations_for(email))
+
+    def delete_invitation(self, invitation: Invitation) -> bool:
+        try:
+            IdentityItem(f"WS#{invitation.workspace_id}", f"INVITE#{invitation.invitation_id}").delete(
+                condition=IdentityItem.pk.exists())
+        except DeleteError as error:
+            if condition_failed(error):
+                return False
+            raise
+        return True
+
+    def accept_invitation(self, invitation: Invitation, member: Member) -> None:
+        invite_item = IdentityItem(f"WS#{invitation.workspace_id}", f"INVITE#{invitation.invitation_id}")
+        # Unchanged since it was read: a re-invitation meanwhile (another role) must be accepted anew.
+        unchanged = IdentityItem.role == invitation.role.value
+        try:
+            with TransactWrite(connection=transaction_connection()) as transaction:
+                transaction.delete(invite_item, condition=unchanged)
+                transaction.save(self._member_item(member), condition=IdentityItem.pk.does_not_exist())
+                if member.role == Role.owner:
+                    self._owner_delta(transaction, member.workspace_id, 1)
+                else:
+                    transaction.condition_check(
+                        IdentityItem, f"WS#{member.workspace_id}", "META", condition=IdentityItem.pk.exists())
+        except TransactWriteError as error:
+            # PynamoDB sends condition checks, then deletes, puts, updates.
+            codes = _cancellation_codes(error)
+            kinds = (["delete", "put", "update"] if member.role == Role.owner else ["check", "delete", "put"])
+            failed = {kind for kind, code in zip(kinds, codes, strict=False) if code == "ConditionalCheckFailed"}
+            if "delete" in failed:
+                raise InvitationNotFound() from error
+            if "put" in failed:
+                raise AlreadyMember() from error
+            if failed:
+                raise NotFound("No such workspace.") from error
+            raise
+
+    # Outbox (the embedded stack's mail) ------------------------------------------------------
+
+    def put_outbox(self, message_id: str, to: str, subject: str, text: str, now: datetime,
+                   keep: timedelta) -> None:
+        IdentityItem("OUTBOX", f"{now.isoformat()}#{message_id}", email=to, name=subject, values={"text": text},
+                     created_at=now.isoformat(),
+                     expires_at=_epoch(now + keep)).save()
+
+    def list_outbox(self, limit: int) -> list[dict[str, str]]:
+        items = IdentityItem.query("OUTBOX", scan_index_forward=False, limit=limit)
+        return [{"id": item.sk.rsplit("#", 1)[-1], "to": item.email, "subject": item.name,
+                 "text": str((item.values.as_dict() if item.values else {}).get("text", "")),
+                 "sent_at": item.created_at} for item in items]
 
     def count_admins(self) -> int:
         return int(IdentityItem.gsi1.count(f"ROLE#{SystemRole.admin.value}"))

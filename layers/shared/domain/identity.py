@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -36,6 +37,12 @@ class EmailNotVerified(Forbidden):
     code, default_message = "email_not_verified", "The identity provider has not verified that email."
 
 
+class AccountNotVerified(Conflict):
+    code, default_message = "account_email_unverified", (
+        "An account with this email exists but has never verified the address, so it cannot be linked to this "
+        "sign-in. Sign in to it with its password and confirm the address from the mailed link first.")
+
+
 class LastAdmin(Conflict):
     code, default_message = "last_admin", "There must always be at least one admin."
 
@@ -48,9 +55,12 @@ class User:
     role: SystemRole
     created_at: datetime
     password_hash: str | None = None
+    # True once an identity provider vouched for the address or its owner followed a mailed link.
+    email_verified: bool = False
 
-    def public(self) -> dict[str, str]:
-        return {"id": self.user_id, "email": self.email, "name": self.name, "role": self.role.value}
+    def public(self) -> dict[str, object]:
+        return {"id": self.user_id, "email": self.email, "name": self.name, "role": self.role.value,
+                "email_verified": self.email_verified}
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,8 @@ class UserStore(Protocol):
     def get_user_by_email(self, email: str) -> User | None: ...
     def set_user_role(self, user_id: str, role: SystemRole) -> None: ...
     def set_password_hash(self, user_id: str, password_hash: str) -> None: ...
+    def set_email_verified(self, user_id: str, email: str) -> bool:
+        """Mark the address verified if the account still has it; False otherwise."""
     def count_admins(self) -> int: ...
     def user_for_identity(self, provider: str, subject: str) -> str | None: ...
     def link_identity(self, provider: str, subject: str, user_id: str) -> None: ...
@@ -147,24 +159,26 @@ _DUMMY_HASH: str | None = None
 
 
 def create_user(store: UserStore, *, email: str, name: str | None, now: datetime,
-                password_hash: str | None = None) -> User:
-    """A new account; the first account ever created becomes an admin."""
+                password_hash: str | None = None, email_verified: bool = False) -> User:
+    """A new account, always an ordinary user: the first admin is made by `signup.claim_setup` with
+    the setup token, never by being first."""
     email = normalize_email(email)
     user = User(user_id=new_id("u_"), email=email, name=(name or "").strip() or email.split("@")[0],
-                role=SystemRole.user, created_at=now, password_hash=password_hash)
+                role=SystemRole.user, created_at=now, password_hash=password_hash, email_verified=email_verified)
     store.create_user(user)
-    if store.claim_first_user(user.user_id):
-        store.set_user_role(user.user_id, SystemRole.admin)
-        user = replace(user, role=SystemRole.admin)
     return user
 
 
-def register_with_password(store: UserStore, policy: AuthPolicy, *, email: str, password: str, name: str | None,
-                           now: datetime) -> User:
+def check_password_sign_up(policy: AuthPolicy, password: str) -> None:
     if not policy.password_auth_enabled:
         raise PasswordAuthDisabled()
     if len(password) < policy.password_min_length:
         raise ValidationFailed(f"The password needs at least {policy.password_min_length} characters.")
+
+
+def register_with_password(store: UserStore, policy: AuthPolicy, *, email: str, password: str, name: str | None,
+                           now: datetime) -> User:
+    check_password_sign_up(policy, password)
     return create_user(store, email=email, name=name, now=now, password_hash=_hasher.hash(password))
 
 
@@ -202,25 +216,41 @@ def login_with_password(store: UserStore, policy: AuthPolicy, *, email: str, pas
     return user
 
 
-def sign_in_with_identity(store: UserStore, *, provider: str, subject: str, email: str | None,
-                          email_verified: bool, name: str | None, now: datetime) -> tuple[User, bool]:
-    """OIDC/GitHub sign-in: a known identity, else the account with that verified email, else a new
-    one. Returns the user and whether the account was created now."""
+def linked_user(store: UserStore, *, provider: str, subject: str) -> User | None:
+    """The account an identity was linked to before, if it still exists."""
     linked = store.user_for_identity(provider, subject)
-    if linked is not None:
-        user = store.get_user(linked)
-        if user is not None:
-            return user, False
+    return store.get_user(linked) if linked is not None else None
+
+
+def sign_in_with_identity(store: UserStore, *, provider: str, subject: str, email: str | None,
+                          email_verified: bool, name: str | None, now: datetime,
+                          may_create: Callable[[str], None] | None = None) -> tuple[User, bool]:
+    """OIDC/GitHub sign-in: a known identity, else the account with that email if both the provider
+    and the account have verified it, else a new one. Returns the user and whether the account was
+    created now. `may_create(email)` raises when sign-up is restricted.
+
+    An account whose address was never verified is not linked (AccountNotVerified): anyone can
+    register a password account with someone else's address, and linking would hand that
+    account, and whatever it is given later, to the address's real owner's sign-in, or the
+    squatter's password to the real owner's account."""
+    user = linked_user(store, provider=provider, subject=subject)
+    if user is not None:
+        return user, False
     if not email or not email_verified:
         raise EmailNotVerified()
-    user = store.get_user_by_email(normalize_email(email))
+    email = normalize_email(email)
+    user = store.get_user_by_email(email)
     created = False
     if user is None:
+        if may_create is not None:
+            may_create(email)
         try:
-            user, created = create_user(store, email=email, name=name, now=now), True
+            user, created = create_user(store, email=email, name=name, now=now, email_verified=True), True
         except EmailTaken:  # a concurrent sign-in created it first
-            user = store.get_user_by_email(normalize_email(email))
+            user = store.get_user_by_email(email)
             assert user is not None
+    if not user.email_verified:
+        raise AccountNotVerified()
     store.link_identity(provider, subject, user.user_id)
     return user, created
 

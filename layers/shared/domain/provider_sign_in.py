@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from layers.shared.domain import identity, workspaces
+from layers.shared.domain import identity, signup, workspaces
 from layers.shared.domain.identity import AuthPolicy, IssuedSession, User, UserStore
 from layers.shared.domain.tokens import same
 from layers.shared.domain.workspaces import Quotas, WorkspaceStore
@@ -73,6 +73,10 @@ class ExternalIdentity:
     email: str | None
     email_verified: bool
     name: str | None
+    # For sign-up restrictions: GitHub, the configured organisation when the person is an active
+    # member; OIDC, the groups claim. `hosted_domain` is Google's `hd` claim.
+    groups: frozenset[str] = frozenset()
+    hosted_domain: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ class LoginStateStore(Protocol):
         """Remove and return the pending login; None when unknown, expired or already consumed."""
 
 
-class SignInStore(UserStore, WorkspaceStore, Protocol):
+class SignInStore(UserStore, WorkspaceStore, signup.InvitationLookup, Protocol):
     """The account side of a sign-in: users, sessions and the new account's default workspace."""
 
 
@@ -126,7 +130,7 @@ def begin_sign_in(states: LoginStateStore, provider: IdentityProvider, *, redire
 
 def finish_sign_in(states: LoginStateStore, users: SignInStore, provider: IdentityProvider, *,
                    callback: ProviderCallback, policy: AuthPolicy, defaults: Quotas,
-                   now: datetime) -> tuple[User, bool, IssuedSession]:
+                   now: datetime, sign_up: signup.SignUpPolicy | None = None) -> tuple[User, bool, IssuedSession]:
     """Verify the callback, link or create the account, and start a session.
 
     Returns the user, whether the account was created now, and the new session."""
@@ -136,9 +140,15 @@ def finish_sign_in(states: LoginStateStore, users: SignInStore, provider: Identi
     if not callback.code:
         raise ProviderDenied("The identity provider sent neither a code nor an error.")
     external = provider.fetch_identity(callback.code, pending)
+
+    def may_create(email: str) -> None:  # only a new account is subject to sign-up restrictions
+        applicant = signup.Applicant(email=email, provider=provider.provider_id, groups=external.groups,
+                                     hosted_domain=external.hosted_domain)
+        signup.check_sign_up(sign_up or signup.SignUpPolicy(), users, applicant, now)
+
     user, created = identity.sign_in_with_identity(
         users, provider=provider.provider_id, subject=external.subject, email=external.email,
-        email_verified=external.email_verified, name=external.name, now=now,
+        email_verified=external.email_verified, name=external.name, now=now, may_create=may_create,
     )
     if created:
         workspaces.create_default_workspace(users, user=user, now=now, defaults=defaults)

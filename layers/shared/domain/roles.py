@@ -52,6 +52,8 @@ class Action(StrEnum):
     sandbox_pause = "sandbox.pause"
     sandbox_resume = "sandbox.resume"
     sandbox_events = "sandbox.events"
+    invitations_list = "invitations.list"
+    invitations_revoke = "invitations.revoke"
 
 
 # The minimum workspace role for each action (api.md, "Workspaces and members").
@@ -77,6 +79,8 @@ POLICY: dict[Action, Role] = {
     Action.sandbox_pause: Role.developer,
     Action.sandbox_resume: Role.developer,
     Action.sandbox_events: Role.guest,
+    Action.invitations_list: Role.maintainer,
+    Action.invitations_revoke: Role.maintainer,  # and only invitations of a role the caller may give
 }
 
 # The roles each role may hand out when adding a member (a maintainer may add developers and guests).
@@ -95,7 +99,7 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
     Action.workspace_rename: "Rename the workspace (PATCH /api/workspaces/{wid})",
     Action.workspace_delete: "Delete the workspace (DELETE /api/workspaces/{wid})",
     Action.members_list: "List members (GET /api/workspaces/{wid}/members)",
-    Action.members_add: "Add a member (POST /api/workspaces/{wid}/members)",
+    Action.members_add: "Invite a member (POST /api/workspaces/{wid}/members); the invitee accepts",
     Action.members_change_role: "Change a member's role (PUT /api/workspaces/{wid}/members/{uid})",
     Action.members_remove: "Remove a member (DELETE /api/workspaces/{wid}/members/{uid}); anyone may leave",
     Action.sandboxes_list: "List sandboxes and local agents (GET /api/workspaces/{wid}/sandboxes)",
@@ -112,6 +116,16 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
     Action.sandbox_pause: "Pause a cloud sandbox (POST /api/sandboxes/{sid}/pause)",
     Action.sandbox_resume: "Resume a cloud sandbox (POST /api/sandboxes/{sid}/resume)",
     Action.sandbox_events: "See a sandbox's lifecycle events (GET /api/sandboxes/{sid}/events)",
+    Action.invitations_list: "See pending invitations (GET /api/workspaces/{wid}/invitations)",
+    Action.invitations_revoke: "Revoke an invitation (DELETE /api/workspaces/{wid}/invitations/{iid})",
+}
+
+# Actions that belong to the invitee, not to a workspace role: allowed only to an account whose
+# verified address is the one invited (layers/shared/domain/invitations.py).
+INVITEE_ACTIONS: dict[str, str] = {
+    "invitations.mine": "See the invitations to one's own verified address (GET /api/invitations)",
+    "invitations.accept": "Accept one, joining with its role (POST /api/invitations/{iid}/accept)",
+    "invitations.decline": "Decline one (POST /api/invitations/{iid}/decline)",
 }
 
 
@@ -160,6 +174,8 @@ def render_markdown() -> str:
         given = ", ".join(r.value for r in roles if r in ASSIGNABLE[role]) or "none"
         lines.append(f"- `{role.value}`: {given}")
     lines += ["", "A workspace always keeps at least one owner.", ""]
+    lines += ["Invitee actions (no workspace role; only with a verified address equal to the invited one):", ""]
+    lines += [f"- `{name}`: {text}" for name, text in INVITEE_ACTIONS.items()] + [""]
     return "\n".join(lines)
 
 

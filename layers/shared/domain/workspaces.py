@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from layers.shared.domain.identity import User, UserStore, normalize_email
-from layers.shared.domain.roles import Action, Role, authorize, authorize_assignment
+from layers.shared.domain.identity import User
+from layers.shared.domain.roles import Action, Role, authorize
 from layers.shared.domain.tokens import new_id
 from layers.shared.errors import Conflict, Forbidden, NotFound, ValidationFailed
 
@@ -26,10 +26,6 @@ class LastOwner(Conflict):
 
 class AlreadyMember(Conflict):
     code, default_message = "already_member", "That user is already a member."
-
-
-class UserNotFound(NotFound):
-    code, default_message = "user_not_found", "No user has that email; ask them to sign up first."
 
 
 @dataclass(frozen=True)
@@ -121,17 +117,6 @@ def membership(store: WorkspaceStore, workspace_id: str, user_id: str, action: A
     if workspace is None:
         raise NotFound("No such workspace.")
     return workspace, role
-
-
-def add_member(store: WorkspaceStore, users: UserStore, *, workspace_id: str, caller_role: Role, email: str,
-               role: Role, now: datetime) -> Member:
-    authorize_assignment(caller_role, role)
-    user = users.get_user_by_email(normalize_email(email))
-    if user is None:
-        raise UserNotFound()
-    member = Member(workspace_id, user.user_id, role, user.email, user.name, now)
-    store.add_member(member)
-    return member
 
 
 def change_member_role(store: WorkspaceStore, *, workspace_id: str, user_id: str, role: Role) -> Member:

@@ -75,20 +75,27 @@ class ProviderMetadata(BaseModel):
 
 # Pure pieces -------------------------------------------------------------------------------------
 
-def identity_from_github(user: GitHubUser, emails: list[GitHubEmail]) -> ExternalIdentity:
+def identity_from_github(user: GitHubUser, emails: list[GitHubEmail],
+                         orgs: frozenset[str] = frozenset()) -> ExternalIdentity:
     """GitHub's numeric user id is the subject (logins can be renamed). Only the primary address
-    counts, and only when GitHub has verified it."""
+    counts, and only when GitHub has verified it. `orgs`: the organisations checked and found."""
     primary = next((entry for entry in emails if entry.primary), None)
     return ExternalIdentity(subject=str(user.id), email=primary.email if primary else None,
-                            email_verified=primary is not None and primary.verified, name=user.name or user.login)
+                            email_verified=primary is not None and primary.verified, name=user.name or user.login,
+                            groups=orgs)
 
 
-def identity_from_claims(claims: Mapping[str, Any]) -> ExternalIdentity:
+def identity_from_claims(claims: Mapping[str, Any], groups_claim: str = "groups") -> ExternalIdentity:
     email, name = claims.get("email"), claims.get("name")
     # Some providers send the boolean as a string.
     verified = claims.get("email_verified") in (True, "true")
+    groups = claims.get(groups_claim)
+    hosted_domain = claims.get("hd")
     return ExternalIdentity(subject=str(claims["sub"]), email=email if isinstance(email, str) else None,
-                            email_verified=verified, name=name if isinstance(name, str) else None)
+                            email_verified=verified, name=name if isinstance(name, str) else None,
+                            groups=frozenset(g for g in groups if isinstance(g, str)) if isinstance(groups, list)
+                            else frozenset(),
+                            hosted_domain=hosted_domain.lower() if isinstance(hosted_domain, str) else None)
 
 
 def validate_id_token(id_token: str, *, keys: KeySet, algorithms: list[str], issuer: str, client_id: str,
@@ -154,6 +161,7 @@ class GitHubProvider:
     client_secret: str | None
     oauth_url: str
     api_url: str
+    required_org: str | None = None  # sign-up is limited to its members: membership is asked for
     provider_id: str = field(default="github", init=False)
     display_name: str = field(default="GitHub", init=False)
     # Reads the secret when it is needed (from Secrets Manager in AWS, cached there), in place of `client_secret`.
@@ -162,7 +170,8 @@ class GitHubProvider:
     def _client(self, pending: PendingLogin) -> OAuth2Client:
         # GitHub reads the client credentials from the form body.
         secret = self.secret_source() if self.secret_source else self.client_secret
-        return OAuth2Client(client_id=self.client_id, client_secret=secret, scope=GITHUB_SCOPES,
+        scope = f"{GITHUB_SCOPES} read:org" if self.required_org else GITHUB_SCOPES
+        return OAuth2Client(client_id=self.client_id, client_secret=secret, scope=scope,
                             redirect_uri=pending.redirect_uri, code_challenge_method="S256",
                             token_endpoint_auth_method="client_secret_post", timeout=HTTP_TIMEOUT)
 
@@ -181,7 +190,17 @@ class GitHubProvider:
             user = GitHubUser.model_validate(_json(client.get(f"{api}/user", headers=GITHUB_API_HEADERS)))
             emails = _GITHUB_EMAILS.validate_python(_json(client.get(f"{api}/user/emails",
                                                                      headers=GITHUB_API_HEADERS)))
-        return identity_from_github(user, emails)
+            orgs = frozenset({self.required_org}) if self.required_org and self._active_member(client, api) \
+                else frozenset()
+        return identity_from_github(user, emails, orgs)
+
+    def _active_member(self, client: OAuth2Client, api: str) -> bool:
+        """GET /user/memberships/orgs/{org}: 200 with state "active" for a member (needs read:org);
+        404 for anyone else, and "pending" for an invitation not yet accepted."""
+        response = client.get(f"{api}/user/memberships/orgs/{self.required_org}", headers=GITHUB_API_HEADERS)
+        if response.status_code in (403, 404):
+            return False
+        return isinstance(body := _json(response), dict) and body.get("state") == "active"
 
 
 class OidcProvider:
@@ -190,8 +209,10 @@ class OidcProvider:
     provider_id = "oidc"
 
     def __init__(self, *, issuer: str, client_id: str, client_secret: str | None, scopes: str,
-                 display_name: str, secret_source: Callable[[], str] | None = None) -> None:
+                 display_name: str, secret_source: Callable[[], str] | None = None,
+                 groups_claim: str = "groups") -> None:
         self.issuer = issuer.rstrip("/")
+        self.groups_claim = groups_claim
         self.client_id, self.client_secret, self.display_name = client_id, client_secret, display_name
         self._secret_source = secret_source  # read when needed (Secrets Manager in AWS), in place of client_secret
         # Without "openid" there is no ID token, and so no verified identity.
@@ -249,7 +270,7 @@ class OidcProvider:
                     # OIDC Core 5.3.2: a userinfo answer about someone else must not be used.
                     raise ProviderFailed("The identity provider's userinfo is about another subject.")
                 claims = {**userinfo, "sub": claims["sub"]}
-        return identity_from_claims(claims)
+        return identity_from_claims(claims, self.groups_claim)
 
     def _validated_claims(self, id_token: str, access_token: str | None, pending: PendingLogin,
                           metadata: ProviderMetadata) -> CodeIDToken:
@@ -288,10 +309,12 @@ def providers_from_settings(settings: Settings,
         providers["github"] = GitHubProvider(client_id=settings.github_client_id,
                                              client_secret=settings.github_client_secret,
                                              oauth_url=settings.github_oauth_url, api_url=settings.github_api_url,
-                                             secret_source=source(settings.github_client_secret_id))
+                                             secret_source=source(settings.github_client_secret_id),
+                                             required_org=settings.signup_github_org or None)
     if settings.oidc_issuer_url and settings.oidc_client_id:
         providers["oidc"] = OidcProvider(issuer=settings.oidc_issuer_url, client_id=settings.oidc_client_id,
                                          client_secret=settings.oidc_client_secret, scopes=settings.oidc_scopes,
                                          display_name=settings.oidc_provider_name,
-                                         secret_source=source(settings.oidc_client_secret_id))
+                                         secret_source=source(settings.oidc_client_secret_id),
+                                         groups_claim=settings.oidc_groups_claim)
     return providers
