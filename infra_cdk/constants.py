@@ -61,6 +61,7 @@ SIGN_IN_SECRET_ENV = {
 # The API function learns the name of the secret CloudFront sends in the origin-verify header (http_api/
 # dependencies.py trusts X-Forwarded-For only on requests that carry it).
 ENV_ORIGIN_SECRET = "AGENTSERVER_ORIGIN_SECRET"
+ORIGIN_SECRET_NAME = "origin-verify"  # `<prefix>origin-verify`: the stack's own, not a topology secret
 ORIGIN_VERIFY_HEADER = "X-Agentserver-Origin-Verify"
 
 # The topology does not yet say which streaming function is the sandbox relay and which the LLM proxy,

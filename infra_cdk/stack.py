@@ -55,7 +55,9 @@ class AgentServerStack(Stack):
             log_retention=retention,
             removal_policy=config.removal_policy,
         )
-        self.origin_secret = self.console.serve_api(self.http_api.domain_name)
+        self.origin_secret = self.console.serve_api(
+            self.http_api.domain_name, origin_secret_name=config.resource_prefix + constants.ORIGIN_SECRET_NAME
+        )
         # Where browsers, the CLI and agents reach the API: the console's origin, which CloudFront splits.
         self.public_api_url = self.console.url
         self.websocket_api = WebSocketApi(

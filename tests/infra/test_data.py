@@ -121,4 +121,6 @@ def test_every_topology_secret_exists_under_its_prefixed_name(synthesized: Synth
     # Given a secret of the topology / When synthesized / Then Secrets Manager holds it under prefix + name
     _, props = synthesized.one("AWS::SecretsManager::Secret", Name=synthesized.config.resource_prefix + secret.name)
     assert props["Description"] == secret.description
-    assert len(synthesized.of_type("AWS::SecretsManager::Secret")) == len(TOPOLOGY.secrets)
+    # (plus the stack's own origin secret, which CloudFront sends to the API: test_stack.py)
+    assert len(synthesized.of_type("AWS::SecretsManager::Secret")) == len(TOPOLOGY.secrets) + 1
+    synthesized.one("AWS::SecretsManager::Secret", Name=synthesized.config.resource_prefix + "origin-verify")

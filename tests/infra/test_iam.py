@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from infra_cdk import constants
 from layers.shared.topology import TOPOLOGY, Function
 from tests.infra.synth import Synthesized, as_list, references, render, synthesize
 
@@ -106,8 +107,11 @@ def test_each_function_reaches_exactly_the_tables_queues_and_secrets_it_lists(
     assert _granted(synthesized, spec, "AWS::DynamoDB::Table", "dynamodb:PutItem") == set(spec.tables)
     assert _granted(synthesized, spec, "AWS::DynamoDB::Table", "dynamodb:Query") == set(spec.tables)
     assert _granted(synthesized, spec, "AWS::SQS::Queue", "sqs:SendMessage") == set(spec.queues_send)
-    assert _granted(synthesized, spec, "AWS::SecretsManager::Secret", "secretsmanager:GetSecretValue") == set(
-        spec.secrets
+    # (the API function also reads the stack's own origin secret, which CloudFront sends: test_stack.py)
+    origin = {constants.ORIGIN_SECRET_NAME} if spec.name == constants.SIGN_IN_FUNCTION else set()
+    assert (
+        _granted(synthesized, spec, "AWS::SecretsManager::Secret", "secretsmanager:GetSecretValue")
+        == set(spec.secrets) | origin
     )
     # And it consumes only the queue that triggers it
     consumed = {spec.sqs.queue} if spec.sqs else set()

@@ -144,6 +144,15 @@ def test_describe_tasks_and_the_task_definition_show_no_token(backend: EcsSandbo
     backend.delete(sandbox.sandbox_id, again)
 
 
+def test_a_credential_the_backend_does_not_know_is_refused_rather_than_sent_in_run_task(
+        backend: EcsSandboxBackend) -> None:
+    sandbox = spec("sb-00000000000000ee")
+    leaky = SandboxSpec(**{**sandbox.__dict__, "environment": {**sandbox.environment, "AGENTSERVER_NEW_TOKEN": "x"}})
+    with pytest.raises(BackendError, match="AGENTSERVER_NEW_TOKEN"):
+        backend.start(leaky)
+    assert backend.ecs.list_tasks(cluster=backend.config.cluster, startedBy=sandbox.sandbox_id)["taskArns"] == []
+
+
 def test_each_sandbox_has_its_own_role_bound_to_its_own_access_point(backend: EcsSandboxBackend) -> None:
     """Two sandboxes: two roles, each tagged with (and so able to mount through) only its own access point."""
     first, second = spec("sb-00000000000000c1"), spec("sb-00000000000000c2")

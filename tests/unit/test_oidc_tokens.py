@@ -4,6 +4,7 @@ from the settings and the discovery document. Keys and tokens are made here with
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from joserfc import jwt
 from joserfc.errors import BadSignatureError, ExpiredTokenError, InvalidClaimError, InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet, OctKey, RSAKey
 
+from layers.shared.domain.provider_sign_in import PendingLogin
 from layers.shared.integrations.oidc import (
     GitHubEmail,
     GitHubProvider,
@@ -127,6 +129,33 @@ def test_settings_switch_providers_on() -> None:
     assert oidc.issuer == ISSUER and oidc.scopes == "openid email profile"  # openid is never left out
     # an issuer without a client id is not a provider
     assert providers_from_settings(Settings(OIDC_ISSUER_URL=ISSUER)) == {}
+
+
+def test_client_secrets_named_by_id_are_read_when_needed_never_held() -> None:
+    # Given settings that name the client secrets (as the CDK stack sets them) and a reader that counts its calls
+    reads: list[str] = []
+
+    def read_secret(secret_id: str) -> str:
+        reads.append(secret_id)
+        return f"value-of-{secret_id}"
+
+    settings = Settings(GITHUB_CLIENT_ID="gh", GITHUB_CLIENT_SECRET_ID="team/github", OIDC_ISSUER_URL=ISSUER,
+                        OIDC_CLIENT_ID="c", OIDC_CLIENT_SECRET_ID="team/oidc")
+    providers = providers_from_settings(settings, read_secret=read_secret)
+    # When the providers are built / Then nothing is read yet, and no provider holds a value
+    assert reads == [] and "value-of" not in repr(providers)
+    # When a sign-in needs the OAuth client / Then the secret is read then, by its id
+    github, oidc = providers["github"], providers["oidc"]
+    assert isinstance(github, GitHubProvider) and isinstance(oidc, OidcProvider)
+    pending = PendingLogin(state="s", provider="github", nonce="n", code_verifier="v" * 43,
+                           redirect_uri="https://console.example/cb", expires_at=datetime.now(UTC))
+    with github._client(pending) as github_client, oidc._client(pending, metadata()) as oidc_client:
+        assert github_client.client_secret == "value-of-team/github"
+        assert oidc_client.client_secret == "value-of-team/oidc"
+    assert reads == ["team/github", "team/oidc"]
+    # And naming a secret without a way to read it is a configuration error, not a silent public client
+    with pytest.raises(ValueError, match="secret reader"):
+        providers_from_settings(settings)
 
 
 def test_invalid_claim_errors_name_the_claim_not_its_value() -> None:

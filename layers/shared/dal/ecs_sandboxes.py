@@ -42,6 +42,7 @@ BASE_TAG = "agentserver:base"  # on a sandbox's definition: the base revision it
 ACCESS_POINT_TAG = "agentserver-access-point"
 # The sandbox's credentials: in its secret, injected by ECS at container start, never in RunTask's overrides.
 SECRET_VARIABLES = ("AGENTSERVER_TUNNEL_TOKEN", "AGENTSERVER_PROXY_TOKEN")
+_SECRET_SUFFIXES = ("_TOKEN", "_SECRET", "_KEY", "_PASSWORD")
 # Fields of a described task definition that register_task_definition takes back (the task role is the sandbox's own).
 _REGISTERABLE = ("executionRoleArn", "networkMode", "requiresCompatibilities",
                  "cpu", "memory", "runtimePlatform", "ephemeralStorage")
@@ -93,6 +94,10 @@ class EcsSandboxBackend:
     # SandboxBackend --------------------------------------------------------------------------------
 
     def start(self, spec: SandboxSpec) -> str:
+        unplaced = [name for name in spec.environment
+                    if name.endswith(_SECRET_SUFFIXES) and name not in SECRET_VARIABLES]
+        if unplaced:  # fail closed: a new credential must be added to SECRET_VARIABLES, never sent in RunTask
+            raise BackendError(f"The sandbox's {', '.join(sorted(unplaced))} has no place in its secret.")
         self._stop_tasks(spec.sandbox_id, None, "started again")  # at most one task per sandbox
         secret_arn = self._store_credentials(spec)
         definition = self._definition_for(spec.sandbox_id, secret_arn)
