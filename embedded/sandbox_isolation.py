@@ -33,8 +33,10 @@ ETC_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/passw
              "/etc/localtime", "/etc/ssl", "/etc/ca-certificates", "/etc/alternatives", "/etc/ld.so.cache",
              "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/mime.types")
 TOP_LEVEL_SYSTEM = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# Run as root, bwrap would keep every capability inside the sandbox's user namespace (enough to
+# remount its read-only folders writable): drop them all, as it does for anyone else.
 NAMESPACES = ("--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-              "--unshare-cgroup-try")
+              "--unshare-cgroup-try", "--cap-drop", "ALL")
 
 Mode = Literal["bubblewrap", "trusted", "unavailable"]
 
@@ -46,6 +48,7 @@ class Isolation:
     mode: Mode
     bwrap: str | None = None
     reason: str = ""  # why bubblewrap cannot be used (trusted and unavailable)
+    options: tuple[str, ...] = ()  # what this bwrap supports beyond NAMESPACES
 
     def refusal(self) -> str:
         return (f"local sandboxes run isolated with bubblewrap, which is not available here ({self.reason}); "
@@ -73,8 +76,15 @@ def probe(bwrap: str | None) -> str | None:
 def detect(bwrap: str | None, *, trusted: bool) -> Isolation:
     problem = probe(bwrap)
     if problem is None:
-        return Isolation("bubblewrap", bwrap=bwrap)
+        assert bwrap is not None
+        return Isolation("bubblewrap", bwrap=bwrap, options=_optional_hardening(bwrap))
     return Isolation("trusted" if trusted else "unavailable", reason=problem)
+
+
+def _optional_hardening(bwrap: str) -> tuple[str, ...]:
+    """No nested user namespaces (bubblewrap 0.8+; older ones still lock the mounts they made)."""
+    usage = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=30).stdout
+    return ("--disable-userns",) if "--disable-userns" in usage else ()
 
 
 def _package_root(path: Path) -> Path:
@@ -107,7 +117,7 @@ def bwrap_command(isolation: Isolation, *, folder: Path, state_dir: Path, gatewa
     a shared folder), then the sandbox's own folder is mounted back at its own path, so the paths
     the agent reports are the same inside and out."""
     assert isolation.bwrap is not None
-    arguments = [isolation.bwrap, *NAMESPACES, "--die-with-parent", "--hostname", "sandbox",
+    arguments = [isolation.bwrap, *NAMESPACES, *isolation.options, "--die-with-parent", "--hostname", "sandbox",
                  "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--ro-bind", "/usr", "/usr"]
     for top in TOP_LEVEL_SYSTEM:
         if os.path.islink(top):
