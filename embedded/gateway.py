@@ -285,8 +285,8 @@ class LocalGateway:
             await send({"type": "lifespan.shutdown.complete"})
 
     def _on_management_listener(self, scope: Scope) -> bool:
-        server = scope.get("server")
-        return self.config.management_port is not None and bool(server) and server[1] == self.config.management_port
+        server = scope.get("server") or (None, None)  # (host, port); None on the sandboxes' Unix socket
+        return self.config.management_port is not None and server[1] == self.config.management_port
 
     async def _management_listener(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(MANAGEMENT_PREFIX + "/"):
