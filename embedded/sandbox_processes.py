@@ -152,7 +152,9 @@ class LocalSandboxBackend:
         if self.gateway_socket is None:
             raise BackendError("the gateway's sandbox socket is not open")
         try:
-            opencode = [find_opencode(folder / "workspace")]
+            # The stack's own opencode, never one the sandbox's workspace offers: a link planted there
+            # would have us share whatever folder it points to.
+            opencode = [find_opencode(PROJECT_ROOT)]
         except OpencodeError:
             opencode = []  # the agent says so itself, from inside
         shared = runtime_paths(self.python, PROJECT_ROOT, opencode)

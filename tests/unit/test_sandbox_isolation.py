@@ -67,3 +67,22 @@ def test_host_names_without_ports_and_which_are_answered() -> None:
     for host in ("", "evil.example", "localhost.evil.example", "127.0.0.1.nip.io", ".localhost", "localhost:80@evil",
                  "devbox.example.test.evil.example"):
         assert not allowed_host(host, ALLOWED), host
+
+
+def test_a_link_planted_in_the_workspace_shares_nothing_into_the_sandbox(tmp_path: Path) -> None:
+    """The workspace is the sandbox's to write: an `opencode` link there pointing at a host folder
+    must not make the next start bind that folder in."""
+    from embedded.sandbox_processes import LocalSandboxBackend
+
+    secret = tmp_path / "operator" / ".aws"
+    secret.mkdir(parents=True)
+    (secret / "credentials").write_text("[default]\n")
+    (secret / "credentials").chmod(0o700)  # the sandbox cannot chmod the target; a link to any executable will do
+    backend = LocalSandboxBackend(tmp_path / "state" / "sandboxes", isolation=Isolation("bubblewrap", bwrap="bwrap"),
+                                  gateway_socket=tmp_path / "gw.sock", state_dir=tmp_path / "state")
+    folder = backend.folder("sb-planted")
+    planted = folder / "workspace" / "node_modules" / ".bin"
+    planted.mkdir(parents=True)
+    (planted / "opencode").symlink_to(secret / "credentials")
+    command = backend._command(folder)
+    assert not [part for part in command if str(tmp_path / "operator") in part]
