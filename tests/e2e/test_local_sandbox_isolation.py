@@ -130,7 +130,8 @@ def test_a_sandbox_sees_nothing_of_the_stack_and_still_reaches_tunnel_and_llm_pr
         targets = {"server_pid": stack.endpoints["pid"], "project": str(ROOT),
                    "ports": {"moto": moto_port, "management": management_port},
                    "paths": [str(other.parent), str(other / "secret.txt"), str(state), str(state / "sandboxes"),
-                             str(state / "endpoints.json"), str(stack.log_path), str(Path.home()), "/etc/shadow"]}
+                             str(state / "endpoints.json"), str(stack.log_path), str(Path.home()), "/etc/shadow",
+                             str(folder), str(folder / "logs"), str(folder / "sandbox.json")]}
         # When code inside it looks around
         origin = open_in_browser(stack, browser, sid)
         output = run_inside(origin, f"{sys.executable} probe.py '{json.dumps(targets)}'")
@@ -160,6 +161,10 @@ def test_a_sandbox_sees_nothing_of_the_stack_and_still_reaches_tunnel_and_llm_pr
     assert paths[str(state)] == ["sandboxes"] and paths[str(state / "sandboxes")] == [sid]
     assert paths[str(state / "endpoints.json")] is None and paths[str(stack.log_path)] is None
     assert paths["/etc/shadow"] is None
+    # Of its own folder, only what is its own: the stack's log and marker (which the stack writes to)
+    # are not there, so no link the sandbox plants can redirect the stack's writes
+    assert paths[str(folder)] == ["home", "workspace", "xdg"]
+    assert paths[str(folder / "logs")] is None and paths[str(folder / "sandbox.json")] is None
     # While the LLM proxy answers it with the upstream's reply, sent with the server's key
     status, body = report["llm"]
     assert status == 200, body

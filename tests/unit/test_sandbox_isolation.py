@@ -15,12 +15,17 @@ ALLOWED = ("localhost", "127.0.0.1", "[::1]", "devbox.example.test")
 def test_the_state_dir_is_hidden_before_the_sandbox_folder_is_mounted_back(tmp_path: Path) -> None:
     state = tmp_path / "state"
     folder = state / "sandboxes" / "sb-1"
-    command = bwrap_command(Isolation("bubblewrap", bwrap="/usr/bin/bwrap"), folder=folder, state_dir=state,
-                            gateway_socket=tmp_path / "gw.sock", shared=[Path("/opt/project")],
-                            command=["python", "-m", "embedded.sandbox_bridge"])
+    command = bwrap_command(Isolation("bubblewrap", bwrap="/usr/bin/bwrap"), folder=folder,
+                            writable=["workspace", "home"], state_dir=state, gateway_socket=tmp_path / "gw.sock",
+                            shared=[Path("/opt/project")], command=["python", "-m", "embedded.sandbox_bridge"])
     hide = command.index("--tmpfs", command.index(str(state)) - 1)
     assert command[hide + 1] == str(state)
-    assert command.index("--bind") > hide and command[command.index("--bind") + 1:][:2] == [str(folder), str(folder)]
+    binds = [command[i + 1:i + 3] for i, part in enumerate(command) if part == "--bind"]
+    assert binds == [[str(folder / "workspace")] * 2, [str(folder / "home")] * 2]
+    assert command.index("--bind") > hide
+    # The folder itself (the stack's log and marker) is not the sandbox's
+    mounted = [command[i + 1] for i, part in enumerate(command) if part in ("--bind", "--ro-bind", "--ro-bind-try")]
+    assert str(folder) not in mounted and str(folder / "logs") not in command
     assert command[command.index(str(tmp_path / "gw.sock")) + 1] == SANDBOX_GATEWAY_SOCKET
     for flag in ("--unshare-user", "--unshare-pid", "--unshare-net", "--die-with-parent"):
         assert flag in command
