@@ -13,7 +13,7 @@ export CDK_DISABLE_VERSION_CHECK := 1
 
 OPENCODE_VERSION := 1.18.33
 
-install: $(STAMPS)/java $(STAMPS)/python $(STAMPS)/node $(STAMPS)/opencode
+install: $(STAMPS)/java $(STAMPS)/python $(STAMPS)/node $(STAMPS)/opencode $(STAMPS)/bubblewrap
 
 # DynamoDB Local needs Java 17+; Debian's headless JRE is enough.
 $(STAMPS)/java:
@@ -52,6 +52,13 @@ $(STAMPS)/web-deps: web/package.json web/package-lock.json
 
 web/dist/index.html: $(STAMPS)/web-deps $(WEB_SOURCES)
 	cd web && npm run --silent build
+
+# Local cloud sandboxes run isolated under bubblewrap (docs/sandboxes.md, "Local backend isolation").
+$(STAMPS)/bubblewrap:
+	@mkdir -p $(STAMPS)
+	@if command -v bwrap >/dev/null; then echo "bubblewrap: $$(bwrap --version)"; \
+	else echo "installing bubblewrap to isolate local sandboxes"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; fi
+	@touch $@
 
 web: web/dist/index.html
 

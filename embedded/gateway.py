@@ -66,8 +66,14 @@ def host_name(host_header: str) -> str:
     """The name of a Host header without its port, lower case: `[::1]:8080` → `[::1]`."""
     host = host_header.strip().lower()
     if host.startswith("["):
-        return host.split("]", 1)[0] + "]"
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        name, _, rest = host.partition("]")
+        name, well_formed = name + "]", rest == "" or (rest[:1] == ":" and rest[1:].isdigit())
+    elif ":" in host:
+        name, _, port = host.partition(":")
+        well_formed = port.isdigit()
+    else:
+        name, well_formed = host, True
+    return name if well_formed else host  # a malformed one matches no allowed name
 
 
 def allowed_host(host_header: str, allowed: tuple[str, ...]) -> bool:
@@ -280,8 +286,8 @@ class LocalGateway:
             await send({"type": "lifespan.shutdown.complete"})
 
     def _on_management_listener(self, scope: Scope) -> bool:
-        server = scope.get("server")
-        return self.config.management_port is not None and bool(server) and server[1] == self.config.management_port
+        server = scope.get("server") or (None, None)  # (host, port); None on the sandboxes' Unix socket
+        return self.config.management_port is not None and server[1] == self.config.management_port
 
     async def _management_listener(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(MANAGEMENT_PREFIX + "/"):

@@ -3,7 +3,8 @@
 A sandbox runs code the user's agent chose (and whatever a prompt talked it into), so it must not
 inherit the stack's privileges. With bubblewrap each one gets its own user, PID, network, IPC and
 UTS namespaces and a filesystem of its own: the system's programs and the project's code read-only,
-a few files of /etc, its own folder read-write, and nothing else of the state directory (no other
+a few files of /etc, its own workspace, home and XDG folders read-write, and nothing else of the
+state directory (not the stack's log and marker in its folder, no other
 sandbox, no DynamoDB Local data, no endpoints.json). Its network namespace has only a loopback
 interface: the emulators (moto, DynamoDB Local), the @connections listener and the internet are out
 of reach. The one way out is the gateway's Unix socket, bind-mounted into the sandbox, which serves
@@ -33,8 +34,10 @@ ETC_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/passw
              "/etc/localtime", "/etc/ssl", "/etc/ca-certificates", "/etc/alternatives", "/etc/ld.so.cache",
              "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/mime.types")
 TOP_LEVEL_SYSTEM = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# Run as root, bwrap would keep every capability inside the sandbox's user namespace (enough to
+# remount its read-only folders writable): drop them all, as it does for anyone else.
 NAMESPACES = ("--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-              "--unshare-cgroup-try")
+              "--unshare-cgroup-try", "--cap-drop", "ALL")
 
 Mode = Literal["bubblewrap", "trusted", "unavailable"]
 
@@ -46,6 +49,7 @@ class Isolation:
     mode: Mode
     bwrap: str | None = None
     reason: str = ""  # why bubblewrap cannot be used (trusted and unavailable)
+    options: tuple[str, ...] = ()  # what this bwrap supports beyond NAMESPACES
 
     def refusal(self) -> str:
         return (f"local sandboxes run isolated with bubblewrap, which is not available here ({self.reason}); "
@@ -73,8 +77,15 @@ def probe(bwrap: str | None) -> str | None:
 def detect(bwrap: str | None, *, trusted: bool) -> Isolation:
     problem = probe(bwrap)
     if problem is None:
-        return Isolation("bubblewrap", bwrap=bwrap)
+        assert bwrap is not None
+        return Isolation("bubblewrap", bwrap=bwrap, options=_optional_hardening(bwrap))
     return Isolation("trusted" if trusted else "unavailable", reason=problem)
+
+
+def _optional_hardening(bwrap: str) -> tuple[str, ...]:
+    """No nested user namespaces (bubblewrap 0.8+; older ones still lock the mounts they made)."""
+    usage = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=30).stdout
+    return ("--disable-userns",) if "--disable-userns" in usage else ()
 
 
 def _package_root(path: Path) -> Path:
@@ -99,15 +110,17 @@ def runtime_paths(python: str, project_root: Path, extra_executables: Sequence[P
     return unique
 
 
-def bwrap_command(isolation: Isolation, *, folder: Path, state_dir: Path, gateway_socket: Path,
-                  shared: Sequence[Path], command: Sequence[str]) -> list[str]:
+def bwrap_command(isolation: Isolation, *, folder: Path, writable: Sequence[str], state_dir: Path,
+                  gateway_socket: Path, shared: Sequence[Path], command: Sequence[str]) -> list[str]:
     """The bubblewrap command line running `command` in the sandbox whose folder is `folder`.
 
     Mounts go in order: the state directory is hidden under an empty tmpfs (in case it lies inside
-    a shared folder), then the sandbox's own folder is mounted back at its own path, so the paths
-    the agent reports are the same inside and out."""
+    a shared folder), then the `writable` subfolders of the sandbox's folder are mounted back at
+    their own paths, so the paths the agent reports are the same inside and out. The folder itself
+    is not: what the stack writes there (its log, sandbox.json) stays out of the sandbox's reach,
+    or a link put in its place would have the stack write through it."""
     assert isolation.bwrap is not None
-    arguments = [isolation.bwrap, *NAMESPACES, "--die-with-parent", "--hostname", "sandbox",
+    arguments = [isolation.bwrap, *NAMESPACES, *isolation.options, "--die-with-parent", "--hostname", "sandbox",
                  "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--ro-bind", "/usr", "/usr"]
     for top in TOP_LEVEL_SYSTEM:
         if os.path.islink(top):
@@ -118,7 +131,9 @@ def bwrap_command(isolation: Isolation, *, folder: Path, state_dir: Path, gatewa
         arguments += ["--ro-bind-try", name, name]
     for path in shared:
         arguments += ["--ro-bind", str(path), str(path)]
-    arguments += ["--tmpfs", str(state_dir), "--bind", str(folder), str(folder),
-                  "--ro-bind", str(gateway_socket), SANDBOX_GATEWAY_SOCKET,
+    arguments += ["--tmpfs", str(state_dir)]
+    for name in writable:
+        arguments += ["--bind", str(folder / name), str(folder / name)]
+    arguments += ["--ro-bind", str(gateway_socket), SANDBOX_GATEWAY_SOCKET,
                   "--chdir", str(folder), "--", *command]
     return arguments

@@ -45,6 +45,7 @@ from layers.shared.settings import Settings
 log = logging.getLogger("agentserver.sandboxes")
 
 MARKER = "sandbox.json"
+WRITABLE = ("workspace", "home", "xdg")  # the sandbox's own; logs/ and the marker are the stack's
 STOP_TIMEOUT_SECONDS = 15.0  # the agent closes its tunnel and stops opencode in this time
 # Only these of the stack's own variables reach a sandbox: never AWS credentials or provider keys.
 PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ")
@@ -102,7 +103,7 @@ class LocalSandboxBackend:
         self._terminate(spec.sandbox_id)
         folder = self.folder(spec.sandbox_id)
         workspace = folder / "workspace"
-        for path in (workspace, folder / "home", folder / "logs"):
+        for path in (*(folder / name for name in WRITABLE), folder / "logs"):
             path.mkdir(parents=True, exist_ok=True)
         (folder / MARKER).write_text(json.dumps({"sandbox_id": spec.sandbox_id, "workspace_id": spec.workspace_id}))
         environment = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ}
@@ -152,12 +153,14 @@ class LocalSandboxBackend:
         if self.gateway_socket is None:
             raise BackendError("the gateway's sandbox socket is not open")
         try:
-            opencode = [find_opencode(folder / "workspace")]
+            # The stack's own opencode, never one the sandbox's workspace offers: a link planted there
+            # would have us share whatever folder it points to.
+            opencode = [find_opencode(PROJECT_ROOT)]
         except OpencodeError:
             opencode = []  # the agent says so itself, from inside
         shared = runtime_paths(self.python, PROJECT_ROOT, opencode)
         bridge = [self.python, "-m", "embedded.sandbox_bridge", "--socket", SANDBOX_GATEWAY_SOCKET, "--", *agent]
-        return bwrap_command(self.isolation, folder=folder, state_dir=self.state_dir,
+        return bwrap_command(self.isolation, folder=folder, writable=WRITABLE, state_dir=self.state_dir,
                              gateway_socket=self.gateway_socket, shared=shared, command=bridge)
 
     def _spawn(self, folder: Path, environment: dict[str, str], command: list[str]) -> subprocess.Popen[bytes]:

@@ -71,9 +71,10 @@ def test_create_open_idle_pause_resume_and_delete_a_sandbox(tmp_path: Path) -> N
         assert workspace == (stack.state_dir / "sandboxes" / sid / "workspace").resolve()
         phases = [e["phase"] for e in browser.get(f"/api/sandboxes/{sid}/events").json()["items"]]
         assert phases == ["creating", "started", "running"]
-        [agent_pid] = pids_with("-m sandbox.agent")
-        environment = Path(f"/proc/{agent_pid}/environ").read_bytes().split(b"\0")
-        assert not any(b"sk-ant-not-for-sandboxes" in item or item.startswith(b"AWS_") for item in environment)
+        # Every process of the sandbox (bubblewrap, the bridge, the agent, opencode) has the sandbox's own environment
+        for pid in agent_processes(sid):
+            environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert not any(b"sk-ant-not-for-sandboxes" in item or item.startswith(b"AWS_") for item in environment)
 
         # The browser drives opencode through the relay, in the sandbox's workspace
         origin = open_in_browser(stack, browser, sid)

@@ -17,7 +17,7 @@ import pytest
 from tests.e2e.test_cloud_sandbox_lifecycle import agent_processes, open_in_browser, sandbox_status
 from tests.fakes.llm_upstream import FakeLlmUpstream
 from tests.identity_support import Browser, sign_up
-from tests.support import RunningStack, wait_until
+from tests.support import ROOT, RunningStack, wait_until
 
 SERVER_SECRET = "sk-server-only-secret-0123456789"  # noqa: S105 - a marker, not a credential
 
@@ -62,6 +62,8 @@ report = {
     "pids": pids,
     "cmdlines": [cmdline(pid) for pid in pids],
     "server_environ": look(f"/proc/{targets['server_pid']}/environ"),
+    "capabilities": [line for line in open("/proc/self/status") if line.startswith("CapEff")][0].split()[1],
+    "project_writable": os.access(targets["project"], os.W_OK),
     "ports": {name: reach(port) for name, port in targets["ports"].items()},
     "paths": {path: look(path) for path in targets["paths"]},
     "connections": call("POST", os.environ["AGENTSERVER_SERVER_URL"] + "/@connections/anything", b"forged"),
@@ -125,10 +127,11 @@ def test_a_sandbox_sees_nothing_of_the_stack_and_still_reaches_tunnel_and_llm_pr
         (folder / "workspace" / "probe.py").write_text(PROBE)
         management_port = httpx.URL(stack.endpoints["management"]).port
         moto_port = httpx.URL(stack.endpoints["aws"]).port
-        targets = {"server_pid": stack.endpoints["pid"],
+        targets = {"server_pid": stack.endpoints["pid"], "project": str(ROOT),
                    "ports": {"moto": moto_port, "management": management_port},
                    "paths": [str(other.parent), str(other / "secret.txt"), str(state), str(state / "sandboxes"),
-                             str(state / "endpoints.json"), str(stack.log_path), str(Path.home()), "/etc/shadow"]}
+                             str(state / "endpoints.json"), str(stack.log_path), str(Path.home()), "/etc/shadow",
+                             str(folder), str(folder / "logs"), str(folder / "sandbox.json")]}
         # When code inside it looks around
         origin = open_in_browser(stack, browser, sid)
         output = run_inside(origin, f"{sys.executable} probe.py '{json.dumps(targets)}'")
@@ -145,6 +148,9 @@ def test_a_sandbox_sees_nothing_of_the_stack_and_still_reaches_tunnel_and_llm_pr
     assert report["server_environ"] is None
     assert len(report["pids"]) < 12 and max(report["pids"]) < 100, report["cmdlines"]
     assert not [line for line in report["cmdlines"] if " up " in line or "agent_client.cli" in line]
+    # Nor any capability (even when the stack runs as root), nor a way to change the project's code
+    assert int(report["capabilities"], 16) == 0
+    assert report["project_writable"] is False
     # Nor the emulators, nor the @connections listener: its network has no route to them
     assert report["ports"] == {"moto": False, "management": False}
     # And the public port's @connections answers nothing through the sandbox's way out
@@ -155,6 +161,10 @@ def test_a_sandbox_sees_nothing_of_the_stack_and_still_reaches_tunnel_and_llm_pr
     assert paths[str(state)] == ["sandboxes"] and paths[str(state / "sandboxes")] == [sid]
     assert paths[str(state / "endpoints.json")] is None and paths[str(stack.log_path)] is None
     assert paths["/etc/shadow"] is None
+    # Of its own folder, only what is its own: the stack's log and marker (which the stack writes to)
+    # are not there, so no link the sandbox plants can redirect the stack's writes
+    assert paths[str(folder)] == ["home", "workspace", "xdg"]
+    assert paths[str(folder / "logs")] is None and paths[str(folder / "sandbox.json")] is None
     # While the LLM proxy answers it with the upstream's reply, sent with the server's key
     status, body = report["llm"]
     assert status == 200, body

@@ -1,6 +1,6 @@
 import { type FormEvent, type ReactNode, useEffect, useState } from "react";
 import { Link, NavLink, Navigate, Outlet, useNavigate, useParams } from "react-router";
-import { api, type Workspace } from "./api";
+import { api, clientConfig, type ClientConfig, type Workspace } from "./api";
 import { Dialog, ErrorNote, Loading } from "./components";
 import { useAction } from "./hooks";
 import { useSession } from "./session";
@@ -59,6 +59,34 @@ function WorkspaceSwitcher({ current }: { current?: string }) {
   );
 }
 
+/** What /config.json of the local stack says about its cloud sandboxes (absent on AWS). */
+type SandboxIsolation = "bubblewrap" | "trusted" | "unavailable";
+
+/** A local stack whose sandboxes run unisolated (or cannot run) says so on every page. */
+function SandboxIsolationBanner() {
+  const [isolation, setIsolation] = useState<SandboxIsolation | undefined>();
+  useEffect(() => {
+    void clientConfig().then((config) =>
+      setIsolation((config as (ClientConfig & { sandbox_isolation?: SandboxIsolation }) | null)?.sandbox_isolation));
+  }, []);
+  if (isolation === "trusted") {
+    return (
+      <p className="banner warning" role="alert">
+        Cloud sandboxes on this server run <strong>without isolation</strong> (started with --trusted-sandboxes):
+        code in any sandbox can read everything the server can, including its provider keys and other sandboxes.
+      </p>
+    );
+  }
+  if (isolation === "unavailable") {
+    return (
+      <p className="banner" role="status">
+        Cloud sandboxes cannot start on this server: bubblewrap is not available to isolate them.
+      </p>
+    );
+  }
+  return null;
+}
+
 /** The frame of every signed-in page: brand, workspace switcher, navigation, account links. */
 export function Layout() {
   const { user, signOut } = useSession();
@@ -87,6 +115,7 @@ export function Layout() {
           <button type="button" className="link" onClick={() => void signOut()}>Sign out</button>
         </nav>
       </header>
+      <SandboxIsolationBanner />
       <main id="main" tabIndex={-1}>
         <Outlet />
       </main>
