@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -55,6 +56,17 @@ async def app(stream: FakeStream) -> None:
 hung: list[int] = []
 waiting: list[int] = []
 impostor_tried = threading.Event()
+
+
+@pytest.fixture(autouse=True)
+def fresh_app_state() -> Iterator[None]:
+    """The app's module state starts empty in each test, whatever ran before; a stream still waiting
+    on the impostor is released at the end."""
+    hung.clear()
+    waiting.clear()
+    impostor_tried.clear()
+    yield
+    impostor_tried.set()
 
 
 class AgentThread:
