@@ -224,6 +224,7 @@ def test_the_real_server_acknowledges_the_clients_heartbeats(stack: RunningStack
     from agent_client.timings import TunnelTimings
     from agent_client.tunnel import TunnelClient
     from tests.identity_support import registered_agent
+    from tests.support import eventually
 
     browser, _, registration = registered_agent(stack.base_url, "beats")
     timings = TunnelTimings(heartbeat_interval=0.3, open_timeout=5, close_timeout=1)
@@ -234,8 +235,8 @@ def test_the_real_server_acknowledges_the_clients_heartbeats(stack: RunningStack
                               info=AgentInfoSource(agent_type="opencode", working_directory="/srv/project"))
         task = asyncio.create_task(client.run())
         try:
-            await asyncio.sleep(2.5)
-            assert client.current is not None and client.connections_opened == 1
+            await eventually(lambda: client.current is not None and client.current.acknowledged_heartbeats >= 6)
+            assert client.connections_opened == 1
             return client.current.acknowledged_heartbeats
         finally:
             task.cancel()

@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import json
 import os
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -24,7 +23,7 @@ from tests.agent_client_support import (
     LocalTestApp,
     ThreadedServer,
 )
-from tests.support import free_port
+from tests.support import eventually, free_port
 
 FAST = TunnelTimings(heartbeat_interval=0.2, missed_heartbeats=3, backoff_base=0.05, backoff_cap=0.2,
                      stable_after=1.0, open_timeout=3, close_timeout=1, info_refresh_interval=0.2)
@@ -68,9 +67,8 @@ def test_agent_info_is_the_first_frame_and_heartbeats_are_acknowledged(local_app
             assert info.agent_type == "opencode" and info.working_directory == "/work/project"
             assert info.hostname and info.os and info.versions["agent_client"]
             # And heartbeats flow every interval and are acknowledged
-            await asyncio.sleep(FAST.heartbeat_interval * 4)
-            assert len(link.heartbeats) >= 3
-            assert client.current is not None and client.current.acknowledged_heartbeats >= 3
+            await eventually(lambda: len(link.heartbeats) >= 3 and client.current is not None
+                             and client.current.acknowledged_heartbeats >= 3)
             assert client.current.round_trip_ms is not None
 
     asyncio.run(scenario())
@@ -86,9 +84,7 @@ def test_agent_info_is_sent_again_when_it_changes(local_app: tuple[LocalTestApp,
         info = AgentInfoSource(agent_type="opencode", working_directory="/w", probe=probe)
         async with FakeTunnelServer() as server, running_client(server, local_app[1], info=info):
             link = await server.connection(1)
-            deadline = time.monotonic() + 5
-            while len(link.infos) < 2 and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            await eventually(lambda: len(link.infos) >= 2)
             # An unchanged AGENT_INFO is not repeated; a new opencode version is
             assert [item.versions["opencode"] for item in link.infos] == ["1.0.0", "1.1.0"]
 
@@ -183,10 +179,8 @@ def test_cancel_from_the_server_stops_the_local_request(local_app: tuple[LocalTe
             # Then the local app sees its client disconnect, and the agent forgets the stream
             assert await asyncio.to_thread(app.slow_disconnected.wait, 5)
             assert client.current is not None
-            deadline = time.monotonic() + 5
-            while client.current.streams.open_streams and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert client.current.streams.open_streams == 0
+            current = client.current
+            await eventually(lambda: current.streams.open_streams == 0)
             assert client.current.streams.outcome(stream.stream_id) == "cancelled: client_disconnected"
 
     asyncio.run(scenario())
@@ -224,7 +218,7 @@ def test_a_large_download_does_not_starve_small_requests(local_app: tuple[LocalT
                     received += len(chunk)
 
             download = asyncio.create_task(drain())
-            await asyncio.sleep(0.05)
+            await eventually(lambda: received > 0)  # the download is under way
             # While the download runs, small requests on the same connection complete
             for _ in range(5):
                 small = await link.request("GET", "/hello")
@@ -246,9 +240,16 @@ def test_the_agent_never_sends_more_than_the_server_granted(local_app: tuple[Loc
             # A relay whose browser reads nothing: it grants no credit back
             stream = await link.request("GET", f"/big?size={1024 * 1024}", grant_credit=False)
             await stream.response_head()
-            await asyncio.sleep(0.5)
-            bodies = [m for m in stream.received if isinstance(m, codec.ResponseBody)]
-            assert sum(len(m.data) for m in bodies) == 256 * 1024
+
+            def sent() -> int:
+                return sum(len(m.data) for m in stream.received if isinstance(m, codec.ResponseBody))
+
+            await eventually(lambda: sent() >= 256 * 1024)
+            # A round trip on another stream gives the agent every chance to send more than its credit
+            hello = await link.request("GET", "/hello")
+            assert (await hello.response_head()).status == 200
+            await hello.read_body()
+            assert sent() == 256 * 1024
             # Once the relay delivers what it holds and grants that credit back, the rest follows
             stream.grant_credit = True
             assert len(await stream.read_body()) == 1024 * 1024
@@ -314,8 +315,7 @@ def test_the_client_reconnects_after_a_server_restart(local_app: tuple[LocalTest
                 await server.connection(1)
                 # When the server goes down, the client keeps trying
                 await server.stop()
-                await asyncio.sleep(0.6)
-                assert any(event.state == "retrying" for event in events)
+                await eventually(lambda: any(event.state == "retrying" for event in events))
                 # And when it is back on the same address, the agent is back with its AGENT_INFO
                 restarted = await FakeTunnelServer(port=server.port).start()
                 try:
@@ -413,8 +413,9 @@ def test_a_server_without_handover_loses_the_old_streams_but_the_agent_stays_up(
             await asyncio.wait_for(old.closed.wait(), 5)
             # The stream in flight on the old connection is lost, and its local request stopped...
             assert await asyncio.to_thread(app.slow_disconnected.wait, 5)
-            # ...but that is not a failure of the agent's tunnel: the new connection just serves on
-            await asyncio.sleep(0.5)
+            # ...but that is not a failure of the agent's tunnel: once the client has let the old one go,
+            # the new connection just serves on
+            await eventually(lambda: any(event.state == "drained" for event in events))
             assert client.connections_opened == 2 and not new.closed.is_set()
             stream = await new.request("GET", "/hello")
             assert (await stream.response_head()).status == 200
