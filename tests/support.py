@@ -99,7 +99,9 @@ class RunningStack:
         return f"{self.endpoints['resource_prefix']}{logical}"
 
 
-def wait_until(predicate: Any, timeout: float = 10, interval: float = 0.1) -> Any:
+def wait_until(predicate: Any, timeout: float = 30, interval: float = 0.1) -> Any:
+    """The predicate's truthy value once it has one. The deadline is generous (a busy 2-core machine is slow);
+    a passing test does not wait for it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
