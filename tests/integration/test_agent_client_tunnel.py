@@ -179,7 +179,7 @@ def test_cancel_from_the_server_stops_the_local_request(local_app: tuple[LocalTe
             # When the browser goes away, the relay cancels the stream
             await stream.cancel()
             # Then the local app sees its client disconnect, and the agent forgets the stream
-            assert await asyncio.to_thread(app.slow_disconnected.wait, 5)
+            assert await asyncio.to_thread(app.slow_disconnected.wait, 30)
             assert client.current is not None
             current = client.current
             await eventually(lambda: current.streams.open_streams == 0)
@@ -379,7 +379,7 @@ def test_a_planned_reconnect_keeps_an_in_flight_stream_alive(local_app: tuple[Lo
             await sse.response_head()
             assert await sse.body_chunk() == b"data: 0\n\n"
             # When the connection reaches its planned age, a second one opens as a handover
-            new = await server.connection(2, timeout=5)
+            new = await server.connection(2, timeout=30)
             assert new.query.get("handover") == "1"
             assert new.infos, "every connection starts with AGENT_INFO"
             # New streams go to the new connection
@@ -392,7 +392,7 @@ def test_a_planned_reconnect_keeps_an_in_flight_stream_alive(local_app: tuple[Lo
             assert await sse.body_chunk() == b"data: 2\n\n"
             assert await sse.body_chunk() is None
             # Then the client closes the old connection itself
-            await asyncio.wait_for(old.closed.wait(), 5)
+            await asyncio.wait_for(old.closed.wait(), 30)
             assert not new.closed.is_set() and client.current is not None
             assert old.websocket.close_code == 1000
             assert any(event.state == "rolled_over" for event in events)
@@ -413,10 +413,10 @@ def test_a_server_without_handover_loses_the_old_streams_but_the_agent_stays_up(
             old = await server.connection(1)
             slow = await old.request("GET", "/slow")
             await slow.response_head()
-            new = await server.connection(2, timeout=5)
-            await asyncio.wait_for(old.closed.wait(), 5)
+            new = await server.connection(2, timeout=30)
+            await asyncio.wait_for(old.closed.wait(), 30)
             # The stream in flight on the old connection is lost, and its local request stopped...
-            assert await asyncio.to_thread(app.slow_disconnected.wait, 5)
+            assert await asyncio.to_thread(app.slow_disconnected.wait, 30)
             # ...but that is not a failure of the agent's tunnel: once the client has let the old one go,
             # the new connection just serves on
             await eventually(lambda: any(event.state == "drained" for event in events))
@@ -439,16 +439,16 @@ def test_a_replaced_connection_cancels_what_is_left_after_the_grace_period(
             old = await server.connection(1)
             slow = await old.request("GET", "/slow")
             await slow.response_head()
-            await server.connection(2, timeout=5)
+            await server.connection(2, timeout=30)
             # The stream outlives the grace period: it is cancelled, then the old connection closes
             cancel = None
             while cancel is None:
-                message = await slow.next_message(timeout=5)
+                message = await slow.next_message(timeout=30)
                 if isinstance(message, codec.Cancel):
                     cancel = message
             assert cancel.reason == codec.CancelReason.SHUTTING_DOWN
-            await asyncio.wait_for(old.closed.wait(), 5)
-            assert await asyncio.to_thread(app.slow_disconnected.wait, 5)
+            await asyncio.wait_for(old.closed.wait(), 30)
+            assert await asyncio.to_thread(app.slow_disconnected.wait, 30)
 
     asyncio.run(scenario())
 
@@ -466,7 +466,7 @@ def test_shutting_down_cancels_open_streams_and_closes_normally(local_app: tuple
             await asyncio.wait_for(link.closed.wait(), 5)
             assert link.websocket.close_code == 1000
             assert any(isinstance(m, codec.Cancel) and m.reason == "shutting_down" for m in slow.received)
-            assert await asyncio.to_thread(app.slow_disconnected.wait, 5)
+            assert await asyncio.to_thread(app.slow_disconnected.wait, 30)
 
     asyncio.run(scenario())
 
