@@ -9,7 +9,7 @@ export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_VERSION_CHECK := 1
 
-.PHONY: install web up up-memory test test-unit test-integration test-infra test-e2e test-browser synth bench lint clean
+.PHONY: install web up up-memory test test-unit test-integration test-infra test-e2e test-browser test-shuffled synth bench lint clean
 
 OPENCODE_VERSION := 1.18.33
 
@@ -83,6 +83,11 @@ test-unit: install
 
 test-integration: install
 	$(PY) -m pytest tests/integration
+
+# Unit and integration tests in a random order (pytest-randomly; `make test` keeps the file order).
+# It prints its seed; `make test-shuffled SEED=n` repeats that order.
+test-shuffled: install
+	$(PY) -m pytest -p randomly $(if $(SEED),--randomly-seed=$(SEED)) tests/unit tests/integration
 
 test-infra: install
 	$(PY) -m pytest tests/infra

@@ -103,7 +103,9 @@ class RunningStack:
         return f"{self.endpoints['resource_prefix']}{logical}"
 
 
-def wait_until(predicate: Any, timeout: float = 10, interval: float = 0.1) -> Any:
+def wait_until(predicate: Any, timeout: float = 30, interval: float = 0.1) -> Any:
+    """The predicate's truthy value once it has one. The deadline is generous (a busy 2-core machine is slow);
+    a passing test does not wait for it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -125,3 +127,17 @@ def pids_with(text: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+async def eventually(predicate: Any, timeout: float = 30, interval: float = 0.02) -> Any:
+    """`wait_until` for a test's event loop: the predicate's truthy value, polled without blocking the loop.
+    The deadline is generous: on a busy machine a condition may take long; a test waits for it, not for a time."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")

@@ -321,11 +321,14 @@ def test_admin_overrides_default_quotas_and_cannot_remove_the_last_admin(stack: 
     admin, admin_user = stack_admin(stack.base_url)
     admin_id = admin_user["id"]
     assert admin.get("/api/auth/me").json()["role"] == "admin"
-    assert admin.put("/api/admin/quotas", json={"max_workspaces_per_user": 2}).status_code == 200
-    newcomer, _ = sign_up(stack.base_url, "capped")
-    assert newcomer.post("/api/workspaces", json={"name": "second"}).status_code == 201
-    assert newcomer.post("/api/workspaces", json={"name": "third"}).status_code == 403
-    admin.put("/api/admin/quotas", json={"max_workspaces_per_user": 10})
+    before = admin.get("/api/admin/quotas").json()["max_workspaces_per_user"]
+    try:
+        assert admin.put("/api/admin/quotas", json={"max_workspaces_per_user": 2}).status_code == 200
+        newcomer, _ = sign_up(stack.base_url, "capped")
+        assert newcomer.post("/api/workspaces", json={"name": "second"}).status_code == 201
+        assert newcomer.post("/api/workspaces", json={"name": "third"}).status_code == 403
+    finally:  # the module's other tests share this stack: a failure here must not leave them capped at 2
+        assert admin.put("/api/admin/quotas", json={"max_workspaces_per_user": before}).status_code == 200
     last = admin.patch(f"/api/admin/users/{admin_id}", json={"role": "user"})
     assert last.status_code == 409 and last.json()["error"]["code"] == "last_admin"
 

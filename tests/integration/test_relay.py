@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -77,6 +78,17 @@ stalled: list[bool] = []
 hung: list[int] = []
 waiting: list[int] = []
 impostor_tried = threading.Event()
+
+
+@pytest.fixture(autouse=True)
+def fresh_app_state() -> Iterator[None]:
+    """The app's module state starts empty in each test, whatever ran before; a stream still waiting
+    on the impostor is released at the end."""
+    hung.clear()
+    waiting.clear()
+    impostor_tried.clear()
+    yield
+    impostor_tried.set()
 
 
 class AgentThread:
