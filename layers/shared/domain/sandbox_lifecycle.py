@@ -288,12 +288,12 @@ def request_resume(store: LifecycleStore, queue: CommandQueue, sandbox: Sandbox,
 
 
 def request_delete(store: LifecycleStore, queue: CommandQueue, sandbox: Sandbox, *, now: datetime,
-                   config: LifecycleConfig) -> Sandbox:
+                   config: LifecycleConfig, reason: str = "deleted by a user") -> Sandbox:
     if sandbox.kind == SandboxKind.local:
         return agents.mark_deleted(store, sandbox)
     if sandbox.status == S.deleting:
         return sandbox  # already on its way
-    return _intend(store, queue, sandbox, S.deleting, reason="deleted by a user", now=now, config=config,
+    return _intend(store, queue, sandbox, S.deleting, reason=reason, now=now, config=config,
                    connection_id=None)
 
 
