@@ -215,3 +215,20 @@ def test_a_delete_create_loop_cannot_run_more_than_the_quota_allows(world: World
     # Then at most max_workspaces × max_sandboxes sandboxes ever ran at once
     assert running == QUOTAS.max_workspaces_per_user * QUOTAS.max_sandboxes_per_workspace
     assert refused == 2
+
+
+def test_a_start_that_raced_the_delete_never_runs(world: World) -> None:
+    # Given a cloud sandbox whose start is still queued when its workspace is deleted
+    workspace = world.workspace()
+    sandbox_lifecycle.create_sandbox(
+        world.sandboxes, world.queue, workspace_id=workspace.workspace_id, user_id=world.owner_id, name="late",
+        agent_type=AgentType.opencode, cpu=256, memory=512, idle_timeout=600, quotas=QUOTAS, config=CONFIG, now=T0)
+    [start] = world.pending(sandbox_lifecycle.START)
+    workspace_deletion.request_delete(world.deletion, world.queue, workspace, now=T0)
+    # When the start arrives at the worker, Then the backend never runs the sandbox
+    world.work(start)
+    assert world.backend.specs == []
+    # And the deletion still completes
+    world.work(*world.pending(workspace_deletion.WORKSPACE_DELETE))
+    world.work(*world.pending(sandbox_lifecycle.DELETE))
+    assert world.deletion.get_workspace(workspace.workspace_id) is None

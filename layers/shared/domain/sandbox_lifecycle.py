@@ -371,6 +371,10 @@ def start(store: LifecycleStore, backend: SandboxBackend, command: Command, *, c
     sandbox = _current(store, command, STARTING)
     if sandbox is None:
         return
+    if store.workspace_closed(sandbox.workspace_id):
+        # Its workspace is being deleted (a resume raced the delete): never start; the deletion deletes it.
+        log.info("start skipped: the workspace is being deleted", extra={"sandbox_id": sandbox.sandbox_id})
+        return
     tunnel_token, proxy_token = new_secret(TUNNEL_PREFIX), new_secret(PROXY_PREFIX)
     sandbox = store.rotate_credentials(sandbox, digest(tunnel_token), digest(proxy_token))
     spec = SandboxSpec(sandbox_id=sandbox.sandbox_id, workspace_id=sandbox.workspace_id,
