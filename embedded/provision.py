@@ -41,6 +41,20 @@ def table_definition(table: Table, physical_name: str) -> dict[str, Any]:
     return definition
 
 
+def add_missing_indexes(dynamodb: Any, table: Table, name: str) -> None:
+    """A state directory from an older version keeps its data: indexes added since are created on it
+    (DynamoDB fills them from the existing items), one at a time as DynamoDB requires."""
+    present = {index["IndexName"] for index in
+               dynamodb.describe_table(TableName=name)["Table"].get("GlobalSecondaryIndexes", [])}
+    definition = table_definition(table, name)
+    for index in definition.get("GlobalSecondaryIndexes", []):
+        if index["IndexName"] in present:
+            continue
+        dynamodb.update_table(TableName=name, AttributeDefinitions=definition["AttributeDefinitions"],
+                              GlobalSecondaryIndexUpdates=[{"Create": index}])
+        dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2})
+
+
 def provision(topology: Topology, settings: Settings, *, visibility_timeout: int | None = None) -> None:
     dynamodb, sqs, s3, secrets = client("dynamodb"), client("sqs"), client("s3"), client("secretsmanager")
 
@@ -50,6 +64,8 @@ def provision(topology: Topology, settings: Settings, *, visibility_timeout: int
         if name not in existing:
             dynamodb.create_table(**table_definition(table, name))
             dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2})
+        else:
+            add_missing_indexes(dynamodb, table, name)
         if table.ttl_attribute:
             try:
                 dynamodb.update_time_to_live(

@@ -12,9 +12,11 @@ from layers.shared import clock
 from layers.shared.dal.connections import ApiGatewayPusher, DynamoConnectionStore
 from layers.shared.dal.operations import SqsCommandQueue
 from layers.shared.dal.sandboxes import DynamoSandboxStore
-from layers.shared.domain import agent_connections, sandbox_lifecycle
+from layers.shared.dal.workspace_deletion import DynamoWorkspaceDeletion
+from layers.shared.domain import agent_connections, sandbox_lifecycle, workspace_deletion
 from layers.shared.domain.connections import ConnectionPusher, ConnectionStore, reap_lost_connections
 from layers.shared.domain.sandbox_lifecycle import CommandQueue, LifecycleConfig, LifecycleStore
+from layers.shared.domain.workspace_deletion import DeletionStore
 from layers.shared.observability import logger, metrics, tracer
 from layers.shared.settings import get_settings
 
@@ -31,6 +33,7 @@ def handler(
     queue: CommandQueue | None = None,
     now: Callable[[], datetime] = clock.utcnow,
     config: LifecycleConfig | None = None,
+    workspaces: DeletionStore | None = None,
 ) -> dict[str, int]:
     settings = get_settings()
     records, pusher = store or DynamoConnectionStore(), pusher or ApiGatewayPusher()
@@ -42,11 +45,14 @@ def handler(
     config = config or LifecycleConfig.from_settings(settings)
     repaired = sandbox_lifecycle.repair_stuck(sandboxes, queue, now=moment, config=config)
     paused = sandbox_lifecycle.pause_idle(sandboxes, queue, now=moment, config=config)
+    workspaces_removed = workspace_deletion.repair(workspaces or DynamoWorkspaceDeletion(), sandboxes, queue,
+                                                   records, pusher, now=moment, config=config)
     metrics.add_metric(name="LostConnectionsRemoved", unit=MetricUnit.Count, value=removed)
     metrics.add_metric(name="SilentAgentsOffline", unit=MetricUnit.Count, value=silenced)
     metrics.add_metric(name="StuckSandboxesRepaired", unit=MetricUnit.Count, value=repaired)
     metrics.add_metric(name="IdleSandboxesPaused", unit=MetricUnit.Count, value=paused)
+    metrics.add_metric(name="DeletedWorkspacesRemoved", unit=MetricUnit.Count, value=workspaces_removed)
     result = {"connections_removed": removed, "agents_offline": silenced, "sandboxes_repaired": repaired,
-              "sandboxes_paused": paused}
+              "sandboxes_paused": paused, "workspaces_removed": workspaces_removed}
     logger.info("reaper done", extra=result)
     return result

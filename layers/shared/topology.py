@@ -210,6 +210,9 @@ SANDBOXES = Table(
         # while creating, resuming, pausing or deleting) and `due_at`, so the reaper finds idle and
         # stuck sandboxes by a query.
         GlobalIndex("by_due", partition=Key("due"), sort=Key("due_at")),
+        # Every sandbox by status, newest first within one (only sandboxes carry `status`): the admins'
+        # view of all sandboxes, whatever workspace (or none left) they belong to.
+        GlobalIndex("by_status", partition=Key("status"), sort=Key("gsi1sk")),
     ),
     ttl_attribute="expires_at",
 )
@@ -313,7 +316,10 @@ TOPOLOGY = Topology(
             memory_mb=512,
             timeout_seconds=50,  # below the queue's visibility timeout
             sqs=SqsTrigger(queue="sandbox-ops", batch_size=10),
-            tables=("operations", "sandboxes"),
+            # identity and connections: deleting a workspace closes its sandboxes' tunnels, then removes it
+            tables=("operations", "sandboxes", "identity", "connections"),
+            queues_send=("sandbox-ops",),  # a workspace's deletion sends its cloud sandboxes' deletes
+            manages_connections=True,
             runs_sandboxes=True,
         ),
         Function(
@@ -323,7 +329,7 @@ TOPOLOGY = Topology(
             memory_mb=256,
             timeout_seconds=60,
             schedule=Schedule("rate(1 minute)"),
-            tables=("connections", "sandboxes"),
+            tables=("connections", "sandboxes", "identity"),  # identity: finishing workspaces' deletions
             queues_send=("sandbox-ops",),
             manages_connections=True,
         ),

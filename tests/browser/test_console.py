@@ -336,6 +336,47 @@ def test_the_admin_page_lists_everyone_and_sets_default_quotas(page: Page, conso
     screenshot(page, "admin")
 
 
+def test_deleting_a_workspace_shows_it_deleting_and_admins_see_what_it_ran(page: Page, console: Console) -> None:
+    # Given a user whose second workspace holds a cloud sandbox and a local agent's registration
+    user = new_account(console.stack.base_url, "closer")
+    api = sign_in(console.stack.base_url, user.email)
+    wid = api.post("/api/workspaces", json={"name": "Short-lived"}).json()["id"]
+    cloud = api.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "doomed-box", "cpu": 256, "memory": 512})
+    assert cloud.status_code == 202, cloud.text
+    code = api.post(f"/api/workspaces/{wid}/agent-codes").json()["code"]
+    laptop = httpx.post(f"{console.stack.base_url}/api/agent/register", json={"code": code, "name": "doomed-laptop"})
+    assert laptop.status_code == 201
+
+    # When they delete it from its Members page, confirming in the dialog
+    sign_in_in_browser(page, user)
+    expect(page.get_by_role("heading", name="Sandboxes")).to_be_visible()
+    page.goto(f"/w/{wid}/members")
+    page.get_by_role("button", name="Delete workspace…").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete workspace").click()
+
+    # Then the workspace says it is being deleted (while its sandboxes stop) and then disappears from the switcher
+    switcher = page.get_by_label("Workspace")
+    deleting_or_gone = page.get_by_test_id("workspace-deleting").or_(page.get_by_role("heading", name="Sandboxes"))
+    expect(deleting_or_gone.first).to_be_visible()
+    expect(switcher.locator("option", has_text="Short-lived")).to_have_count(0, timeout=60_000)
+    assert api.get(f"/api/workspaces/{wid}").status_code == 404
+
+    # And the admin finds what it ran, deleted, with its workspace gone
+    page.context.clear_cookies()
+    sign_in_in_browser(page, console.admin)
+    expect(page.get_by_role("heading", name="Sandboxes")).to_be_visible()
+    page.get_by_role("link", name="Admin").click()
+    sandboxes = page.get_by_role("region", name="All sandboxes")
+    sandboxes.get_by_label("Status").select_option("deleted")
+    sandboxes.get_by_label("Workspace id").fill(wid)
+    sandboxes.get_by_role("button", name="Filter").click()
+    for name in ("doomed-box", "doomed-laptop"):
+        row = sandboxes.get_by_role("row").filter(has_text=name)
+        expect(row).to_contain_text("deleted")
+        expect(row).to_contain_text("gone")
+    screenshot(page, "admin-sandboxes")
+
+
 def test_an_ordinary_user_has_no_admin_page(page: Page, console: Console) -> None:
     sign_up_in_browser(page, "ordinary")
     expect(page.get_by_role("link", name="Admin")).to_have_count(0)

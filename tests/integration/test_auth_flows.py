@@ -19,7 +19,7 @@ from tests.identity_support import (
     unique_email,
     verify_email,
 )
-from tests.support import SETUP_TOKEN, RunningStack
+from tests.support import SETUP_TOKEN, RunningStack, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -311,9 +311,11 @@ def test_deleting_a_workspace_removes_it_for_every_member(stack: RunningStack) -
     member, member_user = sign_up(stack.base_url, "bystander")
     wid = owner.post("/api/workspaces", json={"name": "Doomed"}).json()["id"]
     join(owner, wid, member, member_user["email"], "developer")
-    assert owner.delete(f"/api/workspaces/{wid}").status_code == 204
+    deleting = owner.delete(f"/api/workspaces/{wid}")
+    assert deleting.status_code == 202 and deleting.json()["status"] == "deleting"
+    # It has no sandboxes, so the worker removes it at once
+    wait_until(lambda: member.get(f"/api/workspaces/{wid}").status_code == 404, timeout=30, interval=0.2)
     assert wid not in [w["id"] for w in member.get("/api/workspaces").json()["items"]]
-    assert member.get(f"/api/workspaces/{wid}").status_code == 404
 
 
 def test_admin_overrides_default_quotas_and_cannot_remove_the_last_admin(stack: RunningStack) -> None:

@@ -112,11 +112,14 @@ def test_errors_in_each_providers_own_format() -> None:
 
 
 class Tokens:
-    def __init__(self, sandbox: Sandbox) -> None:
-        self.sandbox = sandbox
+    def __init__(self, sandbox: Sandbox, closed: frozenset[str] = frozenset()) -> None:
+        self.sandbox, self.closed = sandbox, closed
 
     def sandbox_for_proxy_token(self, token_hash: str) -> Sandbox | None:
         return self.sandbox if token_hash == digest("asx_good") else None
+
+    def workspace_closed(self, workspace_id: str) -> bool:
+        return workspace_id in self.closed
 
 
 @pytest.mark.parametrize(("status", "allowed"), [(SandboxStatus.running, True), (SandboxStatus.offline, True),
@@ -127,3 +130,12 @@ def test_a_token_works_while_its_sandbox_lives(status: SandboxStatus, allowed: b
     caller = llm_proxy.caller_for(Tokens(sandbox), "asx_good")
     assert (caller is not None) == allowed
     assert llm_proxy.caller_for(Tokens(sandbox), "asx_other") is None
+
+
+def test_a_token_of_a_workspace_being_deleted_or_gone_never_works() -> None:
+    # Given a running sandbox whose workspace is being deleted (or is gone)
+    sandbox = Sandbox("sb-1", "ws-1", "box", SandboxKind.cloud, AgentType.opencode, SandboxStatus.running, "u1",
+                      datetime.now(UTC))
+    # Then its proxy token is refused, though the sandbox itself is still running
+    assert llm_proxy.caller_for(Tokens(sandbox, closed=frozenset({"ws-1"})), "asx_good") is None
+    assert llm_proxy.caller_for(Tokens(sandbox), "asx_good") is not None

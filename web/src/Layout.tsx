@@ -4,6 +4,7 @@ import { api, clientConfig, type ClientConfig, type Workspace } from "./api";
 import { Dialog, ErrorNote, Loading } from "./components";
 import { useAction } from "./hooks";
 import { useSession } from "./session";
+import { DeletingNotice } from "./WorkspaceDeletion";
 
 const LAST_WORKSPACE = "agentserver.workspace";
 
@@ -50,7 +51,9 @@ function WorkspaceSwitcher({ current }: { current?: string }) {
       }}>
         {!current && <option value="">Choose a workspace</option>}
         {workspaces.map((workspace) => (
-          <option key={workspace.id} value={workspace.id}>{workspace.name} ({workspace.role})</option>
+          <option key={workspace.id} value={workspace.id}>
+            {workspace.name} ({workspace.status === "deleting" ? "deleting" : workspace.role})
+          </option>
         ))}
         <option value="__new__">+ New workspace…</option>
       </select>
@@ -155,5 +158,5 @@ export function WorkspacePage({ children }: { children: (workspace: Workspace) =
     return <ErrorNote error="That workspace was not found, or you are not a member of it." />;
   }
   if (!workspace) return <Loading />;
-  return <>{children(workspace)}</>;
+  return <><DeletingNotice workspace={workspace} />{children(workspace)}</>;
 }

@@ -6,7 +6,7 @@ export const ROLES: Role[] = ["guest", "developer", "maintainer", "owner"];
 
 export interface User { id: string; email: string; name: string; role: "user" | "admin" }
 export interface Providers { password: boolean; oidc: { id: string; name: string }[] }
-export interface Workspace { id: string; name: string; role: Role; created_at: string }
+export interface Workspace { id: string; name: string; role: Role; created_at: string; status?: "active" | "deleting" }
 export interface Member { user_id: string; email: string; name: string; role: Role; joined_at: string }
 export interface AgentInfo {
   hostname?: string; os?: string; agent_type?: string; working_directory?: string;

@@ -6,7 +6,9 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions.http_api.dependencies import AdminCaller, Store, default_quotas
+from functions.http_api.routers.sandboxes import Sandboxes, SandboxOut
 from layers.shared.domain import identity, workspaces
+from layers.shared.domain.agents import SandboxStatus
 from layers.shared.domain.roles import SystemRole
 from layers.shared.errors import NotFound
 from layers.shared.settings import get_settings
@@ -40,6 +42,7 @@ class AdminWorkspaceOut(BaseModel):
     name: str
     created_by: str
     created_at: datetime
+    status: str = "active"
 
 
 class AdminWorkspaceList(BaseModel):
@@ -82,8 +85,35 @@ def list_all_workspaces(caller: AdminCaller, store: Store, limit: int = Limit,
                         cursor: str | None = Cursor) -> AdminWorkspaceList:
     found, next_cursor = store.list_workspaces(limit, cursor)
     return AdminWorkspaceList(items=[AdminWorkspaceOut(id=w.workspace_id, name=w.name, created_by=w.created_by,
-                                                       created_at=w.created_at) for w in found],
+                                                       created_at=w.created_at, status=w.status) for w in found],
                               next_cursor=next_cursor)
+
+
+class AdminSandboxOut(SandboxOut):
+    workspace_name: str | None = Field(description="None when the workspace no longer exists")
+    workspace_status: str = Field(description="`active`, `deleting`, or `gone`")
+
+
+class AdminSandboxList(BaseModel):
+    items: list[AdminSandboxOut]
+    next_cursor: str | None
+
+
+@router.get("/sandboxes", response_model=AdminSandboxList)
+def list_all_sandboxes(caller: AdminCaller, store: Store, sandboxes: Sandboxes, limit: int = Limit,
+                       cursor: str | None = Cursor, status: SandboxStatus | None = None,
+                       workspace: str | None = Query(default=None, max_length=64)) -> AdminSandboxList:
+    """Every sandbox and local agent on the server, newest first per status (without `status`: all but
+    the deleted ones), or one workspace's. Shows the workspace each belongs to, even one being deleted
+    or gone, so that nothing runs out of sight."""
+    found, next_cursor = sandboxes.list_all(status=status, workspace_id=workspace, limit=limit, cursor=cursor)
+    owners = {wid: store.get_workspace(wid) for wid in {s.workspace_id for s in found}}
+    items = []
+    for sandbox in found:
+        owner = owners[sandbox.workspace_id]
+        items.append(AdminSandboxOut(**sandbox.public(), workspace_name=owner.name if owner else None,
+                                     workspace_status=owner.status if owner else "gone"))
+    return AdminSandboxList(items=items, next_cursor=next_cursor)
 
 
 @router.get("/quotas", response_model=QuotasOut)

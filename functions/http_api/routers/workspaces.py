@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
+from typing import Annotated
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions.http_api.dependencies import Caller, Mail, Now, Store, default_quotas
 from functions.http_api.routers.invitations import InvitationOut, invitation_out
-from layers.shared.domain import invitations, workspaces
+from functions.http_api.routers.sandboxes import Commands
+from layers.shared.dal.workspace_deletion import DynamoWorkspaceDeletion
+from layers.shared.domain import invitations, workspace_deletion, workspaces
 from layers.shared.domain.roles import Action, Role
 from layers.shared.domain.workspaces import Member, Workspace
 from layers.shared.settings import get_settings
@@ -25,6 +29,7 @@ class WorkspaceOut(BaseModel):
     name: str
     role: Role
     created_at: datetime
+    status: str = Field(default="active", description="`active`, or `deleting` while its sandboxes are stopped")
 
 
 class SandboxLimits(BaseModel):
@@ -73,7 +78,8 @@ class MemberList(BaseModel):
 
 
 def _workspace_out(workspace: Workspace, role: Role) -> WorkspaceOut:
-    return WorkspaceOut(id=workspace.workspace_id, name=workspace.name, role=role, created_at=workspace.created_at)
+    return WorkspaceOut(id=workspace.workspace_id, name=workspace.name, role=role, created_at=workspace.created_at,
+                        status=workspace.status)
 
 
 def _member_out(member: Member) -> MemberOut:
@@ -116,11 +122,23 @@ def rename_workspace(workspace_id: str, body: WorkspaceIn, caller: Caller, store
     return _workspace_out(Workspace(workspace.workspace_id, name, workspace.created_by, workspace.created_at), role)
 
 
-@router.delete("/{workspace_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-def delete_workspace(workspace_id: str, caller: Caller, store: Store) -> Response:
-    workspace, _ = workspaces.membership(store, workspace_id, caller.user.user_id, Action.workspace_delete)
-    store.delete_workspace(workspace)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+@lru_cache(maxsize=1)
+def _deletion_store() -> DynamoWorkspaceDeletion:
+    return DynamoWorkspaceDeletion()
+
+
+async def deletion_store() -> DynamoWorkspaceDeletion:
+    return _deletion_store()
+
+
+@router.delete("/{workspace_id}", status_code=status.HTTP_202_ACCEPTED, response_model=WorkspaceOut)
+def delete_workspace(workspace_id: str, caller: Caller, store: Store, queue: Commands, now: Now,
+                     deletion: Annotated[DynamoWorkspaceDeletion, Depends(deletion_store)]) -> WorkspaceOut:
+    """202 `deleting`: nothing new can be made in it from now on, and none of its tunnel or proxy tokens
+    work; the worker deletes its sandboxes (cloud and local) and removes the workspace once they are gone.
+    Until then it still counts against its owner's workspace quota. Repeating the call changes nothing."""
+    workspace, role = workspaces.membership(store, workspace_id, caller.user.user_id, Action.workspace_delete)
+    return _workspace_out(workspace_deletion.request_delete(deletion, queue, workspace, now=now), role)
 
 
 @router.get("/{workspace_id}/members", response_model=MemberList)

@@ -111,6 +111,7 @@ class IdentityItem(BaseModel):
     email_verified = BooleanAttribute(null=True)
     inviter_name = UnicodeAttribute(null=True)
     values = MapAttribute(null=True)  # type: ignore[var-annotated]
+    deleting_at = UTCDateTimeAttribute(null=True)  # a workspace being deleted (dal/workspace_deletion.py)
     gsi1 = Gsi1()
     by_type = ByType()
 
@@ -152,6 +153,7 @@ def _to_workspace(item: IdentityItem) -> Workspace:
         name=item.name,
         created_by=item.user_id,
         created_at=datetime.fromisoformat(item.created_at),
+        deleting_at=item.deleting_at,
     )
 
 
@@ -532,18 +534,6 @@ class DynamoIdentityStore:
             if condition_failed(error):
                 raise NotFound("No such workspace.") from error
             raise
-
-    def delete_workspace(self, workspace: Workspace) -> None:
-        with TransactWrite(connection=transaction_connection()) as transaction:
-            transaction.delete(IdentityItem(f"WS#{workspace.workspace_id}", "META"))
-            transaction.update(
-                IdentityItem(*_user_key(workspace.created_by)),
-                actions=[IdentityItem.owned_workspaces.add(-1)],
-                condition=IdentityItem.owned_workspaces > 0,
-            )
-        with IdentityItem.batch_write() as batch:
-            for item in IdentityItem.query(f"WS#{workspace.workspace_id}", IdentityItem.sk.startswith("MEMBER#")):
-                batch.delete(item)
 
     def workspaces_of(self, user_id: str) -> list[tuple[Workspace, Role]]:
         memberships = list(IdentityItem.gsi1.query(f"USER#{user_id}", IdentityItem.gsi1sk.startswith("WS#")))

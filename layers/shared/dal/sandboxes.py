@@ -30,7 +30,8 @@ from layers.shared.domain.sandbox_lifecycle import (
     due_entry,
     quota_message,
 )
-from layers.shared.domain.workspaces import QuotaExceeded, Quotas
+from layers.shared.domain.workspaces import QuotaExceeded, Quotas, WorkspaceDeleting
+from layers.shared.errors import ValidationFailed
 
 
 class SandboxGsi1(GlobalSecondaryIndex["SandboxItem"]):
@@ -60,7 +61,18 @@ class SandboxesByDue(GlobalSecondaryIndex["SandboxItem"]):
     due_at = UnicodeAttribute(range_key=True)
 
 
+class SandboxesByStatus(GlobalSecondaryIndex["SandboxItem"]):
+    class Meta:
+        index_name = "by_status"
+        projection = AllProjection()
+
+    status = UnicodeAttribute(hash_key=True)
+    gsi1sk = UnicodeAttribute(range_key=True)
+
+
 LIVE = "running"
+# The admins' list without a status filter: every status but `deleted`, in this order.
+LISTED_STATUSES = [status for status in SandboxStatus if status != SandboxStatus.deleted]
 EVENT_RETENTION = timedelta(days=90)
 
 
@@ -102,13 +114,15 @@ class SandboxItem(BaseModel):
     due_at = UnicodeAttribute(null=True)
     # Lifecycle events
     phase = UnicodeAttribute(null=True)
-    # A workspace's usage
+    # A workspace's record (usage, and whether it is closed: being deleted or gone)
+    closed_at = UTCDateTimeAttribute(null=True)
     sandbox_count = NumberAttribute(null=True)
     cpu_total = NumberAttribute(null=True)
     memory_total = NumberAttribute(null=True)
     gsi1 = SandboxGsi1()
     by_heartbeat = SandboxesByHeartbeat()
     by_due = SandboxesByDue()
+    by_status = SandboxesByStatus()
 
 
 # Sandbox fields the domain may change, and how each is stored.
@@ -189,17 +203,30 @@ class DynamoSandboxStore:
             gsi1sk=f"SANDBOX#{sandbox.created_at.isoformat()}#{sandbox.sandbox_id}",
             tunnel_hash=tunnel_hash, proxy_hash=proxy_hash,
         )
-        with TransactWrite(connection=transaction_connection()) as transaction:
-            transaction.save(meta, condition=SandboxItem.pk.does_not_exist())
-            transaction.save(SandboxItem(f"TUNNEL#{tunnel_hash}", "TOKEN", sandbox_id=sandbox.sandbox_id),
-                             condition=SandboxItem.pk.does_not_exist())
-            transaction.save(SandboxItem(f"PROXY#{proxy_hash}", "TOKEN", sandbox_id=sandbox.sandbox_id,
-                                         workspace_id=sandbox.workspace_id),
-                             condition=SandboxItem.pk.does_not_exist())
+        try:
+            with TransactWrite(connection=transaction_connection()) as transaction:
+                # Not in a workspace being deleted (or gone): its deletion would miss this sandbox.
+                transaction.condition_check(SandboxItem, *_usage_key(sandbox.workspace_id),
+                                            condition=SandboxItem.closed_at.does_not_exist())
+                transaction.save(meta, condition=SandboxItem.pk.does_not_exist())
+                transaction.save(SandboxItem(f"TUNNEL#{tunnel_hash}", "TOKEN", sandbox_id=sandbox.sandbox_id),
+                                 condition=SandboxItem.pk.does_not_exist())
+                transaction.save(SandboxItem(f"PROXY#{proxy_hash}", "TOKEN", sandbox_id=sandbox.sandbox_id,
+                                             workspace_id=sandbox.workspace_id),
+                                 condition=SandboxItem.pk.does_not_exist())
+        except TransactWriteError as error:
+            if condition_failed(error) and self.workspace_closed(sandbox.workspace_id):
+                raise WorkspaceDeleting() from error
+            raise
 
     def get_sandbox(self, sandbox_id: str) -> Sandbox | None:
         item = get_item(SandboxItem, *_meta_key(sandbox_id))
         return _to_sandbox(item) if item else None
+
+    def workspace_closed(self, workspace_id: str) -> bool:
+        """Whether the workspace is being deleted or gone (its record's mark; domain/workspace_deletion.py)."""
+        item = get_item(SandboxItem, *_usage_key(workspace_id))
+        return item is not None and item.closed_at is not None
 
     def sandbox_for_tunnel_token(self, token_hash: str) -> Sandbox | None:
         link = get_item(SandboxItem, f"TUNNEL#{token_hash}", "TOKEN")
@@ -208,6 +235,34 @@ class DynamoSandboxStore:
     def sandbox_for_proxy_token(self, token_hash: str) -> Sandbox | None:
         link = get_item(SandboxItem, f"PROXY#{token_hash}", "TOKEN")
         return self.get_sandbox(link.sandbox_id) if link else None
+
+    def list_all(self, *, status: SandboxStatus | None, workspace_id: str | None, limit: int,
+                 cursor: str | None) -> tuple[list[Sandbox], str | None]:
+        """Every sandbox, for admins: one workspace's (gsi1), or by status (by_status, one partition per
+        status; without a status, every one but `deleted` in turn). Paginated; the cursor says where."""
+        position = decode_cursor(cursor) or {}
+        if not isinstance(position.get("key") or {}, dict) or not isinstance(position.get("status", 0), int):
+            raise ValidationFailed("The cursor is not valid.")
+        if workspace_id is not None:
+            condition = SandboxItem.status == status.value if status is not None else None
+            results = SandboxItem.gsi1.query(f"WS#{workspace_id}", SandboxItem.gsi1sk.startswith("SANDBOX#"),
+                                             filter_condition=condition, limit=limit, scan_index_forward=False,
+                                             last_evaluated_key=position.get("key"))
+            found = [_to_sandbox(item) for item in results]
+            return found, encode_cursor({"key": results.last_evaluated_key} if results.last_evaluated_key else None)
+        statuses = [status] if status is not None else LISTED_STATUSES
+        index, key = position.get("status", 0), position.get("key")
+        found = []
+        while index < len(statuses) and len(found) < limit:
+            results = SandboxItem.by_status.query(statuses[index].value, limit=limit - len(found),
+                                                  scan_index_forward=False, last_evaluated_key=key)
+            found += [_to_sandbox(item) for item in results]
+            key = results.last_evaluated_key
+            if key is None:
+                index += 1
+        if index >= len(statuses):
+            return found, None
+        return found, encode_cursor({"status": index, "key": key})
 
     def list_sandboxes(self, workspace_id: str) -> list[Sandbox]:
         items = SandboxItem.gsi1.query(f"WS#{workspace_id}", SandboxItem.gsi1sk.startswith("SANDBOX#"))
@@ -328,6 +383,7 @@ class DynamoSandboxStore:
                   & (SandboxItem.cpu_total <= quotas.max_workspace_cpu - cpu)
                   & (SandboxItem.memory_total <= quotas.max_workspace_memory - memory))
         condition = (SandboxItem.pk.does_not_exist() | within) if fits_alone else within
+        condition &= SandboxItem.closed_at.does_not_exist()  # not in a workspace being deleted
         try:
             with TransactWrite(connection=transaction_connection()) as transaction:
                 transaction.save(meta, condition=SandboxItem.pk.does_not_exist())
@@ -338,7 +394,9 @@ class DynamoSandboxStore:
                 transaction.save(_event_item(sandbox, sandbox.status.value, sandbox.status_reason,
                                              sandbox.created_at))
         except TransactWriteError as error:
-            if condition_failed(error):  # the sandbox id is new, so only the quota can refuse
+            if condition_failed(error):  # the sandbox id is new, so only the quota or a deletion can refuse
+                if self.workspace_closed(sandbox.workspace_id):
+                    raise WorkspaceDeleting() from error
                 usage = self.workspace_usage(sandbox.workspace_id)
                 raise QuotaExceeded(quota_message(usage, quotas, cpu, memory)) from error
             raise

@@ -116,6 +116,8 @@ class SandboxStore(Protocol):
     def create_sandbox(self, sandbox: Sandbox, tunnel_hash: str, proxy_hash: str) -> None: ...
     def get_sandbox(self, sandbox_id: str) -> Sandbox | None: ...
     def sandbox_for_tunnel_token(self, token_hash: str) -> Sandbox | None: ...
+    def workspace_closed(self, workspace_id: str) -> bool:
+        """Whether the workspace is being deleted or gone: none of its tokens work then."""
     def list_sandboxes(self, workspace_id: str) -> list[Sandbox]: ...
     def update_sandbox(self, sandbox: Sandbox, **changes: Any) -> Sandbox:
         """Apply changes if the stored version is still `sandbox.version`; InvalidTransition otherwise."""
@@ -174,7 +176,8 @@ LIVE_FROM = {SandboxStatus.creating, SandboxStatus.offline, SandboxStatus.resumi
 
 def authenticate_agent(store: SandboxStore, tunnel_token: str | None) -> Sandbox:
     sandbox = store.sandbox_for_tunnel_token(digest(tunnel_token)) if tunnel_token else None
-    if sandbox is None or sandbox.status in (SandboxStatus.deleting, SandboxStatus.deleted):
+    if (sandbox is None or sandbox.status in (SandboxStatus.deleting, SandboxStatus.deleted)
+            or store.workspace_closed(sandbox.workspace_id)):
         raise NotAuthenticated("The tunnel token is unknown or its sandbox was deleted.")
     return sandbox
 

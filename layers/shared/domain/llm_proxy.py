@@ -139,15 +139,17 @@ class Caller:
 
 class ProxyTokenStore(Protocol):
     def sandbox_for_proxy_token(self, token_hash: str) -> Sandbox | None: ...
+    def workspace_closed(self, workspace_id: str) -> bool:
+        """Whether the workspace is being deleted or gone."""
 
 
 GONE = frozenset({SandboxStatus.deleting, SandboxStatus.deleted})
 
 
 def caller_for(store: ProxyTokenStore, token: str) -> Caller | None:
-    """The sandbox a proxy token belongs to, while that sandbox lives; None otherwise."""
+    """The sandbox a proxy token belongs to, while that sandbox and its workspace live; None otherwise."""
     sandbox = store.sandbox_for_proxy_token(digest(token))
-    if sandbox is None or sandbox.status in GONE:
+    if sandbox is None or sandbox.status in GONE or store.workspace_closed(sandbox.workspace_id):
         return None
     return Caller(workspace_id=sandbox.workspace_id, sandbox_id=sandbox.sandbox_id)
 

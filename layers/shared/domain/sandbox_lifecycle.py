@@ -288,12 +288,12 @@ def request_resume(store: LifecycleStore, queue: CommandQueue, sandbox: Sandbox,
 
 
 def request_delete(store: LifecycleStore, queue: CommandQueue, sandbox: Sandbox, *, now: datetime,
-                   config: LifecycleConfig) -> Sandbox:
+                   config: LifecycleConfig, reason: str = "deleted by a user") -> Sandbox:
     if sandbox.kind == SandboxKind.local:
         return agents.mark_deleted(store, sandbox)
     if sandbox.status == S.deleting:
         return sandbox  # already on its way
-    return _intend(store, queue, sandbox, S.deleting, reason="deleted by a user", now=now, config=config,
+    return _intend(store, queue, sandbox, S.deleting, reason=reason, now=now, config=config,
                    connection_id=None)
 
 
@@ -370,6 +370,10 @@ def start(store: LifecycleStore, backend: SandboxBackend, command: Command, *, c
     sandbox stays creating/resuming until its agent dials home."""
     sandbox = _current(store, command, STARTING)
     if sandbox is None:
+        return
+    if store.workspace_closed(sandbox.workspace_id):
+        # Its workspace is being deleted (a resume raced the delete): never start; the deletion deletes it.
+        log.info("start skipped: the workspace is being deleted", extra={"sandbox_id": sandbox.sandbox_id})
         return
     tunnel_token, proxy_token = new_secret(TUNNEL_PREFIX), new_secret(PROXY_PREFIX)
     sandbox = store.rotate_credentials(sandbox, digest(tunnel_token), digest(proxy_token))

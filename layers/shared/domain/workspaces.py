@@ -28,12 +28,25 @@ class AlreadyMember(Conflict):
     code, default_message = "already_member", "That user is already a member."
 
 
+class WorkspaceDeleting(Conflict):
+    code, default_message = "workspace_deleting", "The workspace is being deleted; nothing new can be made in it."
+
+
 @dataclass(frozen=True)
 class Workspace:
     workspace_id: str
     name: str
     created_by: str
     created_at: datetime
+    deleting_at: datetime | None = None  # set when its deletion started (domain/workspace_deletion.py)
+
+    @property
+    def deleting(self) -> bool:
+        return self.deleting_at is not None
+
+    @property
+    def status(self) -> str:
+        return "deleting" if self.deleting else "active"
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,6 @@ class WorkspaceStore(Protocol):
 
     def get_workspace(self, workspace_id: str) -> Workspace | None: ...
     def rename_workspace(self, workspace_id: str, name: str) -> None: ...
-    def delete_workspace(self, workspace: Workspace) -> None: ...
     def workspaces_of(self, user_id: str) -> list[tuple[Workspace, Role]]: ...
     def list_workspaces(self, limit: int, cursor: str | None) -> tuple[list[Workspace], str | None]: ...
     def get_member(self, workspace_id: str, user_id: str) -> Member | None: ...
@@ -108,6 +120,15 @@ def create_default_workspace(store: WorkspaceStore, *, user: User, now: datetime
                             quotas=effective_quotas(store, defaults))
 
 
+# What may still happen in a workspace being deleted: looking, and deleting (again). Nothing that
+# creates, starts or changes anything (sandboxes, codes, members, quotas).
+WHILE_DELETING: frozenset[Action] = frozenset({
+    Action.workspace_read, Action.workspace_delete, Action.members_list, Action.sandboxes_list,
+    Action.sandbox_read, Action.sandbox_delete_own, Action.sandbox_delete_any, Action.llm_quota_read,
+    Action.usage_read, Action.sandbox_events,
+})
+
+
 def membership(store: WorkspaceStore, workspace_id: str, user_id: str, action: Action,
                *, on_self: bool = False) -> tuple[Workspace, Role]:
     """The workspace and the caller's role, if the policy lets the caller take the action."""
@@ -116,6 +137,8 @@ def membership(store: WorkspaceStore, workspace_id: str, user_id: str, action: A
     workspace = store.get_workspace(workspace_id)
     if workspace is None:
         raise NotFound("No such workspace.")
+    if workspace.deleting and action not in WHILE_DELETING:
+        raise WorkspaceDeleting()
     return workspace, role
 
 

@@ -1,11 +1,13 @@
 import { type FormEvent, useState } from "react";
-import { api, enc, type Page } from "../api";
+import { api, enc, type Page, type Sandbox } from "../api";
 import { Ago, ErrorNote, Loading } from "../components";
 import { useAction, useResource, useTitle } from "../hooks";
 import { useSession } from "../session";
 
 interface AdminUser { id: string; email: string; name: string; role: "user" | "admin"; created_at: string }
-interface AdminWorkspace { id: string; name: string; created_by: string; created_at: string }
+interface AdminWorkspace { id: string; name: string; created_by: string; created_at: string; status?: string }
+interface AdminSandbox extends Sandbox { workspace_name: string | null; workspace_status: string }
+const SANDBOX_STATUSES = ["creating", "running", "offline", "pausing", "paused", "resuming", "failed", "deleting", "deleted"];
 interface Quotas {
   max_workspaces_per_user: number; max_sandboxes_per_workspace?: number; max_workspace_cpu?: number;
   max_workspace_memory?: number;
@@ -89,6 +91,48 @@ function QuotaForm() {
   );
 }
 
+/** Every sandbox on the server, whatever workspace it is in (or was: a workspace being deleted or gone). */
+function AllSandboxes() {
+  const [status, setStatus] = useState("");
+  const [workspace, setWorkspace] = useState("");
+  const [applied, setApplied] = useState("");
+  const query = new URLSearchParams({ limit: "50", ...(status ? { status } : {}), ...(applied ? { workspace: applied } : {}) });
+  const sandboxes = usePaged<AdminSandbox>(`/api/admin/sandboxes?${query.toString()}`);
+  return (
+    <section className="card wide-card" aria-label="All sandboxes">
+      <h2>Sandboxes</h2>
+      <form className="inline-form fields" onSubmit={(e) => { e.preventDefault(); setApplied(workspace.trim()); }}>
+        <label>Status
+          <select name="sandbox-status" value={status} onChange={(e) => setStatus(e.target.value)}>
+            <option value="">all but deleted</option>
+            {SANDBOX_STATUSES.map((item) => <option key={item} value={item}>{item}</option>)}
+          </select>
+        </label>
+        <label>Workspace id <input name="sandbox-workspace" maxLength={64} value={workspace} onChange={(e) => setWorkspace(e.target.value)} /></label>
+        <button type="submit">Filter</button>
+      </form>
+      {sandboxes.first.loading && <Loading />}
+      <ErrorNote error={sandboxes.first.error} onRetry={sandboxes.first.reload} />
+      <table className="list">
+        <thead><tr><th>Sandbox</th><th>Status</th><th>Workspace</th><th>Created</th></tr></thead>
+        <tbody>{sandboxes.items.map((item) => (
+          <tr key={item.id}>
+            <td data-label="Sandbox">{item.name} <span className="muted small">({item.kind})</span><div className="muted small"><code>{item.id}</code></div></td>
+            <td data-label="Status">{item.status}</td>
+            <td data-label="Workspace">{item.workspace_name ?? <em>gone</em>}
+              {item.workspace_status === "deleting" && <span className="muted"> (deleting)</span>}
+              <div className="muted small"><code>{item.workspace_id}</code></div></td>
+            <td data-label="Created"><Ago iso={item.created_at} /></td>
+          </tr>
+        ))}</tbody>
+      </table>
+      {!sandboxes.first.loading && !sandboxes.items.length && <p className="muted">No sandboxes match.</p>}
+      {sandboxes.hasMore && <button type="button" onClick={() => void sandboxes.loadMore()} disabled={sandboxes.more.busy}>Show more</button>}
+      <ErrorNote error={sandboxes.more.error} />
+    </section>
+  );
+}
+
 export function AdminPage() {
   useTitle("Administration");
   const { user } = useSession();
@@ -123,13 +167,16 @@ function Administration({ selfId }: { selfId: string }) {
           <table className="list">
             <thead><tr><th>Workspace</th><th>Created</th></tr></thead>
             <tbody>{workspaces.items.map((item) => (
-              <tr key={item.id}><td data-label="Workspace">{item.name}<div className="muted small"><code>{item.id}</code></div></td>
+              <tr key={item.id}><td data-label="Workspace">{item.name}
+                {item.status === "deleting" && <span className="muted"> (deleting)</span>}
+                <div className="muted small"><code>{item.id}</code></div></td>
                 <td data-label="Created"><Ago iso={item.created_at} /></td></tr>
             ))}</tbody>
           </table>
           {workspaces.hasMore && <button type="button" onClick={() => void workspaces.loadMore()} disabled={workspaces.more.busy}>Show more</button>}
           <ErrorNote error={workspaces.more.error} />
         </section>
+        <AllSandboxes />
       </div>
     </section>
   );

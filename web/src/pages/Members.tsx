@@ -5,6 +5,7 @@ import { Ago, ErrorNote, Loading } from "../components";
 import { useAction, useResource, useTitle } from "../hooks";
 import { WorkspacePage } from "../Layout";
 import { useSession } from "../session";
+import { DeleteWorkspaceCard } from "../WorkspaceDeletion";
 
 /** The roles a role may hand out (docs/roles.md): an owner any, a maintainer developer or guest. */
 function assignable(role: Role): Role[] {
@@ -112,6 +113,7 @@ function Members({ workspace }: { workspace: Workspace }) {
           </tbody>
         </table>
       )}
+      <DeleteWorkspaceCard workspace={workspace} />
     </section>
   );
 }
