@@ -6,7 +6,8 @@ from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions.http_api.dependencies import Caller, Now, Store, default_quotas
-from layers.shared.domain import workspaces
+from layers.shared.dal.sandboxes import DynamoSandboxStore
+from layers.shared.domain import relay_access, workspaces
 from layers.shared.domain.roles import Action, Role
 from layers.shared.domain.workspaces import Member, Workspace
 from layers.shared.settings import get_settings
@@ -139,8 +140,9 @@ def add_member(workspace_id: str, body: MemberIn, caller: Caller, store: Store, 
 @router.put("/{workspace_id}/members/{user_id}", response_model=MemberOut)
 def change_member_role(workspace_id: str, user_id: str, body: RoleIn, caller: Caller, store: Store) -> MemberOut:
     workspaces.membership(store, workspace_id, caller.user.user_id, Action.members_change_role)
-    return _member_out(workspaces.change_member_role(store, workspace_id=workspace_id, user_id=user_id,
-                                                     role=body.role))
+    member = workspaces.change_member_role(store, workspace_id=workspace_id, user_id=user_id, role=body.role)
+    relay_access.revoke_if_demoted(DynamoSandboxStore(), user_id, workspace_id, member.role)  # open tabs too
+    return _member_out(member)
 
 
 @router.delete("/{workspace_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
@@ -148,4 +150,5 @@ def remove_member(workspace_id: str, user_id: str, caller: Caller, store: Store)
     workspaces.membership(store, workspace_id, caller.user.user_id, Action.members_remove,
                           on_self=user_id == caller.user.user_id)
     workspaces.remove_member(store, workspace_id=workspace_id, user_id=user_id)
+    relay_access.revoke_sessions_of(DynamoSandboxStore(), user_id, workspace_id)  # their open sandbox tabs end
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -52,6 +52,9 @@ class Action(StrEnum):
     sandbox_pause = "sandbox.pause"
     sandbox_resume = "sandbox.resume"
     sandbox_events = "sandbox.events"
+    sandbox_open_others_local = "sandbox.open_others_local"
+    sandbox_share_own = "sandbox.share_own"
+    sandbox_share_any = "sandbox.share_any"
 
 
 # The minimum workspace role for each action (api.md, "Workspaces and members").
@@ -77,6 +80,9 @@ POLICY: dict[Action, Role] = {
     Action.sandbox_pause: Role.developer,
     Action.sandbox_resume: Role.developer,
     Action.sandbox_events: Role.guest,
+    Action.sandbox_open_others_local: Role.developer,
+    Action.sandbox_share_own: Role.developer,
+    Action.sandbox_share_any: Role.maintainer,
 }
 
 # The roles each role may hand out when adding a member (a maintainer may add developers and guests).
@@ -112,6 +118,10 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
     Action.sandbox_pause: "Pause a cloud sandbox (POST /api/sandboxes/{sid}/pause)",
     Action.sandbox_resume: "Resume a cloud sandbox (POST /api/sandboxes/{sid}/resume)",
     Action.sandbox_events: "See a sandbox's lifecycle events (GET /api/sandboxes/{sid}/events)",
+    Action.sandbox_open_others_local: "Open another member's local agent, only when it is shared "
+                                      "(POST /api/sandboxes/{sid}/open); unshared, only who connected it may",
+    Action.sandbox_share_own: "Share one's own local agent with the workspace, or stop (PATCH /api/sandboxes/{sid})",
+    Action.sandbox_share_any: "Share or unshare another member's local agent (PATCH /api/sandboxes/{sid})",
 }
 
 
