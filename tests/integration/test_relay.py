@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from layers.shared.tunnel import codec
-from tests.fake_agent import FakeAgent, FakeStream, Handler
+from tests.fake_agent import AgentThread, FakeStream
 from tests.identity_support import registered_agent, sign_up
 from tests.support import RunningStack, wait_until
 
@@ -80,36 +80,6 @@ waiting: list[int] = []
 impostor_tried = threading.Event()
 
 
-class AgentThread:
-    """Runs the fake agent on its own event loop thread for the duration of a test."""
-
-    def __init__(self, url: str, token: str, handler: Handler = app):
-        self.loop = asyncio.new_event_loop()
-        self.ready = asyncio.Event()
-        self.agent = FakeAgent(url, token, handler)
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
-        self.stop_event: asyncio.Event | None = None
-
-    async def _main(self) -> None:
-        self.stop_event = asyncio.Event()
-        runner = asyncio.create_task(self.agent.run(self.ready))
-        await self.stop_event.wait()
-        runner.cancel()
-
-    def __enter__(self) -> AgentThread:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.ready.is_set():
-            assert time.monotonic() < deadline, "the fake agent did not connect"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.stop_event is not None
-        self.loop.call_soon_threadsafe(self.stop_event.set)
-        self.thread.join(timeout=10)
-
-
 RECHECK_SECONDS = 1
 
 
@@ -131,7 +101,7 @@ def open_url(browser: httpx.Client, sandbox_id: str) -> str:
 @pytest.fixture
 def agent(stack: RunningStack):  # type: ignore[no-untyped-def]
     browser, wid, registration = registered_agent(stack.base_url, "relay")
-    with AgentThread(stack.ws_url, registration["tunnel_token"]):
+    with AgentThread(stack.ws_url, registration["tunnel_token"], app):
         time.sleep(0.3)  # $connect has marked it running
         yield browser, registration
 
@@ -217,7 +187,7 @@ def test_an_agent_that_does_not_answer_gets_a_clear_504(tmp_path) -> None:  # ty
                                                         "AGENTSERVER_RELAY_IDLE_TIMEOUT_SECONDS": "1"}).start()
     try:
         browser, _, registration = registered_agent(stack.base_url, "silent")
-        with AgentThread(stack.ws_url, registration["tunnel_token"]):
+        with AgentThread(stack.ws_url, registration["tunnel_token"], app):
             time.sleep(0.3)
             client = opened_client(stack, open_url(browser, registration["sandbox_id"]))
             started = time.monotonic()
@@ -250,7 +220,7 @@ def test_an_agent_cannot_answer_for_another_sandbox(stack: RunningStack, agent) 
     browser, registration = agent
     _, _, other = registered_agent(stack.base_url, "impostor")
     client = opened_client(stack, open_url(browser, registration["sandbox_id"]))
-    with AgentThread(stack.ws_url, other["tunnel_token"]) as impostor, ThreadPoolExecutor(1) as pool:
+    with AgentThread(stack.ws_url, other["tunnel_token"], app) as impostor, ThreadPoolExecutor(1) as pool:
         answer = pool.submit(client.get, "/genuine")
         deadline = time.monotonic() + 10
         while not waiting:
