@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import websockets
@@ -100,3 +102,33 @@ class FakeAgent:
                 stream.credit.set()
             elif isinstance(ready, codec.Cancel):
                 stream.cancelled.set()
+
+
+class AgentThread:
+    """Runs the fake agent on its own event loop thread for the duration of a test."""
+
+    def __init__(self, url: str, token: str, handler: Handler):
+        self.loop = asyncio.new_event_loop()
+        self.ready = asyncio.Event()
+        self.agent = FakeAgent(url, token, handler)
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
+        self.stop_event: asyncio.Event | None = None
+
+    async def _main(self) -> None:
+        self.stop_event = asyncio.Event()
+        runner = asyncio.create_task(self.agent.run(self.ready))
+        await self.stop_event.wait()
+        runner.cancel()
+
+    def __enter__(self) -> AgentThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.ready.is_set():
+            assert time.monotonic() < deadline, "the fake agent did not connect"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.stop_event is not None
+        self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(timeout=10)

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -33,6 +32,7 @@ from cachetools import TTLCache
 
 from layers.shared.asgi import Receive, Scope, Send
 from layers.shared.dal.connections import ApiGatewayPusher
+from layers.shared.dal.identity import DynamoIdentityStore
 from layers.shared.dal.operations import SqsCommandQueue
 from layers.shared.dal.sandboxes import DynamoSandboxStore
 from layers.shared.dal.secrets import secret_value
@@ -49,6 +49,11 @@ log = logging.getLogger("agentserver.relay")
 
 TICKET_PATH = "/_agentserver/open"  # the open endpoint of the API builds URLs to it
 RELAY_COOKIE = "agentserver_relay"
+# On https the cookie takes the __Host- prefix: the browser then keeps it Secure, Path=/ and bound
+# to the sandbox's own host, and no sibling origin can set one of that name for the parent domain.
+# The prefix needs Secure, which plain-http origins (the embedded stack) cannot count on.
+SECURE_RELAY_COOKIE = "__Host-" + RELAY_COOKIE
+MAX_COOKIE_CANDIDATES = 4  # same-named cookies tried (a sibling may have tossed some in)
 # Credit for a response: several 128 KB messages in flight keep a download from waiting on updates.
 RESPONSE_WINDOW = 2 * 1024 * 1024
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the relay sets itself never cross the tunnel.
@@ -221,6 +226,11 @@ def _store() -> DynamoSandboxStore:
 
 
 @lru_cache(maxsize=1)
+def _members() -> DynamoIdentityStore:
+    return DynamoIdentityStore()
+
+
+@lru_cache(maxsize=1)
 def _commands() -> SqsCommandQueue:
     return SqsCommandQueue()
 
@@ -228,9 +238,11 @@ def _commands() -> SqsCommandQueue:
 class SandboxRelay:
     def __init__(self) -> None:
         self._link: RelayLink | None = None
-        # A checked relay cookie stays good for a minute without a read per request (a browser
-        # loading an app makes dozens); sessions end by expiry, far longer than that.
-        self._sessions: TTLCache[tuple[str | None, str], bool] = TTLCache(maxsize=10_000, ttl=60)
+        # A checked relay cookie stays good for relay_recheck_seconds (≤ 60) without reads per request (a browser
+        # loading an app makes dozens); then the session and its user's right to open the sandbox
+        # (membership, role, a local agent's owner or shared) are checked again.
+        recheck = min(get_settings().relay_recheck_seconds, relay_access.MAX_RECHECK_AFTER.total_seconds())
+        self._sessions: TTLCache[tuple[tuple[str, ...], str], bool] = TTLCache(maxsize=10_000, ttl=recheck)
         self._sandboxes: TTLCache[str, Sandbox] = TTLCache(maxsize=10_000, ttl=3)
         self._activity = ActivityRecorder(_store(), LifecycleConfig.from_settings(get_settings()))
 
@@ -261,16 +273,25 @@ class SandboxRelay:
         if scope["path"] == TICKET_PATH:
             await self._exchange_ticket(scope, send, sandbox_id, now)
             return
-        cookie = _cookie(headers, RELAY_COOKIE)
-        if (cookie, sandbox_id) not in self._sessions:
+        refusal = _cross_origin_refusal(headers)
+        if refusal is not None:
+            if _is_navigation(scope):
+                await _page(send, 403, refusal)
+            else:
+                await _json(send, 403, error_body("cross_origin", refusal))
+            return
+        cookies = tuple(_cookies(scope["headers"], _cookie_name())[:MAX_COOKIE_CANDIDATES])
+        checked = (cookies, sandbox_id) in self._sessions
+        # The access check reads the sandbox afresh: a copy could still say a local agent is shared.
+        sandbox = await self._sandbox(sandbox_id, fresh=not checked)
+        if not checked:
             try:
-                await asyncio.to_thread(relay_access.resolve_relay_session, _store(), cookie=cookie,
-                                        sandbox_id=sandbox_id, now=now)
+                await asyncio.to_thread(relay_access.authorize_relay_request, _store(), _members(),
+                                        cookies=list(cookies), sandbox_id=sandbox_id, sandbox=sandbox, now=now)
             except NotAuthenticated as error:
                 await _json(send, 401, error.body())
                 return
-            self._sessions[(cookie, sandbox_id)] = True
-        sandbox = await self._sandbox(sandbox_id)
+            self._sessions[(cookies, sandbox_id)] = True
         if sandbox is not None and sandbox.status != SandboxStatus.running:
             sandbox = await self._sandbox(sandbox_id, fresh=True)  # a copy never keeps an agent away
         if sandbox is None or sandbox.status != SandboxStatus.running or sandbox.connection_id is None:
@@ -309,6 +330,11 @@ class SandboxRelay:
         return self._sandboxes[sandbox_id]
 
     async def _exchange_ticket(self, scope: Scope, send: Send, sandbox_id: str, now: datetime) -> None:
+        if not _is_page_navigation(dict(scope["headers"])):
+            # Only the browser opening the link as a page exchanges it: a sibling sandbox's page
+            # cannot plant its own session here with a fetch or a frame.
+            await _json(send, 403, error_body("cross_origin", "Open this link as a page, from the console."))
+            return
         ticket = parse_qs(scope.get("query_string", b"").decode()).get("ticket", [""])[0]
         try:
             cookie, session = await asyncio.to_thread(relay_access.exchange_ticket, _store(), ticket=ticket,
@@ -316,14 +342,19 @@ class SandboxRelay:
         except NotAuthenticated as error:
             await _json(send, 401, error.body())
             return
-        secure = "; Secure" if scope.get("scheme") == "https" else ""
+        secure = "; Secure" if _secure_origin() else ""
         max_age = int((session.expires_at - now).total_seconds())
-        set_cookie = f"{RELAY_COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
-        # The ticket leaves the address bar at once: the browser goes on to the app's root.
-        await send({"type": "http.response.start", "status": 303,
-                    "headers": [(b"location", b"/"), (b"set-cookie", set_cookie.encode()),
-                                (b"cache-control", b"no-store"), (b"content-length", b"0")]})
-        await send({"type": "http.response.body", "body": b""})
+        set_cookie = f"{_cookie_name()}={cookie}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+        # The ticket leaves the address bar at once: the page goes on to the app's root. By a
+        # refresh from this page, not a redirect: a redirect would keep the console's site as the
+        # navigation's Sec-Fetch-Site, which the app's origin accepts from itself only.
+        body = (b'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>agentserver</title>'
+                b'<meta http-equiv="refresh" content="0;url=/"></head><body></body></html>')
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/html; charset=utf-8"), (b"set-cookie", set_cookie.encode()),
+                                (b"cache-control", b"no-store"), (b"referrer-policy", b"no-referrer"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
     async def _relay(self, scope: Scope, receive: Receive, send: Send, sandbox: Sandbox) -> None:
         link = await self.link()
@@ -334,7 +365,8 @@ class SandboxRelay:
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
         forwarded = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
-        forwarded = [(k, _without_cookie(v, RELAY_COOKIE)) if k.lower() == b"cookie" else (k, v) for k, v in forwarded]
+        own = _cookie_name()
+        forwarded = [(k, _without_cookie(v, own)) if k.lower() == b"cookie" else (k, v) for k, v in forwarded]
         disconnected = asyncio.Event()
         uploader: asyncio.Task[None] | None = None
         try:
@@ -503,17 +535,53 @@ def _origin_host(sandbox_id: str) -> str:
     return urlsplit(get_settings().sandbox_origin_template.format(sandbox_id=sandbox_id)).netloc.lower()
 
 
-def _cookie(headers: dict[bytes, bytes], name: str) -> str | None:
-    jar = SimpleCookie()
-    with contextlib.suppress(Exception):
-        jar.load(headers.get(b"cookie", b"").decode("latin-1"))
-    return jar[name].value if name in jar else None
+def _secure_origin() -> bool:
+    return get_settings().sandbox_origin_template.lower().startswith("https://")
+
+
+def _cookie_name() -> str:
+    return SECURE_RELAY_COOKIE if _secure_origin() else RELAY_COOKIE
+
+
+def _cookies(headers: list[tuple[bytes, bytes]], name: str) -> list[str]:
+    """Every value of the cookie `name`, in the order sent. Lenient: each `name=value` pair is read
+    on its own, so a malformed cookie (another origin of the site may set any) spoils nothing else;
+    the names must match exactly. Browsers send the most specific cookie first (longer path, then
+    older), which the real one, host-only on Path=/, need not be: each value is checked in turn."""
+    found = []
+    sent = b";".join(value for key, value in headers if key.lower() == b"cookie")  # HTTP/2 may split it
+    for part in sent.decode("latin-1").split(";"):
+        key, equals, value = part.strip().partition("=")
+        if equals and key.strip() == name:
+            found.append(value.strip().strip('"'))
+    return found
 
 
 def _without_cookie(header: bytes, name: str) -> bytes:
     """The relay's own cookie stays with the relay; the app sees only its own cookies."""
     parts = [part.strip() for part in header.split(b";")]
-    return b"; ".join(part for part in parts if not part.startswith(name.encode() + b"="))
+    return b"; ".join(part for part in parts if part.partition(b"=")[0].strip() != name.encode())
+
+
+def _is_page_navigation(headers: dict[bytes, bytes]) -> bool:
+    """A top-level navigation to a page, by Fetch Metadata; a browser that sends none (an old one,
+    curl) is taken at its word, as the ticket is single-use and short-lived anyway."""
+    mode, dest = headers.get(b"sec-fetch-mode"), headers.get(b"sec-fetch-dest")
+    return mode in (None, b"navigate") and dest in (None, b"document")
+
+
+def _cross_origin_refusal(headers: dict[bytes, bytes]) -> str | None:
+    """Why a request from another origin is refused, or None. Sandboxes share a site (in AWS,
+    every `<id>.<sandbox domain>`), so SameSite does not stop a page of one sandbox from sending
+    credentialed requests to another; Fetch Metadata does: only the sandbox's own pages
+    (`same-origin`) and the person themselves (`none`: typed, bookmarked) get through. A request
+    with no Sec-Fetch-Site (curl, browsers before 2023) is let through: SameSite=Lax still keeps
+    the cookie off cross-site requests (docs/relay.md, "Origins and access")."""
+    site = headers.get(b"sec-fetch-site")
+    if site is None or site in (b"same-origin", b"none"):
+        return None
+    return ("This sandbox answers only its own pages. Open it from the console "
+            f"(this request came from a {site.decode('latin-1')} page).")
 
 
 # What the page says, and whether it keeps reloading (while the agent may yet come).
@@ -540,14 +608,20 @@ def _is_navigation(scope: Scope) -> bool:
 
 async def _waiting_page(send: Send, state: str, headers: list[tuple[bytes, bytes]]) -> None:
     message, reloads = _WAITING.get(state, (f"The agent is {state}.", False))
+    await _page(send, 503, message, headers, reloads=reloads)
+
+
+async def _page(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None,
+                *, reloads: bool = False) -> None:
     refresh = '<meta http-equiv="refresh" content="3">' if reloads else ""
     body = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>agentserver</title>{refresh}'
             f'<meta name="viewport" content="width=device-width"></head>'
             f'<body style="font-family:system-ui,sans-serif;margin:4rem auto;max-width:36rem">'
             f'<p role="status">{html.escape(message)}</p></body></html>').encode()
-    await send({"type": "http.response.start", "status": 503,
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/html; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store"), *headers]})
+                            (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store"),
+                            *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 

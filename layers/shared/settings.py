@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # How long the relay waits for an agent's response head before answering 504.
     relay_response_timeout_seconds: float = Field(default=30, gt=0, alias="AGENTSERVER_RELAY_TIMEOUT_SECONDS")
     # How long a response body may stall (nothing new in order) before the relay ends the stream.
+    # How long the relay trusts a checked relay session before checking its user's access again (at most 60 s).
+    relay_recheck_seconds: float = Field(default=60, gt=0, le=60, alias="AGENTSERVER_RELAY_RECHECK_SECONDS")
     relay_idle_timeout_seconds: float = Field(default=300, gt=0, alias="AGENTSERVER_RELAY_IDLE_TIMEOUT_SECONDS")
     sandbox_origin_template: str = Field(default="http://{sandbox_id}.localhost:8080",
                                          alias="AGENTSERVER_SANDBOX_ORIGIN")

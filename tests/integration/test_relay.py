@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from layers.shared.tunnel import codec
-from tests.fake_agent import FakeAgent, FakeStream, Handler
+from tests.fake_agent import AgentThread, FakeStream
 from tests.identity_support import registered_agent, sign_up
 from tests.support import RunningStack, wait_until
 
@@ -86,39 +86,23 @@ def fresh_app_state() -> Iterator[None]:
     on the impostor is released at the end."""
     hung.clear()
     waiting.clear()
+    flooded.clear()
+    stalled.clear()
     impostor_tried.clear()
     yield
     impostor_tried.set()
 
 
-class AgentThread:
-    """Runs the fake agent on its own event loop thread for the duration of a test."""
+RECHECK_SECONDS = 1
 
-    def __init__(self, url: str, token: str, handler: Handler = app):
-        self.loop = asyncio.new_event_loop()
-        self.ready = asyncio.Event()
-        self.agent = FakeAgent(url, token, handler)
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
-        self.stop_event: asyncio.Event | None = None
 
-    async def _main(self) -> None:
-        self.stop_event = asyncio.Event()
-        runner = asyncio.create_task(self.agent.run(self.ready))
-        await self.stop_event.wait()
-        runner.cancel()
-
-    def __enter__(self) -> AgentThread:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.ready.is_set():
-            assert time.monotonic() < deadline, "the fake agent did not connect"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.stop_event is not None
-        self.loop.call_soon_threadsafe(self.stop_event.set)
-        self.thread.join(timeout=10)
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """The module's stack, with the relay re-checking sessions every second instead of every minute."""
+    running = RunningStack(state_dir=tmp_path_factory.mktemp("stack"), in_memory=True,
+                           env={"AGENTSERVER_RELAY_RECHECK_SECONDS": str(RECHECK_SECONDS)}).start()
+    yield running
+    running.stop()
 
 
 def open_url(browser: httpx.Client, sandbox_id: str) -> str:
@@ -130,7 +114,7 @@ def open_url(browser: httpx.Client, sandbox_id: str) -> str:
 @pytest.fixture
 def agent(stack: RunningStack):  # type: ignore[no-untyped-def]
     browser, wid, registration = registered_agent(stack.base_url, "relay")
-    with AgentThread(stack.ws_url, registration["tunnel_token"]):
+    with AgentThread(stack.ws_url, registration["tunnel_token"], app):
         time.sleep(0.3)  # $connect has marked it running
         yield browser, registration
 
@@ -160,7 +144,8 @@ def test_open_gives_a_single_use_ticket_on_the_sandbox_origin(stack: RunningStac
     url = open_url(browser, registration["sandbox_id"])
     assert url.startswith(f"http://{registration['sandbox_id']}.localhost:{stack.port}/_agentserver/open?ticket=")
     first = sandbox_client(stack, url, follow=False).get(path_of(url))
-    assert first.status_code == 303 and "agentserver_relay=" in first.headers["set-cookie"]
+    assert first.status_code == 200 and "agentserver_relay=" in first.headers["set-cookie"]
+    assert 'http-equiv="refresh" content="0;url=/"' in first.text  # the ticket leaves the address bar
     assert "httponly" in first.headers["set-cookie"].lower()
     again = sandbox_client(stack, url, follow=False).get(path_of(url))
     assert again.status_code == 401
@@ -215,7 +200,7 @@ def test_an_agent_that_does_not_answer_gets_a_clear_504(tmp_path) -> None:  # ty
                                                         "AGENTSERVER_RELAY_IDLE_TIMEOUT_SECONDS": "1"}).start()
     try:
         browser, _, registration = registered_agent(stack.base_url, "silent")
-        with AgentThread(stack.ws_url, registration["tunnel_token"]):
+        with AgentThread(stack.ws_url, registration["tunnel_token"], app):
             time.sleep(0.3)
             client = opened_client(stack, open_url(browser, registration["sandbox_id"]))
             started = time.monotonic()
@@ -248,7 +233,7 @@ def test_an_agent_cannot_answer_for_another_sandbox(stack: RunningStack, agent) 
     browser, registration = agent
     _, _, other = registered_agent(stack.base_url, "impostor")
     client = opened_client(stack, open_url(browser, registration["sandbox_id"]))
-    with AgentThread(stack.ws_url, other["tunnel_token"]) as impostor, ThreadPoolExecutor(1) as pool:
+    with AgentThread(stack.ws_url, other["tunnel_token"], app) as impostor, ThreadPoolExecutor(1) as pool:
         answer = pool.submit(client.get, "/genuine")
         deadline = time.monotonic() + 10
         while not waiting:
@@ -278,3 +263,117 @@ def test_an_agent_flooding_past_its_window_is_reset_not_buffered(stack: RunningS
     assert cancelled, f"the relay took {sent} bytes without resetting the stream"
     assert sent <= 8 * 1024 * 1024  # the 2 MiB window, and what was in flight when the reset came
     assert "reset stream" in stack.output()
+
+
+def member_of(stack: RunningStack, owner: httpx.Client, wid: str, label: str, role: str) -> tuple[httpx.Client, str]:
+    member, user = sign_up(stack.base_url, label)
+    added = owner.post(f"/api/workspaces/{wid}/members", json={"email": user["email"], "role": role})
+    assert added.status_code == 201, added.text
+    return member, user["id"]
+
+
+def still_open(client: httpx.Client) -> int:
+    """The status a sandbox tab's next request gets once the relay has checked its session again."""
+    time.sleep(RECHECK_SECONDS + 0.3)
+    return client.get("/hello").status_code
+
+
+def test_a_local_agent_opens_for_its_owner_only_unless_shared(stack: RunningStack, agent) -> None:  # type: ignore[no-untyped-def]
+    owner, registration = agent
+    sid, wid = registration["sandbox_id"], registration["workspace_id"]
+    developer, _ = member_of(stack, owner, wid, "localdev", "developer")
+    maintainer, _ = member_of(stack, owner, wid, "localmaint", "maintainer")
+    guest, _ = member_of(stack, owner, wid, "localguest", "guest")
+    # Another member's laptop is not theirs to open, whatever their role
+    for other in (developer, maintainer):
+        refused = other.post(f"/api/sandboxes/{sid}/open")
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    # Only the owner (or a maintainer and above) may share it
+    assert developer.patch(f"/api/sandboxes/{sid}", json={"shared": True}).status_code == 403
+    assert guest.patch(f"/api/sandboxes/{sid}", json={"shared": True}).status_code == 403
+    assert owner.get(f"/api/sandboxes/{sid}").json()["shared"] is False
+    shared = owner.patch(f"/api/sandboxes/{sid}", json={"shared": True})
+    assert shared.status_code == 200 and shared.json()["shared"] is True
+    # Shared, developers may open it; guests still may not
+    tab = opened_client(stack, open_url(developer, sid))
+    assert tab.get("/hello").status_code == 200
+    assert guest.post(f"/api/sandboxes/{sid}/open").status_code == 403
+    # Unshared again (a maintainer may), the developer's open tab stops working at the relay's next check
+    assert maintainer.patch(f"/api/sandboxes/{sid}", json={"shared": False}).json()["shared"] is False
+    assert still_open(tab) == 401
+    assert developer.post(f"/api/sandboxes/{sid}/open").status_code == 403
+    # Renaming still works through the same PATCH, and an empty one says what it needs
+    assert owner.patch(f"/api/sandboxes/{sid}", json={"name": "laptop"}).json()["name"] == "laptop"
+    assert owner.patch(f"/api/sandboxes/{sid}", json={}).json()["error"]["code"] == "validation_error"
+
+
+def test_relay_sessions_end_with_demotion_removal_and_logout(stack: RunningStack, agent) -> None:  # type: ignore[no-untyped-def]
+    owner, registration = agent
+    sid, wid = registration["sandbox_id"], registration["workspace_id"]
+    assert owner.patch(f"/api/sandboxes/{sid}", json={"shared": True}).status_code == 200
+    developer, developer_id = member_of(stack, owner, wid, "sessiondev", "developer")
+    # Demoted to guest: the tab they opened as a developer no longer reaches the agent
+    tab = opened_client(stack, open_url(developer, sid))
+    assert tab.get("/hello").status_code == 200
+    assert owner.put(f"/api/workspaces/{wid}/members/{developer_id}", json={"role": "guest"}).status_code == 200
+    assert still_open(tab) == 401
+    # Removed from the workspace: the same
+    assert owner.put(f"/api/workspaces/{wid}/members/{developer_id}", json={"role": "developer"}).status_code == 200
+    tab = opened_client(stack, open_url(developer, sid))
+    assert tab.get("/hello").status_code == 200
+    assert owner.delete(f"/api/workspaces/{wid}/members/{developer_id}").status_code == 204
+    assert still_open(tab) == 401
+    # Logging out of the console ends the sandbox tabs opened with it
+    own_tab = opened_client(stack, open_url(owner, sid))
+    assert own_tab.get("/hello").status_code == 200
+    assert owner.post("/api/auth/logout").status_code == 204
+    assert still_open(own_tab) == 401
+
+
+def test_only_the_sandbox_own_pages_reach_it(stack: RunningStack, agent) -> None:  # type: ignore[no-untyped-def]
+    """All sandboxes share one site in AWS: a page of one must not drive another with its cookie."""
+    browser, registration = agent
+    tab = opened_client(stack, open_url(browser, registration["sandbox_id"]))
+    for site in ("same-site", "cross-site"):
+        refused = tab.get("/hello", headers={"sec-fetch-site": site, "sec-fetch-mode": "cors"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "cross_origin"
+    navigation = tab.get("/hello", headers={"sec-fetch-site": "same-site", "sec-fetch-mode": "navigate",
+                                            "sec-fetch-dest": "document", "accept": "text/html"})
+    assert navigation.status_code == 403 and "Open it from the console" in navigation.text
+    # Its own pages, the person typing the address, and clients without Fetch Metadata get through
+    for headers in ({"sec-fetch-site": "same-origin"}, {"sec-fetch-site": "none"}, {}):
+        assert tab.get("/hello", headers=headers).status_code == 200
+    # The open link is exchanged only by a page navigation (a sibling's fetch or frame cannot)
+    url = open_url(browser, registration["sandbox_id"])
+    fetched = sandbox_client(stack, url).get(path_of(url), headers={"sec-fetch-mode": "cors", "sec-fetch-dest": "empty",
+                                                                   "sec-fetch-site": "same-site"})
+    assert fetched.status_code == 403
+    framed = sandbox_client(stack, url).get(path_of(url), headers={"sec-fetch-mode": "navigate",
+                                                                  "sec-fetch-dest": "iframe"})
+    assert framed.status_code == 403
+    navigated = sandbox_client(stack, url).get(path_of(url), headers={
+        "sec-fetch-mode": "navigate", "sec-fetch-dest": "document", "sec-fetch-site": "cross-site"})
+    assert navigated.status_code == 200 and "set-cookie" in navigated.headers  # the ticket was still unused
+
+
+def test_a_tossed_or_malformed_cookie_does_not_break_or_replace_the_real_one(stack: RunningStack, agent) -> None:  # type: ignore[no-untyped-def]
+    browser, registration = agent
+    tab = opened_client(stack, open_url(browser, registration["sandbox_id"]))
+    real = tab.cookies["agentserver_relay"]
+    sibling_owner, _, other = registered_agent(stack.base_url, "sibling")
+    sibling_url = open_url(sibling_owner, other["sandbox_id"])
+    sibling_tab = sandbox_client(stack, sibling_url, follow=False)
+    sibling_tab.get(path_of(sibling_url))  # a session of its own sandbox (whose agent is offline)
+    sibling = sibling_tab.cookies["agentserver_relay"]
+    host = tab.headers["host"]
+    bare = httpx.Client(base_url=stack.base_url, headers={"host": host}, timeout=30)
+    # A malformed cookie next to the real one (another origin of the site can set any)
+    junk = f'theme="unterminated; x={{1,2}}; agentserver_relay={real}; a\\b=c'
+    answer = bare.get("/hello", headers={"cookie": junk})
+    assert answer.status_code == 200, answer.text
+    # The same name set for the parent domain by a sibling, sent before or after the real one
+    for cookie in (f"agentserver_relay={sibling}; agentserver_relay={real}",
+                   f"agentserver_relay={real}; agentserver_relay={sibling}"):
+        assert bare.get("/hello", headers={"cookie": cookie}).status_code == 200
+    # ...but never accepted in place of it
+    assert bare.get("/hello", headers={"cookie": f"agentserver_relay={sibling}"}).status_code == 401

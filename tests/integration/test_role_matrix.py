@@ -51,7 +51,9 @@ class World:
             assert added.status_code == 201, added.text
         owner.post(f"/api/workspaces/{wid}/members", json={"email": self.users["subject"]["email"],
                                                            "role": "developer"})
-        return {"wid": wid, "subject": self.users["subject"]["id"],
+        shared = self.local_agent(wid, "maintainer")  # a laptop its owner shares with the workspace
+        assert self.clients["maintainer"].patch(f"/api/sandboxes/{shared}", json={"shared": True}).status_code == 200
+        return {"wid": wid, "subject": self.users["subject"]["id"], "sid_shared": shared,
                 "sid": self.local_agent(wid, "developer"), "sid_other": self.local_agent(wid, "maintainer")}
 
     def local_agent(self, wid: str, registered_by: str) -> str:
@@ -188,8 +190,17 @@ ROWS = [
     Row("GET /api/sandboxes/{sid}", call("GET", "/api/sandboxes/{sid}"), statuses(200, 200, 200, 200, 404, 404)),
     Row("PATCH /api/sandboxes/{sid}", call("PATCH", "/api/sandboxes/{sid}", lambda w: {"name": "renamed"}),
         statuses(200, 200, 200, 403, 404, 404)),
-    Row("POST /api/sandboxes/{sid}/open", call("POST", "/api/sandboxes/{sid}/open"),
-        statuses(200, 200, 200, 403, 404, 404)),
+    # A local agent is its owner's machine: only they open it unless they share it (cloud: developer+).
+    Row("POST /api/sandboxes/{sid}/open (a developer's own local agent)", call("POST", "/api/sandboxes/{sid}/open"),
+        statuses(403, 403, 200, 403, 404, 404)),
+    Row("POST /api/sandboxes/{sid}/open (another member's shared local agent)",
+        call("POST", "/api/sandboxes/{sid_shared}/open"), statuses(200, 200, 200, 403, 404, 404)),
+    Row("PATCH /api/sandboxes/{sid} shared (a developer's own)",
+        call("PATCH", "/api/sandboxes/{sid}", lambda w: {"shared": True}), statuses(200, 200, 200, 403, 404, 404),
+        fresh=True),
+    Row("PATCH /api/sandboxes/{sid} shared (a maintainer's)",
+        call("PATCH", "/api/sandboxes/{sid_other}", lambda w: {"shared": True}), statuses(200, 200, 403, 403, 404, 404),
+        fresh=True),
     Row("DELETE /api/sandboxes/{sid} (a developer's own)", call("DELETE", "/api/sandboxes/{sid}"),
         statuses(202, 202, 202, 403, 404, 404), fresh=True),
     Row("DELETE /api/sandboxes/{sid} (someone else's)", call("DELETE", "/api/sandboxes/{sid_other}"),

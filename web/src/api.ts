@@ -17,6 +17,7 @@ export interface Sandbox {
   status_reason: string | null; created_by: string; created_at: string; last_activity_at: string | null;
   last_heartbeat_at: string | null; agent_info: AgentInfo; cpu?: number | null; memory?: number | null;
   idle_timeout?: number | null;
+  shared?: boolean; // a local agent: may other developers open it (only its owner may, otherwise)
 }
 export interface SandboxEvent { at: string; phase: string; reason: string | null }
 export interface AgentCode { code: string; expires_at: string; command: string }

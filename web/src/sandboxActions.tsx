@@ -9,7 +9,8 @@ export function allowedActions(sandbox: Sandbox, role: Role, userId: string | un
   const cloud = sandbox.kind === "cloud";
   const live = !["deleting", "deleted", "failed"].includes(sandbox.status);
   return {
-    open: developer && ["running", "paused"].includes(sandbox.status),
+    open: developer && ["running", "paused"].includes(sandbox.status)
+      && (cloud || sandbox.shared === true || sandbox.created_by === userId), // someone's laptop: theirs, or shared
     pause: developer && cloud && sandbox.status === "running",
     resume: developer && cloud && sandbox.status === "paused",
     rename: developer && live,

@@ -18,7 +18,8 @@ from functions.http_api.dependencies import (
     setup_token,
     sign_up_policy,
 )
-from layers.shared.domain import email_verification, identity, signup, workspaces
+from layers.shared.dal.sandboxes import DynamoSandboxStore
+from layers.shared.domain import email_verification, identity, relay_access, signup, workspaces
 from layers.shared.settings import get_settings
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -129,6 +130,7 @@ def logout(request: Request, caller: Caller, users: Store) -> Response:
     token = request.cookies.get(SESSION_COOKIE)
     if caller.session is not None and token:
         identity.end_session(users, token)
+    relay_access.revoke_sessions_of(DynamoSandboxStore(), caller.user.user_id)  # and the sandbox tabs it opened
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     clear_session_cookies(request, response)
     return response

@@ -16,7 +16,7 @@ from layers.shared.domain import agents, relay_access, roles, sandbox_lifecycle,
 from layers.shared.domain.agents import AgentType, Sandbox
 from layers.shared.domain.roles import Action, Role
 from layers.shared.domain.sandbox_lifecycle import LifecycleConfig
-from layers.shared.errors import NotFound
+from layers.shared.errors import NotFound, ValidationFailed
 from layers.shared.settings import get_settings
 
 router = APIRouter(tags=["sandboxes"])
@@ -68,6 +68,7 @@ class SandboxOut(BaseModel):
     cpu: int | None = None
     memory: int | None = None
     idle_timeout: int | None = None
+    shared: bool = False
 
 
 class SandboxList(BaseModel):
@@ -75,9 +76,10 @@ class SandboxList(BaseModel):
     next_cursor: str | None = None
 
 
-class RenameIn(BaseModel):
+class PatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=64)
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+    shared: bool | None = Field(default=None, description="A local agent: may other developers open it")
 
 
 class CreateIn(BaseModel):
@@ -173,9 +175,19 @@ def get_sandbox(sandbox_id: str, caller: Caller, store: Store, sandboxes: Sandbo
 
 
 @router.patch("/api/sandboxes/{sandbox_id}", response_model=SandboxOut)
-def rename_sandbox(sandbox_id: str, body: RenameIn, caller: Caller, store: Store, sandboxes: Sandboxes) -> SandboxOut:
-    sandbox, _ = _sandbox_with_role(sandboxes, store, sandbox_id, caller.user.user_id, Action.sandbox_rename)
-    return SandboxOut(**agents.rename(sandboxes, sandbox, body.name).public())
+def update_sandbox(sandbox_id: str, body: PatchIn, caller: Caller, store: Store, sandboxes: Sandboxes) -> SandboxOut:
+    """Rename (`name`), or share a local agent with the workspace (`shared`)."""
+    if body.name is None and body.shared is None:
+        raise ValidationFailed("Give a name or shared.")
+    sandbox, role = _sandbox_with_role(sandboxes, store, sandbox_id, caller.user.user_id, Action.sandbox_read)
+    if body.name is not None:  # checked before anything changes
+        roles.authorize(role, Action.sandbox_rename)
+        agents.validate_name(body.name)
+    if body.shared is not None:
+        sandbox = agents.set_shared(sandboxes, sandbox, body.shared, user_id=caller.user.user_id, role=role)
+    if body.name is not None:
+        sandbox = agents.rename(sandboxes, sandbox, body.name)
+    return SandboxOut(**sandbox.public())
 
 
 @router.post("/api/workspaces/{workspace_id}/sandboxes", status_code=status.HTTP_202_ACCEPTED,
@@ -245,10 +257,10 @@ def open_sandbox(sandbox_id: str, caller: Caller, store: Store, sandboxes: Sandb
     A paused cloud sandbox is resumed first: the answer says `status: resuming`, and the console
     polls GET /api/sandboxes/{sid} until `running`, then opens it again for a fresh ticket (the
     relay answers 503 with Retry-After until the agent is back)."""
-    sandbox, _ = _sandbox_with_role(sandboxes, store, sandbox_id, caller.user.user_id, Action.sandbox_open)
+    sandbox, role = _sandbox_with_role(sandboxes, store, sandbox_id, caller.user.user_id, Action.sandbox_open)
+    relay_access.authorize_open(sandbox, caller.user.user_id, role)  # a local agent: its owner, or shared
     sandbox = sandbox_lifecycle.open_sandbox(sandboxes, queue, sandbox, now=now, config=config)
-    ticket = relay_access.issue_ticket(sandboxes, sandbox_id=sandbox.sandbox_id, user_id=caller.user.user_id,
-                                       now=now)
+    ticket = relay_access.issue_ticket(sandboxes, sandbox=sandbox, user_id=caller.user.user_id, now=now)
     origin = get_settings().sandbox_origin_template.format(sandbox_id=sandbox.sandbox_id)
     return OpenOut(url=f"{origin}{OPEN_PATH}?ticket={ticket}", expires_at=now + relay_access.TICKET_TTL,
                    status=sandbox.status.value)

@@ -7,7 +7,13 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pynamodb.attributes import MapAttribute, NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
+from pynamodb.attributes import (
+    BooleanAttribute,
+    MapAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+    UTCDateTimeAttribute,
+)
 from pynamodb.exceptions import DeleteError, PutError, TransactWriteError, UpdateError
 from pynamodb.expressions.update import Action
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
@@ -108,6 +114,7 @@ class SandboxItem(BaseModel):
     operation_id = UnicodeAttribute(null=True)
     attempts = NumberAttribute(null=True)
     backend_ref = UnicodeAttribute(null=True)
+    shared = BooleanAttribute(null=True)  # a local agent its owner shares with the workspace
     tunnel_hash = UnicodeAttribute(null=True)  # the current tokens' digests, to revoke them
     proxy_hash = UnicodeAttribute(null=True)
     due = UnicodeAttribute(null=True)  # "idle" or "transition" (sparse index by_due), absent otherwise
@@ -127,7 +134,7 @@ class SandboxItem(BaseModel):
 
 # Sandbox fields the domain may change, and how each is stored.
 _CHANGEABLE = {"name", "status", "status_reason", "connection_id", "last_activity_at", "last_heartbeat_at",
-               "agent_info", "deadline_at", "operation_id", "attempts", "backend_ref"}
+               "agent_info", "deadline_at", "operation_id", "attempts", "backend_ref", "shared"}
 # Changes that move a sandbox in the by_due index.
 _DUE_INPUTS = {"status", "last_activity_at", "deadline_at"}
 
@@ -146,8 +153,13 @@ def _to_sandbox(item: SandboxItem) -> Sandbox:
         agent_info=item.agent_info.as_dict() if item.agent_info else {}, status_reason=item.status_reason,
         cpu=_int(item.cpu), memory=_int(item.memory), idle_timeout_seconds=_int(item.idle_timeout_seconds),
         deadline_at=item.deadline_at, operation_id=item.operation_id, attempts=int(item.attempts or 0),
-        backend_ref=item.backend_ref,
+        backend_ref=item.backend_ref, shared=bool(item.shared),
     )
+
+
+def _relay_session(item: SandboxItem) -> RelaySession:
+    return RelaySession(sandbox_id=item.sandbox_id, workspace_id=item.workspace_id or "", user_id=item.created_by,
+                        expires_at=datetime.fromtimestamp(item.expires_at or 0, tz=UTC))
 
 
 def _int(value: float | None) -> int | None:
@@ -270,9 +282,10 @@ class DynamoSandboxStore:
 
     # Relay access: tickets, relay sessions, relay slots ------------------------------------
 
-    def put_ticket(self, ticket_hash: str, sandbox_id: str, user_id: str, expires_at: datetime) -> None:
-        SandboxItem(f"TICKET#{ticket_hash}", "TICKET", sandbox_id=sandbox_id, created_by=user_id,
-                    expires_at=int(expires_at.timestamp())).save(condition=SandboxItem.pk.does_not_exist())
+    def put_ticket(self, ticket_hash: str, session: RelaySession) -> None:
+        SandboxItem(f"TICKET#{ticket_hash}", "TICKET", sandbox_id=session.sandbox_id,
+                    workspace_id=session.workspace_id, created_by=session.user_id,
+                    expires_at=int(session.expires_at.timestamp())).save(condition=SandboxItem.pk.does_not_exist())
 
     def consume_ticket(self, ticket_hash: str, now: datetime) -> RelaySession | None:
         item = get_item(SandboxItem, f"TICKET#{ticket_hash}", "TICKET")
@@ -284,19 +297,28 @@ class DynamoSandboxStore:
             if condition_failed(error):
                 return None
             raise
-        return RelaySession(sandbox_id=item.sandbox_id, user_id=item.created_by,
-                            expires_at=datetime.fromtimestamp(item.expires_at, tz=UTC))
+        return _relay_session(item)
 
     def put_relay_session(self, session_hash: str, session: RelaySession) -> None:
+        # Indexed by user (gsi1), so logout and a change of membership find and delete them.
         SandboxItem(f"RELAYSESSION#{session_hash}", "SESSION", sandbox_id=session.sandbox_id,
-                    created_by=session.user_id, expires_at=int(session.expires_at.timestamp())).save()
+                    workspace_id=session.workspace_id, created_by=session.user_id,
+                    gsi1pk=f"RELAYUSER#{session.user_id}", gsi1sk=f"{session.workspace_id}#{session_hash}",
+                    expires_at=int(session.expires_at.timestamp())).save()
 
     def get_relay_session(self, session_hash: str) -> RelaySession | None:
         item = get_item(SandboxItem, f"RELAYSESSION#{session_hash}", "SESSION")
         if item is None or item.expires_at is None:
             return None
-        return RelaySession(sandbox_id=item.sandbox_id, user_id=item.created_by,
-                            expires_at=datetime.fromtimestamp(item.expires_at, tz=UTC))
+        return _relay_session(item)
+
+    def delete_relay_sessions(self, user_id: str, workspace_id: str | None) -> int:
+        condition = SandboxItem.gsi1sk.startswith(f"{workspace_id}#") if workspace_id else None
+        found = list(SandboxItem.gsi1.query(f"RELAYUSER#{user_id}", condition))
+        with SandboxItem.batch_write() as batch:
+            for item in found:
+                batch.delete(SandboxItem(item.pk, item.sk))
+        return len(found)
 
     def claim_relay_slot(self, slot: int, connection_id: str, expires_at: datetime) -> bool:
         try:

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
+from layers.shared.domain.roles import Action, Role, authorize
 from layers.shared.domain.tokens import digest, new_id, new_secret
 from layers.shared.errors import Conflict, NotAuthenticated, ValidationFailed
 
@@ -72,6 +73,8 @@ class Sandbox:
     operation_id: str | None = None  # the command that carries out the current intent
     attempts: int = 0  # how often the current intent was sent to the worker
     backend_ref: str | None = None  # the backend's handle (ECS task ARN, local process id)
+    # Local agents only: whether members other than the one who connected it may open it.
+    shared: bool = False
 
     def public(self) -> dict[str, Any]:
         return {
@@ -90,6 +93,7 @@ class Sandbox:
             "cpu": self.cpu,
             "memory": self.memory,
             "idle_timeout": self.idle_timeout_seconds,
+            "shared": self.shared,
         }
 
 
@@ -236,6 +240,15 @@ def silent_agents_offline(store: SandboxStore, *, now: datetime,
 
 def rename(store: SandboxStore, sandbox: Sandbox, name: str) -> Sandbox:
     return store.update_sandbox(sandbox, name=validate_name(name))
+
+
+def set_shared(store: SandboxStore, sandbox: Sandbox, shared: bool, *, user_id: str, role: Role) -> Sandbox:
+    """Share a local agent with the workspace (its developers may then open it), or stop. Its owner
+    decides; a maintainer or above may too (e.g. to stop sharing the agent of a member who left)."""
+    if sandbox.kind != SandboxKind.local:
+        raise ValidationFailed("Only a local agent is shared; any developer of the workspace may open a cloud sandbox.")
+    authorize(role, Action.sandbox_share_own if sandbox.created_by == user_id else Action.sandbox_share_any)
+    return sandbox if sandbox.shared == shared else store.update_sandbox(sandbox, shared=shared)
 
 
 def mark_deleted(store: SandboxStore, sandbox: Sandbox) -> Sandbox:

@@ -54,6 +54,9 @@ class Action(StrEnum):
     sandbox_events = "sandbox.events"
     invitations_list = "invitations.list"
     invitations_revoke = "invitations.revoke"
+    sandbox_open_others_local = "sandbox.open_others_local"
+    sandbox_share_own = "sandbox.share_own"
+    sandbox_share_any = "sandbox.share_any"
 
 
 # The minimum workspace role for each action (api.md, "Workspaces and members").
@@ -81,6 +84,9 @@ POLICY: dict[Action, Role] = {
     Action.sandbox_events: Role.guest,
     Action.invitations_list: Role.maintainer,
     Action.invitations_revoke: Role.maintainer,  # and only invitations of a role the caller may give
+    Action.sandbox_open_others_local: Role.developer,
+    Action.sandbox_share_own: Role.developer,
+    Action.sandbox_share_any: Role.maintainer,
 }
 
 # The roles each role may hand out when adding a member (a maintainer may add developers and guests).
@@ -118,6 +124,10 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
     Action.sandbox_events: "See a sandbox's lifecycle events (GET /api/sandboxes/{sid}/events)",
     Action.invitations_list: "See pending invitations (GET /api/workspaces/{wid}/invitations)",
     Action.invitations_revoke: "Revoke an invitation (DELETE /api/workspaces/{wid}/invitations/{iid})",
+    Action.sandbox_open_others_local: "Open another member's local agent, only when it is shared "
+                                      "(POST /api/sandboxes/{sid}/open); unshared, only who connected it may",
+    Action.sandbox_share_own: "Share one's own local agent with the workspace, or stop (PATCH /api/sandboxes/{sid})",
+    Action.sandbox_share_any: "Share or unshare another member's local agent (PATCH /api/sandboxes/{sid})",
 }
 
 # Actions that belong to the invitee, not to a workspace role: allowed only to an account whose

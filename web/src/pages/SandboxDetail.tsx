@@ -1,8 +1,8 @@
-import { Fragment, useState } from "react";
+import { Fragment, useEffect, useState } from "react";
 import { Link, useNavigate, useParams } from "react-router";
-import { api, enc, type Page, type Sandbox, type SandboxEvent, type UsageReport, type Workspace } from "../api";
+import { api, atLeast, enc, type Page, type Sandbox, type SandboxEvent, type UsageReport, type Workspace } from "../api";
 import { Ago, Empty, ErrorNote, formatNumber, isTransitional, Loading, StatusBadge } from "../components";
-import { useResource, useTitle } from "../hooks";
+import { useAction, useResource, useTitle } from "../hooks";
 import { WorkspacePage } from "../Layout";
 import { DeleteDialog, RenameDialog, SandboxButtons } from "../sandboxActions";
 import { useSession } from "../session";
@@ -51,6 +51,44 @@ function Usage({ sandbox }: { sandbox: Sandbox }) {
   );
 }
 
+/** A local agent runs on its owner's machine: only they open it, unless they share it with the workspace. */
+function Sharing({ sandbox, workspace, userId, onChanged }: {
+  sandbox: Sandbox; workspace: Workspace; userId: string | undefined; onChanged: () => void;
+}) {
+  const action = useAction();
+  const own = sandbox.created_by === userId;
+  const mayChange = (own && atLeast(workspace.role, "developer")) || atLeast(workspace.role, "maintainer");
+  // The box shows the choice at once, while it is saved (and the old state again if refused).
+  const [wanted, setWanted] = useState<boolean | null>(null);
+  const shared = wanted ?? sandbox.shared === true;
+  useEffect(() => { if (wanted !== null && sandbox.shared === wanted) setWanted(null); }, [sandbox.shared, wanted]);
+  return (
+    <>
+      <dt>Sharing</dt>
+      <dd>
+        <label>
+          <input type="checkbox" checked={shared} disabled={!mayChange || action.busy}
+            onChange={(event) => {
+              const choice = event.target.checked;
+              setWanted(choice);
+              void action.run(async () => {
+                await api.patch(`/api/sandboxes/${enc(sandbox.id)}`, { shared: choice });
+                onChanged();
+                return true;
+              }).then((saved) => { if (!saved) setWanted(null); });
+            }} />{" "}
+          Other developers of the workspace may open it
+        </label>
+        <div className="muted small">
+          {shared ? "Shared: developers and above can open it, and run commands on this machine."
+            : own ? "Only you can open it." : "Only the member who connected it can open it."}
+        </div>
+        <ErrorNote error={action.error} />
+      </dd>
+    </>
+  );
+}
+
 function Detail({ workspace }: { workspace: Workspace }) {
   const { sid = "" } = useParams();
   const { user } = useSession();
@@ -88,6 +126,8 @@ function Detail({ workspace }: { workspace: Workspace }) {
               <h2>Details</h2>
               <dl className="facts">
                 <dt>Kind</dt><dd>{item.kind === "local" ? "local agent" : "cloud sandbox"}</dd>
+                {item.kind === "local" && <Sharing sandbox={item} workspace={workspace} userId={user?.id}
+                  onChanged={() => void sandbox.reload()} />}
                 <dt>Agent</dt><dd>{item.type}</dd>
                 {info.hostname && <><dt>Host</dt><dd>{info.hostname}</dd></>}
                 {info.os && <><dt>System</dt><dd>{info.os}</dd></>}
