@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.identity_support import sign_up
+from tests.identity_support import sign_up, stack_admin
 from tests.support import RunningStack, wait_until
 
 
@@ -22,7 +22,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
 
 def test_quotas_bounds_and_transitions(stack: RunningStack) -> None:
-    admin, _ = sign_up(stack.base_url, "first")  # the first account is the admin
+    admin, _ = stack_admin(stack.base_url)  # made with the setup token
     browser, _ = sign_up(stack.base_url, "quota")
     wid = browser.get("/api/workspaces").json()["items"][0]["id"]
     path = f"/api/workspaces/{wid}/sandboxes"
