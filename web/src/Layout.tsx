@@ -104,7 +104,7 @@ function VerifyBanner({ email }: { email: string }) {
     if (await action.run(() => api.post("/api/auth/verify/resend"))) setSent(true);
   };
   return (
-    <div className="banner" role="status" aria-label="Confirm your email address">
+    <div className="banner" role="status" aria-label="Address not confirmed">
       <span>Confirm your email address <strong>{email}</strong> with the link we mailed you; until then you cannot
         accept invitations to workspaces.</span>{" "}
       {sent ? <span>A new link is on its way.</span>
