@@ -26,7 +26,7 @@ from tests.browser.conftest import (
     sign_up_in_browser,
 )
 from tests.identity_support import join, outbox, sign_in, verify_email
-from tests.support import AGENTSERVER, ROOT
+from tests.support import AGENTSERVER, ROOT, SETUP_TOKEN, RunningStack
 
 LOCAL_APP_PAGE = b"<!doctype html><title>laptop agent</title><h1>Hello from the local agent</h1>"
 
@@ -422,3 +422,33 @@ def test_the_console_is_usable_at_phone_width(page: Page, console: Console) -> N
     expect(page.get_by_test_id("connect-command")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     screenshot(page, "phone-connect-agent")
+
+
+def test_the_first_admin_signs_up_with_the_setup_token(chromium: Any, console_build: Path, tmp_path: Path) -> None:
+    # Given a new server with no admin yet, whose log shows the setup token
+    stack = RunningStack(state_dir=tmp_path / "s", in_memory=True,
+                         extra_args=["--console-dir", str(console_build)]).start()
+    context = chromium.new_context(base_url=f"http://localhost:{stack.port}")
+    try:
+        assert SETUP_TOKEN in stack.output()
+        page = context.new_page()
+        # When the operator signs up with it
+        page.goto("/sign-up")
+        page.get_by_label("Email").fill("operator@example.com")
+        page.get_by_label("Password").fill("correct horse battery staple")
+        token = page.get_by_label("Setup token")
+        expect(token).to_be_visible()
+        screenshot(page, "sign-up-setup-token")
+        token.fill(SETUP_TOKEN)
+        page.get_by_role("button", name="Sign up").click()
+        # Then they are the admin
+        expect(page.get_by_role("link", name="Admin")).to_be_visible()
+        # and the field is gone for everyone after them
+        other = context.browser.new_context(base_url=f"http://localhost:{stack.port}").new_page()  # type: ignore[union-attr]
+        other.goto("/sign-up")
+        expect(other.get_by_label("Password")).to_be_visible()
+        expect(other.get_by_label("Setup token")).to_have_count(0)
+        other.context.close()
+    finally:
+        context.close()
+        stack.stop()
