@@ -99,6 +99,15 @@ class DeploymentConfig:
     oidc_redirect_base_url: str = ""
     password_auth: str = ""  # "true" or "false"
     default_max_workspaces: str = ""  # a whole number, at least 1
+    # Mail (docs/auth.md): the SES identity links and invitations come from, e.g. agentserver@example.com.
+    mail_sender: str = ""
+    # Sign-up limits (docs/auth.md, "Restricting sign-up"): comma-separated lists; "true" for invite-only.
+    signup_email_domains: str = ""
+    signup_github_org: str = ""
+    signup_oidc_groups: str = ""
+    oidc_groups_claim: str = ""
+    signup_oidc_hd: str = ""
+    signup_invite_only: str = ""
     # Client secrets: the name (or ARN) of a Secrets Manager secret the operator created, never the value.
     # The function receives the name and reads the current value at run time (cached for 5 minutes).
     github_client_secret_name: str = ""

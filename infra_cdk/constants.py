@@ -48,6 +48,13 @@ SIGN_IN_ENV = {
     "oidc_redirect_base_url": "OIDC_REDIRECT_BASE_URL",
     "password_auth": "AGENTSERVER_PASSWORD_AUTH",
     "default_max_workspaces": "AGENTSERVER_DEFAULT_MAX_WORKSPACES",
+    "mail_sender": "AGENTSERVER_MAIL_SENDER",
+    "signup_email_domains": "AGENTSERVER_SIGNUP_EMAIL_DOMAINS",
+    "signup_github_org": "AGENTSERVER_SIGNUP_GITHUB_ORG",
+    "signup_oidc_groups": "AGENTSERVER_SIGNUP_OIDC_GROUPS",
+    "oidc_groups_claim": "OIDC_GROUPS_CLAIM",
+    "signup_oidc_hd": "AGENTSERVER_SIGNUP_OIDC_HD",
+    "signup_invite_only": "AGENTSERVER_SIGNUP_INVITE_ONLY",
 }
 # The base URL providers send the browser back to (`<base>/api/auth/oidc/{provider}/callback`): the
 # console's own URL unless the context names another, since CloudFront serves the API under /api/*.

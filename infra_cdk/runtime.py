@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -173,6 +173,18 @@ class Runtime(Construct):
             _lookup(self._data.queues, name, "queue", spec).grant_send_messages(role)
         for name in spec.secrets:
             _lookup(self._data.secrets, name, "secret", spec).grant_read(role)
+        if spec.sends_mail:
+            stack = Stack.of(self)
+            # SES authorises SendEmail on the sender's identity (and a configuration set, if one is used).
+            mail_resources = [stack.format_arn(service="ses", resource=kind, resource_name="*")
+                              for kind in ("identity", "configuration-set")]
+            role.add_to_policy(iam.PolicyStatement(actions=["ses:SendEmail"], resources=mail_resources))
+            for resource in mail_resources:
+                nag.acknowledge(
+                    role, nag.wildcard_resource_finding(role, resource),
+                    "Address confirmations and invitations go out from the operator's SES identity, named at "
+                    "deploy time by a context value (mail_sender), in this account and region only.",
+                )
 
     def add_environment_to_all(self, name: str, value: str, *, except_function: str | None = None) -> None:
         """Set a variable on every function; `except_function` avoids a function referring to itself."""

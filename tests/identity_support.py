@@ -48,7 +48,11 @@ def stack_admin(base_url: str) -> tuple[Browser, dict]:
             response = browser.post("/api/auth/register", json={"email": unique_email("admin"), "password": PASSWORD,
                                                                 "name": "Admin", "setup_token": SETUP_TOKEN})
             assert response.status_code == 201, response.text
-            _admins[base_url] = (browser, response.json())
+            mail = browser.get("/api/admin/outbox").json()["items"][0]  # its own confirmation link
+            token = mail["text"].split("#token=", 1)[1].split()[0]
+            verified = browser.post("/api/auth/verify", json={"token": token})
+            assert verified.status_code == 200, verified.text
+            _admins[base_url] = (browser, verified.json())
         return _admins[base_url]
 
 

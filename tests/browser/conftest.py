@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
-from tests.identity_support import PASSWORD, unique_email
+from tests.identity_support import PASSWORD, stack_admin, unique_email
 from tests.support import ROOT, RunningStack
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -64,12 +64,13 @@ def console_build() -> Path:
 
 @contextmanager
 def running_console(console_dir: Path, state_dir: Path, env: dict[str, str] | None = None) -> Iterator[Console]:
-    """`agentserver up` serving the built console, with its first account (the admin) registered."""
+    """`agentserver up` serving the built console, with its admin registered (with the setup token)."""
     running = RunningStack(state_dir=state_dir, in_memory=True, env=env,
                            extra_args=["--console-dir", str(console_dir), "--queue-visibility-timeout", "1"]).start()
     try:
-        # The first account on a server is its admin: made here so that every test knows who that is.
-        yield Console(running, new_account(running.base_url, "admin"))
+        # The admin is made here, with the setup token, so that every test knows who that is.
+        _, admin = stack_admin(running.base_url)
+        yield Console(running, Account(admin["email"], PASSWORD, admin["name"]))
     finally:
         running.stop()
 

@@ -25,8 +25,8 @@ from tests.browser.conftest import (
     sign_in_in_browser,
     sign_up_in_browser,
 )
-from tests.identity_support import sign_in
-from tests.support import AGENTSERVER, ROOT
+from tests.identity_support import join, outbox, sign_in, verify_email
+from tests.support import AGENTSERVER, ROOT, SETUP_TOKEN, RunningStack
 
 LOCAL_APP_PAGE = b"<!doctype html><title>laptop agent</title><h1>Hello from the local agent</h1>"
 
@@ -80,12 +80,26 @@ def test_a_new_user_signs_up_creates_a_workspace_and_invites_a_member(page: Page
     expect(switcher.locator("option:checked")).to_have_text("Research (owner)")
     wid = current_workspace_id(page)
 
-    # When they invite the colleague as a developer, then make them a maintainer
+    # When they invite the colleague as a developer
     page.get_by_role("link", name="Members").click()
     expect(page).to_have_url(re.compile(f"/w/{wid}/members$"))
     page.get_by_label("Email").fill(colleague.email)
     page.locator('select[name="invite-role"]').select_option("developer")
     page.get_by_role("button", name="Invite").click()
+    # Then the invitation waits for the colleague: they are not a member yet
+    pending = page.get_by_role("region", name="Pending invitations")
+    expect(pending.get_by_text(colleague.email)).to_be_visible()
+    expect(page.get_by_label(f"Role of {colleague.email}")).to_have_count(0)
+    screenshot(page, "members-invited")
+
+    # When the colleague confirms their address and accepts
+    colleague_browser = sign_in(console.stack.base_url, colleague.email)
+    verify_email(colleague_browser, colleague.email)
+    [invitation] = colleague_browser.get("/api/invitations").json()["items"]
+    assert colleague_browser.post(f"/api/invitations/{invitation['id']}/accept").status_code == 200
+
+    # Then they are a developer, whom the owner makes a maintainer
+    page.reload()
     role = page.get_by_label(f"Role of {colleague.email}")
     expect(role).to_have_value("developer")
     role.select_option("maintainer")
@@ -98,16 +112,57 @@ def test_a_new_user_signs_up_creates_a_workspace_and_invites_a_member(page: Page
     screenshot(page, "members")
 
     # And the colleague now has the workspace too
-    colleague_browser = sign_in(console.stack.base_url, colleague.email)
     roles = {w["id"]: w["role"] for w in colleague_browser.get("/api/workspaces").json()["items"]}
     assert roles[wid] == "maintainer"
 
-    # When they invite someone with no account, the API's refusal is shown as a sentence
+    # An invitation of someone with no account yet waits too, and can be revoked
     page.get_by_label("Email").fill("nobody-here@example.com")
+    page.get_by_role("button", name="Invite").click()
+    revoke = page.get_by_role("button", name="Revoke the invitation of nobody-here@example.com")
+    expect(revoke).to_be_visible()
+    revoke.click()
+    expect(page.get_by_text("nobody-here@example.com")).to_have_count(0)
+
+    # When they invite someone who is a member already, the API's refusal is shown as a sentence
+    page.get_by_label("Email").fill(colleague.email)
     page.get_by_role("button", name="Invite").click()
     alert = page.get_by_role("alert")
     expect(alert).to_be_visible()
     assert alert.inner_text().strip().endswith(".")
+
+
+def test_an_invitee_confirms_the_address_from_the_mailed_link_and_accepts(page: Page, console: Console) -> None:
+    # Given an owner who invites a new user's address
+    owner = new_account(console.stack.base_url, "host")
+    owner_browser = sign_in(console.stack.base_url, owner.email)
+    wid = owner_browser.post("/api/workspaces", json={"name": "Guest house"}).json()["id"]
+    invitee = sign_up_in_browser(page, "visitor")
+    assert owner_browser.post(f"/api/workspaces/{wid}/members", json={"email": invitee.email, "role": "guest"}
+                              ).status_code == 201
+
+    # Then the new user is asked to confirm the address, and may have the link sent again
+    banner = page.get_by_role("status", name="Address not confirmed")
+    expect(banner).to_be_visible()
+    page.get_by_role("link", name=re.compile("^Invitations")).click()
+    expect(page.get_by_text("once you have confirmed it")).to_be_visible()
+    screenshot(page, "verify-banner")
+    banner.get_by_role("button", name="Send the link again").click()
+    expect(banner.get_by_text("A new link is on its way.")).to_be_visible()
+
+    # When they open the mailed link
+    [latest, *_] = [m for m in outbox(console.stack.base_url, invitee.email) if "#token=" in m["text"]]
+    link = next(word for word in latest["text"].split() if "/verify#token=" in word)
+    page.goto(link)
+    expect(page.get_by_text("is confirmed")).to_be_visible()
+    assert "token" not in page.url  # the used token is out of the address bar and history
+    screenshot(page, "verified")
+
+    # Then the invitation waits on their invitations page, and accepting opens the workspace
+    page.get_by_role("link", name="See your invitations").click()
+    expect(page.get_by_role("status", name="Address not confirmed")).to_have_count(0)
+    page.get_by_role("button", name="Accept Guest house").click()
+    expect(page).to_have_url(re.compile(f"/w/{wid}$"))
+    expect(page.get_by_text("Guest house · you are a guest")).to_be_visible()
 
 
 def test_a_local_agent_connected_with_the_shown_command_appears_and_opens_on_its_own_origin(
@@ -205,8 +260,7 @@ def test_a_guest_sees_the_registry_but_no_actions(page: Page, console: Console) 
     code = owner_browser.post(f"/api/workspaces/{wid}/agent-codes").json()["code"]
     registered = owner_browser.post("/api/agent/register", json={"code": code, "name": "owners-box"})
     assert registered.status_code == 201, registered.text
-    added = owner_browser.post(f"/api/workspaces/{wid}/members", json={"email": guest.email, "role": "guest"})
-    assert added.status_code == 201, added.text
+    join(owner_browser, wid, sign_in(console.stack.base_url, guest.email), guest.email, "guest")
 
     # When the guest signs in and opens that workspace
     sign_in_in_browser(page, guest)
@@ -326,8 +380,12 @@ def test_the_admin_page_lists_everyone_and_sets_default_quotas(page: Page, conso
 
     # Then they see the users and workspaces
     expect(page.get_by_role("heading", name="Administration")).to_be_visible()
-    expect(page.get_by_text(console.admin.email)).to_be_visible()
+    expect(page.get_by_text(console.admin.email, exact=True)).to_be_visible()
     expect(page.get_by_role("heading", name="Workspaces")).to_be_visible()
+    # and the local server's outbox, where the mailed links are
+    outbox_card = page.get_by_role("region", name="Outbox")
+    expect(outbox_card.get_by_text(f"Confirm your email address for agentserver · to {console.admin.email}")
+           ).to_be_visible()
 
     # When they set the default workspace quota, it is stored
     page.get_by_label("Workspaces per user").fill("7")
@@ -380,6 +438,7 @@ def test_deleting_a_workspace_shows_it_deleting_and_admins_see_what_it_ran(page:
 def test_an_ordinary_user_has_no_admin_page(page: Page, console: Console) -> None:
     sign_up_in_browser(page, "ordinary")
     expect(page.get_by_role("link", name="Admin")).to_have_count(0)
+    assert page.request.get("/api/admin/outbox").status == 403  # nor the outbox with others' links
     page.goto("/admin")
     expect(page.get_by_role("alert")).to_contain_text("for system administrators")
 
@@ -404,3 +463,33 @@ def test_the_console_is_usable_at_phone_width(page: Page, console: Console) -> N
     expect(page.get_by_test_id("connect-command")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     screenshot(page, "phone-connect-agent")
+
+
+def test_the_first_admin_signs_up_with_the_setup_token(chromium: Any, console_build: Path, tmp_path: Path) -> None:
+    # Given a new server with no admin yet, whose log shows the setup token
+    stack = RunningStack(state_dir=tmp_path / "s", in_memory=True,
+                         extra_args=["--console-dir", str(console_build)]).start()
+    context = chromium.new_context(base_url=f"http://localhost:{stack.port}")
+    try:
+        assert SETUP_TOKEN in stack.output()
+        page = context.new_page()
+        # When the operator signs up with it
+        page.goto("/sign-up")
+        page.get_by_label("Email").fill("operator@example.com")
+        page.get_by_label("Password").fill("correct horse battery staple")
+        token = page.get_by_label("Setup token")
+        expect(token).to_be_visible()
+        screenshot(page, "sign-up-setup-token")
+        token.fill(SETUP_TOKEN)
+        page.get_by_role("button", name="Sign up").click()
+        # Then they are the admin
+        expect(page.get_by_role("link", name="Admin")).to_be_visible()
+        # and the field is gone for everyone after them
+        other = context.browser.new_context(base_url=f"http://localhost:{stack.port}").new_page()  # type: ignore[union-attr]
+        other.goto("/sign-up")
+        expect(other.get_by_label("Password")).to_be_visible()
+        expect(other.get_by_label("Setup token")).to_have_count(0)
+        other.context.close()
+    finally:
+        context.close()
+        stack.stop()

@@ -171,3 +171,35 @@ def test_nothing_else_in_the_stack_may_manage_connections(synthesized: Synthesiz
         for role in synthesized.properties(policy_id)["Roles"]
     }
     assert holders == function_roles
+
+
+def test_only_mail_senders_may_send_mail_through_ses_in_this_account(synthesized: Synthesized) -> None:
+    for spec in TOPOLOGY.functions:
+        # When synthesized
+        resources = sorted(
+            render(resource)
+            for statement in _role_statements(synthesized, spec)
+            if "ses:SendEmail" in as_list(statement["Action"])
+            for resource in as_list(statement["Resource"])
+        )
+        # Then the API function (address confirmations, invitations) may send, from this account's identities only
+        expected = sorted(f"arn:<AWS::Partition>:ses:<AWS::Region>:<AWS::AccountId>:{kind}/*"
+                          for kind in ("configuration-set", "identity")) if spec.sends_mail else []
+        assert resources == expected, spec.name
+    assert [spec.name for spec in TOPOLOGY.functions if spec.sends_mail] == ["http_api"]
+
+
+def test_the_setup_token_is_generated_at_deploy_time_and_read_by_the_api_only(synthesized: Synthesized) -> None:
+    # Given the setup-token secret (the first admin's one-time token, docs/auth.md)
+    [(secret_id, secret)] = [(logical_id, properties) for logical_id, properties
+                             in synthesized.template.find_resources("AWS::SecretsManager::Secret").items()
+                             if properties["Properties"]["Name"].endswith("setup-token")]
+    # Then CloudFormation generates its value (no value in the template), and only the API may read it
+    assert "SecretString" not in secret["Properties"] and "GenerateSecretString" in secret["Properties"]
+    readers = {spec.name for spec in TOPOLOGY.functions if "setup-token" in spec.secrets}
+    assert readers == {"http_api"}
+    granted = [spec.name for spec in TOPOLOGY.functions
+               if any(f"<{secret_id}>" in render(resource)
+                      for statement in _role_statements(synthesized, spec)
+                      for resource in as_list(statement["Resource"]))]
+    assert granted == ["http_api"]

@@ -349,13 +349,13 @@ def _setup_and_restrictions(stack: RunningStack) -> None:
     def register(email: str, **extra: str) -> httpx.Response:
         return httpx.post(f"{stack.base_url}/api/auth/register", json={"email": email, "password": PASSWORD, **extra})
 
-    # Given a new server: `agentserver up` printed the setup token, and it waits for its first admin
+    # Given a new server: being first is not enough (and invite-only turns the uninvited away)
+    first = register(unique_email("first"))
+    assert first.status_code == 403 and first.json()["error"]["code"] == "sign_up_restricted"
+    # `agentserver up` printed the setup token, and the server waits for its first admin
     assert SETUP_TOKEN in stack.output()
     providers = httpx.get(f"{stack.base_url}/api/auth/providers").json()
     assert providers["setup_pending"] is True and providers["invite_only"] is True
-    # Being first is not enough (and invite-only turns the uninvited away)
-    first = register(unique_email("first"))
-    assert first.status_code == 403 and first.json()["error"]["code"] == "sign_up_restricted"
     wrong = register(unique_email("guesser"), setup_token="not-the-token")
     assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "invalid_setup_token"
     # The setup token makes the first admin (and lets them in whatever the restrictions)

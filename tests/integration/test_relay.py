@@ -15,7 +15,7 @@ import pytest
 
 from layers.shared.tunnel import codec
 from tests.fake_agent import AgentThread, FakeStream
-from tests.identity_support import registered_agent, sign_up
+from tests.identity_support import join, registered_agent, sign_up
 from tests.support import RunningStack, wait_until
 
 SSE_GAP = 0.4
@@ -189,7 +189,8 @@ def test_guests_and_other_workspaces_cannot_open(stack: RunningStack, agent) -> 
     browser, registration = agent
     wid = registration["workspace_id"]
     guest, guest_user = sign_up(stack.base_url, "relayguest")
-    browser.post(f"/api/workspaces/{wid}/members", json={"email": guest_user["email"], "role": "guest"})
+    join(browser, wid, guest, guest_user["email"], "guest")
+    assert guest.get(f"/api/sandboxes/{registration['sandbox_id']}").status_code == 200  # a member now
     assert guest.post(f"/api/sandboxes/{registration['sandbox_id']}/open").status_code == 403
     stranger, _ = sign_up(stack.base_url, "relaystranger")
     assert stranger.post(f"/api/sandboxes/{registration['sandbox_id']}/open").status_code == 404

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.identity_support import Browser, sign_in, sign_up, unique_email
+from tests.identity_support import Browser, join, sign_in, sign_up, stack_admin, unique_email, verify_email
 from tests.support import RunningStack
 
 DEFAULT_MAX_RPD = 1000  # the server's LLM limit: a ceiling for workspace maintainers
@@ -45,15 +45,16 @@ class World:
         owner = self.clients["owner"]
         workspace = owner.post("/api/workspaces", json={"name": "Matrix"}).json()
         wid = workspace["id"]
-        for role in ("maintainer", "developer", "guest"):
-            added = owner.post(f"/api/workspaces/{wid}/members", json={"email": self.users[role]["email"],
-                                                                       "role": role})
-            assert added.status_code == 201, added.text
-        owner.post(f"/api/workspaces/{wid}/members", json={"email": self.users["subject"]["email"],
-                                                           "role": "developer"})
+        for name, role in (("maintainer", "maintainer"), ("developer", "developer"), ("guest", "guest"),
+                           ("subject", "developer")):
+            join(owner, wid, self.clients[name], self.users[name]["email"], role)
         shared = self.local_agent(wid, "maintainer")  # a laptop its owner shares with the workspace
         assert self.clients["maintainer"].patch(f"/api/sandboxes/{shared}", json={"shared": True}).status_code == 200
-        return {"wid": wid, "subject": self.users["subject"]["id"], "sid_shared": shared,
+        # A pending invitation (of a developer, so a maintainer may revoke it too)
+        pending = owner.post(f"/api/workspaces/{wid}/members", json={"email": unique_email("invitee"),
+                                                                     "role": "developer"})
+        assert pending.status_code == 201, pending.text
+        return {"wid": wid, "subject": self.users["subject"]["id"], "sid_shared": shared, "iid": pending.json()["id"],
                 "sid": self.local_agent(wid, "developer"), "sid_other": self.local_agent(wid, "maintainer")}
 
     def local_agent(self, wid: str, registered_by: str) -> str:
@@ -72,9 +73,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                               "LLMPROXY_DEFAULT_MAX_RPD": str(DEFAULT_MAX_RPD)}).start()
     clients: dict[str, httpx.Client] = {}
     users: dict[str, dict] = {}
-    # The first account becomes the system admin; it is a member of nothing here.
-    for name in ("admin", "owner", "maintainer", "developer", "guest", "outsider", "subject"):
+    # The system admin (made with the setup token) is a member of nothing here.
+    clients["admin"], users["admin"] = stack_admin(stack.base_url)
+    for name in ("owner", "maintainer", "developer", "guest", "outsider", "subject"):
         clients[name], users[name] = sign_up(stack.base_url, name)
+        verify_email(clients[name], users[name]["email"])
     assert users["admin"]["role"] == "admin" and users["owner"]["role"] == "user"
     yield World(stack, clients, users)
     for client in clients.values():
@@ -171,6 +174,22 @@ ROWS = [
         call("POST", "/api/workspaces/{wid}/members",
              lambda w: {"email": w.users["outsider"]["email"], "role": "maintainer"}),
         statuses(201, 403, 403, 403, 404, 404), fresh=True),
+    Row("GET /api/workspaces/{wid}/invitations", call("GET", "/api/workspaces/{wid}/invitations"),
+        statuses(200, 200, 403, 403, 404, 404)),
+    Row("DELETE /api/workspaces/{wid}/invitations/{iid}", call("DELETE", "/api/workspaces/{wid}/invitations/{iid}"),
+        statuses(204, 204, 403, 403, 404, 404), fresh=True),
+    Row("GET /api/invitations", call("GET", "/api/invitations"), ALL_USERS_OK),
+    # Accepting or declining belongs to the invited address only: for everyone else it does not exist.
+    Row("POST /api/invitations/{iid}/accept (someone else's)", call("POST", "/api/invitations/{iid}/accept"),
+        statuses(404, 404, 404, 404, 404, 404)),
+    Row("POST /api/invitations/{iid}/decline (someone else's)", call("POST", "/api/invitations/{iid}/decline"),
+        statuses(404, 404, 404, 404, 404, 404)),
+    Row("POST /api/auth/verify/resend (already verified)", call("POST", "/api/auth/verify/resend"),
+        statuses(409, 409, 409, 409, 409, 409)),
+    Row("POST /api/auth/verify (a forged token)", call("POST", "/api/auth/verify", lambda w: {"token": "asv_forged"}),
+        statuses(400, 400, 400, 400, 400, 400, anonymous=400)),
+    Row("POST /api/auth/setup (a wrong token)", call("POST", "/api/auth/setup", lambda w: {"setup_token": "guess"}),
+        statuses(403, 403, 403, 403, 403, 403)),
     Row("PUT /api/workspaces/{wid}/members/{uid}",
         call("PUT", "/api/workspaces/{wid}/members/{subject}", lambda w: {"role": "guest"}),
         statuses(200, 403, 403, 403, 404, 404), fresh=True),
@@ -237,6 +256,7 @@ ROWS = [
     Row("GET /api/admin/workspaces", call("GET", "/api/admin/workspaces"), statuses(403, 403, 403, 403, 403, 200)),
     Row("GET /api/admin/sandboxes", call("GET", "/api/admin/sandboxes?status=offline&limit=5"),
         statuses(403, 403, 403, 403, 403, 200)),
+    Row("GET /api/admin/outbox", call("GET", "/api/admin/outbox"), statuses(403, 403, 403, 403, 403, 200)),
     Row("GET /api/admin/quotas", call("GET", "/api/admin/quotas"), statuses(403, 403, 403, 403, 403, 200)),
     Row("PUT /api/admin/quotas", call("PUT", "/api/admin/quotas", lambda w: {"max_workspaces_per_user": 1000}),
         statuses(403, 403, 403, 403, 403, 200)),

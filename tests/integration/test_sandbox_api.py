@@ -11,7 +11,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.identity_support import sign_in, sign_up
+from tests.identity_support import sign_in, sign_up, stack_admin
 from tests.support import RunningStack, wait_until
 
 
@@ -26,7 +26,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
 
 def test_quotas_bounds_and_transitions(stack: RunningStack) -> None:
-    admin, _ = sign_up(stack.base_url, "first")  # the first account is the admin
+    admin, _ = stack_admin(stack.base_url)  # made with the setup token
     browser, _ = sign_up(stack.base_url, "quota")
     wid = browser.get("/api/workspaces").json()["items"][0]["id"]
     path = f"/api/workspaces/{wid}/sandboxes"

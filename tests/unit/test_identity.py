@@ -320,3 +320,18 @@ def test_docs_roles_md_is_rendered_from_the_policy_table() -> None:
     assert (Path(__file__).resolve().parents[2] / "docs" / "roles.md").read_text() == rendered
     for action in Action:
         assert action in roles.POLICY and action in roles.ACTION_DESCRIPTIONS
+
+
+def test_invitation_mails_are_capped_per_workspace_and_hour(store: DynamoIdentityStore) -> None:
+    owner = identity.create_user(store, email="o@example.com", name=None, now=NOW)
+    workspace = workspaces.create_workspace(store, user=owner, name="W", now=NOW, quotas=workspaces.Quotas(5))
+
+    def invite(at: datetime) -> None:
+        invitations.invite(store, OUTBOX, workspace=workspace, caller=owner, caller_role=Role.owner,
+                           email="target@example.com", role=Role.guest, console_url="http://c", now=at)
+
+    for _ in range(invitations.MAX_INVITATION_MAILS_PER_HOUR):
+        invite(NOW)  # re-inviting the same address mails again each time...
+    with pytest.raises(RateLimited):  # ...up to the cap
+        invite(NOW)
+    invite(NOW + invitations.INVITATION_MAIL_WINDOW + timedelta(seconds=1))

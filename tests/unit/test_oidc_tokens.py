@@ -94,6 +94,14 @@ def test_claims_give_the_external_identity() -> None:
     assert identity_from_claims({"sub": "s", "email": ["a@b.example"]}).email is None
 
 
+def test_groups_and_hosted_domain_claims_feed_the_sign_up_limits() -> None:
+    claims = {"sub": "s", "groups": ["eng", 7, "ops"], "hd": "Corp.Example", "roles": ["admins"]}
+    found = identity_from_claims(claims)
+    assert (found.groups, found.hosted_domain) == (frozenset({"eng", "ops"}), "corp.example")
+    assert identity_from_claims(claims, "roles").groups == frozenset({"admins"})
+    assert identity_from_claims({"sub": "s", "groups": "eng"}).groups == frozenset()  # not a list: ignored
+
+
 def test_github_counts_only_the_primary_email_and_only_when_verified() -> None:
     user = GitHubUser(id=583231, login="octocat", name=None)
     emails = [GitHubEmail(email="work@example.org", primary=False, verified=True),

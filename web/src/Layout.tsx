@@ -1,8 +1,8 @@
 import { type FormEvent, type ReactNode, useEffect, useState } from "react";
 import { Link, NavLink, Navigate, Outlet, useNavigate, useParams } from "react-router";
-import { api, clientConfig, type ClientConfig, type Workspace } from "./api";
+import { api, clientConfig, type ClientConfig, type Invitation, type Page, type Workspace } from "./api";
 import { Dialog, ErrorNote, Loading } from "./components";
-import { useAction } from "./hooks";
+import { useAction, useResource } from "./hooks";
 import { useSession } from "./session";
 import { DeletingNotice } from "./WorkspaceDeletion";
 
@@ -112,6 +112,7 @@ export function Layout() {
             <NavLink to={`/w/${wid}/members`}>Members</NavLink>
             <NavLink to={`/w/${wid}/usage`}>LLM usage</NavLink>
           </>}
+          <NavLink to="/invitations">Invitations<InvitationCount /></NavLink>
           <NavLink to="/tokens">Tokens</NavLink>
           {user?.role === "admin" && <NavLink to="/admin">Admin</NavLink>}
           <span className="who" title={user?.email}>{user?.name || user?.email}</span>
@@ -120,10 +121,37 @@ export function Layout() {
       </header>
       <SandboxIsolationBanner />
       <main id="main" tabIndex={-1}>
+        {user && !user.email_verified && <VerifyBanner email={user.email} />}
         <Outlet />
       </main>
     </>
   );
+}
+
+/** Until the address is confirmed, invitations cannot be accepted (nor accounts linked): say so, with a resend. */
+function VerifyBanner({ email }: { email: string }) {
+  const action = useAction();
+  const [sent, setSent] = useState(false);
+  const resend = async () => {
+    if (await action.run(() => api.post("/api/auth/verify/resend"))) setSent(true);
+  };
+  return (
+    <div className="banner" role="status" aria-label="Address not confirmed">
+      <span>Confirm your email address <strong>{email}</strong> with the link we mailed you; until then you cannot
+        accept invitations to workspaces.</span>{" "}
+      {sent ? <span>A new link is on its way.</span>
+        : <button type="button" className="link" disabled={action.busy} onClick={() => void resend()}>Send the link again</button>}
+      <ErrorNote error={action.error} />
+    </div>
+  );
+}
+
+/** How many invitations wait for the caller, next to the navigation link. */
+function InvitationCount() {
+  const { user } = useSession();
+  const pending = useResource(() => api.get<Page<Invitation>>("/api/invitations"), `invitations-${user?.email_verified}`);
+  const count = pending.data?.items.length ?? 0;
+  return count ? <span className="count" aria-label={`${count} pending`}> {count}</span> : null;
 }
 
 /** `/`: the workspace used last, else the first one. */

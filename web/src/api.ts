@@ -4,8 +4,14 @@
 export type Role = "guest" | "developer" | "maintainer" | "owner";
 export const ROLES: Role[] = ["guest", "developer", "maintainer", "owner"];
 
-export interface User { id: string; email: string; name: string; role: "user" | "admin" }
-export interface Providers { password: boolean; oidc: { id: string; name: string }[] }
+export interface User { id: string; email: string; name: string; role: "user" | "admin"; email_verified: boolean }
+export interface Providers {
+  password: boolean; oidc: { id: string; name: string }[]; invite_only?: boolean; setup_pending?: boolean;
+}
+export interface Invitation {
+  id: string; workspace_id: string; workspace_name: string; email: string; role: Role; invited_by: string;
+  inviter_name: string; created_at: string; expires_at: string;
+}
 export interface Workspace { id: string; name: string; role: Role; created_at: string; status?: "active" | "deleting" }
 export interface Member { user_id: string; email: string; name: string; role: Role; joined_at: string }
 export interface AgentInfo {

@@ -7,7 +7,9 @@ import { ConnectAgentPage } from "./pages/ConnectAgent";
 import { MembersPage } from "./pages/Members";
 import { SandboxDetailPage } from "./pages/SandboxDetail";
 import { SandboxesPage } from "./pages/Sandboxes";
+import { InvitationsPage } from "./pages/Invitations";
 import { AuthPage } from "./pages/SignIn";
+import { VerifyPage } from "./pages/Verify";
 import { TokensPage } from "./pages/Tokens";
 import { UsagePage } from "./pages/Usage";
 import { RequireUser, SessionProvider } from "./session";
@@ -29,6 +31,7 @@ createRoot(document.getElementById("root")!).render(
         <Routes>
           <Route path="/sign-in" element={<AuthPage mode="sign-in" />} />
           <Route path="/sign-up" element={<AuthPage mode="sign-up" />} />
+          <Route path="/verify" element={<VerifyPage />} />
           <Route element={<RequireUser><Layout /></RequireUser>}>
             <Route index element={<Home />} />
             <Route path="w/:wid" element={<SandboxesPage />} />
@@ -37,6 +40,7 @@ createRoot(document.getElementById("root")!).render(
             <Route path="w/:wid/members" element={<MembersPage />} />
             <Route path="w/:wid/usage" element={<UsagePage />} />
             <Route path="tokens" element={<TokensPage />} />
+            <Route path="invitations" element={<InvitationsPage />} />
             <Route path="admin" element={<AdminPage />} />
             <Route path="*" element={<NotFound />} />
           </Route>

@@ -18,6 +18,7 @@ from layers.shared.dal.aws import client
 from layers.shared.dal.identity import DynamoIdentityStore
 from layers.shared.domain.mail import Mailer, MailMessage
 from layers.shared.domain.tokens import new_id
+from layers.shared.errors import AppError
 from layers.shared.settings import get_settings
 
 OUTBOX_KEEP = timedelta(days=7)
@@ -25,11 +26,18 @@ OUTBOX_KEEP = timedelta(days=7)
 outbox_log = logging.getLogger("mail.outbox")
 
 
+class MailNotConfigured(AppError):
+    status, code, default_message = 503, "mail_not_configured", (
+        "This server cannot send mail yet: its operator has to set the sender address (docs/auth.md).")
+
+
 class SesMailer:
     def __init__(self, sender: str) -> None:
         self.sender = sender
 
     def send(self, message: MailMessage) -> None:
+        if not self.sender:
+            raise MailNotConfigured()
         client("sesv2").send_email(
             FromEmailAddress=self.sender,
             Destination={"ToAddresses": [message.to]},

@@ -17,10 +17,14 @@ from layers.shared.domain.mail import Mailer, invitation_message
 from layers.shared.domain.roles import Role, authorize_assignment
 from layers.shared.domain.tokens import digest
 from layers.shared.domain.workspaces import AlreadyMember, Member, Workspace, WorkspaceStore
-from layers.shared.errors import Forbidden, NotFound
+from layers.shared.errors import Forbidden, NotFound, RateLimited
 
 INVITATION_TTL = timedelta(days=7)
 MAX_PENDING_PER_WORKSPACE = 100
+# Invitation mails per workspace and hour: re-inviting replaces an invitation but mails again, so
+# without a cap a maintainer could flood an address through us.
+MAX_INVITATION_MAILS_PER_HOUR = 30
+INVITATION_MAIL_WINDOW = timedelta(hours=1)
 
 
 class EmailNotVerified(Forbidden):
@@ -82,6 +86,12 @@ def invite(store: InvitationStore, mailer: Mailer, *, workspace: Workspace, call
     pending = [i for i in store.list_invitations(workspace.workspace_id) if i.pending(now) and i.email != email]
     if len(pending) >= MAX_PENDING_PER_WORKSPACE:
         raise TooManyInvitations()
+    mail_key = f"invite#{workspace.workspace_id}"
+    sent, until = store.failures(mail_key, now)
+    if sent >= MAX_INVITATION_MAILS_PER_HOUR and until is not None:
+        raise RateLimited("This workspace sent too many invitations this hour; try again later.",
+                          retry_after_seconds=int((until - now).total_seconds()) + 1)
+    store.record_failure(mail_key, now, INVITATION_MAIL_WINDOW)  # the sign-in failure counter, counting mails
     invitation = Invitation(
         invitation_id=invitation_id(workspace.workspace_id, email), workspace_id=workspace.workspace_id,
         workspace_name=workspace.name, email=email, role=role, invited_by=caller.user_id,

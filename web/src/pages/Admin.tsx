@@ -5,6 +5,7 @@ import { useAction, useResource, useTitle } from "../hooks";
 import { useSession } from "../session";
 
 interface AdminUser { id: string; email: string; name: string; role: "user" | "admin"; created_at: string }
+interface OutboxMessage { id: string; to: string; subject: string; text: string; sent_at: string }
 interface AdminWorkspace { id: string; name: string; created_by: string; created_at: string; status?: string }
 interface AdminSandbox extends Sandbox { workspace_name: string | null; workspace_status: string }
 const SANDBOX_STATUSES = ["creating", "running", "offline", "pausing", "paused", "resuming", "failed", "deleting", "deleted"];
@@ -147,6 +148,7 @@ function Administration({ selfId }: { selfId: string }) {
     <section>
       <div className="page-head"><div><h1>Administration</h1><p className="muted">Everyone on this server</p></div></div>
       <QuotaForm />
+      <Outbox />
       <div className="columns">
         <section className="card wide-card">
           <h2>Users</h2>
@@ -178,6 +180,27 @@ function Administration({ selfId }: { selfId: string }) {
         </section>
         <AllSandboxes />
       </div>
+    </section>
+  );
+}
+
+/** The embedded stack's mail (nothing is sent from a laptop): admins read the links here. Absent where SES sends mail. */
+function Outbox() {
+  const outbox = useResource(() => api.get<Page<OutboxMessage>>("/api/admin/outbox?limit=50"), "outbox");
+  if (outbox.error?.status === 404) return null;
+  return (
+    <section className="card wide-card" aria-label="Outbox">
+      <h2>Outbox</h2>
+      <p className="muted small">Mail this local server would have sent, newest first. Only admins see it.</p>
+      {outbox.loading && <Loading />}
+      <ErrorNote error={outbox.error} onRetry={outbox.reload} />
+      {outbox.data && !outbox.data.items.length && <p>No mail yet.</p>}
+      {outbox.data?.items.map((message) => (
+        <details key={message.id}>
+          <summary>{message.subject} · to {message.to} · <Ago iso={message.sent_at} /></summary>
+          <pre className="mail">{message.text}</pre>
+        </details>
+      ))}
     </section>
   );
 }

@@ -1,6 +1,6 @@
 import { type FormEvent, useEffect, useState } from "react";
 import { useNavigate } from "react-router";
-import { api, atLeast, enc, type Member, type Page, type Role, ROLES, type Workspace } from "../api";
+import { api, atLeast, enc, type Invitation, type Member, type Page, type Role, ROLES, type Workspace } from "../api";
 import { Ago, ErrorNote, Loading } from "../components";
 import { useAction, useResource, useTitle } from "../hooks";
 import { WorkspacePage } from "../Layout";
@@ -21,13 +21,14 @@ function InviteForm({ workspace, onAdded }: { workspace: Workspace; onAdded: () 
   const [role, setRole] = useState<Role>("developer");
   async function submit(event: FormEvent) {
     event.preventDefault();
-    const added = await action.run(() => api.post<Member>(`/api/workspaces/${enc(workspace.id)}/members`, { email, role }));
+    const added = await action.run(() => api.post<Invitation>(`/api/workspaces/${enc(workspace.id)}/members`, { email, role }));
     if (added) { setEmail(""); onAdded(); }
   }
   return (
     <form className="card inline-form" onSubmit={submit} aria-label="Invite a member">
       <h2>Invite a member</h2>
-      <p className="muted small">They need an account on this server; they see the workspace the next time they look.</p>
+      <p className="muted small">We mail them an invitation. They join once they accept it, signed in with this address
+        confirmed; it expires after 7 days.</p>
       <div className="fields">
         <label>Email <input name="invite-email" type="email" required value={email} onChange={(e) => setEmail(e.target.value)} /></label>
         <label>Role
@@ -92,14 +93,50 @@ function MemberRow({ member, workspace, self, onChanged }: {
   );
 }
 
+function PendingInvitations({ workspace, version }: { workspace: Workspace; version: number }) {
+  const pending = useResource(() => api.get<Page<Invitation>>(`/api/workspaces/${enc(workspace.id)}/invitations`),
+    `${workspace.id}-${version}`);
+  const action = useAction();
+  const mayRevoke = assignable(workspace.role);
+  const revoke = (invitation: Invitation) => action.run(async () => {
+    await api.del(`/api/workspaces/${enc(workspace.id)}/invitations/${enc(invitation.id)}`);
+    await pending.reload();
+  });
+  if (!pending.data?.items.length) return <ErrorNote error={pending.error} onRetry={pending.reload} />;
+  return (
+    <section className="card" aria-label="Pending invitations">
+      <h2>Pending invitations</h2>
+      <table className="list">
+        <thead><tr><th>Email</th><th>Role</th><th>Expires</th><th><span className="visually-hidden">Actions</span></th></tr></thead>
+        <tbody>
+          {pending.data.items.map((invitation) => (
+            <tr key={invitation.id}>
+              <td data-label="Email">{invitation.email}<div className="muted small">invited by {invitation.inviter_name}</div></td>
+              <td data-label="Role">{invitation.role}</td>
+              <td data-label="Expires">{new Date(invitation.expires_at).toLocaleDateString()}</td>
+              <td>{mayRevoke.includes(invitation.role) && (
+                <button type="button" className="danger" disabled={action.busy} aria-label={`Revoke the invitation of ${invitation.email}`}
+                  onClick={() => void revoke(invitation)}>Revoke</button>
+              )}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      <ErrorNote error={action.error} />
+    </section>
+  );
+}
+
 function Members({ workspace }: { workspace: Workspace }) {
   useTitle(`Members · ${workspace.name}`);
   const { user } = useSession();
+  const [invited, setInvited] = useState(0);
   const members = useResource(() => api.get<Page<Member>>(`/api/workspaces/${enc(workspace.id)}/members`), workspace.id);
   return (
     <section>
       <div className="page-head"><div><h1>Members</h1><p className="muted">{workspace.name}</p></div></div>
-      {atLeast(workspace.role, "maintainer") && <InviteForm workspace={workspace} onAdded={() => void members.reload()} />}
+      {atLeast(workspace.role, "maintainer") && <InviteForm workspace={workspace} onAdded={() => setInvited((n) => n + 1)} />}
+      {atLeast(workspace.role, "maintainer") && <PendingInvitations workspace={workspace} version={invited} />}
       {members.loading && <Loading label="Loading members…" />}
       <ErrorNote error={members.error} onRetry={members.reload} />
       {members.data && (

@@ -31,6 +31,7 @@ export function AuthPage({ mode }: { mode: "sign-in" | "sign-up" }) {
   const [email, setEmail] = useState("");
   const [password, setPassword] = useState("");
   const [name, setName] = useState("");
+  const [setupToken, setSetupToken] = useState("");
 
   if (user) return <Navigate to={next} replace />;
 
@@ -38,7 +39,7 @@ export function AuthPage({ mode }: { mode: "sign-in" | "sign-up" }) {
     event.preventDefault();
     const signedIn = await action.run(() =>
       signingUp
-        ? api.post<User>("/api/auth/register", { email, password, name: name || undefined })
+        ? api.post<User>("/api/auth/register", { email, password, name: name || undefined, setup_token: setupToken || undefined })
         : api.post<User>("/api/auth/login", { email, password }),
     );
     if (signedIn) setUser(signedIn);
@@ -66,6 +67,15 @@ export function AuthPage({ mode }: { mode: "sign-in" | "sign-up" }) {
               <input name="password" type="password" required autoComplete={signingUp ? "new-password" : "current-password"}
                 value={password} onChange={(e) => setPassword(e.target.value)} />
             </label>
+            {signingUp && providers.data.setup_pending && (
+              <label>Setup token <span className="muted small">(only for the server's first admin: `agentserver up` printed it;
+                in AWS it is the setup-token secret)</span>
+                <input name="setup-token" autoComplete="off" value={setupToken} onChange={(e) => setSetupToken(e.target.value)} />
+              </label>
+            )}
+            {signingUp && providers.data.invite_only && (
+              <p className="muted small">Sign-up here is by invitation: use the address a workspace invited.</p>
+            )}
             <ErrorNote error={action.error} />
             <button className="primary" type="submit" disabled={action.busy}>
               {action.busy ? "Please wait…" : signingUp ? "Sign up" : "Sign in"}
