@@ -268,8 +268,7 @@ def test_an_agent_flooding_past_its_window_is_reset_not_buffered(stack: RunningS
 
 def member_of(stack: RunningStack, owner: httpx.Client, wid: str, label: str, role: str) -> tuple[httpx.Client, str]:
     member, user = sign_up(stack.base_url, label)
-    added = owner.post(f"/api/workspaces/{wid}/members", json={"email": user["email"], "role": role})
-    assert added.status_code == 201, added.text
+    join(owner, wid, member, user["email"], role)
     return member, user["id"]
 
 
