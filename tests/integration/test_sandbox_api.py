@@ -11,7 +11,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.identity_support import sign_in, sign_up, stack_admin
+from tests.identity_support import sign_up, stack_admin
 from tests.support import RunningStack, wait_until
 
 
@@ -127,24 +127,16 @@ def test_deleting_a_workspace_stops_its_sandboxes_and_revokes_their_tokens(stack
     assert not (Path(stack.state_dir) / "sandboxes" / sid).exists()
     assert len(owner.get("/api/workspaces").json()["items"]) == owned_before - 1
     # And the admins see what the workspace ran, deleted
-    admin = sign_in(stack.base_url, first_admin_email(stack))
+    admin, _ = stack_admin(stack.base_url)
     listed = admin.get("/api/admin/sandboxes", params={"workspace": wid}).json()["items"]
     assert {(s["id"], s["status"], s["workspace_status"]) for s in listed} == {
         (sid, "deleted", "gone"), (laptop["sandbox_id"], "deleted", "gone")}
     assert user["id"]  # (the owner's account stays)
 
 
-def first_admin_email(stack: RunningStack) -> str:
-    dynamodb = stack.aws("dynamodb")
-    first = dynamodb.get_item(TableName=stack.name("identity"), Key={"pk": {"S": "CONFIG"}, "sk": {"S": "FIRST_USER"}})
-    profile = dynamodb.get_item(TableName=stack.name("identity"), Key={
-        "pk": {"S": f"USER#{first['Item']['user_id']['S']}"}, "sk": {"S": "PROFILE"}})
-    return str(profile["Item"]["email"]["S"])
-
-
 def test_admins_list_every_sandbox_paginated_and_filtered(stack: RunningStack) -> None:
     # Given sandboxes in several workspaces
-    admin = sign_in(stack.base_url, first_admin_email(stack))
+    admin, _ = stack_admin(stack.base_url)
     users = [sign_up(stack.base_url, f"fleet{n}")[0] for n in range(3)]
     agents = {}
     for browser in users:
