@@ -288,8 +288,9 @@ def test_a_local_agent_opens_for_its_owner_only_unless_shared(stack: RunningStac
     for other in (developer, maintainer):
         refused = other.post(f"/api/sandboxes/{sid}/open")
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
-    # Only the owner (or a maintainer and above) may share it
+    # Only its owner may share it: not another developer, nor a maintainer
     assert developer.patch(f"/api/sandboxes/{sid}", json={"shared": True}).status_code == 403
+    assert maintainer.patch(f"/api/sandboxes/{sid}", json={"shared": True}).status_code == 403
     assert guest.patch(f"/api/sandboxes/{sid}", json={"shared": True}).status_code == 403
     assert owner.get(f"/api/sandboxes/{sid}").json()["shared"] is False
     shared = owner.patch(f"/api/sandboxes/{sid}", json={"shared": True})

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from layers.shared.domain.roles import Action, Role, authorize
 from layers.shared.domain.tokens import digest, new_id, new_secret
-from layers.shared.errors import Conflict, NotAuthenticated, ValidationFailed
+from layers.shared.errors import Conflict, Forbidden, NotAuthenticated, ValidationFailed
 
 CODE_TTL = timedelta(minutes=10)
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud and typed by hand
@@ -243,11 +243,16 @@ def rename(store: SandboxStore, sandbox: Sandbox, name: str) -> Sandbox:
 
 
 def set_shared(store: SandboxStore, sandbox: Sandbox, shared: bool, *, user_id: str, role: Role) -> Sandbox:
-    """Share a local agent with the workspace (its developers may then open it), or stop. Its owner
-    decides; a maintainer or above may too (e.g. to stop sharing the agent of a member who left)."""
+    """Share a local agent with the workspace (its developers may then open it), or stop. Only its owner
+    shares it: sharing lets others run commands on their machine. A maintainer or above may stop sharing
+    it (e.g. the agent of a member who left)."""
     if sandbox.kind != SandboxKind.local:
         raise ValidationFailed("Only a local agent is shared; any developer of the workspace may open a cloud sandbox.")
-    authorize(role, Action.sandbox_share_own if sandbox.created_by == user_id else Action.sandbox_share_any)
+    own = sandbox.created_by == user_id
+    if shared and not own:
+        authorize(role, Action.sandbox_read)  # a non-member still gets 404
+        raise Forbidden("Only the member who connected a local agent may share it.")
+    authorize(role, Action.sandbox_share_own if own else Action.sandbox_unshare_any)
     return sandbox if sandbox.shared == shared else store.update_sandbox(sandbox, shared=shared)
 
 

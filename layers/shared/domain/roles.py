@@ -56,7 +56,7 @@ class Action(StrEnum):
     invitations_revoke = "invitations.revoke"
     sandbox_open_others_local = "sandbox.open_others_local"
     sandbox_share_own = "sandbox.share_own"
-    sandbox_share_any = "sandbox.share_any"
+    sandbox_unshare_any = "sandbox.unshare_any"
 
 
 # The minimum workspace role for each action (api.md, "Workspaces and members").
@@ -86,7 +86,7 @@ POLICY: dict[Action, Role] = {
     Action.invitations_revoke: Role.maintainer,  # and only invitations of a role the caller may give
     Action.sandbox_open_others_local: Role.developer,
     Action.sandbox_share_own: Role.developer,
-    Action.sandbox_share_any: Role.maintainer,
+    Action.sandbox_unshare_any: Role.maintainer,
 }
 
 # The roles each role may hand out when adding a member (a maintainer may add developers and guests).
@@ -126,8 +126,9 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
     Action.invitations_revoke: "Revoke an invitation (DELETE /api/workspaces/{wid}/invitations/{iid})",
     Action.sandbox_open_others_local: "Open another member's local agent, only when it is shared "
                                       "(POST /api/sandboxes/{sid}/open); unshared, only who connected it may",
-    Action.sandbox_share_own: "Share one's own local agent with the workspace, or stop (PATCH /api/sandboxes/{sid})",
-    Action.sandbox_share_any: "Share or unshare another member's local agent (PATCH /api/sandboxes/{sid})",
+    Action.sandbox_share_own: "Share one's own local agent with the workspace, or stop (PATCH /api/sandboxes/{sid}); "
+                              "only the member who connected a local agent may share it",
+    Action.sandbox_unshare_any: "Stop sharing another member's local agent (PATCH /api/sandboxes/{sid})",
 }
 
 # Actions that belong to the invitee, not to a workspace role: allowed only to an account whose

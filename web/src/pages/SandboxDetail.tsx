@@ -57,7 +57,9 @@ function Sharing({ sandbox, workspace, userId, onChanged }: {
 }) {
   const action = useAction();
   const own = sandbox.created_by === userId;
-  const mayChange = (own && atLeast(workspace.role, "developer")) || atLeast(workspace.role, "maintainer");
+  // Only its owner shares it (others could then run commands on their machine); maintainers may stop sharing.
+  const mayChange = (own && atLeast(workspace.role, "developer"))
+    || (sandbox.shared === true && atLeast(workspace.role, "maintainer"));
   // The box shows the choice at once, while it is saved (and the old state again if refused).
   const [wanted, setWanted] = useState<boolean | null>(null);
   const shared = wanted ?? sandbox.shared === true;
