@@ -28,7 +28,7 @@ CONFIG = LifecycleConfig(
     server_url="http://server", tunnel_url="ws://server/ws", llm_base_url="http://server/llm",
 )
 WRITERS = 8
-ROUNDS = 4
+ROUNDS = 3
 
 
 class Queue:
@@ -46,6 +46,10 @@ def store(dynamodb_tables: str) -> DynamoSandboxStore:
     return DynamoSandboxStore()
 
 
+# One pool for the module: its threads keep their boto3 clients from round to round
+POOL = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="racer")
+
+
 def race(attempt, count: int = WRITERS) -> list[str]:
     """Runs `attempt` on `count` threads released at the same moment; their outcomes, sorted."""
     barrier = threading.Barrier(count)
@@ -54,8 +58,7 @@ def race(attempt, count: int = WRITERS) -> list[str]:
         barrier.wait(timeout=30)
         return attempt(index)
 
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return sorted(pool.map(go, range(count)))
+    return sorted(POOL.map(go, range(count)))
 
 
 def test_concurrent_creations_cannot_pass_the_sandbox_quota(store: DynamoSandboxStore) -> None:
