@@ -11,6 +11,7 @@ import httpx
 import pytest
 import websockets
 
+from tests.fake_agent import tunnel_subprotocols
 from tests.identity_support import registered_agent
 from tests.support import RunningStack, wait_until
 
@@ -37,7 +38,8 @@ def test_connections_endpoint_is_refused_on_the_public_port_and_served_on_loopba
 
     async def scenario() -> None:
         before = connection_ids(stack)
-        async with websockets.connect(f"{stack.ws_url}?token={registration['tunnel_token']}") as ws:
+        credentials = tunnel_subprotocols(registration["tunnel_token"])
+        async with websockets.connect(stack.ws_url, subprotocols=credentials) as ws:
             connection_id = wait_until(lambda: connection_ids(stack) - before).pop()
             # Given a live agent connection, when anyone posts a frame through the public port
             async with httpx.AsyncClient(base_url=stack.base_url) as public:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import websockets
 
+from tests.fake_agent import tunnel_subprotocols
 from tests.identity_support import sign_up, stack_admin
 from tests.support import RunningStack, wait_until
 
@@ -79,7 +80,7 @@ def tunnel_status(stack: RunningStack, token: str) -> int:
     """The status the WebSocket API answers an agent's tunnel with this token (101 when it connects)."""
     async def attempt() -> int:
         try:
-            async with websockets.connect(f"{stack.ws_url}?token={token}"):
+            async with websockets.connect(stack.ws_url, subprotocols=tunnel_subprotocols(token)):
                 return 101
         except websockets.InvalidStatus as refused:
             return refused.response.status_code

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 import websockets
 
+from tests.fake_agent import tunnel_subprotocols
 from tests.identity_support import registered_agent
 from tests.support import RunningStack
 
@@ -27,22 +28,23 @@ async def answers_a_ping(ws: websockets.ClientConnection) -> None:
 
 def test_a_handover_connection_becomes_current_and_leaves_the_old_one_open(stack: RunningStack) -> None:
     _, _, registration = registered_agent(stack.base_url, "handover")
-    sandbox_id, url = registration["sandbox_id"], f"{stack.ws_url}?token={registration['tunnel_token']}"
+    sandbox_id, url = registration["sandbox_id"], stack.ws_url
+    credentials = tunnel_subprotocols(registration["tunnel_token"])
 
     async def scenario() -> None:
-        async with websockets.connect(url, ping_interval=None) as old:
+        async with websockets.connect(url, subprotocols=credentials, ping_interval=None) as old:
             await answers_a_ping(old)
             first = await asyncio.to_thread(current_connection, stack, sandbox_id)
             assert first is not None
             # When the agent opens its next connection with handover=1
-            async with websockets.connect(f"{url}&handover=1", ping_interval=None) as new:
+            async with websockets.connect(f"{url}?handover=1", subprotocols=credentials, ping_interval=None) as new:
                 # Then the old one is still open (it has streams to finish), and the new one is current
                 await answers_a_ping(old)
                 await answers_a_ping(new)
                 second = await asyncio.to_thread(current_connection, stack, sandbox_id)
                 assert second is not None and second != first
                 # And a reconnect without handover (after a crash) still closes the one before it
-                async with websockets.connect(url, ping_interval=None) as third:
+                async with websockets.connect(url, subprotocols=credentials, ping_interval=None) as third:
                     with pytest.raises(websockets.ConnectionClosed):
                         await answers_a_ping(new)
                     await answers_a_ping(third)
