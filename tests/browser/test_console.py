@@ -434,6 +434,23 @@ def test_deleting_a_workspace_shows_it_deleting_and_admins_see_what_it_ran(page:
         expect(row).to_contain_text("gone")
     screenshot(page, "admin-sandboxes")
 
+    # And an admin deletes anyone's sandbox from there: another user's laptop, in a workspace the admin is not in
+    other = new_account(console.stack.base_url, "fleetowner")
+    other_api = sign_in(console.stack.base_url, other.email)
+    other_wid = other_api.get("/api/workspaces").json()["items"][0]["id"]
+    other_code = other_api.post(f"/api/workspaces/{other_wid}/agent-codes").json()["code"]
+    other_laptop = httpx.post(f"{console.stack.base_url}/api/agent/register",
+                              json={"code": other_code, "name": "stray-laptop"}).json()["sandbox_id"]
+    sandboxes.get_by_label("Status").select_option("")
+    sandboxes.get_by_label("Workspace id").fill(other_wid)
+    sandboxes.get_by_role("button", name="Filter").click()
+    sandboxes.get_by_role("button", name=f"Delete sandbox {other_laptop}").click()
+    sandboxes.get_by_role("button", name=f"Really delete sandbox {other_laptop}").click()
+    stray = sandboxes.get_by_role("row").filter(has_text="stray-laptop")
+    expect(stray).to_contain_text("deleted")
+    expect(stray.get_by_role("button")).to_have_count(0)
+    assert other_api.get(f"/api/sandboxes/{other_laptop}").status_code == 404
+
 
 def test_an_ordinary_user_has_no_admin_page(page: Page, console: Console) -> None:
     sign_up_in_browser(page, "ordinary")

@@ -259,6 +259,8 @@ ROWS = [
     Row("GET /api/admin/workspaces", call("GET", "/api/admin/workspaces"), statuses(403, 403, 403, 403, 403, 200)),
     Row("GET /api/admin/sandboxes", call("GET", "/api/admin/sandboxes?status=offline&limit=5"),
         statuses(403, 403, 403, 403, 403, 200)),
+    Row("DELETE /api/admin/sandboxes/{sid}", call("DELETE", "/api/admin/sandboxes/{sid}"),
+        statuses(403, 403, 403, 403, 403, 202), fresh=True),
     Row("GET /api/admin/outbox", call("GET", "/api/admin/outbox"), statuses(403, 403, 403, 403, 403, 200)),
     Row("GET /api/admin/quotas", call("GET", "/api/admin/quotas"), statuses(403, 403, 403, 403, 403, 200)),
     Row("PUT /api/admin/quotas", call("PUT", "/api/admin/quotas", lambda w: {"max_workspaces_per_user": 1000}),

@@ -166,3 +166,11 @@ def test_admins_list_every_sandbox_paginated_and_filtered(stack: RunningStack) -
     assert users[0].get("/api/admin/sandboxes").status_code == 403
     bad = admin.get("/api/admin/sandboxes", params={"cursor": "bm90IGpzb24"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "validation_error"
+    # And an admin deletes any of them, a member of its workspace or not; nobody else may through this route
+    victim = sorted(agents)[0]
+    assert users[1].delete(f"/api/admin/sandboxes/{victim}").status_code == 403
+    deleted = admin.delete(f"/api/admin/sandboxes/{victim}")
+    assert deleted.status_code == 202 and deleted.json()["status"] == "deleted"
+    assert admin.get("/api/admin/sandboxes", params={"status": "deleted", "workspace": agents[victim]}
+                     ).json()["items"][0]["id"] == victim
+    assert admin.delete("/api/admin/sandboxes/sb-0000").json()["error"]["code"] == "not_found"

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from functions.http_api.dependencies import AdminCaller, Store, default_quotas
-from functions.http_api.routers.sandboxes import Sandboxes, SandboxOut
-from layers.shared.domain import identity, workspaces
+from functions.http_api.dependencies import AdminCaller, Now, Store, default_quotas
+from functions.http_api.routers.sandboxes import Commands, Lifecycle, Sandboxes, SandboxOut
+from layers.shared.domain import identity, sandbox_lifecycle, workspaces
 from layers.shared.domain.agents import SandboxStatus
 from layers.shared.domain.roles import SystemRole
 from layers.shared.errors import NotFound
@@ -114,6 +114,18 @@ def list_all_sandboxes(caller: AdminCaller, store: Store, sandboxes: Sandboxes, 
         items.append(AdminSandboxOut(**sandbox.public(), workspace_name=owner.name if owner else None,
                                      workspace_status=owner.status if owner else "gone"))
     return AdminSandboxList(items=items, next_cursor=next_cursor)
+
+
+@router.delete("/sandboxes/{sandbox_id}", status_code=status.HTTP_202_ACCEPTED, response_model=SandboxOut)
+def delete_any_sandbox(sandbox_id: str, caller: AdminCaller, sandboxes: Sandboxes, queue: Commands,
+                       config: Lifecycle, now: Now) -> SandboxOut:
+    """An admin stops and deletes any sandbox, also one whose workspace is gone (no member is left to)."""
+    sandbox = sandboxes.get_sandbox(sandbox_id)
+    if sandbox is None:
+        raise NotFound("No such sandbox.")
+    deleted = sandbox_lifecycle.request_delete(sandboxes, queue, sandbox, now=now, config=config,
+                                               reason="deleted by an admin")
+    return SandboxOut(**deleted.public())
 
 
 @router.get("/quotas", response_model=QuotasOut)

@@ -92,6 +92,36 @@ function QuotaForm() {
   );
 }
 
+/** One sandbox of the server; an admin may delete it, also one whose workspace is gone. */
+function AdminSandboxRow({ item, onChanged }: { item: AdminSandbox; onChanged: () => void }) {
+  const action = useAction();
+  const [confirming, setConfirming] = useState(false);
+  const over = item.status === "deleted" || item.status === "deleting";
+  return (
+    <tr>
+      <td data-label="Sandbox">{item.name} <span className="muted small">({item.kind})</span><div className="muted small"><code>{item.id}</code></div></td>
+      <td data-label="Status">{item.status}</td>
+      <td data-label="Workspace">{item.workspace_name ?? <em>gone</em>}
+        {item.workspace_status === "deleting" && <span className="muted"> (deleting)</span>}
+        <div className="muted small"><code>{item.workspace_id}</code></div></td>
+      <td data-label="Created"><Ago iso={item.created_at} /></td>
+      <td>{!over && !confirming && (
+        <button type="button" className="danger" onClick={() => setConfirming(true)}
+          aria-label={`Delete sandbox ${item.id}`}>Delete…</button>)}
+        {!over && confirming && (<>
+          <button type="button" className="danger" disabled={action.busy} aria-label={`Really delete sandbox ${item.id}`}
+            onClick={() => void action.run(async () => {
+              await api.del(`/api/admin/sandboxes/${enc(item.id)}`);
+              setConfirming(false);
+              onChanged();
+            })}>Delete for good</button>{" "}
+          <button type="button" className="link" onClick={() => setConfirming(false)}>Cancel</button>
+        </>)}
+        <ErrorNote error={action.error} /></td>
+    </tr>
+  );
+}
+
 /** Every sandbox on the server, whatever workspace it is in (or was: a workspace being deleted or gone). */
 function AllSandboxes() {
   const [status, setStatus] = useState("");
@@ -115,16 +145,9 @@ function AllSandboxes() {
       {sandboxes.first.loading && <Loading />}
       <ErrorNote error={sandboxes.first.error} onRetry={sandboxes.first.reload} />
       <table className="list">
-        <thead><tr><th>Sandbox</th><th>Status</th><th>Workspace</th><th>Created</th></tr></thead>
+        <thead><tr><th>Sandbox</th><th>Status</th><th>Workspace</th><th>Created</th><th></th></tr></thead>
         <tbody>{sandboxes.items.map((item) => (
-          <tr key={item.id}>
-            <td data-label="Sandbox">{item.name} <span className="muted small">({item.kind})</span><div className="muted small"><code>{item.id}</code></div></td>
-            <td data-label="Status">{item.status}</td>
-            <td data-label="Workspace">{item.workspace_name ?? <em>gone</em>}
-              {item.workspace_status === "deleting" && <span className="muted"> (deleting)</span>}
-              <div className="muted small"><code>{item.workspace_id}</code></div></td>
-            <td data-label="Created"><Ago iso={item.created_at} /></td>
-          </tr>
+          <AdminSandboxRow key={item.id} item={item} onChanged={() => void sandboxes.first.reload()} />
         ))}</tbody>
       </table>
       {!sandboxes.first.loading && !sandboxes.items.length && <p className="muted">No sandboxes match.</p>}
