@@ -71,7 +71,7 @@ def test_reserved_paths_come_from_the_topology() -> None:
     relay = Function(name="relay", handler="z.app", description="relay", streaming_url=True, local_mount="subdomain")
     topology = Topology(tables=(), queues=(), buckets=(), secrets=(), functions=(api, proxy, relay))
     # Then the console's fallback stays off all of them, and off the WebSocket path
-    assert reserved_prefixes(topology, "/ws") == ("/api", "/llm", "/ws")
+    assert reserved_prefixes(topology, "/ws") == ("/@connections", "/api", "/llm", "/ws")
 
 
 def test_a_console_folder_without_an_index_is_refused_at_start(tmp_path: Path) -> None:

@@ -61,14 +61,19 @@ def test_a_local_agent_opens_for_its_owner_and_for_developers_only_when_shared(s
     relay_access.authorize_open(cloud, "u_other", Role.developer)
 
 
-def test_only_the_owner_or_a_maintainer_shares_and_only_local_agents(store: DynamoSandboxStore) -> None:
+def test_only_the_owner_shares_a_maintainer_may_only_stop_and_only_local_agents(store: DynamoSandboxStore) -> None:
     laptop = local_agent(store)
+    # Sharing hands out a shell on the owner's machine: nobody else decides it, whatever their role
+    for user_id, role in (("u_other", Role.developer), ("u_maint", Role.maintainer), ("u_boss", Role.owner),
+                          ("u_owner", Role.guest)):
+        with pytest.raises(Forbidden):
+            agents.set_shared(store, laptop, True, user_id=user_id, role=role)
+    shared = agents.set_shared(store, laptop, True, user_id="u_owner", role=Role.developer)
+    assert shared.shared is True
+    # A maintainer may stop sharing it (e.g. a member who left); a developer may not
     with pytest.raises(Forbidden):
-        agents.set_shared(store, laptop, True, user_id="u_other", role=Role.developer)
-    with pytest.raises(Forbidden):
-        agents.set_shared(store, laptop, True, user_id="u_owner", role=Role.guest)
-    shared = agents.set_shared(store, laptop, True, user_id="u_maint", role=Role.maintainer)
-    assert agents.set_shared(store, shared, False, user_id="u_owner", role=Role.developer).shared is False
+        agents.set_shared(store, shared, False, user_id="u_other", role=Role.developer)
+    assert agents.set_shared(store, shared, False, user_id="u_maint", role=Role.maintainer).shared is False
     with pytest.raises(ValidationFailed):
         agents.set_shared(store, replace(laptop, kind=SandboxKind.cloud), True, user_id="u_owner", role=Role.owner)
 
