@@ -1,4 +1,5 @@
-"""Races decided by DynamoDB: the cloud sandbox quota and single-use agent registration codes.
+"""Races decided by DynamoDB: the cloud sandbox quota, single-use agent registration codes and the LLM
+requests-per-day admission.
 
 These run on DynamoDB Local with real threads, not on in-process moto: moto neither serialises
 conditional writes nor keeps every concurrent ADD, so there a race test passes on read-then-write code
@@ -107,3 +108,26 @@ def test_a_registration_code_used_concurrently_makes_one_sandbox(store: DynamoSa
         # Then exactly one gets a sandbox
         assert outcomes == ["lost"] * (WRITERS - 1) + ["won"], f"round {round_}: {outcomes}"
         assert len(store.list_sandboxes(workspace)) == 1
+
+
+@pytest.mark.usefixtures("dynamodb_tables")
+def test_llm_admission_stops_exactly_at_the_limit_even_when_requests_race() -> None:
+    from layers.shared.dal.usage import DynamoUsageStore
+    from layers.shared.domain import llm_quota
+
+    store, day, limit = DynamoUsageStore(), llm_quota.day_of(NOW), WRITERS - 3
+    for round_number in range(ROUNDS):
+        workspace = f"ws-race-{round_number}"
+        # Given a workspace with a limit of 5 requests a day, when 8 requests race for admission together
+        barrier = threading.Barrier(WRITERS)
+
+        def admit(_: int, workspace: str = workspace, barrier: threading.Barrier = barrier) -> bool:
+            barrier.wait()
+            return store.admit(workspace, day, limit)
+
+        with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+            admitted = list(pool.map(admit, range(WRITERS)))
+        # Then exactly 5 are admitted and counted, and the next day starts from zero
+        assert admitted.count(True) == limit
+        assert store.admitted_on(workspace, day) == limit
+        assert store.admit(workspace, day + timedelta(days=1), limit)
