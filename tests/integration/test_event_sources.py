@@ -99,7 +99,7 @@ def test_the_scheduled_reaper_removes_a_connection_whose_disconnect_was_lost(sch
         "connection_id": {"S": "lost-connection"},
         "kind": {"S": "connection"},
         "connected_at": {"S": "2026-01-01T00:00:00.000000+0000"},
-        "management_url": {"S": scheduled_stack.base_url},
+        "management_url": {"S": scheduled_stack.endpoints["management"]},
         "expires_at": {"N": str(int(time.time()) - 10)},
     })
     # And a record not yet expired, which must stay
@@ -107,7 +107,7 @@ def test_the_scheduled_reaper_removes_a_connection_whose_disconnect_was_lost(sch
         "connection_id": {"S": "fresh-connection"},
         "kind": {"S": "connection"},
         "connected_at": {"S": "2026-01-01T00:00:00.000000+0000"},
-        "management_url": {"S": scheduled_stack.base_url},
+        "management_url": {"S": scheduled_stack.endpoints["management"]},
         "expires_at": {"N": str(int(time.time()) + 3600)},
     })
     # Then the reaper, run by the schedule, removes only the lost one

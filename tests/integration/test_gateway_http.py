@@ -24,7 +24,7 @@ def test_openapi_document_lists_the_health_route(stack: RunningStack) -> None:
 
 def test_config_json_gives_every_endpoint_a_client_needs(stack: RunningStack) -> None:
     config = httpx.get(f"{stack.base_url}/config.json").json()
-    assert set(config) == {"api_url", "websocket_url", "relay_url", "llm_base_url", "version"}
+    assert set(config) == {"api_url", "websocket_url", "relay_url", "llm_base_url", "version", "sandbox_isolation"}
     assert config["relay_url"] == f"http://{{sandbox_id}}.localhost:{stack.port}"
     assert config["websocket_url"] == f"ws://localhost:{stack.port}/ws"
     assert config["api_url"] == f"http://localhost:{stack.port}"
