@@ -284,6 +284,9 @@ class EmbeddedStack:
                     ws_max_size=MESSAGE_LIMIT_BYTES,
                     ws_ping_interval=None,  # API Gateway sends no protocol pings
                     ws_per_message_deflate=False,  # nor compresses
+                    # API Gateway's sourceIp is the peer's address, whatever X-Forwarded-For says; uvicorn
+                    # would take the header as the peer's address for a peer on 127.0.0.1.
+                    proxy_headers=False,
                     lifespan="on",
                     access_log=False,
                     log_level="warning",

@@ -52,9 +52,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, github: FakeGitHub) -> Itera
 
 def failed_login(stack: RunningStack, headers: dict[str, str]) -> httpx.Response:
     email = f"nobody-{uuid.uuid4().hex[:8]}@example.com"  # a new account each time: only the source counts
-    # From 127.0.0.2: the local gateway's server (uvicorn) takes X-Forwarded-For as the peer's address when
-    # the peer is 127.0.0.1; API Gateway's sourceIp is always the peer's, which another address keeps here.
-    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30) as client:
+    # From 127.0.0.1, as a local caller: the gateway, like API Gateway, takes the peer's own address as the
+    # source whatever X-Forwarded-For says (uvicorn's proxy headers are off).
+    with httpx.Client(timeout=30) as client:
         return client.post(f"{stack.base_url}/api/auth/login", json={"email": email, "password": "wrong password"},
                            headers=headers)
 
