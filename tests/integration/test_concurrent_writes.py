@@ -131,3 +131,30 @@ def test_llm_admission_stops_exactly_at_the_limit_even_when_requests_race() -> N
         assert admitted.count(True) == limit
         assert store.admitted_on(workspace, day) == limit
         assert store.admit(workspace, day + timedelta(days=1), limit)
+
+
+@pytest.mark.usefixtures("dynamodb_tables")
+def test_a_relay_ticket_exchanged_concurrently_makes_one_session() -> None:
+    from layers.shared.domain import relay_access
+    from layers.shared.errors import NotAuthenticated
+
+    store = DynamoSandboxStore()
+    code, _ = agents.create_code(store, workspace_id="ws_race", created_by="u_1", now=NOW)
+    laptop = agents.register_agent(store, code=code, name="laptop", agent_type=AgentType.opencode, now=NOW).sandbox
+    for _ in range(ROUNDS):
+        # Given one open link, when several tabs exchange its ticket at once
+        ticket = relay_access.issue_ticket(store, sandbox=laptop, user_id="u_1", now=NOW)
+        barrier = threading.Barrier(WRITERS)
+
+        def exchange(_: int, ticket: str = ticket, barrier: threading.Barrier = barrier) -> str:
+            barrier.wait()
+            try:
+                relay_access.exchange_ticket(store, ticket=ticket, sandbox_id=laptop.sandbox_id, now=NOW)
+                return "won"
+            except NotAuthenticated:
+                return "refused"
+
+        with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+            outcomes = list(pool.map(exchange, range(WRITERS)))
+        # Then exactly one gets a relay session
+        assert outcomes.count("won") == 1, outcomes

@@ -5,7 +5,7 @@ are found by user and end with membership, and a session is re-checked against t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -148,3 +148,50 @@ def test_fetch_metadata_lets_only_the_sandbox_own_pages_through() -> None:
     assert relay_app._is_page_navigation(navigation) and relay_app._is_page_navigation({})
     assert not relay_app._is_page_navigation({b"sec-fetch-mode": b"cors", b"sec-fetch-dest": b"empty"})
     assert not relay_app._is_page_navigation({b"sec-fetch-mode": b"navigate", b"sec-fetch-dest": b"iframe"})
+
+
+def test_a_ticket_works_once_within_its_minute_and_only_on_its_own_sandbox(store: DynamoSandboxStore) -> None:
+    laptop = local_agent(store)
+    other = local_agent(store, owner="u_other")
+    # A ticket older than 60 s is refused
+    late = relay_access.issue_ticket(store, sandbox=laptop, user_id="u_owner", now=NOW)
+    with pytest.raises(NotAuthenticated):
+        relay_access.exchange_ticket(store, ticket=late, sandbox_id=laptop.sandbox_id,
+                                     now=NOW + relay_access.TICKET_TTL + timedelta(seconds=1))
+    # A ticket of sandbox A is refused on B's origin, and is then used up
+    ticket = relay_access.issue_ticket(store, sandbox=laptop, user_id="u_owner", now=NOW)
+    with pytest.raises(NotAuthenticated):
+        relay_access.exchange_ticket(store, ticket=ticket, sandbox_id=other.sandbox_id, now=NOW)
+    with pytest.raises(NotAuthenticated):
+        relay_access.exchange_ticket(store, ticket=ticket, sandbox_id=laptop.sandbox_id, now=NOW)
+    # A good one works once, within its minute
+    fresh = relay_access.issue_ticket(store, sandbox=laptop, user_id="u_owner", now=NOW)
+    cookie, _ = relay_access.exchange_ticket(store, ticket=fresh, sandbox_id=laptop.sandbox_id,
+                                             now=NOW + relay_access.TICKET_TTL - timedelta(seconds=1))
+    with pytest.raises(NotAuthenticated):
+        relay_access.exchange_ticket(store, ticket=fresh, sandbox_id=laptop.sandbox_id, now=NOW)
+    # And the cookie it gave is good on A's origin only, until the session's end
+    assert relay_access.resolve_relay_session(store, cookie=cookie, sandbox_id=laptop.sandbox_id, now=NOW)
+    ended = NOW + relay_access.TICKET_TTL + relay_access.RELAY_SESSION_TTL  # it was made a minute after NOW
+    for sandbox_id, at in ((other.sandbox_id, NOW), (laptop.sandbox_id, ended)):
+        with pytest.raises(NotAuthenticated):
+            relay_access.resolve_relay_session(store, cookie=cookie, sandbox_id=sandbox_id, now=at)
+
+
+def test_the_relay_credential_must_be_signed_with_the_secret_and_unexpired() -> None:
+    credential = relay_access.sign_credential("the-secret", slot=7, now=NOW)
+    assert relay_access.verify_credential("the-secret", credential, now=NOW) == 7
+    kind, slot, expires, signature = credential.split(".")
+    forged = [
+        f"{kind}.{slot}.{expires}.",  # unsigned
+        f"{kind}.{slot}.{expires}",  # no signature part
+        f"{kind}.8.{expires}.{signature}",  # another slot under this signature
+        f"{kind}.{slot}.{int(expires) + 3600}.{signature}",  # a later expiry under this signature
+        relay_access.sign_credential("another-secret", slot=7, now=NOW),
+    ]
+    for candidate in forged:
+        with pytest.raises(NotAuthenticated):
+            relay_access.verify_credential("the-secret", candidate, now=NOW)
+    with pytest.raises(NotAuthenticated):
+        relay_access.verify_credential("the-secret", credential,
+                                       now=NOW + relay_access.CREDENTIAL_TTL + timedelta(seconds=1))
