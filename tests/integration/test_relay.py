@@ -28,6 +28,10 @@ async def app(stream: FakeStream) -> None:
     if path.startswith("/hello"):
         await stream.respond_head(200, [(b"content-type", b"text/plain"), (b"x-target", path.encode())])
         await stream.respond_body(b"hello from the agent")
+    elif path == "/cookies":  # the Cookie header the app received
+        cookie = b"; ".join(value for key, value in stream.head.headers if key.lower() == b"cookie")
+        await stream.respond_head(200, [(b"content-type", b"text/plain")])
+        await stream.respond_body(cookie)
     elif path == "/echo":
         await stream.respond_head(200, [(b"content-type", b"application/octet-stream")])
         await stream.respond_body(bytes(stream.body))
@@ -158,6 +162,10 @@ def test_get_post_5mb_and_sse_through_the_relay(stack: RunningStack, agent) -> N
     client = opened_client(stack, open_url(browser, registration["sandbox_id"]))
     hello = client.get("/hello?x=1")
     assert hello.status_code == 200 and hello.text == "hello from the agent"
+    # The relay's cookie stays with the relay: the app gets only its own cookies
+    relay_cookie = client.cookies["agentserver_relay"]
+    received = client.get("/cookies", headers={"cookie": f"app_pref=dark; agentserver_relay={relay_cookie}; b=2"})
+    assert received.status_code == 200 and received.text == "app_pref=dark; b=2"
     assert hello.headers["x-target"] == "/hello?x=1"
     body = bytes(range(256)) * (5 * 1024 * 1024 // 256)
     echoed = client.post("/echo", content=body)
