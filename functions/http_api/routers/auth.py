@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,10 +20,12 @@ from functions.http_api.dependencies import (
     setup_token,
     sign_up_policy,
 )
+from layers.shared.dal.mail import MailNotSent
 from layers.shared.dal.sandboxes import DynamoSandboxStore
 from layers.shared.domain import email_verification, identity, relay_access, signup, workspaces
 from layers.shared.settings import get_settings
 
+log = logging.getLogger("agentserver.auth")
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
 
@@ -92,7 +96,12 @@ def register(body: RegisterIn, request: Request, response: Response, users: Stor
         user = signup.claim_setup(users, user=user, expected=expected, presented=body.setup_token)
     workspaces.create_default_workspace(users, user=user, now=now, defaults=default_quotas())
     set_session_cookies(request, response, identity.start_session(users, policy, user.user_id, now), now)
-    email_verification.send_verification(users, mail, user=user, console_url=get_settings().mail_link_base, now=now)
+    try:
+        email_verification.send_verification(users, mail, user=user, console_url=get_settings().mail_link_base,
+                                             now=now)
+    except MailNotSent as error:
+        # The account exists and is signed in; the console's banner offers to send the link again
+        log.warning("no confirmation mail for a new account: %s", error.code)
     return user.public()
 
 

@@ -13,6 +13,8 @@ import logging
 from datetime import timedelta
 from functools import cache
 
+from botocore.exceptions import ClientError
+
 from layers.shared.clock import utcnow
 from layers.shared.dal.aws import client
 from layers.shared.dal.identity import DynamoIdentityStore
@@ -24,9 +26,14 @@ from layers.shared.settings import get_settings
 OUTBOX_KEEP = timedelta(days=7)
 # Its own logger, not the JSON one: the embedded stack's log shows the message as a reader would.
 outbox_log = logging.getLogger("mail.outbox")
+log = logging.getLogger("agentserver.mail")
 
 
-class MailNotConfigured(AppError):
+class MailNotSent(AppError):
+    status, code, default_message = 503, "mail_not_sent", "The mail could not be sent; try again later."
+
+
+class MailNotConfigured(MailNotSent):
     status, code, default_message = 503, "mail_not_configured", (
         "This server cannot send mail yet: its operator has to set the sender address (docs/auth.md).")
 
@@ -38,12 +45,16 @@ class SesMailer:
     def send(self, message: MailMessage) -> None:
         if not self.sender:
             raise MailNotConfigured()
-        client("sesv2").send_email(
-            FromEmailAddress=self.sender,
-            Destination={"ToAddresses": [message.to]},
-            Content={"Simple": {"Subject": {"Data": message.subject, "Charset": "UTF-8"},
-                                "Body": {"Text": {"Data": message.text, "Charset": "UTF-8"}}}},
-        )
+        try:
+            client("sesv2").send_email(
+                FromEmailAddress=self.sender,
+                Destination={"ToAddresses": [message.to]},
+                Content={"Simple": {"Subject": {"Data": message.subject, "Charset": "UTF-8"},
+                                    "Body": {"Text": {"Data": message.text, "Charset": "UTF-8"}}}},
+            )
+        except ClientError as error:  # e.g. SES's sandbox refusing an unverified recipient
+            log.warning("SES refused a mail: %s", error.response.get("Error", {}).get("Code", "unknown"))
+            raise MailNotSent() from None
 
 
 class OutboxMailer:
