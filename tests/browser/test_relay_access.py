@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.browser.conftest import DESKTOP, Console, new_account, screenshot, sign_in_in_browser
 from tests.fake_agent import AgentThread, FakeStream
-from tests.identity_support import sign_in
+from tests.identity_support import join, sign_in
 
 PAGE = b"""<!doctype html><html><head><title>laptop app</title></head><body>
 <h1>hello from the laptop</h1><p id="data">loading</p>
@@ -51,11 +51,10 @@ def test_a_local_agent_is_shared_from_its_page_and_then_opens_for_another_develo
     developer_account = new_account(console.stack.base_url, "laptopdev")
     owner = sign_in(console.stack.base_url, owner_account.email)
     wid = owner.get("/api/workspaces").json()["items"][0]["id"]
-    assert owner.post(f"/api/workspaces/{wid}/members",
-                      json={"email": developer_account.email, "role": "developer"}).status_code == 201
+    join(owner, wid, sign_in(console.stack.base_url, developer_account.email), developer_account.email, "developer")
     code = owner.post(f"/api/workspaces/{wid}/agent-codes").json()["code"]
     registration = httpx.post(f"{console.stack.base_url}/api/agent/register",
-                              json={"code": code, "name": "laptop"}).json()
+                              json={"code": code, "name": "laptop"}, timeout=30).json()
     sid = registration["sandbox_id"]
     with AgentThread(console.stack.ws_url, registration["tunnel_token"], laptop_app):
         developer = member_context.new_page()

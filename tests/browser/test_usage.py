@@ -37,7 +37,8 @@ def test_requests_through_the_proxy_show_in_the_chart_the_quota_and_the_sandbox(
     wid = session.get("/api/workspaces").json()["items"][0]["id"]
     csrf = {"X-CSRF-Token": session.cookies["agentserver_csrf"]}
     code = session.post(f"/api/workspaces/{wid}/agent-codes", headers=csrf).json()["code"]
-    agent = httpx.post(f"{console.stack.base_url}/api/agent/register", json={"code": code, "name": "metered"}).json()
+    agent = httpx.post(f"{console.stack.base_url}/api/agent/register", json={"code": code, "name": "metered"},
+                       timeout=30).json()
     for _ in range(3):
         answer = httpx.post(f"{console.stack.base_url}/llm/v1/messages", timeout=30,
                             headers={"x-api-key": agent["proxy_token"], "anthropic-version": "2023-06-01"},

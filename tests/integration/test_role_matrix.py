@@ -61,7 +61,7 @@ class World:
         """A local agent's sandbox in the workspace, registered with a code the given member made."""
         code = self.clients[registered_by].post(f"/api/workspaces/{wid}/agent-codes").json()["code"]
         registered = httpx.post(f"{self.stack.base_url}/api/agent/register",
-                                json={"code": code, "name": f"{registered_by}-laptop", "type": "opencode"})
+                                json={"code": code, "name": f"{registered_by}-laptop", "type": "opencode"}, timeout=30)
         assert registered.status_code == 201, registered.text
         return str(registered.json()["sandbox_id"])
 
