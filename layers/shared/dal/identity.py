@@ -255,6 +255,8 @@ class DynamoIdentityStore:
             if condition_failed(error):  # the account is gone (or has another address)
                 return False
             raise
+        finally:  # a request that read the profile meanwhile must not keep the old state for the cache's 5 s
+            self._profiles.pop(user_id, None)
         return True
 
     # Email verification tokens ---------------------------------------------------------------
