@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,12 +18,10 @@ from functions.http_api.dependencies import (
     setup_token,
     sign_up_policy,
 )
-from layers.shared.dal.mail import MailNotSent
-from layers.shared.dal.sandboxes import DynamoSandboxStore
-from layers.shared.domain import email_verification, identity, relay_access, signup, workspaces
+from functions.http_api.routers.sandboxes import Sandboxes
+from layers.shared.domain import email_verification, identity, relay_access, signup
 from layers.shared.settings import get_settings
 
-log = logging.getLogger("agentserver.auth")
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
 
@@ -80,28 +76,11 @@ def register(body: RegisterIn, request: Request, response: Response, users: Stor
     """Create an account with its "Default workspace", mail the address a confirmation link, and sign
     in. With the setup token (while the server has no admin) the account becomes the first admin and
     skips the sign-up restrictions; otherwise those apply (docs/auth.md)."""
-    identity.check_password_sign_up(policy, body.password)
-    email = identity.normalize_email(body.email)
-    expected = setup_token() if body.setup_token else None
-    if body.setup_token:
-        if not signup.setup_token_matches(expected, body.setup_token):
-            raise signup.InvalidSetupToken()
-        if users.count_admins() > 0:
-            raise signup.SetupDone()
-    else:
-        signup.check_sign_up(sign_up_policy(), users, signup.Applicant(email=email), now)
-    user = identity.register_with_password(users, policy, email=email, password=body.password, name=body.name,
-                                           now=now)
-    if body.setup_token:
-        user = signup.claim_setup(users, user=user, expected=expected, presented=body.setup_token)
-    workspaces.create_default_workspace(users, user=user, now=now, defaults=default_quotas())
+    user = signup.register_with_password(
+        users, policy, sign_up_policy(), mail, email=body.email, password=body.password, name=body.name,
+        setup_token=body.setup_token, expected_setup_token=setup_token() if body.setup_token else None,
+        console_url=get_settings().mail_link_base, quotas=default_quotas(), now=now)
     set_session_cookies(request, response, identity.start_session(users, policy, user.user_id, now), now)
-    try:
-        email_verification.send_verification(users, mail, user=user, console_url=get_settings().mail_link_base,
-                                             now=now)
-    except MailNotSent as error:
-        # The account exists and is signed in; the console's banner offers to send the link again
-        log.warning("no confirmation mail for a new account: %s", error.code)
     return user.public()
 
 
@@ -135,11 +114,11 @@ def login(body: LoginIn, request: Request, response: Response, users: Store, pol
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-def logout(request: Request, caller: Caller, users: Store) -> Response:
+def logout(request: Request, caller: Caller, users: Store, sandboxes: Sandboxes) -> Response:
     token = request.cookies.get(SESSION_COOKIE)
     if caller.session is not None and token:
         identity.end_session(users, token)
-    relay_access.revoke_sessions_of(DynamoSandboxStore(), caller.user.user_id)  # and the sandbox tabs it opened
+    relay_access.revoke_sessions_of(sandboxes, caller.user.user_id)  # and the sandbox tabs it opened
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     clear_session_cookies(request, response)
     return response

@@ -9,8 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from functions.http_api.dependencies import Caller, Mail, Now, Store, default_quotas
 from functions.http_api.routers.invitations import InvitationOut, invitation_out
-from functions.http_api.routers.sandboxes import Commands
-from layers.shared.dal.sandboxes import DynamoSandboxStore
+from functions.http_api.routers.sandboxes import Commands, Sandboxes
 from layers.shared.dal.workspace_deletion import DynamoWorkspaceDeletion
 from layers.shared.domain import invitations, relay_access, workspace_deletion, workspaces
 from layers.shared.domain.roles import Action, Role
@@ -160,17 +159,18 @@ def add_member(workspace_id: str, body: MemberIn, caller: Caller, store: Store, 
 
 
 @router.put("/{workspace_id}/members/{user_id}", response_model=MemberOut)
-def change_member_role(workspace_id: str, user_id: str, body: RoleIn, caller: Caller, store: Store) -> MemberOut:
+def change_member_role(workspace_id: str, user_id: str, body: RoleIn, caller: Caller, store: Store,
+                       sandboxes: Sandboxes) -> MemberOut:
     workspaces.membership(store, workspace_id, caller.user.user_id, Action.members_change_role)
     member = workspaces.change_member_role(store, workspace_id=workspace_id, user_id=user_id, role=body.role)
-    relay_access.revoke_if_demoted(DynamoSandboxStore(), user_id, workspace_id, member.role)  # open tabs too
+    relay_access.revoke_if_demoted(sandboxes, user_id, workspace_id, member.role)  # open tabs too
     return _member_out(member)
 
 
 @router.delete("/{workspace_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-def remove_member(workspace_id: str, user_id: str, caller: Caller, store: Store) -> Response:
+def remove_member(workspace_id: str, user_id: str, caller: Caller, store: Store, sandboxes: Sandboxes) -> Response:
     workspaces.membership(store, workspace_id, caller.user.user_id, Action.members_remove,
                           on_self=user_id == caller.user.user_id)
     workspaces.remove_member(store, workspace_id=workspace_id, user_id=user_id)
-    relay_access.revoke_sessions_of(DynamoSandboxStore(), user_id, workspace_id)  # their open sandbox tabs end
+    relay_access.revoke_sessions_of(sandboxes, user_id, workspace_id)  # their open sandbox tabs end
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -18,24 +18,14 @@ from botocore.exceptions import ClientError
 from layers.shared.clock import utcnow
 from layers.shared.dal.aws import client
 from layers.shared.dal.identity import DynamoIdentityStore
-from layers.shared.domain.mail import Mailer, MailMessage
+from layers.shared.domain.mail import Mailer, MailMessage, MailNotConfigured, MailNotSent
 from layers.shared.domain.tokens import new_id
-from layers.shared.errors import AppError
 from layers.shared.settings import get_settings
 
 OUTBOX_KEEP = timedelta(days=7)
 # Its own logger, not the JSON one: the embedded stack's log shows the message as a reader would.
 outbox_log = logging.getLogger("mail.outbox")
 log = logging.getLogger("agentserver.mail")
-
-
-class MailNotSent(AppError):
-    status, code, default_message = 503, "mail_not_sent", "The mail could not be sent; try again later."
-
-
-class MailNotConfigured(MailNotSent):
-    status, code, default_message = 503, "mail_not_configured", (
-        "This server cannot send mail yet: its operator has to set the sender address (docs/auth.md).")
 
 
 class SesMailer:

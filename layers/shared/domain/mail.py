@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from layers.shared.errors import AppError
+
 
 @dataclass(frozen=True)
 class MailMessage:
@@ -18,9 +20,18 @@ class MailMessage:
     text: str
 
 
+class MailNotSent(AppError):
+    status, code, default_message = 503, "mail_not_sent", "The mail could not be sent; try again later."
+
+
+class MailNotConfigured(MailNotSent):
+    status, code, default_message = 503, "mail_not_configured", (
+        "This server cannot send mail yet: its operator has to set the sender address (docs/auth.md).")
+
+
 class Mailer(Protocol):
     def send(self, message: MailMessage) -> None:
-        """Deliver, or raise; the caller's request fails rather than pretend a link went out."""
+        """Deliver, or raise MailNotSent; the caller's request fails rather than pretend a link went out."""
 
 
 def verification_message(*, to: str, link: str, hours: int) -> MailMessage:

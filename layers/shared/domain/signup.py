@@ -8,14 +8,20 @@ first admin is whoever presents the one-time setup token (generated at deploy ti
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from layers.shared.domain.identity import User, UserStore
+from layers.shared.domain import email_verification, identity, workspaces
+from layers.shared.domain.identity import AuthPolicy, User, UserStore
+from layers.shared.domain.mail import Mailer, MailNotSent
 from layers.shared.domain.roles import SystemRole
 from layers.shared.domain.tokens import same
+from layers.shared.domain.workspaces import Quotas
 from layers.shared.errors import Conflict, Forbidden
+
+log = logging.getLogger("agentserver.signup")
 
 
 class SignUpRestricted(Forbidden):
@@ -91,3 +97,30 @@ def claim_setup(store: SetupStore, *, user: User, expected: str | None, presente
         raise SetupDone()
     store.set_user_role(user.user_id, SystemRole.admin)
     return replace(user, role=SystemRole.admin)
+
+
+def register_with_password(store: Any, policy: AuthPolicy, rules: SignUpPolicy, mailer: Mailer, *, email: str,
+                           password: str, name: str | None, setup_token: str | None, expected_setup_token: str | None,
+                           console_url: str, quotas: Quotas, now: datetime) -> User:
+    """A password sign-up: the account, its "Default workspace" and a mailed confirmation link. With the
+    setup token (while the server has no admin) the account becomes the first admin and skips the sign-up
+    restrictions; otherwise those apply. A confirmation mail that cannot leave does not undo the account:
+    the console offers to send it again. `store` holds users, workspaces, invitations and tokens."""
+    identity.check_password_sign_up(policy, password)
+    email = identity.normalize_email(email)
+    if setup_token:
+        if not setup_token_matches(expected_setup_token, setup_token):
+            raise InvalidSetupToken()
+        if store.count_admins() > 0:
+            raise SetupDone()
+    else:
+        check_sign_up(rules, store, Applicant(email=email), now)
+    user = identity.register_with_password(store, policy, email=email, password=password, name=name, now=now)
+    if setup_token:
+        user = claim_setup(store, user=user, expected=expected_setup_token, presented=setup_token)
+    workspaces.create_default_workspace(store, user=user, now=now, defaults=quotas)
+    try:
+        email_verification.send_verification(store, mailer, user=user, console_url=console_url, now=now)
+    except MailNotSent as error:
+        log.warning("no confirmation mail for a new account: %s", error.code)
+    return user
