@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
@@ -10,11 +10,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from functions.http_api.routers import admin, auth, health, invitations, llm, oidc, sandboxes, tokens, workspaces
-from layers.shared.errors import AppError, error_body, error_for_status
+from layers.shared.errors import AppError, NotFound, error_body, error_for_status
 from layers.shared.observability import logger
 from layers.shared.settings import VERSION
 
 MAX_BODY_BYTES = 1024 * 1024  # the console API takes small JSON documents
+# Our ids (workspace, sandbox, user, token, invitation...) are well under this. A longer path id names
+# nothing, and passed on it would reach DynamoDB as an oversized key: a 500 instead of a 404.
+MAX_PATH_ID_LENGTH = 64
+
+
+def bounded_path_ids(request: Request) -> None:
+    """Every route's path ids at once, so a route added later cannot forget the bound."""
+    if any(len(value) > MAX_PATH_ID_LENGTH for value in request.path_params.values()):
+        raise NotFound()
 
 
 class BodySizeLimit:
@@ -40,6 +49,7 @@ def create_app() -> FastAPI:
         openapi_url="/api/openapi.json",
         docs_url="/api/docs",
         redoc_url=None,
+        dependencies=[Depends(bounded_path_ids)],
     )
     for module in (health, auth, oidc, tokens, workspaces, invitations, sandboxes, llm, admin):
         app.include_router(module.router)

@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions.http_api.dependencies import AdminCaller, Now, Store, default_quotas
@@ -118,7 +117,7 @@ def list_all_sandboxes(caller: AdminCaller, store: Store, sandboxes: Sandboxes, 
 
 
 @router.delete("/sandboxes/{sandbox_id}", status_code=status.HTTP_202_ACCEPTED, response_model=SandboxOut)
-def delete_any_sandbox(sandbox_id: Annotated[str, Path(max_length=64)], caller: AdminCaller, sandboxes: Sandboxes,
+def delete_any_sandbox(sandbox_id: str, caller: AdminCaller, sandboxes: Sandboxes,
                        queue: Commands, config: Lifecycle, now: Now) -> SandboxOut:
     """An admin stops and deletes any sandbox, also one whose workspace is gone (no member is left to)."""
     sandbox = sandboxes.get_sandbox(sandbox_id)

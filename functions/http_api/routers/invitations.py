@@ -4,9 +4,8 @@ decline). Creating one is POST /api/workspaces/{wid}/members (routers/workspaces
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Response, status
 from pydantic import BaseModel
 
 from functions.http_api.dependencies import Caller, Now, Store
@@ -16,8 +15,6 @@ from layers.shared.domain.roles import Action, Role
 
 router = APIRouter(tags=["invitations"])
 
-# Ids are short; a longer one would only reach DynamoDB as an oversized key (a 500, not a 404).
-InvitationId = Annotated[str, Path(max_length=64)]
 
 
 class InvitationOut(BaseModel):
@@ -59,7 +56,7 @@ def list_workspace_invitations(workspace_id: str, caller: Caller, store: Store, 
 
 @router.delete("/api/workspaces/{workspace_id}/invitations/{invitation_id}", status_code=status.HTTP_204_NO_CONTENT,
                response_class=Response)
-def revoke_invitation(workspace_id: str, invitation_id: InvitationId, caller: Caller, store: Store,
+def revoke_invitation(workspace_id: str, invitation_id: str, caller: Caller, store: Store,
                       now: Now) -> Response:
     _, role = workspaces.membership(store, workspace_id, caller.user.user_id, Action.invitations_revoke)
     invitations.revoke(store, workspace_id=workspace_id, caller_role=role, invitation_id=invitation_id, now=now)
@@ -73,13 +70,13 @@ def my_invitations(caller: Caller, store: Store, now: Now) -> InvitationList:
 
 
 @router.post("/api/invitations/{invitation_id}/accept", response_model=AcceptedOut)
-def accept_invitation(invitation_id: InvitationId, caller: Caller, store: Store, now: Now) -> AcceptedOut:
+def accept_invitation(invitation_id: str, caller: Caller, store: Store, now: Now) -> AcceptedOut:
     member = invitations.accept(store, user=caller.user, invitation_id=invitation_id, now=now)
     return AcceptedOut(workspace_id=member.workspace_id, role=member.role)
 
 
 @router.post("/api/invitations/{invitation_id}/decline", status_code=status.HTTP_204_NO_CONTENT,
              response_class=Response)
-def decline_invitation(invitation_id: InvitationId, caller: Caller, store: Store, now: Now) -> Response:
+def decline_invitation(invitation_id: str, caller: Caller, store: Store, now: Now) -> Response:
     invitations.decline(store, user=caller.user, invitation_id=invitation_id, now=now)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
