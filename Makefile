@@ -76,7 +76,7 @@ up-memory: install web
 	$(VENV)/bin/agentserver up --port $(PORT) --in-memory
 
 test: install web $(STAMPS)/chromium
-	$(PY) -m pytest $(wildcard tests/unit tests/infra tests/integration tests/e2e tests/browser)
+	$(PY) -m pytest --durations=25 $(wildcard tests/unit tests/infra tests/integration tests/e2e tests/browser)
 
 test-unit: install
 	$(PY) -m pytest tests/unit

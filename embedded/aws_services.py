@@ -96,6 +96,7 @@ class DynamoDBLocal:
     data_dir: Path
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    in_memory: bool = False  # keep the tables in memory (tests), not in data_dir (which still gets the log)
 
     @property
     def url(self) -> str:
@@ -116,7 +117,8 @@ class DynamoDBLocal:
         log = open(self.data_dir / "dynamodb-local.log", "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
             [java, "-Djava.library.path=./DynamoDBLocal_lib", "-Xmx512m", "-jar", "DynamoDBLocal.jar",
-             "-port", str(self.port), "-dbPath", str(self.data_dir), "-sharedDb"],
+             "-port", str(self.port), *(["-inMemory"] if self.in_memory else ["-dbPath", str(self.data_dir)]),
+             "-sharedDb"],
             cwd=home, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - needed for PR_SET_PDEATHSIG
         )

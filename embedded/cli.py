@@ -19,6 +19,17 @@ def up(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     state_dir: Annotated[Path, typer.Option(help="Where DynamoDB Local keeps its data.")] = DEFAULT_STATE_DIR,
     in_memory: Annotated[bool, typer.Option("--in-memory", help="Keep everything in memory (moto); no Java.")] = False,
+    dynamodb_endpoint: Annotated[
+        str | None,
+        typer.Option(help="Use the DynamoDB already running at this URL (e.g. a DynamoDB Local of yours) instead "
+                          "of starting one; the stack's tables are created there and kept when it stops."),
+    ] = None,
+    resource_prefix: Annotated[
+        str | None,
+        typer.Option(envvar="AGENTSERVER_RESOURCE_PREFIX",
+                     help="Prefix of the stack's table, queue, bucket and secret names (default agentserver-); "
+                          "stacks sharing a --dynamodb-endpoint need one each."),
+    ] = None,
     idle_timeout: Annotated[float, typer.Option(help="WebSocket idle timeout in seconds (API Gateway: 600).")] = 600,
     max_connection_age: Annotated[
         float, typer.Option(help="WebSocket maximum connection age in seconds (API Gateway: 7200).")
@@ -67,6 +78,8 @@ def up(
         host=host,
         state_dir=state_dir.expanduser(),
         in_memory=in_memory,
+        dynamodb_endpoint=dynamodb_endpoint,
+        resource_prefix=resource_prefix,
         idle_timeout_seconds=idle_timeout,
         max_connection_age_seconds=max_connection_age,
         http_integration_timeout_seconds=http_integration_timeout,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -36,6 +37,10 @@ class StackOptions:
     host: str = "127.0.0.1"
     state_dir: Path = field(default_factory=lambda: Path.home() / ".agentserver" / "local")
     in_memory: bool = False
+    # A DynamoDB that is already running (a URL): the stack creates its tables there instead of starting
+    # DynamoDB Local, and leaves them when it stops. Stacks sharing one need a resource prefix each.
+    dynamodb_endpoint: str | None = None
+    resource_prefix: str | None = None  # None: the settings' (AGENTSERVER_RESOURCE_PREFIX, else agentserver-)
     idle_timeout_seconds: float = 600
     max_connection_age_seconds: float = 7200
     http_integration_timeout_seconds: float = 30
@@ -63,6 +68,31 @@ def tcp_listener(host: str, port: int) -> socket.socket:
         listener.close()
         raise StartupError(f"port {port} is already in use on {host}; choose another with --port") from error
     return listener
+
+
+RESOURCE_PREFIX = re.compile(r"[a-z][a-z0-9-]{0,31}")
+
+
+def checked_prefix(prefix: str) -> str:
+    """A prefix every resource kind accepts (S3 bucket names are the strictest: lower case, digits, hyphens)."""
+    if not RESOURCE_PREFIX.fullmatch(prefix):
+        raise StartupError(f"--resource-prefix {prefix!r}: use 1 to 32 lower-case letters, digits and hyphens, "
+                           "starting with a letter")
+    return prefix
+
+
+def reachable_dynamodb(url: str) -> str:
+    """The --dynamodb-endpoint URL, once something there answers as DynamoDB."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    dynamodb = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1", aws_access_key_id="local",
+                            aws_secret_access_key="local", aws_session_token="local")
+    try:
+        dynamodb.list_tables(Limit=1)
+    except (BotoCoreError, ClientError, ValueError) as error:
+        raise StartupError(f"no DynamoDB answers at {url} (--dynamodb-endpoint): {error}") from None
+    return url
 
 
 def static_dir() -> Path:
@@ -141,13 +171,18 @@ class EmbeddedStack:
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_NAMESPACE": "agentserver",
         }
-        if not self.options.in_memory:
+        if self.options.resource_prefix is not None:
+            environment["AGENTSERVER_RESOURCE_PREFIX"] = checked_prefix(self.options.resource_prefix)
+        if self.options.dynamodb_endpoint:
+            environment["AWS_ENDPOINT_URL_DYNAMODB"] = reachable_dynamodb(self.options.dynamodb_endpoint)
+        elif not self.options.in_memory:
             self.dynamodb = DynamoDBLocal(self.options.state_dir / "dynamodb")
             self.dynamodb.start()
             environment["AWS_ENDPOINT_URL_DYNAMODB"] = self.dynamodb.url
         for function in self.topology.functions:
             environment.update(function.environment)
         os.environ.pop("AWS_PROFILE", None)
+        os.environ.pop("AWS_ENDPOINT_URL_DYNAMODB", None)  # moto's, unless set above: never an inherited one
         os.environ.update(environment)
         get_settings.cache_clear()
         from layers.shared.dal import aws
@@ -218,6 +253,8 @@ class EmbeddedStack:
 
     def banner(self) -> None:
         storage = "in memory (moto)" if self.options.in_memory else f"DynamoDB Local in {self.options.state_dir}"
+        if self.options.dynamodb_endpoint:
+            storage = f"DynamoDB at {self.options.dynamodb_endpoint}, tables {get_settings().resource_prefix}*"
         self.console.print(f"[bold green]agentserver {VERSION}[/] is up")
         self.console.print(f"  console     {self.base_url}/")
         self.console.print(f"  API         {self.base_url}/api  (OpenAPI: {self.base_url}/api/openapi.json)")

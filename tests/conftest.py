@@ -9,12 +9,24 @@ from tests.support import RunningStack
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    """An in-memory stack shared by a test module; tests must not depend on each other's data."""
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """An in-memory stack shared by a test module; tests must not depend on each other's data.
+
+    In a module marked `dynamodb_local` its tables live on the session's DynamoDB Local (the product's
+    default store, which serialises conditional writes and transactions as DynamoDB does), the other
+    services in moto."""
     running = RunningStack(state_dir=tmp_path_factory.mktemp("stack"), in_memory=True,
-                           extra_args=["--queue-visibility-timeout", "1"]).start()
+                           extra_args=["--queue-visibility-timeout", "1"],
+                           dynamodb_endpoint=session_dynamodb(request)).start()
     yield running
     running.stop()
+
+
+def session_dynamodb(request: pytest.FixtureRequest) -> str | None:
+    """The session's DynamoDB Local for a test module marked `dynamodb_local`, else None (moto)."""
+    if request.node.get_closest_marker("dynamodb_local") is None:
+        return None
+    return str(request.getfixturevalue("dynamodb_local"))
 
 
 @pytest.fixture
@@ -32,7 +44,7 @@ def dynamodb_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """
     from embedded.aws_services import DynamoDBLocal
 
-    server = DynamoDBLocal(data_dir=tmp_path_factory.mktemp("dynamodb-local"))
+    server = DynamoDBLocal(data_dir=tmp_path_factory.mktemp("dynamodb-local"), in_memory=True)
     server.start()
     yield server.url
     server.stop()

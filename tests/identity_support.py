@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
+from collections.abc import Iterator
 
 import httpx
 
@@ -54,6 +56,19 @@ def stack_admin(base_url: str) -> tuple[Browser, dict]:
             assert verified.status_code == 200, verified.text
             _admins[base_url] = (browser, verified.json())
         return _admins[base_url]
+
+
+@contextlib.contextmanager
+def default_quotas_restored(base_url: str) -> Iterator[dict]:
+    """The server's default quotas (yielded) are put back when the block ends, however it ends: the
+    tests of a module share one stack, and a failed test must not leave the next one a changed quota."""
+    admin, _ = stack_admin(base_url)
+    before = admin.get("/api/admin/quotas").json()
+    try:
+        yield before
+    finally:
+        restored = admin.put("/api/admin/quotas", json=before)
+        assert restored.status_code == 200, restored.text
 
 
 def outbox(base_url: str, to: str) -> list[dict]:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,11 @@ class RunningStack:
     in_memory: bool = True
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] | None = None
+    # A running DynamoDB to use instead of the stack's own (tests: the session's DynamoDB Local,
+    # `dynamodb_local` in conftest.py). Without a resource_prefix the stack gets a unique one, and its
+    # tables are dropped when it stops; with one they are kept (a restart carries on with them).
+    dynamodb_endpoint: str | None = None
+    resource_prefix: str | None = None
     process: subprocess.Popen[str] | None = None
     log_path: Path = Path("/nonexistent")
     endpoints: dict[str, Any] = field(default_factory=dict)
@@ -45,8 +51,15 @@ class RunningStack:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
+    def __post_init__(self) -> None:
+        self._own_tables = self.dynamodb_endpoint is not None and self.resource_prefix is None
+        if self._own_tables:
+            self.resource_prefix = f"s{uuid.uuid4().hex[:10]}-"
+
     def command(self) -> list[str]:
         args = [*AGENTSERVER, "up", "--port", str(self.port), "--state-dir", str(self.state_dir)]
+        if self.dynamodb_endpoint is not None:
+            args += ["--dynamodb-endpoint", self.dynamodb_endpoint, "--resource-prefix", str(self.resource_prefix)]
         return args + (["--in-memory"] if self.in_memory else []) + self.extra_args
 
     def start(self, timeout: float = 90) -> RunningStack:
@@ -82,7 +95,19 @@ class RunningStack:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self._own_tables:
+            self.drop_tables()
         return self.output()
+
+    def drop_tables(self) -> None:
+        """Delete the stack's tables from the shared DynamoDB (only its own: they carry its prefix)."""
+        assert self.dynamodb_endpoint is not None and self.resource_prefix
+        dynamodb = boto3.client("dynamodb", endpoint_url=self.dynamodb_endpoint, region_name="us-east-1",
+                                aws_access_key_id="local", aws_secret_access_key="local")
+        for page in dynamodb.get_paginator("list_tables").paginate():
+            for name in page["TableNames"]:
+                if name.startswith(self.resource_prefix):
+                    dynamodb.delete_table(TableName=name)
 
     def output(self) -> str:
         """Everything the process printed so far."""

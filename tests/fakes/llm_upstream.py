@@ -44,6 +44,7 @@ class SeenRequest:
     model: str | None = None
     aborted: bool = False  # the client closed the connection before the answer ended
     finished: bool = False
+    events_sent_at: list[float] = field(default_factory=list)  # time.monotonic() of each stream event written
 
     @property
     def json(self) -> Any:
@@ -152,7 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         provider = "anthropic" if path.startswith("/anthropic/") else "openai" if path.startswith("/openai/") else ""
         seen = SeenRequest(provider, self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-        self._provider = provider
+        self._provider, self._seen = provider, seen
         if self.upstream.record:
             with self.upstream._lock:
                 self.upstream.seen.append(seen)
@@ -201,6 +202,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self.upstream.event_delay)
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+        self._seen.events_sent_at.append(time.monotonic())
 
     def _end_stream(self) -> None:
         self.wfile.write(b"0\r\n\r\n")

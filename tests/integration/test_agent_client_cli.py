@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -279,9 +280,13 @@ def test_a_browser_reaches_the_local_app_through_the_relay_and_the_real_client(
     assert code_ == 0, output
 
 
-def test_the_client_survives_a_server_restart_and_the_agent_comes_back(local_app_url: str, tmp_path: Path) -> None:
-    # A persistent stack (DynamoDB Local), so the registration outlives the restart
-    first = RunningStack(state_dir=tmp_path / "stack", in_memory=False).start()
+def test_the_client_survives_a_server_restart_and_the_agent_comes_back(local_app_url: str, tmp_path: Path,
+                                                                       dynamodb_local: str) -> None:
+    # The stack keeps its tables on a DynamoDB that outlives it (the session's DynamoDB Local, under a
+    # prefix of this test's), so the registration survives the restart and the record can be read
+    # while no server runs
+    tables = {"dynamodb_endpoint": dynamodb_local, "resource_prefix": f"r{uuid.uuid4().hex[:10]}-"}
+    first = RunningStack(state_dir=tmp_path / "stack", **tables).start()  # type: ignore[arg-type]
     browser, wid, code = new_code(first, "restart")
     home = tmp_path / "home"
     process = start_connect("--server", first.base_url, "--code", code, "--name", "laptop", "--workspace", wid,
@@ -291,20 +296,21 @@ def test_the_client_survives_a_server_restart_and_the_agent_comes_back(local_app
         wait_until(lambda: (home / "registry.json").exists(), timeout=30)
         sandbox_id = registered_sandbox(home)["sandbox_id"]
 
-        def status(stack: RunningStack) -> str:
+        def status() -> str:
             key = {"pk": {"S": f"SANDBOX#{sandbox_id}"}, "sk": {"S": "META"}}
-            item = stack.aws("dynamodb").get_item(TableName=stack.name("sandboxes"), Key=key)["Item"]
+            item = first.aws("dynamodb").get_item(TableName=first.name("sandboxes"), Key=key)["Item"]
             return str(item["status"]["S"])
 
-        wait_until(lambda: status(first) == "running", timeout=30)
-        first.stop()
+        wait_until(lambda: status() == "running", timeout=30)
+        output = first.stop()
+        # Stopping ran $disconnect for the open tunnel, as API Gateway does: the agent is offline
+        assert status() == "offline", output
         # While the server is down the client keeps retrying; the server comes back on the same port
-        second = RunningStack(state_dir=tmp_path / "stack", port=first.port, in_memory=False).start()
-        # (Whether the stopped server marked it offline on its way down is timing-dependent since the
-        # gateway's listeners were split; issue 20's flake list tracks it. The claim here is the return.)
-        wait_until(lambda: status(second) == "running", timeout=60)
+        second = RunningStack(state_dir=tmp_path / "stack", port=first.port, **tables).start()  # type: ignore[arg-type]
+        wait_until(lambda: status() == "running", timeout=60)
     finally:
         code_, output = interrupt(process)
         if second is not None:
             second.stop()
+        first.drop_tables()
     assert code_ == 0, output

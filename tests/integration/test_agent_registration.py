@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.identity_support import sign_up
 from tests.support import RunningStack
+
+pytestmark = pytest.mark.dynamodb_local  # a code is used once: a conditional write, on DynamoDB Local
 
 
 def test_a_developer_registers_a_local_agent_that_appears_offline_until_it_connects(stack: RunningStack) -> None:

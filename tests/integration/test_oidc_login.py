@@ -70,17 +70,21 @@ def provider_environment(issuer: str, github: FakeGitHub) -> dict[str, str]:
     }
 
 
-def start_stack(state_dir: Path, issuer: str, github: FakeGitHub, **settings: str) -> RunningStack:
-    stack = RunningStack(state_dir=state_dir, env={**provider_environment(issuer, github), **settings})
+def start_stack(state_dir: Path, issuer: str, github: FakeGitHub, dynamodb: str | None = None,
+                **settings: str) -> RunningStack:
+    stack = RunningStack(state_dir=state_dir, env={**provider_environment(issuer, github), **settings},
+                         dynamodb_endpoint=dynamodb)
     # What an operator registers in the GitHub OAuth app (docs/auth.md).
     github.callback_urls.add(f"{stack.base_url}/api/auth/oidc/github/callback")
     return stack.start()
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, oidc_issuer: str, github: FakeGitHub) -> Iterator[RunningStack]:
-    """One stack with both providers, shared by the tests that do not care who signed up first."""
-    running = start_stack(tmp_path_factory.mktemp("oidc-stack"), oidc_issuer, github)
+def stack(tmp_path_factory: pytest.TempPathFactory, oidc_issuer: str, github: FakeGitHub,
+          dynamodb_local: str) -> Iterator[RunningStack]:
+    """One stack with both providers, shared by the tests that do not care who signed up first; its
+    tables on the session's DynamoDB Local (account linking rests on conditional writes)."""
+    running = start_stack(tmp_path_factory.mktemp("oidc-stack"), oidc_issuer, github, dynamodb_local)
     yield running
     running.stop()
 
@@ -187,9 +191,10 @@ def register(stack: RunningStack, email: str) -> dict[str, Any]:
 # Generic OIDC -------------------------------------------------------------------------------------
 
 def test_first_oidc_user_becomes_admin_only_with_the_setup_token_and_keeps_their_account(
-        tmp_path: Path, oidc_issuer: str, github: FakeGitHub, new_browser: Callable[[], httpx.Client]) -> None:
+        tmp_path: Path, oidc_issuer: str, github: FakeGitHub, new_browser: Callable[[], httpx.Client],
+        dynamodb_local: str) -> None:
     # Given a new installation with an OIDC provider
-    stack = start_stack(tmp_path / "state", oidc_issuer, github)
+    stack = start_stack(tmp_path / "state", oidc_issuer, github, dynamodb_local)
     try:
         browser, someone = new_browser(), person()
         # When the login endpoint sends the browser to the provider
@@ -289,8 +294,9 @@ def test_an_unverified_password_account_is_never_taken_over_by_a_provider_sign_i
 
 
 def test_sign_up_restricted_to_a_github_organisation_and_oidc_groups(
-        tmp_path: Path, oidc_issuer: str, github: FakeGitHub, new_browser: Callable[[], httpx.Client]) -> None:
-    stack = start_stack(tmp_path / "state", oidc_issuer, github, AGENTSERVER_SIGNUP_GITHUB_ORG="acme",
+        tmp_path: Path, oidc_issuer: str, github: FakeGitHub, new_browser: Callable[[], httpx.Client],
+        dynamodb_local: str) -> None:
+    stack = start_stack(tmp_path / "state", oidc_issuer, github, dynamodb_local, AGENTSERVER_SIGNUP_GITHUB_ORG="acme",
                         AGENTSERVER_SIGNUP_OIDC_GROUPS="engineering")
     try:
         # A GitHub account outside the organisation (or only invited to it) gets no account
@@ -509,9 +515,9 @@ def test_github_unverified_primary_email_is_refused(stack: RunningStack, github:
 # Logs -------------------------------------------------------------------------------------------
 
 def test_no_secret_or_token_reaches_the_logs(tmp_path: Path, oidc_issuer: str, github: FakeGitHub,
-                                             new_browser: Callable[[], httpx.Client]) -> None:
+                                             new_browser: Callable[[], httpx.Client], dynamodb_local: str) -> None:
     # Given a stack where people sign in through both providers, one of them refused
-    stack = start_stack(tmp_path / "state", oidc_issuer, github)
+    stack = start_stack(tmp_path / "state", oidc_issuer, github, dynamodb_local)
     secrets_seen: list[str] = [OIDC_CLIENT_SECRET, github.client_secret]
     try:
         for sign_in in (lambda b: oidc_callback_url(b, stack, person()),

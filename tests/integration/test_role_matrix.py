@@ -1,19 +1,21 @@
 """Every endpoint of api.md so far, for every kind of caller, with the status api.md prescribes.
 
-One row per endpoint; each case runs against a fresh workspace in which the owner, maintainer,
-developer and guest hold their roles, so cases do not depend on each other.
+One row per endpoint; each case runs against a workspace in which the owner, maintainer, developer
+and guest hold their roles. A row that changes the workspace gives each caller it lets through a fresh
+workspace of its own, and the callers it refuses one fresh workspace of the row's (a refusal changes
+nothing; if one wrongly did, that caller's case fails), so cases do not depend on each other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.identity_support import Browser, join, sign_in, sign_up, stack_admin, unique_email, verify_email
+from tests.identity_support import Browser, sign_in, sign_up, stack_admin, unique_email, verify_email
 from tests.support import RunningStack
 
 DEFAULT_MAX_RPD = 1000  # the server's LLM limit: a ceiling for workspace maintainers
@@ -26,6 +28,7 @@ class World:
     clients: dict[str, httpx.Client]
     users: dict[str, dict]
     shared: dict[str, str] | None = None
+    refused: dict[str, dict[str, str]] = field(default_factory=dict)  # per row: its refused callers' workspace
 
     def client(self, caller: str) -> httpx.Client:
         """A client holding a copy of the caller's cookies, so a call that signs in or out (or
@@ -40,14 +43,23 @@ class World:
             self.shared = self.fresh_workspace()
         return self.shared
 
+    def refused_workspace(self, row: str) -> dict[str, str]:
+        if row not in self.refused:
+            self.refused[row] = self.fresh_workspace()
+        return self.refused[row]
+
     def fresh_workspace(self) -> dict[str, str]:
         """A workspace with every role filled, and a `subject` member (developer) to act upon."""
         owner = self.clients["owner"]
         workspace = owner.post("/api/workspaces", json={"name": "Matrix"}).json()
         wid = workspace["id"]
         for name, role in (("maintainer", "maintainer"), ("developer", "developer"), ("guest", "guest"),
-                           ("subject", "developer")):
-            join(owner, wid, self.clients[name], self.users[name]["email"], role)
+                           ("subject", "developer")):  # each verified its address: invited, it accepts
+            invited = owner.post(f"/api/workspaces/{wid}/members", json={"email": self.users[name]["email"],
+                                                                         "role": role})
+            assert invited.status_code == 201, invited.text
+            accepted = self.clients[name].post(f"/api/invitations/{invited.json()['id']}/accept")
+            assert accepted.status_code == 200, accepted.text
         shared = self.local_agent(wid, "maintainer")  # a laptop its owner shares with the workspace
         assert self.clients["maintainer"].patch(f"/api/sandboxes/{shared}", json={"shared": True}).status_code == 200
         # A pending invitation (of a developer, so a maintainer may revoke it too)
@@ -67,8 +79,9 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    stack = RunningStack(state_dir=tmp_path_factory.mktemp("matrix"),
+def world(tmp_path_factory: pytest.TempPathFactory, dynamodb_local: str) -> Iterator[World]:
+    # On DynamoDB Local, the product's default store: every row's writes are conditional or transactions
+    stack = RunningStack(state_dir=tmp_path_factory.mktemp("matrix"), dynamodb_endpoint=dynamodb_local,
                          env={"AGENTSERVER_DEFAULT_MAX_WORKSPACES": "1000",
                               "LLMPROXY_DEFAULT_MAX_RPD": str(DEFAULT_MAX_RPD)}).start()
     clients: dict[str, httpx.Client] = {}
@@ -98,8 +111,15 @@ class Row:
     name: str
     request: Request
     expected: dict[str, int]
-    # Rows that change the workspace or its members get a fresh one; the others share one.
+    # Rows that change the workspace or its members get fresh ones; the others share one.
     fresh: bool = False
+
+    def target(self, world: World, caller: str) -> dict[str, str]:
+        if not self.fresh:
+            return world.shared_workspace()
+        if self.expected[caller] < 400:
+            return world.fresh_workspace()
+        return world.refused_workspace(self.name)
 
 
 def call(method: str, path: str, body: Callable[[World], Any] | None = None) -> Request:
@@ -271,8 +291,7 @@ ROWS = [
 @pytest.mark.parametrize("caller", CALLERS)
 @pytest.mark.parametrize("row", ROWS, ids=lambda row: row.name)
 def test_role_matrix(world: World, row: Row, caller: str) -> None:
-    target = world.fresh_workspace() if row.fresh else world.shared_workspace()
-    response = row.request(world, caller, target)
+    response = row.request(world, caller, row.target(world, caller))
     assert response.status_code == row.expected[caller], response.text
     if response.status_code >= 400:
         error = response.json()["error"]

@@ -12,13 +12,14 @@ import pytest
 import websockets
 
 from tests.fake_agent import tunnel_subprotocols
-from tests.identity_support import sign_up, stack_admin
+from tests.identity_support import default_quotas_restored, sign_up, stack_admin
 from tests.support import RunningStack, wait_until
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    running = RunningStack(state_dir=tmp_path_factory.mktemp("sandboxes"),
+def stack(tmp_path_factory: pytest.TempPathFactory, dynamodb_local: str) -> Iterator[RunningStack]:
+    # On DynamoDB Local: quotas and state transitions are conditional writes and transactions
+    running = RunningStack(state_dir=tmp_path_factory.mktemp("sandboxes"), dynamodb_endpoint=dynamodb_local,
                            env={"AGENTSERVER_DEFAULT_MAX_SANDBOXES": "1",
                                 "AGENTSERVER_DEFAULT_MAX_WORKSPACE_MEMORY": "4096",
                                 "LLMPROXY_TOKEN_CACHE_SECONDS": "1"}).start()
@@ -26,7 +27,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     running.stop()
 
 
-def test_quotas_bounds_and_transitions(stack: RunningStack) -> None:
+@pytest.fixture
+def quotas_restored(stack: RunningStack) -> Iterator[None]:
+    with default_quotas_restored(stack.base_url):
+        yield
+
+
+def test_quotas_bounds_and_transitions(stack: RunningStack, quotas_restored: None) -> None:
     admin, _ = stack_admin(stack.base_url)  # made with the setup token
     browser, _ = sign_up(stack.base_url, "quota")
     wid = browser.get("/api/workspaces").json()["items"][0]["id"]

@@ -7,9 +7,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
+import uuid
 from pathlib import Path
 
+from embedded.aws_services import free_port
+from layers.shared.topology import TOPOLOGY
+from tests.identity_support import sign_up
 from tests.support import RunningStack, pids_with, wait_until
 
 ITEM_KEY = {"command_id": {"S": "written-before-restart"}}
@@ -71,7 +74,6 @@ def test_missing_java_suggests_in_memory(state_dir: Path, tmp_path: Path) -> Non
         found = shutil.which(tool)
         if found:
             (bin_dir / tool).symlink_to(found)
-    started = time.monotonic()
     result = subprocess.run(
         RunningStack(state_dir=state_dir, in_memory=False).command(),
         capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": str(bin_dir)},
@@ -80,4 +82,42 @@ def test_missing_java_suggests_in_memory(state_dir: Path, tmp_path: Path) -> Non
     assert result.returncode == 1
     assert "Java 17+" in output and "--in-memory" in output
     assert "Traceback" not in output
-    assert time.monotonic() - started < 30
+
+
+def test_a_stack_on_a_running_dynamodb_keeps_its_tables_there_under_its_prefix(state_dir: Path,
+                                                                               dynamodb_local: str) -> None:
+    # Given a DynamoDB that is already running (the session's DynamoDB Local) and a prefix of this stack's
+    prefix = f"x{uuid.uuid4().hex[:8]}-"
+    stack = RunningStack(state_dir=state_dir, dynamodb_endpoint=dynamodb_local, resource_prefix=prefix).start()
+    dynamodb = stack.aws("dynamodb")
+
+    def own_tables() -> set[str]:
+        pages = dynamodb.get_paginator("list_tables").paginate()
+        return {name for page in pages for name in page["TableNames"] if name.startswith(prefix)}
+
+    try:
+        # Then it starts no DynamoDB Local of its own and creates the topology's tables there
+        assert stack.endpoints["dynamodb"] == dynamodb_local and stack.endpoints["dynamodb_local_pid"] is None
+        assert f"DynamoDB at {dynamodb_local}, tables {prefix}*" in stack.output()
+        assert own_tables() == {prefix + table.name for table in TOPOLOGY.tables}
+        # And keeps its data in them
+        sign_up(stack.base_url, "external")
+        assert dynamodb.scan(TableName=f"{prefix}identity", Select="COUNT")["Count"] > 0
+    finally:
+        output = stack.stop()
+    # When it stops, the tables stay for its next start
+    assert "Traceback" not in output
+    assert own_tables() == {prefix + table.name for table in TOPOLOGY.tables}
+    stack.drop_tables()
+    assert own_tables() == set()
+
+
+def test_an_unreachable_dynamodb_endpoint_or_a_bad_prefix_is_a_one_line_error(state_dir: Path) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    for extra, expected in ((["--dynamodb-endpoint", nowhere], f"no DynamoDB answers at {nowhere}"),
+                            (["--resource-prefix", "Not_Valid"], "--resource-prefix 'Not_Valid'")):
+        result = subprocess.run(RunningStack(state_dir=state_dir, extra_args=extra).command(),
+                                capture_output=True, text=True, timeout=60)
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output
+        assert expected in output and "Traceback" not in output

@@ -18,6 +18,13 @@ def sandbox_status(browser, sandbox_id: str) -> str:  # type: ignore[no-untyped-
     return str(browser.get(f"/api/sandboxes/{sandbox_id}").json()["status"])
 
 
+def connection_records(stack: RunningStack, sandbox_id: str) -> int:
+    """How many open connections the connections table holds for a sandbox."""
+    return int(stack.aws("dynamodb").scan(TableName=stack.name("connections"), Select="COUNT",
+                                          FilterExpression="sandbox_id = :sandbox",
+                                          ExpressionAttributeValues={":sandbox": {"S": sandbox_id}})["Count"])
+
+
 def test_a_connection_without_a_valid_token_is_refused_with_401(stack: RunningStack) -> None:
     async def attempt(url: str) -> int:
         with pytest.raises(websockets.InvalidStatus) as refused:
@@ -75,7 +82,8 @@ def test_a_second_connection_replaces_the_first_cleanly(stack: RunningStack) -> 
                 await asyncio.wait_for(first.recv(), 10)
             await second.send(json.dumps({"action": "ping"}))
             assert json.loads(await asyncio.wait_for(second.recv(), 10))["action"] == "pong"
-            await asyncio.sleep(0.3)  # the first connection's $disconnect has run by now
+            # Once the first connection's $disconnect has run (its record is gone, the second's is left)
+            await asyncio.to_thread(wait_until, lambda: connection_records(stack, registration["sandbox_id"]) == 1)
             assert await asyncio.to_thread(sandbox_status, browser, registration["sandbox_id"]) == "running"
 
     asyncio.run(scenario())

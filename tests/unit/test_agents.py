@@ -63,6 +63,38 @@ def test_connect_replace_and_disconnect(store: DynamoSandboxStore) -> None:
     assert offline is not None and offline.status == SandboxStatus.offline and offline.connection_id is None
 
 
+class WriteBetweenReadAndUpdate(DynamoSandboxStore):
+    """Runs `meanwhile` once, between $disconnect's read of the sandbox and its write (as a $default
+    invocation still in flight when the tunnel closed can, or a reconnect)."""
+
+    def __init__(self, meanwhile) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.meanwhile = meanwhile
+
+    def update_sandbox(self, sandbox, **changes):  # type: ignore[no-untyped-def]
+        if self.meanwhile is not None and changes.get("status") == SandboxStatus.offline:
+            self.meanwhile, meanwhile = None, self.meanwhile
+            meanwhile(self.get_sandbox(sandbox.sandbox_id))
+        return super().update_sandbox(sandbox, **changes)
+
+
+def test_a_heartbeat_in_flight_does_not_keep_a_closed_tunnel_running(store: DynamoSandboxStore) -> None:
+    code, _ = agents.create_code(store, workspace_id="ws_1", created_by="u_1", now=NOW)
+    sandbox = agents.authenticate_agent(store, register(store, code).tunnel_token)
+    agents.agent_connected(store, sandbox, connection_id="c1", now=NOW)
+    # The last heartbeat is written between the disconnect's read and its write
+    racing = WriteBetweenReadAndUpdate(lambda current: agents.record_heartbeat(store, current, now=NOW))
+    offline = agents.agent_disconnected(racing, sandbox.sandbox_id, connection_id="c1")
+    assert offline is not None and store.get_sandbox(sandbox.sandbox_id).status == SandboxStatus.offline
+    # While a reconnect that wins meanwhile keeps it running on the new connection
+    running, _ = agents.agent_connected(store, store.get_sandbox(sandbox.sandbox_id), connection_id="c2", now=NOW)
+    racing = WriteBetweenReadAndUpdate(lambda current: agents.agent_connected(store, current, connection_id="c3",
+                                                                              now=NOW))
+    assert agents.agent_disconnected(racing, sandbox.sandbox_id, connection_id="c2") is None
+    current = store.get_sandbox(sandbox.sandbox_id)
+    assert (current.status, current.connection_id) == (SandboxStatus.running, "c3")
+
+
 def test_stale_versions_are_refused_and_deleted_sandboxes_lose_their_tokens(store: DynamoSandboxStore) -> None:
     code, _ = agents.create_code(store, workspace_id="ws_1", created_by="u_1", now=NOW)
     registration = register(store, code)

@@ -1,6 +1,7 @@
 import pytest
 
 from layers.shared.dal import aws
+from layers.shared.dal.base import transaction_connection
 from layers.shared.dal.connections import ConnectionRecord
 from layers.shared.settings import get_settings
 
@@ -30,3 +31,16 @@ def test_pynamodb_models_take_their_endpoint_from_the_settings(monkeypatch: pyte
 
 def test_clients_are_created_once_per_service() -> None:
     assert aws.client("sqs") is aws.client("sqs")
+
+
+def test_transactions_reuse_one_connection_per_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A new PynamoDB Connection builds a botocore session and client from JSON models: tens of ms of CPU
+    # that every transaction paid (most of a busy stack's time in the role matrix)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:8000")
+    get_settings.cache_clear()
+    first = transaction_connection()
+    assert transaction_connection() is first and first.host == "http://127.0.0.1:8000"
+    assert first.client is transaction_connection().client
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:8001")
+    get_settings.cache_clear()
+    assert transaction_connection().host == "http://127.0.0.1:8001"

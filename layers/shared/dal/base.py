@@ -6,6 +6,7 @@ classes work in Lambda, against DynamoDB Local and under moto.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from pynamodb.connection import Connection
@@ -56,7 +57,14 @@ def get_item(model: type[ModelT], hash_key: str, range_key: str | None = None) -
 def transaction_connection() -> Connection:
     """The connection a `TransactWrite` needs, on the same endpoint and region as the models."""
     settings = get_settings()
-    return Connection(region=settings.aws_region, host=settings.dynamodb_endpoint)
+    return _connection(settings.aws_region, settings.dynamodb_endpoint)
+
+
+@lru_cache(maxsize=8)
+def _connection(region: str, host: str | None) -> Connection:
+    # One per endpoint, kept like the models' own: a new Connection builds a new botocore session and
+    # client, which loads the service and endpoint models from JSON (tens of ms of CPU per transaction).
+    return Connection(region=region, host=host)
 
 
 def condition_failed(error: Exception) -> bool:

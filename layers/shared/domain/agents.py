@@ -202,17 +202,24 @@ def agent_connected(store: SandboxStore, sandbox: Sandbox, *, connection_id: str
     return updated, previous if previous != connection_id else None
 
 
+DISCONNECT_ATTEMPTS = 5
+
+
 def agent_disconnected(store: SandboxStore, sandbox_id: str, *, connection_id: str) -> Sandbox | None:
     """The tunnel closed. Only the sandbox's current connection takes it offline: a connection that
     a newer one replaced closes without effect."""
-    sandbox = store.get_sandbox(sandbox_id)
-    if sandbox is None or sandbox.connection_id != connection_id or sandbox.status != SandboxStatus.running:
-        return None
-    try:
-        return store.update_sandbox(sandbox, status=SandboxStatus.offline, connection_id=None,
-                                    status_reason="the agent's tunnel closed")
-    except InvalidTransition:  # changed meanwhile (a reconnect won): leave it
-        return None
+    for _ in range(DISCONNECT_ATTEMPTS):
+        sandbox = store.get_sandbox(sandbox_id)
+        if sandbox is None or sandbox.connection_id != connection_id or sandbox.status != SandboxStatus.running:
+            return None
+        try:
+            return store.update_sandbox(sandbox, status=SandboxStatus.offline, connection_id=None,
+                                        status_reason="the agent's tunnel closed")
+        except InvalidTransition:
+            # Written meanwhile: by a reconnect (the next read sees another connection and leaves it), or by
+            # this connection's last heartbeat or agent info, still in flight as it closed: read again.
+            continue
+    return None
 
 
 def record_heartbeat(store: SandboxStore, sandbox: Sandbox, *, now: datetime) -> Sandbox:
