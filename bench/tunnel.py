@@ -82,7 +82,9 @@ def main() -> None:
     console = Console(width=120)
     app = LocalTestApp()
     with tempfile.TemporaryDirectory() as state, ThreadedServer(app) as local:
-        stack = RunningStack(state_dir=Path(state) / "stack", in_memory=True).start()
+        # The tunnel's own throughput: without Lambda's 2 MBps streaming cap past 6 MB (docs/aws-fidelity.md)
+        stack = RunningStack(state_dir=Path(state) / "stack", in_memory=True,
+                             extra_args=["--no-function-url-bandwidth-cap"]).start()
         client_process = None
         try:
             browser, _ = sign_up(stack.base_url, "bench")

@@ -54,10 +54,23 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | 
 
 class MotoServer:
     def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
+        from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
+
+        from embedded.limits import DynamoDBLimits
+
+        class LimitedMotoServer(ThreadedMotoServer):
+            """moto's threaded server with the DynamoDB request limits moto does not check (embedded/limits.py)."""
+
+            def _server_entry(self) -> None:
+                app = DynamoDBLimits(DomainDispatcherApplication(create_backend_app))
+                self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
+                self._server_ready_event.set()
+                self._server.serve_forever()
 
         self.port = free_port()
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server = LimitedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
 
     @property
     def url(self) -> str:

@@ -62,6 +62,12 @@ def up(
         str | None,
         typer.Option(envvar="AGENTSERVER_BWRAP", help="The bubblewrap executable (default: bwrap on PATH)."),
     ] = None,
+    function_url_bandwidth_cap: Annotated[
+        bool,
+        typer.Option("--function-url-bandwidth-cap/--no-function-url-bandwidth-cap",
+                     help="Stream the relay's and the LLM proxy's responses at most at 2 MB/s after 6 MB, as Lambda "
+                          "does (off only to measure the tunnel itself)."),
+    ] = True,
 ) -> None:
     """Start the embedded local stack: no AWS account, no Docker."""
     from embedded.stack import EmbeddedStack, StackOptions
@@ -89,6 +95,7 @@ def up(
         console_dir=console_dir.expanduser().resolve() if console_dir else None,
         allowed_hosts=tuple(allowed_host or ()),
         trusted_sandboxes=trusted_sandboxes,
+        function_url_bandwidth_cap=function_url_bandwidth_cap,
         **({"bwrap": bwrap} if bwrap else {}),
     )
     try:

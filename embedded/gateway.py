@@ -32,6 +32,14 @@ from urllib.parse import unquote
 
 from embedded import events
 from embedded.lambda_runtime import InvocationTimeout, LambdaRuntime, load_handler
+from embedded.limits import (
+    HTTP_REQUEST_LINE_AND_HEADERS_BYTES,
+    LAMBDA_SYNC_PAYLOAD_BYTES,
+    FunctionUrlLimits,
+    StreamingLimits,
+    payload_size,
+    request_line_and_headers_size,
+)
 from embedded.ws_protocol import MESSAGE_LIMIT_BYTES
 from layers.shared.asgi import ASGIApp, ClientDisconnected, Receive, Scope, Send, read_body
 from layers.shared.topology import Function, Topology
@@ -57,6 +65,8 @@ class GatewayConfig:
     management_port: int | None = None
     # Host names (without port) the gateway answers; any `<label>.localhost` is a sandbox origin.
     allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
+    # What a Function URL in RESPONSE_STREAM mode imposes on the streaming apps (embedded/limits.py).
+    streaming_limits: StreamingLimits = field(default_factory=StreamingLimits)
 
 
 MANAGEMENT_PREFIX = "/@connections"
@@ -239,10 +249,13 @@ class LocalGateway:
         )
         self.websocket_routes = topology.websocket_routes
         # Streaming functions run as the ASGI apps the Lambda Web Adapter would run in AWS.
-        self.subdomain_app = next((load_handler(f.handler) for f in topology.functions
+        self.subdomain_app = next((FunctionUrlLimits(load_handler(f.handler), config.streaming_limits)
+                                   for f in topology.functions
                                    if f.streaming_url and f.local_mount == "subdomain"), None)
         # Streaming apps served under a path prefix (the LLM proxy at /llm): the app sees the path without it.
-        self.prefixed_apps = [(f.local_mount.rstrip("/"), load_handler(f.handler)) for f in topology.functions
+        self.prefixed_apps = [(f.local_mount.rstrip("/"), FunctionUrlLimits(load_handler(f.handler),
+                                                                             config.streaming_limits))
+                              for f in topology.functions
                               if f.streaming_url and f.local_mount and f.local_mount.startswith("/")]
         self.custom_websocket_routes = {key for key in self.websocket_routes if not key.startswith("$")}
         self.reserved_prefixes = reserved_prefixes(topology, config.websocket_path)
@@ -335,6 +348,10 @@ class LocalGateway:
 
     async def _invoke_http(self, scope: Scope, receive: Receive, send: Send, route: CompiledRoute,
                            path_parameters: dict[str, str]) -> None:
+        if request_line_and_headers_size(scope) > HTTP_REQUEST_LINE_AND_HEADERS_BYTES:
+            # The quota is documented, the answer is not: 431 is HTTP's status for it.
+            await _respond_json(send, 431, {"message": "Request Header Fields Too Large"})
+            return
         try:
             body = await read_body(receive, HTTP_PAYLOAD_LIMIT_BYTES)
         except ClientDisconnected:
@@ -356,6 +373,12 @@ class LocalGateway:
             scheme=scope.get("scheme", "http"),
             port=(scope.get("server") or ("", 80))[1],
         )
+        if (payload_size(event) or 0) > LAMBDA_SYNC_PAYLOAD_BYTES:
+            # Within the HTTP API's 10 MB but over Lambda's 6 MB (a binary body counts base64-encoded):
+            # Lambda refuses the invocation and the client gets 413 (docs/aws-fidelity.md).
+            await _respond_json(send, 413, {"message": "Request Too Long"},
+                                [("x-amzn-errortype", "BadRequestException")])
+            return
         try:
             result = await self.runtime.invoke(route.function, event,
                                                timeout=self.config.http_integration_timeout_seconds)
@@ -365,6 +388,14 @@ class LocalGateway:
             return
         except Exception:
             log.exception("%s failed on %s %s", route.function.name, scope["method"], scope["path"])
+            await _respond_json(send, 500, {"message": "Internal Server Error"})
+            return
+        result_size = payload_size(result)
+        if result_size is None or result_size > LAMBDA_SYNC_PAYLOAD_BYTES:
+            # Lambda fails the invocation ("Response payload size exceeded maximum allowed payload size", or
+            # a result that is not JSON), which the HTTP API answers as any integration failure.
+            log.warning("%s returned no JSON or more than %d bytes on %s %s", route.function.name,
+                        LAMBDA_SYNC_PAYLOAD_BYTES, scope["method"], scope["path"])
             await _respond_json(send, 500, {"message": "Internal Server Error"})
             return
         status, headers, payload = lambda_result_to_http(result)

@@ -80,6 +80,7 @@ def provision(topology: Topology, settings: Settings, *, visibility_timeout: int
         dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         attributes = {
             "VisibilityTimeout": str(visibility_timeout or queue.visibility_timeout_seconds),
+            "MaximumMessageSize": str(queue.max_message_bytes),
             "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": queue.max_receive_count}),
         }
         queue_url = sqs.create_queue(QueueName=settings.physical_name(queue.name))["QueueUrl"]

@@ -21,6 +21,7 @@ from embedded.aws_services import PROJECT_ROOT, DynamoDBLocal, MotoServer, Start
 from embedded.event_sources import ScheduleRunner, SqsPoller, TtlSweeper
 from embedded.gateway import GatewayConfig, LocalGateway
 from embedded.lambda_runtime import LambdaRuntime
+from embedded.limits import StreamingLimits
 from embedded.provision import provision
 from embedded.sandbox_isolation import Isolation, detect
 from embedded.sandbox_processes import LocalSandboxBackend, recover_sandboxes
@@ -51,6 +52,7 @@ class StackOptions:
     allowed_hosts: tuple[str, ...] = ()  # host names answered besides localhost, 127.0.0.1, [::1] and --host
     trusted_sandboxes: bool = False  # without bubblewrap, run local sandboxes unisolated instead of refusing them
     bwrap: str | None = field(default_factory=lambda: shutil.which("bwrap"))
+    function_url_bandwidth_cap: bool = True  # Lambda streams at most 2 MBps after 6 MB; off only for benches
 
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -306,6 +308,8 @@ class EmbeddedStack:
                     client_config=self.client_config(),
                     management_port=self.management_listener.getsockname()[1] if self.management_listener else None,
                     allowed_hosts=self.allowed_hosts(),
+                    streaming_limits=StreamingLimits() if self.options.function_url_bandwidth_cap
+                    else StreamingLimits(bytes_per_second=None),
                 ),
             )
             assert self.management_listener is not None

@@ -87,6 +87,7 @@ class DataStore(Construct):
             construct_id(spec.name, "Queue"),
             queue_name=self._prefix + spec.name,
             visibility_timeout=Duration.seconds(spec.visibility_timeout_seconds),
+            max_message_size_bytes=spec.max_message_bytes,
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
             dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=spec.max_receive_count, queue=dead_letters),

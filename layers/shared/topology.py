@@ -53,6 +53,8 @@ class Queue:
     visibility_timeout_seconds: int = 60
     max_receive_count: int = 3
     dlq_retention_days: int = 14
+    # Set explicitly in AWS and locally: AWS's default has moved (256 KiB, now up to 1 MiB) and moto's is 1 MiB.
+    max_message_bytes: int = 256 * 1024
 
     @property
     def dlq_name(self) -> str:

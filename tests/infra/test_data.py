@@ -75,6 +75,7 @@ def test_every_queue_has_its_dead_letter_queue_and_redrive_count(synthesized: Sy
         "maxReceiveCount": queue.max_receive_count,
     }
     assert props["VisibilityTimeout"] == queue.visibility_timeout_seconds
+    assert props["MaximumMessageSize"] == queue.max_message_bytes  # as provisioned locally (docs/aws-fidelity.md)
     assert dlq_props["MessageRetentionPeriod"] == queue.dlq_retention_days * DAY_SECONDS
     assert props["SqsManagedSseEnabled"] is True and dlq_props["SqsManagedSseEnabled"] is True
 
