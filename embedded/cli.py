@@ -51,6 +51,13 @@ def up(
         str | None,
         typer.Option(envvar="AGENTSERVER_BWRAP", help="The bubblewrap executable (default: bwrap on PATH)."),
     ] = None,
+    allow_binary_frames: Annotated[
+        bool,
+        typer.Option("--allow-binary-frames", envvar="AGENTSERVER_TUNNEL_BINARY_FRAMES",
+                     help="Accept binary WebSocket frames and let agents choose binary tunnel frames. API Gateway "
+                          "refuses binary frames (it closes with 1003), as this stack does by default: use it only "
+                          "if you verified binary mode on your AWS account."),
+    ] = False,
 ) -> None:
     """Start the embedded local stack: no AWS account, no Docker."""
     from embedded.stack import EmbeddedStack, StackOptions
@@ -76,6 +83,7 @@ def up(
         console_dir=console_dir.expanduser().resolve() if console_dir else None,
         allowed_hosts=tuple(allowed_host or ()),
         trusted_sandboxes=trusted_sandboxes,
+        allow_binary_frames=allow_binary_frames,
         **({"bwrap": bwrap} if bwrap else {}),
     )
     try:

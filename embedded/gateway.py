@@ -42,6 +42,9 @@ log = logging.getLogger("agentserver.gateway")
 HTTP_PAYLOAD_LIMIT_BYTES = 10 * 1024 * 1024  # HTTP API request payload quota
 HTTP_INTEGRATION_TIMEOUT_SECONDS = 30
 GOING_AWAY = 1001
+# API Gateway "rejects [a client's binary frame] and disconnects the client with code 1003"
+# (https://docs.aws.amazon.com/apigateway/latest/developerguide/websocket-api-develop-binary-media-types.html).
+UNSUPPORTED_DATA = 1003
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ class GatewayConfig:
     management_port: int | None = None
     # Host names (without port) the gateway answers; any `<label>.localhost` is a sandbox origin.
     allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
+    # Binary frames from clients close the connection with 1003, as on API Gateway, unless allowed
+    # (`agentserver up --allow-binary-frames`, for someone who verified binary mode on their account).
+    allow_binary_frames: bool = False
 
 
 MANAGEMENT_PREFIX = "/@connections"
@@ -437,6 +443,12 @@ class LocalGateway:
                     disconnect = (connection.close_code or message.get("code", 1005),
                                   connection.close_reason or message.get("reason") or "")
                     break
+                if connection.close_code is not None:
+                    continue  # closed by the gateway: what arrives before the client's answer goes nowhere
+                if message.get("text") is None and not self.config.allow_binary_frames:
+                    # Not dispatched; the close is answered by a disconnect, and $disconnect runs.
+                    await connection.close(UNSUPPORTED_DATA, "Binary frames are not supported")
+                    continue
                 connection.touch()
                 body = message["text"] if message.get("text") is not None else message.get("bytes", b"")
                 self._spawn(self._dispatch(connection, body))
