@@ -90,6 +90,17 @@ def allowed_host(host_header: str, allowed: tuple[str, ...]) -> bool:
     return name in allowed or (name.endswith(".localhost") and not name.startswith("."))
 
 
+def route_selection_path(expression: str) -> tuple[str, ...]:
+    """`$request.body.action` or `${request.body.service.action}` → the JSON keys to follow."""
+    inner = expression.strip()
+    if inner.startswith("${") and inner.endswith("}"):
+        inner = "$" + inner[2:-1]
+    prefix = "$request.body."
+    if not inner.startswith(prefix) or not inner[len(prefix):]:
+        raise ValueError(f"unsupported WebSocket route selection expression {expression!r}")
+    return tuple(inner[len(prefix):].split("."))
+
+
 @dataclass(frozen=True)
 class CompiledRoute:
     method: str
@@ -251,6 +262,7 @@ class LocalGateway:
         self.prefixed_apps = [(f.local_mount.rstrip("/"), load_handler(f.handler)) for f in topology.functions
                               if f.streaming_url and f.local_mount and f.local_mount.startswith("/")]
         self.custom_websocket_routes = {key for key in self.websocket_routes if not key.startswith("$")}
+        self.route_selection_path = route_selection_path(topology.websocket_route_selection)
         self.reserved_prefixes = reserved_prefixes(topology, config.websocket_path)
         self.allowed_hosts = tuple(host.lower() for host in config.allowed_hosts)
         self.connections: dict[str, LocalConnection] = {}
@@ -487,14 +499,18 @@ class LocalGateway:
         return True
 
     def _select_route(self, body: str | bytes) -> str:
-        """`$request.body.action`: a JSON text message whose `action` names a custom route."""
+        """The topology's route selection expression (`$request.body.action`) on a JSON text
+        message: the value it names, if a custom route has that key; anything else (not JSON, no
+        such key, no such route: a tunnel message's base64 among them) goes to `$default`."""
         if isinstance(body, str) and self.custom_websocket_routes:
             try:
-                action = json.loads(body).get("action")
-            except (ValueError, AttributeError):
-                action = None
-            if isinstance(action, str) and action in self.custom_websocket_routes:
-                return action
+                value: Any = json.loads(body)
+            except ValueError:
+                return "$default"
+            for name in self.route_selection_path:
+                value = value.get(name) if isinstance(value, dict) else None
+            if isinstance(value, str) and value in self.custom_websocket_routes:
+                return value
         return "$default"
 
     async def _dispatch(self, connection: LocalConnection, body: str | bytes) -> None:

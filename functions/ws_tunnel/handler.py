@@ -19,7 +19,6 @@ from layers.shared.domain.connections import ConnectionPusher, ConnectionStore
 from layers.shared.errors import Conflict, NotAuthenticated
 from layers.shared.observability import logger, tracer
 from layers.shared.settings import get_settings
-from layers.shared.tunnel import wire
 from layers.shared.tunnel.codec import ProtocolError
 
 OK = {"statusCode": 200}
@@ -134,7 +133,8 @@ def default(
     if request.is_base64_encoded or raw.lstrip()[:1] not in ("{", "["):
         sandboxes = sandboxes or DynamoSandboxStore()
         try:
-            data = base64.b64decode(raw) if request.is_base64_encoded else wire.decode(raw)
+            # Text stays text: $default reads only the frame headers out of the base64 to route it
+            data = base64.b64decode(raw) if request.is_base64_encoded else raw
             agent_connections.handle_agent_frames(
                 sandboxes, store or _message_senders, pusher or ApiGatewayPusher(), _relay_lookup(sandboxes),
                 connection_id=connection_id, management_url=_management_url(request),

@@ -258,6 +258,44 @@ def test_stream_frames_go_to_the_relay_as_they_came_behind_the_sender() -> None:
     assert codec.unpack(data) == [codec.ForwardedFrom("sb-aaaa"), *body]
 
 
+def test_text_from_a_text_agent_goes_to_a_text_relay_without_being_decoded_or_encoded_again() -> None:
+    store, pusher = MemoryConnectionStore(), RecordingPusher()
+    agent_record(store)
+    relay_record(store, "c-relay")
+    body = codec.split_body(codec.ResponseBody, STREAM_OF_SLOT, b"q" * (3 * codec.AGENT_BODY_CHUNK), first_seq=1,
+                            chunk_size=codec.AGENT_BODY_CHUNK)
+    (message,) = codec.pack(body, wire.max_agent_message(Encoding.TEXT))
+    text = wire.encode(message, Encoding.TEXT).decode()
+    agent_connections.handle_agent_frames(
+        NoSandboxes(), store, pusher, {SLOT: "c-relay"}.get, connection_id="c-agent", management_url=URL,
+        data=text, now=NOW)
+    ((_, to, data),) = pusher.sent
+    assert to == "c-relay" and len(data) <= codec.MAX_MESSAGE
+    assert data.endswith(text.encode())  # the agent's base64 as it came, behind the sender's
+    assert posted(data) == [codec.ForwardedFrom("sb-aaaa"), *body]
+
+
+def test_an_agent_cannot_smuggle_frames_past_the_header_check_in_text() -> None:
+    """$default reads a text message's frame headers out of its base64; what the relay decodes must
+    be exactly that, so base64 in several padded segments, or with a FORWARDED_FROM, is refused."""
+    store, pusher = MemoryConnectionStore(), RecordingPusher()
+    agent_record(store)
+    relay_record(store, "c-relay")
+    (own,) = codec.pack([codec.ResponseEnd(STREAM_OF_SLOT, 0)])
+    (forged,) = codec.pack([codec.ForwardedFrom("sb-victim"), codec.ResponseEnd(STREAM_OF_SLOT, 1)])
+    for text in (wire.encode(own, Encoding.TEXT).decode() + wire.encode(forged, Encoding.TEXT).decode(),
+                 wire.encode(forged, Encoding.TEXT).decode(), wire.encode(own, Encoding.TEXT).decode() + "!!!!"):
+        try:
+            agent_connections.handle_agent_frames(
+                NoSandboxes(), store, pusher, {SLOT: "c-relay"}.get, connection_id="c-agent", management_url=URL,
+                data=text, now=NOW)
+        except (codec.ProtocolError, NotAuthenticated):
+            pass
+        else:
+            raise AssertionError(f"{text[:40]}... must be refused")
+    assert pusher.sent == []
+
+
 def test_each_peer_gets_the_encoding_its_connection_selected() -> None:
     """A full binary agent message (4 body frames) is too large for a text relay once in base64:
     it is split into messages that each stay within 128 KB on the wire."""

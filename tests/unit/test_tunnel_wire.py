@@ -69,9 +69,11 @@ def test_text_is_standard_base64_and_decodes_in_either_kind_of_message() -> None
 def test_what_is_not_tunnel_frames_is_refused_without_a_stray_exception() -> None:
     with pytest.raises(wire.GatewayText):
         wire.decode('{"message": "Internal server error"}')
-    for bad in ("AQ=\n", "A Q==", "AQ", "é", "AQ==AQ=="):
+    for bad in ("AQ=\n", "A Q==", "AQ", "é", "AQ===", "AQ=A", "AQ==AQ="):
         with pytest.raises(codec.ProtocolError):
             wire.decode(bad)
+    # Padded segments one after the other are what the server sends a relay (`prefixed`)
+    assert wire.decode("AQ==" + "AQI=" + "AQID") == b"\x01\x01\x02\x01\x02\x03"
     with pytest.raises(codec.ProtocolError, match="over the"):
         wire.decode("A" * (WIRE_MESSAGE_LIMIT + 4))
 
@@ -107,3 +109,22 @@ def test_the_credential_is_the_value_that_is_no_protocol_name() -> None:
     assert old.unsupported_encoding and old.credential == "ast_x"
     nothing = read_handshake({})
     assert not nothing.unsupported_encoding and nothing.credential is None
+
+
+@pytest.mark.parametrize("relay", list(Encoding))
+@pytest.mark.parametrize("agent", list(Encoding))
+def test_a_message_forwarded_behind_a_prefix_reads_as_prefix_then_frames(agent: Encoding, relay: Encoding) -> None:
+    body = codec.split_body(codec.ResponseBody, 9, b"b" * 70_000, first_seq=0, chunk_size=codec.AGENT_BODY_CHUNK)
+    (message,) = codec.pack(body, wire.max_agent_message(agent))
+    sender = codec.encode(codec.ForwardedFrom("sb-1234"))
+    as_it_came = wire.encode(message, agent).decode() if agent is Encoding.TEXT else message
+    assert wire.stream_frames(as_it_came) == [(codec.MessageType.RESPONSE_BODY, 9)] * 3
+    forwarded = wire.prefixed(sender, as_it_came, relay)
+    assert forwarded is not None and len(forwarded) <= WIRE_MESSAGE_LIMIT
+    received = forwarded.decode() if relay is Encoding.TEXT else forwarded
+    assert codec.unpack(wire.decode(received)) == [codec.ForwardedFrom("sb-1234"), *body]
+
+
+def test_a_full_binary_message_does_not_fit_a_text_peer_behind_a_prefix() -> None:
+    message = codec.pack(full_body(200_000), wire.max_agent_message(Encoding.BINARY))[0]
+    assert wire.prefixed(b"\x01" * 40, message, Encoding.TEXT) is None  # then it is packed again

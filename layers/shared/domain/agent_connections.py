@@ -130,10 +130,10 @@ def handle_agent_frames(
     *,
     connection_id: str,
     management_url: str,
-    data: bytes,
+    data: bytes | str,
     now: datetime,
 ) -> list[codec.Message]:
-    """One WebSocket message from an agent (its packed frames, decoded from the wire): heartbeats
+    """One WebSocket message from an agent, as it came (base64 text, or binary frames): heartbeats
     are recorded and acknowledged, agent info is stored, and stream frames go on to the relay whose
     slot opened the stream, behind a FORWARDED_FROM naming the agent's sandbox (a stream whose relay
     is gone is cancelled). Each peer gets its messages in the encoding its connection selected.
@@ -142,16 +142,18 @@ def handle_agent_frames(
     if record is None or record.sandbox_id is None:
         raise NotAuthenticated("This connection has no agent.")
     sender = codec.encode(codec.ForwardedFrom(record.sandbox_id))
-    frames = codec.stream_frames(data)
+    frames = wire.stream_frames(data)
     if frames is not None:
         slots = {relay_access.slot_of(stream_id) for _, stream_id in frames}
         relay = _relay(records, relays, next(iter(slots))) if len(slots) == 1 else None
-        if relay is not None and len(data) + len(sender) <= wire.max_message(relay.encoding):
-            # The common case (a download's body, an SSE event): forwarded as it came, undecoded.
-            cancels = _forward(pusher, relay, management_url, frames, [sender + bytes(data)])
+        forwarded = wire.prefixed(sender, data, relay.encoding) if relay is not None else None
+        if forwarded is not None:
+            # The common case (a download's body, an SSE event): forwarded as it came, undecoded
+            # (the relay decodes and checks the frames in full).
+            cancels = _forward(pusher, relay, management_url, frames, [forwarded])
             _reply(records, pusher, management_url, record, cancels)
             return cancels
-    messages = codec.unpack(data)
+    messages = codec.unpack(wire.decode(data))
     replies: list[codec.Message] = []
     by_slot: dict[int, list[codec.StreamMessage]] = {}
     sandbox: Sandbox | None = None
@@ -173,8 +175,9 @@ def handle_agent_frames(
             sandbox = agents.record_agent_info(sandboxes, sandbox, info)
     for slot, stream_messages in by_slot.items():
         relay = _relay(records, relays, slot)
-        limit = wire.max_message(relay.encoding if relay is not None else Encoding.TEXT) - len(sender)
-        packed = [sender + frame for frame in codec.pack(stream_messages, limit)]
+        encoding = relay.encoding if relay is not None else Encoding.TEXT
+        packed = [wire.encode(sender + frame, encoding)
+                  for frame in codec.pack(stream_messages, wire.max_message(encoding) - len(sender))]
         replies += _forward(pusher, relay, management_url,
                             [(message.TYPE, message.stream_id) for message in stream_messages], packed)
     _reply(records, pusher, management_url, record, replies)
@@ -189,9 +192,8 @@ def _relay(records: ConnectionStore, relays: RelayLookup, slot: int) -> connecti
 
 def _forward(pusher: ConnectionPusher, relay: connections.Connection | None, management_url: str,
              frames: list[tuple[codec.MessageType, int]], messages: list[bytes]) -> list[codec.Message]:
-    """Posts the messages to the relay; if it is gone, the CANCELs to send the agent."""
-    if relay is not None and all(pusher.post(management_url, relay.connection_id, wire.encode(message, relay.encoding))
-                                 for message in messages):
+    """Posts the messages (encoded for the relay) to it; if it is gone, the CANCELs to send the agent."""
+    if relay is not None and all(pusher.post(management_url, relay.connection_id, message) for message in messages):
         return []
     open_streams = {stream_id for kind, stream_id in frames if kind is not codec.MessageType.CANCEL}
     return [codec.Cancel(stream_id, codec.MAX_SEQ, "the relay is gone") for stream_id in sorted(open_streams)]

@@ -18,7 +18,7 @@ import json
 import re
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 from typing import ClassVar, Self, TypeVar
@@ -766,12 +766,19 @@ def stream_frames(data: bytes | bytearray | memoryview) -> list[tuple[MessageTyp
     from the headers alone; None if any frame is a connection frame. Enough to route a message
     without decoding its payloads: whoever consumes the frames decodes and checks them in full."""
     view = _binary_view(data)
+    return walk_stream_headers(len(view), lambda offset: view[offset:offset + HEADER_SIZE])
+
+
+def walk_stream_headers(size: int, header_at: Callable[[int], bytes | memoryview]) -> list[
+        tuple[MessageType, int]] | None:
+    """`stream_frames` over a message of `size` bytes whose frame headers `header_at(offset)` reads
+    (from the bytes, or from their base64 without decoding the rest: `wire.stream_frames`)."""
     frames: list[tuple[MessageType, int]] = []
     offset = 0
-    while offset < len(view):
-        if len(view) - offset < HEADER_SIZE:
-            raise ProtocolError(f"truncated frame header: {len(view) - offset} of {HEADER_SIZE} bytes")
-        version, type_code, _, stream_id, _, length = _HEADER.unpack_from(view, offset)
+    while offset < size:
+        if size - offset < HEADER_SIZE:
+            raise ProtocolError(f"truncated frame header: {size - offset} of {HEADER_SIZE} bytes")
+        version, type_code, _, stream_id, _, length = _HEADER.unpack(header_at(offset))
         if version != PROTOCOL_VERSION:
             raise ProtocolError(f"unsupported tunnel protocol version {version}; this side speaks {PROTOCOL_VERSION}")
         if type_code not in STREAM_TYPES:
@@ -781,7 +788,7 @@ def stream_frames(data: bytes | bytearray | memoryview) -> list[tuple[MessageTyp
         _require(stream_id != CONNECTION_STREAM_ID, "a stream frame needs a stream id; stream 0 is the connection")
         _check_payload_length(MessageType(type_code).name, length)
         offset += HEADER_SIZE + length
-        if offset > len(view):
+        if offset > size:
             raise ProtocolError(f"truncated frame: payload of {length} bytes runs past the message")
         frames.append((MessageType(type_code), stream_id))
     if not frames:

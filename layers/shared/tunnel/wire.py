@@ -19,7 +19,16 @@ import binascii
 from collections.abc import Sequence
 from enum import StrEnum
 
-from layers.shared.tunnel.codec import MAX_FRAME, MAX_MESSAGE, PROTOCOL_VERSION, ProtocolError
+from layers.shared.tunnel.codec import (
+    HEADER_SIZE,
+    MAX_FRAME,
+    MAX_MESSAGE,
+    PROTOCOL_VERSION,
+    MessageType,
+    ProtocolError,
+    walk_stream_headers,
+)
+from layers.shared.tunnel.codec import stream_frames as codec_stream_frames
 
 
 class Encoding(StrEnum):
@@ -84,9 +93,71 @@ def decode(message: str | bytes | bytearray | memoryview) -> bytes | bytearray |
     if first in ("{", "["):
         raise GatewayText(message[:200])
     try:
-        return binascii.a2b_base64(message, strict_mode=True)
+        return _a2b_segments(message)
     except ValueError as error:  # binascii.Error, or non-ASCII characters
         raise ProtocolError(f"a text message that is neither base64 nor tunnel frames: {error}") from None
+
+
+def _a2b_segments(text: str) -> bytes:
+    """Strict base64, possibly several padded segments one after the other: the server puts the
+    base64 of its FORWARDED_FROM in front of an agent's message as it came (`prefixed`)."""
+    padding = text.find("=")
+    if padding == -1 or padding >= len(text) - 2:  # one segment: the usual case
+        return binascii.a2b_base64(text, strict_mode=True)
+    parts, start = [], 0
+    while start < len(text):
+        padding = text.find("=", start)
+        end = len(text) if padding == -1 else padding + 1 + (text[padding + 1:padding + 2] == "=")
+        parts.append(binascii.a2b_base64(text[start:end], strict_mode=True))
+        start = end
+    return b"".join(parts)
+
+
+def _single_segment_length(text: str) -> int:
+    """The decoded size of an agent's text message, checked to be one strict base64 segment as far
+    as its length and padding go (its characters are checked by whoever decodes it in full)."""
+    if len(text) > MAX_MESSAGE:
+        raise ProtocolError(f"a text message of {len(text)} characters is over the {MAX_MESSAGE}-byte limit")
+    if len(text) % 4 or not text.isascii():
+        raise ProtocolError("a text message that is not base64")
+    padding = text.find("=")
+    if padding != -1 and (padding < len(text) - 2 or text[padding:] not in ("=", "==")):
+        raise ProtocolError("base64 padding inside a text message")
+    return len(text) // 4 * 3 - (len(text) - padding if padding != -1 else 0)
+
+
+def stream_frames(message: str | bytes | bytearray | memoryview) -> list[tuple[MessageType, int]] | None:
+    """`codec.stream_frames` of a message as it came from an agent, in either encoding: for base64
+    text, only the few characters that hold each frame header are decoded, so `$default` routes a
+    download's message without decoding (or encoding again) its 96 KB of body."""
+    if not isinstance(message, str):
+        return codec_stream_frames(message)
+    size = _single_segment_length(message)
+
+    def header_at(offset: int) -> bytes:
+        first, last = offset // 3, -(-(offset + HEADER_SIZE) // 3)  # the base64 quanta that hold it
+        try:
+            quanta = binascii.a2b_base64(message[4 * first:4 * last], strict_mode=True)
+        except ValueError as error:
+            raise ProtocolError(f"a text message that is not base64: {error}") from None
+        return quanta[offset - 3 * first:offset - 3 * first + HEADER_SIZE]
+
+    return walk_stream_headers(size, header_at)
+
+
+def prefixed(prefix: bytes, message: str | bytes | bytearray | memoryview, encoding: Encoding) -> bytes | None:
+    """The message for a peer using `encoding`: `prefix` (packed frames) and then the frames of
+    `message` as it came, converted only if the encodings differ (text from text is the prefix's
+    base64 followed by the message's, never decoded and encoded again); None if it does not fit
+    in one WebSocket message."""
+    if encoding is Encoding.TEXT:
+        if isinstance(message, str):
+            forwarded = binascii.b2a_base64(prefix, newline=False) + message.encode("ascii")
+        else:
+            forwarded = binascii.b2a_base64(prefix + bytes(message), newline=False)
+    else:
+        forwarded = prefix + bytes(decode(message))
+    return forwarded if len(forwarded) <= MAX_MESSAGE else None
 
 
 class GatewayText(ProtocolError):
