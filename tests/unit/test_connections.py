@@ -283,7 +283,13 @@ def test_an_agent_cannot_smuggle_frames_past_the_header_check_in_text() -> None:
     relay_record(store, "c-relay")
     (own,) = codec.pack([codec.ResponseEnd(STREAM_OF_SLOT, 0)])
     (forged,) = codec.pack([codec.ForwardedFrom("sb-victim"), codec.ResponseEnd(STREAM_OF_SLOT, 1)])
-    for text in (wire.encode(own, Encoding.TEXT).decode() + wire.encode(forged, Encoding.TEXT).decode(),
+    # Two padded segments sized so that a header walk that took the first "=" for the end would
+    # see one harmless frame, while the relay would decode a FORWARDED_FROM of another sandbox too
+    (first,) = codec.pack([codec.ResponseEnd(STREAM_OF_SLOT, 0), codec.ResponseEnd(STREAM_OF_SLOT, 1)])
+    (second,) = codec.pack([codec.ForwardedFrom("sb-" + "v" * 16), codec.ResponseEnd(STREAM_OF_SLOT, 2)])
+    two_segments = (wire.encode(first, Encoding.TEXT) + wire.encode(second, Encoding.TEXT)).decode()
+    assert len(wire.decode(two_segments)) == len(first) + len(second)  # what a relay would read
+    for text in (two_segments, wire.encode(own, Encoding.TEXT).decode() + wire.encode(forged, Encoding.TEXT).decode(),
                  wire.encode(forged, Encoding.TEXT).decode(), wire.encode(own, Encoding.TEXT).decode() + "!!!!"):
         try:
             agent_connections.handle_agent_frames(
