@@ -15,6 +15,7 @@ from agent_client.opencode import OpencodeError, OpencodeServer
 from agent_client.registry import Registration, agentserver_home
 from agent_client.timings import TunnelTimings
 from agent_client.tunnel import TunnelClient, TunnelEvent
+from layers.shared.tunnel.wire import Encoding
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,15 @@ def exclusive_service(registration: Registration) -> Iterator[None]:
 
 
 async def serve_registration(registration: Registration, *, on_event: EventSink,
-                             timings: TunnelTimings | None = None) -> None:
+                             timings: TunnelTimings | None = None, encoding: Encoding = Encoding.TEXT) -> None:
     """Runs one registration until cancelled: opencode first (with --auto-start), then the tunnel;
     on the way out the tunnel closes first, so no request reaches an opencode that is stopping."""
     with exclusive_service(registration):
-        await _serve(registration, on_event=on_event, timings=timings)
+        await _serve(registration, on_event=on_event, timings=timings, encoding=encoding)
 
 
-async def _serve(registration: Registration, *, on_event: EventSink, timings: TunnelTimings | None) -> None:
+async def _serve(registration: Registration, *, on_event: EventSink, timings: TunnelTimings | None,
+                 encoding: Encoding) -> None:
     opencode: OpencodeServer | None = None
     known_versions: dict[str, str] = {}
     if registration.auto_start:
@@ -76,7 +78,7 @@ async def _serve(registration: Registration, *, on_event: EventSink, timings: Tu
             known_versions=known_versions,
         )
         tunnel = TunnelClient(tunnel_url=registration.tunnel_url, token=registration.tunnel_token, app=app,
-                              info=info, timings=timings, label=registration.name,
+                              info=info, timings=timings, label=registration.name, encoding=encoding,
                               on_event=lambda event: on_event(registration, event))
         await tunnel.run()
     finally:
@@ -86,12 +88,12 @@ async def _serve(registration: Registration, *, on_event: EventSink, timings: Tu
 
 
 async def serve_registrations(registrations: list[Registration], *, on_event: EventSink,
-                              timings: TunnelTimings | None = None) -> int:
+                              timings: TunnelTimings | None = None, encoding: Encoding = Encoding.TEXT) -> int:
     """Runs every registration concurrently until cancelled. Returns how many could not start
     (e.g. opencode missing); the others keep running."""
     async def guarded(registration: Registration) -> bool:
         try:
-            await serve_registration(registration, on_event=on_event, timings=timings)
+            await serve_registration(registration, on_event=on_event, timings=timings, encoding=encoding)
         except (OpencodeError, AlreadyServed) as error:
             on_event(registration, TunnelEvent("failed", str(error)))
             return False

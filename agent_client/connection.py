@@ -22,7 +22,8 @@ from agent_client.dispatcher import StreamDispatcher
 from agent_client.frame_writer import FrameWriter
 from agent_client.local_app import LocalApp
 from agent_client.timings import TunnelTimings
-from layers.shared.tunnel import codec
+from layers.shared.tunnel import codec, wire
+from layers.shared.tunnel.wire import Encoding
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,14 @@ def now_ms() -> int:
 
 class TunnelConnection:
     def __init__(self, websocket: ClientConnection, *, app: LocalApp, client: httpx.AsyncClient,
-                 timings: TunnelTimings, label: str = "", clock: Callable[[], float] = time.monotonic):
+                 timings: TunnelTimings, label: str = "", clock: Callable[[], float] = time.monotonic,
+                 encoding: Encoding = Encoding.TEXT):
         self.websocket = websocket
         self.label = label
+        self.encoding = encoding  # as the server selected it at the handshake
         self._timings = timings
         self._clock = clock
-        self.writer = FrameWriter(self._send_message)
+        self.writer = FrameWriter(self._send_message, encoding)
         self.streams = StreamDispatcher(self.writer, app, client, max_streams=timings.max_streams)
         self.opened_at = clock()
         self._heartbeat_sequence = 0
@@ -54,9 +57,11 @@ class TunnelConnection:
         self._served = asyncio.Event()
 
     async def _send_message(self, data: bytes) -> None:
-        """One WebSocket message of up to 128 KB, in frames API Gateway accepts (32 KB each)."""
-        pieces = codec.fragments(data)
-        await (self.websocket.send(pieces[0]) if len(pieces) == 1 else self.websocket.send(pieces))
+        """One WebSocket message of up to 128 KB on the wire, in frames API Gateway accepts (32 KB
+        each): a text message holding the base64 of the frames, unless binary was negotiated."""
+        text = self.encoding is Encoding.TEXT
+        pieces = codec.fragments(wire.encode(data, self.encoding))
+        await self.websocket.send(pieces[0] if len(pieces) == 1 else pieces, text=text)
 
     def age(self) -> float:
         return self._clock() - self.opened_at
@@ -112,15 +117,16 @@ class TunnelConnection:
     async def _read(self) -> str:
         try:
             async for data in self.websocket:
-                if isinstance(data, str):
-                    # A text message is API Gateway talking ({"message": "Internal server error"}),
-                    # or, with a gateway that sends any UTF-8-valid payload as text, frames after all.
-                    raw = data.encode()
-                    if not raw or raw[0] != codec.PROTOCOL_VERSION:
-                        log.warning("%s: text message from the gateway: %s", self.label, data[:200])
-                        continue
-                else:
-                    raw = bytes(data)
+                # Either kind of message, whatever was negotiated: whether @connections delivers
+                # posted data as a text or a binary frame is not documented (wire.decode).
+                try:
+                    raw = wire.decode(data)
+                except wire.GatewayText as text:  # API Gateway talking: {"message": "Internal server error"}
+                    log.warning("%s: text message from the gateway: %s", self.label, text)
+                    continue
+                except codec.ProtocolError as error:
+                    log.warning("%s: dropping a malformed message: %s", self.label, error)
+                    continue
                 if raw and raw[0] != codec.PROTOCOL_VERSION:
                     await self.websocket.close(PROTOCOL_ERROR_CLOSE, "unsupported tunnel protocol version")
                     return f"the server speaks tunnel protocol version {raw[0]}, this agent {codec.PROTOCOL_VERSION}"

@@ -15,7 +15,8 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
-from layers.shared.tunnel import codec
+from layers.shared.tunnel import codec, wire
+from layers.shared.tunnel.wire import Encoding
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,12 @@ class WriterClosed(ConnectionError):
 
 
 class FrameWriter:
-    def __init__(self, send: Callable[[bytes], Awaitable[None]]):
+    def __init__(self, send: Callable[[bytes], Awaitable[None]], encoding: Encoding = Encoding.TEXT):
         self._send = send
+        # Packed frames per message, counted before encoding: base64 text leaves 96 KB of the 128 KB.
+        self.max_message = wire.max_agent_message(encoding)
+        # A streamed body leaves in messages of this much: 3 (text) or 4 (binary) full chunks.
+        self.message_body_bytes = wire.frames_per_message(encoding) * codec.AGENT_BODY_CHUNK
         self._waiting: deque[tuple[list[codec.Message], asyncio.Future[None] | None]] = deque()
         self._wakeup = asyncio.Event()
         self._closed: BaseException | None = None
@@ -71,7 +76,7 @@ class FrameWriter:
 
     async def _write(self, batch: list[tuple[list[codec.Message], asyncio.Future[None] | None]]) -> None:
         try:
-            packed = codec.pack([message for messages, _ in batch for message in messages], codec.MAX_AGENT_MESSAGE)
+            packed = codec.pack([message for messages, _ in batch for message in messages], self.max_message)
         except codec.ProtocolError:
             # One sender's message does not encode (callers check heads first, so this is a bug):
             # fail that sender alone rather than the connection.
@@ -87,7 +92,7 @@ class FrameWriter:
     async def _write_alone(self, entry: tuple[list[codec.Message], asyncio.Future[None] | None]) -> None:
         messages, future = entry
         try:
-            packed = codec.pack(messages, codec.MAX_AGENT_MESSAGE)
+            packed = codec.pack(messages, self.max_message)
         except codec.ProtocolError as error:
             log.error("dropping frames that do not encode: %s", error)
             if future is not None and not future.done():

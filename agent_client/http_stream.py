@@ -26,10 +26,9 @@ from layers.shared.tunnel.flow import INITIAL_WINDOW
 # inside the initial window, so it never waits for credit.
 SMALL_RESPONSE_BYTES = 64 * 1024
 assert SMALL_RESPONSE_BYTES <= INITIAL_WINDOW
-# A streamed body leaves in messages of this much (when that much has been read), and the agent
-# reads at most this far ahead of what it has sent.
-MESSAGE_BODY_BYTES = codec.FRAMES_PER_MESSAGE * codec.AGENT_BODY_CHUNK
-READ_AHEAD_BYTES = 4 * MESSAGE_BODY_BYTES
+# A streamed body leaves in full messages (`FrameWriter.message_body_bytes`: 3 chunks in text, 4
+# in binary) when that much has been read, and the agent reads at most 4 messages ahead of what it has sent.
+READ_AHEAD_MESSAGES = 4
 
 
 class HttpStream(ServedStream):
@@ -107,8 +106,9 @@ class HttpStream(ServedStream):
             return
         if not await self.send([head]):
             return
-        async with ReadAhead(response.aiter_raw(), READ_AHEAD_BYTES) as body:
-            while (data := await body.take(MESSAGE_BODY_BYTES)) is not None:
+        message_bytes = self._writer.message_body_bytes
+        async with ReadAhead(response.aiter_raw(), READ_AHEAD_MESSAGES * message_bytes) as body:
+            while (data := await body.take(message_bytes)) is not None:
                 if not await self._send_body(data):
                     return
         await self.send([codec.ResponseEnd(self.stream_id, self.next_seq)])

@@ -33,12 +33,13 @@ from agent_client.connection import TunnelConnection
 from agent_client.local_app import LocalApp
 from agent_client.timings import TunnelTimings
 from layers.shared.settings import VERSION
-from layers.shared.tunnel import codec
+from layers.shared.tunnel import codec, wire
+from layers.shared.tunnel.wire import Encoding
 
 log = logging.getLogger(__name__)
 
-# Largest WebSocket message accepted. Tunnel messages are at most 32 KB, but API Gateway's own
-# text replies and future versions must not kill the connection at the websockets layer.
+# Largest WebSocket message accepted: API Gateway's message limit, which tunnel messages keep to
+# in either encoding.
 MAX_INCOMING_MESSAGE = 128 * 1024
 
 
@@ -59,7 +60,7 @@ class TunnelEvent:
     detail: str = ""
 
 
-TUNNEL_SUBPROTOCOL = "agentserver.tunnel.v1"
+TUNNEL_SUBPROTOCOL = wire.TUNNEL_PROTOCOL
 
 
 def tunnel_connect_url(tunnel_url: str, *, handover: bool) -> str:
@@ -74,16 +75,22 @@ def tunnel_connect_url(tunnel_url: str, *, handover: bool) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
 
 
-def tunnel_subprotocols(token: str) -> list[Subprotocol]:
-    return [Subprotocol(TUNNEL_SUBPROTOCOL), Subprotocol(token)]
+def tunnel_subprotocols(token: str, encoding: Encoding = Encoding.TEXT) -> list[Subprotocol]:
+    """The bare protocol name and the token first, as a server from before the encoding
+    negotiation expects them (it then answers with the bare name: binary frames); then the
+    encodings this agent takes, which a current server chooses from (wire.select)."""
+    offers = [TUNNEL_SUBPROTOCOL, token, *wire.offer(TUNNEL_SUBPROTOCOL, encoding)]
+    return [Subprotocol(value) for value in offers]
 
 
 class TunnelClient:
     def __init__(self, *, tunnel_url: str, token: str, app: LocalApp, info: AgentInfoSource,
                  timings: TunnelTimings | None = None, label: str = "tunnel",
                  on_event: Callable[[TunnelEvent], None] | None = None,
-                 backoff: Backoff | None = None, clock: Callable[[], float] = time.monotonic):
+                 backoff: Backoff | None = None, clock: Callable[[], float] = time.monotonic,
+                 encoding: Encoding = Encoding.TEXT):
         self._tunnel_url = tunnel_url
+        self.encoding = encoding  # the one this agent prefers; the server selects at each connection
         self._token = token
         self._app = app
         self._info = info
@@ -130,7 +137,7 @@ class TunnelClient:
         url = tunnel_connect_url(self._tunnel_url, handover=handover)
         try:
             websocket = await websockets.connect(
-                url, subprotocols=tunnel_subprotocols(self._token),
+                url, subprotocols=tunnel_subprotocols(self._token, self.encoding),
                 open_timeout=self._timings.open_timeout, close_timeout=self._timings.close_timeout,
                 # Liveness is the tunnel's own HEARTBEAT: API Gateway answers pings itself, so a
                 # pong proves nothing about the server behind it.
@@ -141,6 +148,8 @@ class TunnelClient:
             status = refused.response.status_code
             hint = " (the token was refused: was the agent deleted? see `agentserver remove`)" if status in (
                 401, 403) else ""
+            if status == 426:
+                hint = " (it takes none of the tunnel encodings this agent offers: see --tunnel-encoding)"
             raise ConnectFailed(f"the server refused the tunnel with HTTP {status}{hint}", status=status) from None
         except InvalidURI:
             raise ConnectFailed(f"the tunnel URL is not a WebSocket URL: {_without_query(self._tunnel_url)}") from None
@@ -148,15 +157,17 @@ class TunnelClient:
             raise ConnectFailed(f"cannot reach the server: {type(error).__name__}: {error}") from None
         assert self._client is not None
         self.connections_opened += 1
+        encoding = wire.selected_encoding(TUNNEL_SUBPROTOCOL, websocket.subprotocol)
         connection = TunnelConnection(websocket, app=self._app, client=self._client, timings=self._timings,
-                                      label=f"{self.label}#{self.connections_opened}", clock=self._clock)
+                                      label=f"{self.label}#{self.connections_opened}", clock=self._clock,
+                                      encoding=encoding)
         try:
             await connection.start(await self._info.current())
         except ConnectionError as error:
             await connection.close("could not start")
             raise ConnectFailed(f"the connection closed at once: {error}") from None
         self.current = connection
-        self._emit("connected", f"connection #{self.connections_opened}")
+        self._emit("connected", f"connection #{self.connections_opened}, {encoding} frames")
         return connection
 
     async def _serve_with_rollovers(self, connection: TunnelConnection) -> tuple[float, str]:

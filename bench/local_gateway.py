@@ -75,7 +75,7 @@ def measure_http(urls: dict[str, str], requests: int, rounds: int = 10) -> dict[
 
 async def measure_websocket(url: str, token: str, count: int) -> dict[str, list[float]]:
     app_level, protocol_level = [], []
-    protocols = [websockets.Subprotocol("agentserver.tunnel.v1"), websockets.Subprotocol(token)]
+    protocols = [websockets.Subprotocol("agentserver.tunnel.v1.text"), websockets.Subprotocol(token)]
     async with websockets.connect(url, subprotocols=protocols, ping_interval=None) as ws:
         for number in range(count + 20):
             started = time.perf_counter()

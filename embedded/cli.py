@@ -68,6 +68,13 @@ def up(
                      help="Stream the relay's and the LLM proxy's responses at most at 2 MB/s after 6 MB, as Lambda "
                           "does (off only to measure the tunnel itself)."),
     ] = True,
+    allow_binary_frames: Annotated[
+        bool,
+        typer.Option("--allow-binary-frames", envvar="AGENTSERVER_TUNNEL_BINARY_FRAMES",
+                     help="Accept binary WebSocket frames and let agents choose binary tunnel frames. API Gateway "
+                          "refuses binary frames (it closes with 1003), as this stack does by default: use it only "
+                          "if you verified binary mode on your AWS account."),
+    ] = False,
 ) -> None:
     """Start the embedded local stack: no AWS account, no Docker."""
     from embedded.stack import EmbeddedStack, StackOptions
@@ -96,6 +103,7 @@ def up(
         allowed_hosts=tuple(allowed_host or ()),
         trusted_sandboxes=trusted_sandboxes,
         function_url_bandwidth_cap=function_url_bandwidth_cap,
+        allow_binary_frames=allow_binary_frames,
         **({"bwrap": bwrap} if bwrap else {}),
     )
     try:

@@ -50,6 +50,9 @@ log = logging.getLogger("agentserver.gateway")
 HTTP_PAYLOAD_LIMIT_BYTES = 10 * 1024 * 1024  # HTTP API request payload quota
 HTTP_INTEGRATION_TIMEOUT_SECONDS = 30
 GOING_AWAY = 1001
+# API Gateway "rejects [a client's binary frame] and disconnects the client with code 1003"
+# (https://docs.aws.amazon.com/apigateway/latest/developerguide/websocket-api-develop-binary-media-types.html).
+UNSUPPORTED_DATA = 1003
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class GatewayConfig:
     allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
     # What a Function URL in RESPONSE_STREAM mode imposes on the streaming apps (embedded/limits.py).
     streaming_limits: StreamingLimits = field(default_factory=StreamingLimits)
+    # Binary frames from clients close the connection with 1003, as on API Gateway, unless allowed
+    # (`agentserver up --allow-binary-frames`, for someone who verified binary mode on their account).
+    allow_binary_frames: bool = False
 
 
 MANAGEMENT_PREFIX = "/@connections"
@@ -92,6 +98,17 @@ def allowed_host(host_header: str, allowed: tuple[str, ...]) -> bool:
         return False
     # Browsers resolve every *.localhost name to loopback themselves: no outside page can own one.
     return name in allowed or (name.endswith(".localhost") and not name.startswith("."))
+
+
+def route_selection_path(expression: str) -> tuple[str, ...]:
+    """`$request.body.action` or `${request.body.service.action}` → the JSON keys to follow."""
+    inner = expression.strip()
+    if inner.startswith("${") and inner.endswith("}"):
+        inner = "$" + inner[2:-1]
+    prefix = "$request.body."
+    if not inner.startswith(prefix) or not inner[len(prefix):]:
+        raise ValueError(f"unsupported WebSocket route selection expression {expression!r}")
+    return tuple(inner[len(prefix):].split("."))
 
 
 @dataclass(frozen=True)
@@ -258,6 +275,7 @@ class LocalGateway:
                               for f in topology.functions
                               if f.streaming_url and f.local_mount and f.local_mount.startswith("/")]
         self.custom_websocket_routes = {key for key in self.websocket_routes if not key.startswith("$")}
+        self.route_selection_path = route_selection_path(topology.websocket_route_selection)
         self.reserved_prefixes = reserved_prefixes(topology, config.websocket_path)
         self.allowed_hosts = tuple(host.lower() for host in config.allowed_hosts)
         self.connections: dict[str, LocalConnection] = {}
@@ -468,6 +486,12 @@ class LocalGateway:
                     disconnect = (connection.close_code or message.get("code", 1005),
                                   connection.close_reason or message.get("reason") or "")
                     break
+                if connection.close_code is not None:
+                    continue  # closed by the gateway: what arrives before the client's answer goes nowhere
+                if message.get("text") is None and not self.config.allow_binary_frames:
+                    # Not dispatched; the close is answered by a disconnect, and $disconnect runs.
+                    await connection.close(UNSUPPORTED_DATA, "Binary frames are not supported")
+                    continue
                 connection.touch()
                 body = message["text"] if message.get("text") is not None else message.get("bytes", b"")
                 self._spawn(self._dispatch(connection, body))
@@ -506,14 +530,18 @@ class LocalGateway:
         return True
 
     def _select_route(self, body: str | bytes) -> str:
-        """`$request.body.action`: a JSON text message whose `action` names a custom route."""
+        """The topology's route selection expression (`$request.body.action`) on a JSON text
+        message: the value it names, if a custom route has that key; anything else (not JSON, no
+        such key, no such route: a tunnel message's base64 among them) goes to `$default`."""
         if isinstance(body, str) and self.custom_websocket_routes:
             try:
-                action = json.loads(body).get("action")
-            except (ValueError, AttributeError):
-                action = None
-            if isinstance(action, str) and action in self.custom_websocket_routes:
-                return action
+                value: Any = json.loads(body)
+            except ValueError:
+                return "$default"
+            for name in self.route_selection_path:
+                value = value.get(name) if isinstance(value, dict) else None
+            if isinstance(value, str) and value in self.custom_websocket_routes:
+                return value
         return "$default"
 
     async def _dispatch(self, connection: LocalConnection, body: str | bytes) -> None:

@@ -53,6 +53,7 @@ class StackOptions:
     trusted_sandboxes: bool = False  # without bubblewrap, run local sandboxes unisolated instead of refusing them
     bwrap: str | None = field(default_factory=lambda: shutil.which("bwrap"))
     function_url_bandwidth_cap: bool = True  # Lambda streams at most 2 MBps after 6 MB; off only for benches
+    allow_binary_frames: bool = False  # API Gateway refuses binary frames with 1003; so does the gateway unless set
 
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -170,6 +171,7 @@ class EmbeddedStack:
             "AGENTSERVER_SANDBOX_ORIGIN": self.client_config()["relay_url"],
             "AGENTSERVER_SANDBOX_BACKEND": "local",  # cloud sandboxes as processes: embedded/sandbox_processes.py
             "AGENTSERVER_MAIL_BACKEND": "outbox",  # mail is stored and printed, never sent: dal/mail.py
+            "AGENTSERVER_TUNNEL_BINARY_FRAMES": "true" if self.options.allow_binary_frames else "false",
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_NAMESPACE": "agentserver",
         }
@@ -302,6 +304,7 @@ class EmbeddedStack:
                 self.runtime,
                 GatewayConfig(
                     idle_timeout_seconds=self.options.idle_timeout_seconds,
+                    allow_binary_frames=self.options.allow_binary_frames,
                     max_connection_age_seconds=self.options.max_connection_age_seconds,
                     http_integration_timeout_seconds=self.options.http_integration_timeout_seconds,
                     static_dir=self.options.console_dir or static_dir(),

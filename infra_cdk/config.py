@@ -77,6 +77,9 @@ class DeploymentConfig:
     # WebSocket access logs need the account-wide API Gateway CloudWatch role, which this stack does
     # not own: turn on once the account has one.
     websocket_access_logs: bool = False
+    # Let $connect select binary tunnel frames for agents that prefer them. API Gateway documents that
+    # it closes a client that sends a binary frame (1003): turn on only where binary mode was verified.
+    tunnel_binary_frames: bool = False
     log_retention_days: int = 30
     log_level: str = "INFO"
     # Version of the AWS Lambda Web Adapter layer; `lambda_web_adapter_layer_arn` overrides the whole ARN.

@@ -83,6 +83,8 @@ class AgentServerStack(Stack):
             for key, function_name in constants.STREAMING_URL_KEYS.items()
         }
         self._hand_public_endpoints_to_functions(streaming_urls)
+        if config.tunnel_binary_frames:  # $connect and the relay read it (docs/tunnel-protocol.md)
+            self.runtime.add_environment_to_all(constants.ENV_TUNNEL_BINARY_FRAMES, "true")
         self._hand_sign_in_settings_to_api(config)
         self._hand_llm_settings_to_functions(config)
         self.console.publish(

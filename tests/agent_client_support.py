@@ -27,7 +27,7 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.http11 import Request, Response
 
 from layers.shared.asgi import Receive, Scope, Send
-from layers.shared.tunnel import codec
+from layers.shared.tunnel import codec, wire
 from layers.shared.tunnel.flow import ReceiveWindow, SendWindow
 from layers.shared.tunnel.streams import FrameReorderer, new_stream_id
 from tests.support import free_port
@@ -132,15 +132,27 @@ class AgentLink:
         self.info_arrived = asyncio.Event()
         self.closed = asyncio.Event()
         self.acknowledge_heartbeats = server.acknowledge_heartbeats
+        self.binary_frames = 0
+        self.messages_by_kind = {"str": 0, "bytes": 0}  # text and binary messages from the agent
+
+    @property
+    def encoding(self) -> wire.Encoding:
+        return wire.selected_encoding(wire.TUNNEL_PROTOCOL, self.websocket.subprotocol)
 
     async def send(self, messages: list[codec.Message]) -> None:
-        for data in codec.pack(messages):
-            await self.websocket.send(data)
+        for data in codec.pack(messages, wire.max_message(self.encoding)):
+            await self.websocket.send(wire.encode(data, self.encoding), text=self.encoding is wire.Encoding.TEXT)
 
     async def run(self) -> None:
         try:
             async for data in self.websocket:
-                for message in codec.unpack(data):
+                self.messages_by_kind[type(data).__name__] += 1
+                if isinstance(data, bytes) and self.encoding is wire.Encoding.TEXT:
+                    # As API Gateway does (and so the embedded gateway): a binary frame ends the connection.
+                    self.binary_frames += 1
+                    await self.websocket.close(1003, "Binary frames are not supported")
+                    break
+                for message in codec.unpack(wire.decode(data)):
                     if not self.first_frames:
                         self.first_frames.append(message)
                     self._handle(message)
@@ -191,8 +203,9 @@ class FakeTunnelServer:
     (the server change docs/agent-client.md asks for)."""
 
     def __init__(self, *, port: int | None = None, acknowledge_heartbeats: bool = True,
-                 honour_handover: bool = True, refuse_first: int = 0):
+                 honour_handover: bool = True, refuse_first: int = 0, allow_binary: bool = False):
         self.port = port or free_port()
+        self.allow_binary = allow_binary  # select binary frames for an agent that prefers them
         self.acknowledge_heartbeats = acknowledge_heartbeats
         self.honour_handover = honour_handover
         self.refuse_first = refuse_first
@@ -208,7 +221,7 @@ class FakeTunnelServer:
 
     async def start(self) -> FakeTunnelServer:
         self._server = await websockets.serve(self._handle, "127.0.0.1", self.port, process_request=self._authorize,
-                                              subprotocols=[Subprotocol("agentserver.tunnel.v1")],
+                                              select_subprotocol=self._select,
                                               ping_interval=None, max_size=codec.MAX_MESSAGE, compression=None)
         return self
 
@@ -225,10 +238,17 @@ class FakeTunnelServer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    def _select(self, connection: ServerConnection, offered: list[Subprotocol]) -> Subprotocol | None:
+        selected = wire.select(offered, wire.TUNNEL_PROTOCOL, allow_binary=self.allow_binary)
+        return Subprotocol(selected[0]) if selected else None
+
     def _authorize(self, connection: ServerConnection, request: Request) -> Response | None:
-        # Like the real server: the token is the second value of Sec-WebSocket-Protocol.
+        # Like the real server: the token is the value that is not one of the protocol's names,
+        # and an agent whose encodings it cannot take is refused with 426.
         offered = [value.strip() for value in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-        token = offered[1] if len(offered) == 2 and offered[0] == "agentserver.tunnel.v1" else None
+        token = next((value for value in offered if not wire.is_protocol_name(value)), None)
+        if wire.select(offered, wire.TUNNEL_PROTOCOL, allow_binary=self.allow_binary) is None:
+            return connection.respond(426, "no tunnel encoding this server takes\n")
         if "token" in parse_qs(urlsplit(request.path).query):
             return connection.respond(400, "the token must not travel in the URL\n")
         if token != TOKEN:

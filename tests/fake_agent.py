@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable
 
 import websockets
 
-from layers.shared.tunnel import codec, flow
+from layers.shared.tunnel import codec, flow, wire
 from layers.shared.tunnel.streams import FrameReorderer
+from layers.shared.tunnel.wire import Encoding
 
 Handler = Callable[["FakeStream"], Awaitable[None]]
 
@@ -50,31 +51,43 @@ class FakeStream:
         await self.agent.send([codec.ResponseEnd(self.stream_id, self._next())])
 
 
-def tunnel_subprotocols(token: str) -> list[websockets.Subprotocol]:
-    """How an agent presents its tunnel token: as a subprotocol, never in the URL."""
-    return [websockets.Subprotocol("agentserver.tunnel.v1"), websockets.Subprotocol(token)]
+def tunnel_subprotocols(token: str, encoding: Encoding = Encoding.TEXT) -> list[websockets.Subprotocol]:
+    """How an agent presents its tunnel token (as a subprotocol, never in the URL) and the encoding
+    it takes, as agent_client.tunnel does."""
+    values = [wire.TUNNEL_PROTOCOL, token, *wire.offer(wire.TUNNEL_PROTOCOL, encoding)]
+    return [websockets.Subprotocol(value) for value in values]
+
+
+async def send_frames(ws: websockets.ClientConnection, messages: list[codec.Message]) -> None:
+    """Sends frames in the encoding the server selected at the handshake (text unless binary)."""
+    encoding = wire.selected_encoding(wire.TUNNEL_PROTOCOL, ws.subprotocol)
+    for frame in codec.pack(messages, wire.max_agent_message(encoding)):
+        await ws.send(codec.fragments(wire.encode(frame, encoding)), text=encoding is Encoding.TEXT)
+
+
+def receive_frames(data: str | bytes) -> list[codec.Message]:
+    return codec.unpack(wire.decode(data))
 
 
 class FakeAgent:
-    def __init__(self, url: str, token: str, handler: Handler):
-        self.url, self.token, self.handler = url, token, handler
+    def __init__(self, url: str, token: str, handler: Handler, encoding: Encoding = Encoding.TEXT):
+        self.url, self.token, self.handler, self.encoding = url, token, handler, encoding
         self.streams: dict[int, FakeStream] = {}
         self.ws: websockets.ClientConnection | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def send(self, messages: list[codec.Message]) -> None:
         assert self.ws is not None
-        for frame in codec.pack(messages):
-            await self.ws.send(frame)
+        await send_frames(self.ws, messages)
 
     async def run(self, ready: asyncio.Event) -> None:
-        async with websockets.connect(self.url, subprotocols=tunnel_subprotocols(self.token), max_size=None) as ws:
+        async with websockets.connect(self.url, subprotocols=tunnel_subprotocols(self.token, self.encoding),
+                                      max_size=None) as ws:
             self.ws = ws
             ready.set()
             async for data in ws:
-                raw = data.encode() if isinstance(data, str) else data
                 with contextlib.suppress(codec.ProtocolError):
-                    for message in codec.unpack(raw):
+                    for message in receive_frames(data):
                         await self._on(message)
 
     async def _on(self, message: codec.Message) -> None:
@@ -107,10 +120,10 @@ class FakeAgent:
 class AgentThread:
     """Runs the fake agent on its own event loop thread for the duration of a test."""
 
-    def __init__(self, url: str, token: str, handler: Handler):
+    def __init__(self, url: str, token: str, handler: Handler, encoding: Encoding = Encoding.TEXT):
         self.loop = asyncio.new_event_loop()
         self.ready = asyncio.Event()
-        self.agent = FakeAgent(url, token, handler)
+        self.agent = FakeAgent(url, token, handler, encoding)
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
         self.stop_event: asyncio.Event | None = None
 

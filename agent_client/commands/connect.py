@@ -21,6 +21,7 @@ from agent_client.local_app import LocalApp
 from agent_client.registry import Registration, Registry, RegistryError
 from agent_client.server_api import RegistrationFailed, RegistrationRequest, register
 from agent_client.tunnel import TunnelEvent
+from layers.shared.tunnel.wire import Encoding
 
 _STATE_STYLES = {"connected": "green", "rolled_over": "green", "retrying": "yellow", "connection_ended": "yellow",
                  "failed": "bold red", "stopped": "dim", "app_stopped": "dim"}
@@ -42,6 +43,11 @@ def connect(
     auto_start: Annotated[bool, typer.Option("--auto-start", help="Start `opencode serve` on a free port.")] = False,
     directory: Annotated[Path | None, typer.Option(help="The agent's working directory (default: here).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each connection and stream.")] = False,
+    tunnel_encoding: Annotated[Encoding, typer.Option(
+        envvar="AGENTSERVER_TUNNEL_ENCODING",
+        help="How tunnel frames travel: text (base64 in text messages, what API Gateway documents) or "
+             "binary (only where binary frames were verified; the server falls back to text if it does "
+             "not allow them).")] = Encoding.TEXT,
 ) -> None:
     """Register this machine's agent with a code and keep its tunnel up; without --code, reconnect
     every registration saved on this machine. Ctrl-C disconnects cleanly."""
@@ -66,7 +72,8 @@ def connect(
     except RegistryError as error:
         _fail(console, str(error))
     console.print(registrations_table(registrations, title="Connecting (Ctrl-C to stop)"))
-    failed = run_until_interrupted(serve_registrations(registrations, on_event=event_printer(console)))
+    failed = run_until_interrupted(serve_registrations(registrations, on_event=event_printer(console),
+                                                       encoding=tunnel_encoding))
     if failed and failed == len(registrations):
         raise typer.Exit(code=1)
 

@@ -31,7 +31,7 @@ import websockets
 from cachetools import TTLCache
 
 from layers.shared.asgi import Receive, Scope, Send
-from layers.shared.dal.connections import ApiGatewayPusher
+from layers.shared.dal.connections import ApiGatewayPusher, DynamoConnectionStore
 from layers.shared.dal.identity import DynamoIdentityStore
 from layers.shared.dal.operations import SqsCommandQueue
 from layers.shared.dal.sandboxes import DynamoSandboxStore
@@ -41,8 +41,9 @@ from layers.shared.domain.agents import Sandbox, SandboxStatus
 from layers.shared.domain.sandbox_lifecycle import ActivityRecorder, LifecycleConfig
 from layers.shared.errors import NotAuthenticated, error_body
 from layers.shared.settings import get_settings
-from layers.shared.tunnel import codec, flow
+from layers.shared.tunnel import codec, flow, wire
 from layers.shared.tunnel.streams import FrameReorderer
+from layers.shared.tunnel.wire import Encoding
 
 log = logging.getLogger("agentserver.relay")
 
@@ -110,8 +111,11 @@ class StreamReset(Exception):
 class RelayLink:
     """This process's WebSocket connection to the WebSocket API, on which agents' answers arrive."""
 
-    def __init__(self, url: str, secret: Callable[[], str]):
+    def __init__(self, url: str, secret: Callable[[], str], encoding: Encoding = Encoding.TEXT):
         self.url, self.secret = url, secret
+        # The relay only receives on this connection (its frames to agents go through
+        # @connections), but it asks for the same encoding an agent would: binary only where allowed.
+        self.encoding = encoding
         self.slot = relay_access.new_slot()
         self.streams: dict[int, OpenStream] = {}
         self._ws: websockets.ClientConnection | None = None
@@ -127,8 +131,8 @@ class RelayLink:
                 try:
                     self._ws = await websockets.connect(
                         self.url,
-                        subprotocols=[websockets.Subprotocol(relay_access.RELAY_SUBPROTOCOL),
-                                      websockets.Subprotocol(credential)],
+                        subprotocols=[websockets.Subprotocol(value) for value in
+                                      (*wire.offer(wire.RELAY_PROTOCOL, self.encoding), credential)],
                         max_size=MAX_LINK_MESSAGE, ping_interval=None)
                     break
                 except websockets.InvalidStatus as refused:
@@ -142,9 +146,9 @@ class RelayLink:
     async def _read(self, ws: websockets.ClientConnection) -> None:
         try:
             async for data in ws:
-                raw = data.encode() if isinstance(data, str) else data
                 try:
-                    messages = codec.unpack(raw)
+                    # Either kind of message: how @connections delivers a post is not documented.
+                    messages = codec.unpack(wire.decode(data))
                 except codec.ProtocolError:  # API Gateway's own text replies, e.g. an error
                     log.warning("ignored a message that is not a tunnel frame")
                     continue
@@ -184,6 +188,21 @@ class AgentGone(ConnectionError):
     """The agent's connection is gone (410 from the management API)."""
 
 
+# connection id → the encoding its agent selected at $connect (connection records never change)
+_agent_encodings: TTLCache[str, Encoding] = TTLCache(maxsize=10_000, ttl=600)
+
+
+async def agent_encoding(connection_id: str) -> Encoding:
+    """How frames travel to this agent connection: read from its record once per relay process."""
+    encoding = _agent_encodings.get(connection_id)
+    if encoding is None:
+        record = await asyncio.to_thread(DynamoConnectionStore().get, connection_id)
+        # A connection without a record is gone: the post will say so (410) whatever the encoding.
+        encoding = record.encoding if record is not None else Encoding.TEXT
+        _agent_encodings[connection_id] = encoding
+    return encoding
+
+
 class AgentStream:
     """The server's side of one stream: numbers its frames and posts them to the agent."""
 
@@ -200,15 +219,18 @@ class AgentStream:
         return self.seq - 1
 
     async def post(self, messages: list[codec.Message]) -> None:
-        for frame in codec.pack(messages, codec.MAX_MESSAGE):
-            if not await asyncio.to_thread(self.pusher.post, self.management_url, self.connection_id, frame):
+        encoding = await agent_encoding(self.connection_id)
+        for frame in codec.pack(messages, wire.max_message(encoding)):
+            data = wire.encode(frame, encoding)
+            if not await asyncio.to_thread(self.pusher.post, self.management_url, self.connection_id, data):
                 raise AgentGone(self.connection_id)
 
     async def send_body(self, data: bytes) -> None:
         """Body bytes within the agent's window, waiting for WINDOW_UPDATEs as needed."""
+        frames = wire.frames_per_message(await agent_encoding(self.connection_id))
         while data:
             # Up to a full message's worth per post: one management API call per 128 KB, not per frame.
-            granted = self.window.take(min(len(data), codec.FRAMES_PER_MESSAGE * codec.MAX_BODY_CHUNK))
+            granted = self.window.take(min(len(data), frames * codec.MAX_BODY_CHUNK))
             if granted == 0:
                 self.credit.clear()
                 await self.credit.wait()
@@ -248,7 +270,9 @@ class SandboxRelay:
 
     async def link(self) -> RelayLink:
         if self._link is None:
-            self._link = RelayLink(get_settings().public_websocket_url, lambda: secret_value("relay-secret"))
+            settings = get_settings()
+            self._link = RelayLink(settings.public_websocket_url, lambda: secret_value("relay-secret"),
+                                   Encoding.BINARY if settings.tunnel_binary_frames else Encoding.TEXT)
         await self._link.ensure_connected()
         return self._link
 

@@ -61,7 +61,14 @@ def connect(
     """Only an agent with a valid tunnel token, or the relay with a valid credential, gets a
     connection (401 otherwise)."""
     request = APIGatewayProxyEvent(event)
-    handshake = agent_connections.read_handshake(request.headers)
+    handshake = agent_connections.read_handshake(request.headers, allow_binary=get_settings().tunnel_binary_frames)
+    if handshake.unsupported_encoding:
+        # An agent from before the encoding negotiation sends binary frames, which API Gateway
+        # refuses (1003) after connecting: refusing here says why, once, instead of a loop of
+        # connections that each die at their first frame.
+        logger.info("connection refused: it offers only binary tunnel frames, which this server does not allow",
+                    extra={"kind": handshake.kind})
+        return {"statusCode": 426}
     sandboxes = sandboxes or DynamoSandboxStore()
     common = {
         "connection_id": str(request.request_context.connection_id),
@@ -73,13 +80,14 @@ def connect(
         if handshake.kind == "relay":
             slot = agent_connections.connect_relay(sandboxes, store or DynamoConnectionStore(),
                                                    secret=secret_value("relay-secret"),
-                                                   credential=handshake.credential, **common)  # type: ignore[arg-type]
+                                                   credential=handshake.credential, encoding=handshake.encoding,
+                                                   **common)  # type: ignore[arg-type]
             logger.info("relay connected", extra={"relay_slot": slot})
         else:
             sandbox = agent_connections.connect_agent(
                 sandboxes, store or DynamoConnectionStore(), pusher or ApiGatewayPusher(),
                 token=handshake.credential, source_ip=request.request_context.identity.source_ip,
-                handover=(request.query_string_parameters or {}).get("handover") == "1",
+                handover=(request.query_string_parameters or {}).get("handover") == "1", encoding=handshake.encoding,
                 user_agent=request.request_context.identity.user_agent, **common)  # type: ignore[arg-type]
             logger.info("agent connected", extra={"sandbox_id": sandbox.sandbox_id})
     except NotAuthenticated:
@@ -117,17 +125,20 @@ def default(
     pusher: ConnectionPusher | None = None,
     sandboxes: DynamoSandboxStore | None = None,
 ) -> dict[str, Any]:
-    """Binary messages are tunnel frames; a text message is the JSON ping probe."""
+    """Tunnel frames: a text message holding their base64 (the default encoding), or a binary
+    message (API Gateway hands it over base64-encoded). A JSON text message is the ping probe."""
     request = APIGatewayProxyEvent(event)
     raw = request.body or ""
     connection_id = str(request.request_context.connection_id)
-    if request.is_base64_encoded:
+    if request.is_base64_encoded or raw.lstrip()[:1] not in ("{", "["):
         sandboxes = sandboxes or DynamoSandboxStore()
         try:
+            # Text stays text: $default reads only the frame headers out of the base64 to route it
+            data = base64.b64decode(raw) if request.is_base64_encoded else raw
             agent_connections.handle_agent_frames(
                 sandboxes, store or _message_senders, pusher or ApiGatewayPusher(), _relay_lookup(sandboxes),
                 connection_id=connection_id, management_url=_management_url(request),
-                data=base64.b64decode(raw), now=utcnow())
+                data=data, now=utcnow())
         except (ProtocolError, NotAuthenticated) as error:
             logger.warning("tunnel message refused", extra={"reason": str(error)[:200]})
         return OK

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     connection_ttl_seconds: int = Field(default=2 * 3600 + 600, alias="AGENTSERVER_CONNECTION_TTL_SECONDS")
     # An agent that sent no heartbeat for this long is offline (three missed 30 s heartbeats).
     heartbeat_silence_seconds: float = Field(default=90, gt=0, alias="AGENTSERVER_HEARTBEAT_SILENCE_SECONDS")
+    # Let $connect select binary tunnel frames for clients that offer them. API Gateway documents
+    # that it refuses binary frames (docs/tunnel-protocol.md, "Encoding on the wire"): set this only
+    # where binary mode was verified (the embedded stack: `agentserver up --allow-binary-frames`).
+    tunnel_binary_frames: bool = Field(default=False, alias="AGENTSERVER_TUNNEL_BINARY_FRAMES")
     operation_record_ttl_seconds: int = Field(default=7 * 86400, alias="AGENTSERVER_OPERATION_TTL_SECONDS")
 
     # Cloud sandboxes (docs/sandboxes.md): which backend runs them, and the lifecycle's limits

@@ -105,6 +105,12 @@ def test_the_websocket_api_has_exactly_the_topology_routes(synthesized: Synthesi
         assert integration["IntegrationType"] == "AWS_PROXY"
 
 
+def test_tunnel_frames_are_text_unless_the_context_allows_binary(synthesized: Synthesized) -> None:
+    # API Gateway closes a client that sends a binary frame (1003): by default no function allows them
+    for function in TOPOLOGY.functions:
+        assert "AGENTSERVER_TUNNEL_BINARY_FRAMES" not in synthesized.environment(function.name)
+
+
 def test_the_websocket_api_has_an_auto_deployed_stage(synthesized: Synthesized) -> None:
     # Given cdk.json's stage name / When synthesized / Then the WebSocket API has that stage, deployed on change
     _, stage = synthesized.one("AWS::ApiGatewayV2::Stage", StageName=synthesized.config.websocket_stage)

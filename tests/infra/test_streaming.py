@@ -49,6 +49,7 @@ def synthesized() -> Synthesized:
             "agentserver:architecture": "x86_64",
             "agentserver:resource_prefix": "test-",
             "agentserver:websocket_access_logs": True,
+            "agentserver:tunnel_binary_frames": True,
         },
         env=ENVIRONMENT,
     )
@@ -139,3 +140,10 @@ def test_websocket_access_logs_can_be_turned_on(synthesized: Synthesized) -> Non
     # Then the WebSocket stage writes access logs with connection ids in them
     assert stage["AccessLogSettings"]["DestinationArn"]
     assert "$context.connectionId" in stage["AccessLogSettings"]["Format"]
+
+
+def test_binary_tunnel_frames_are_allowed_only_when_the_context_says_so(synthesized: Synthesized) -> None:
+    # Given agentserver:tunnel_binary_frames (API Gateway documents binary frames as refused; an
+    # operator who verified them turns this on) / Then $connect and the relay learn it
+    for function in (TUNNEL, RELAY):
+        assert synthesized.environment(function.name)[constants.ENV_TUNNEL_BINARY_FRAMES] == "true"

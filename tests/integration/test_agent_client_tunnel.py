@@ -17,8 +17,11 @@ from agent_client.timings import TunnelTimings
 from agent_client.tunnel import TunnelClient, TunnelEvent
 from layers.shared.tunnel import codec
 from layers.shared.tunnel.codec import ErrorCode
+from layers.shared.tunnel.wire import Encoding
 from tests.agent_client_support import (
     TOKEN,
+    AgentLink,
+    FakeStream,
     FakeTunnelServer,
     LocalTestApp,
     ThreadedServer,
@@ -41,11 +44,12 @@ def local_app() -> Iterator[tuple[LocalTestApp, str]]:
 @contextlib.asynccontextmanager
 async def running_client(server: FakeTunnelServer, app_url: str, timings: TunnelTimings = FAST,
                          info: AgentInfoSource | None = None,
-                         events: list[TunnelEvent] | None = None) -> AsyncIterator[TunnelClient]:
+                         events: list[TunnelEvent] | None = None,
+                         encoding: Encoding = Encoding.TEXT) -> AsyncIterator[TunnelClient]:
     client = TunnelClient(
         tunnel_url=server.url, token=TOKEN, app=LocalApp(app_url), timings=timings, label="test",
         info=info or AgentInfoSource(agent_type="opencode", working_directory="/work/project"),
-        on_event=(events.append if events is not None else None),
+        on_event=(events.append if events is not None else None), encoding=encoding,
     )
     task = asyncio.create_task(client.run())
     try:
@@ -62,7 +66,7 @@ def test_agent_info_is_the_first_frame_and_heartbeats_are_acknowledged(local_app
             link = await server.connection(1)
             # Given a connection, the agent authenticated with the token and named the protocol version
             assert "token" not in link.query and link.query["protocol"] == "1" and "handover" not in link.query
-            assert link.websocket.subprotocol == "agentserver.tunnel.v1"  # the token went as the second offer
+            assert link.websocket.subprotocol == "agentserver.tunnel.v1.text"  # text frames, by default
             # Then AGENT_INFO came first, with what the server shows about the agent
             assert isinstance(link.first_frames[0], codec.AgentInfo)
             info = link.infos[0]
@@ -72,6 +76,58 @@ def test_agent_info_is_the_first_frame_and_heartbeats_are_acknowledged(local_app
             await eventually(lambda: len(link.heartbeats) >= 3 and client.current is not None
                              and client.current.acknowledged_heartbeats >= 3)
             assert client.current.round_trip_ms is not None
+            # Every message was text (the fake server, like API Gateway, closes on a binary one)
+            assert link.messages_by_kind["bytes"] == 0 and link.messages_by_kind["str"] >= 3
+
+    asyncio.run(scenario())
+
+
+async def download_through(link: AgentLink, size: int) -> None:
+    stream = await link.request("GET", f"/big?size={size}")
+    assert (await stream.response_head()).status == 200
+    assert len(await stream.read_body()) == size
+
+
+def test_binary_frames_are_used_when_the_agent_prefers_them_and_the_server_allows_them(
+        local_app: tuple[LocalTestApp, str]) -> None:
+    async def scenario() -> None:
+        async with FakeTunnelServer(allow_binary=True) as server, \
+                running_client(server, local_app[1], encoding=Encoding.BINARY) as client:
+            link = await server.connection(1)
+            assert link.websocket.subprotocol == "agentserver.tunnel.v1.binary"
+            assert client.current is not None and client.current.encoding is Encoding.BINARY
+            await download_through(link, 3 * 1024 * 1024)
+            assert link.messages_by_kind["str"] == 0 and link.messages_by_kind["bytes"] > 20
+
+    asyncio.run(scenario())
+
+
+def test_an_agent_preferring_binary_falls_back_to_text_where_binary_is_not_allowed(
+        local_app: tuple[LocalTestApp, str]) -> None:
+    async def scenario() -> None:
+        async with FakeTunnelServer() as server, running_client(server, local_app[1], encoding=Encoding.BINARY):
+            link = await server.connection(1)
+            assert link.websocket.subprotocol == "agentserver.tunnel.v1.text"
+            await download_through(link, 3 * 1024 * 1024)
+            assert link.messages_by_kind["bytes"] == 0 and link.binary_frames == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_agent_takes_frames_in_either_kind_of_message(local_app: tuple[LocalTestApp, str]) -> None:
+    """Whether @connections delivers a post as a text or a binary frame is not documented: a text
+    agent takes the frames from a binary message too, and skips the gateway's own JSON."""
+    async def scenario() -> None:
+        async with FakeTunnelServer() as server, running_client(server, local_app[1]):
+            link = await server.connection(1)
+            await link.websocket.send('{"message": "Internal server error"}')
+            stream_id = 0x5A17C0DE00000001
+            link.streams[stream_id] = stream = FakeStream(link, stream_id)
+            (frames,) = codec.pack([codec.RequestHead(stream_id, stream.next_seq(), "GET", "/hello", []),
+                                    codec.RequestEnd(stream_id, stream.next_seq())])
+            await link.websocket.send(frames)  # binary, though text was negotiated
+            assert (await stream.response_head()).status == 200
+            assert await stream.read_body() == b'{"hello":"world"}'
 
     asyncio.run(scenario())
 

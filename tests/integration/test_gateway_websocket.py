@@ -80,7 +80,9 @@ def test_frame_over_32_kb_closes_with_1009(stack: RunningStack) -> None:
 def test_message_of_several_small_frames_passes_until_128_kb(stack: RunningStack) -> None:
     async def send_fragmented(total_kb: int) -> dict | int | None:
         async with connect_agent(stack) as ws:
-            await ws.send(["y" * 1024 * 16 for _ in range(total_kb // 16)])  # 16 KB frames
+            # A JSON text message (not tunnel frames) in 16 KB frames
+            padding = ["y" * 1024 * 16 for _ in range(total_kb // 16)]
+            await ws.send(['{"action": "dance", "pad": "', *padding, '"}'])
             try:
                 return json.loads(await asyncio.wait_for(ws.recv(), 10))
             except websockets.ConnectionClosed as closed:

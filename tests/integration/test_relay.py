@@ -268,8 +268,11 @@ def test_an_agent_flooding_past_its_window_is_reset_not_buffered(stack: RunningS
     browser, registration = agent
     client = opened_client(stack, open_url(browser, registration["sandbox_id"]))
     with client.stream("GET", "/flood") as response:
-        assert response.status_code == 200
-        assert response.read() == b""  # nothing came in order, so nothing reached the browser
+        # $default invocations run concurrently, so the flood may reach the relay before the head:
+        # then the reset comes first and the browser gets 502 instead of an empty 200
+        assert response.status_code in (200, 502)
+        if response.status_code == 200:
+            assert response.read() == b""  # nothing came in order, so nothing reached the browser
     wait_until(lambda: bool(flooded), timeout=30)
     sent, cancelled = flooded[-1]
     assert cancelled, f"the relay took {sent} bytes without resetting the stream"

@@ -9,7 +9,7 @@ import pytest
 import websockets
 
 from layers.shared.tunnel import codec
-from tests.fake_agent import tunnel_subprotocols
+from tests.fake_agent import receive_frames, send_frames, tunnel_subprotocols
 from tests.identity_support import registered_agent
 from tests.support import RunningStack, wait_until
 
@@ -55,11 +55,11 @@ def test_the_agent_is_running_while_connected_and_offline_after(stack: RunningSt
     assert sandbox_status(browser, sandbox_id) == "offline"
 
     async def scenario() -> None:
-        # The token as a subprotocol, as a browser-based client would send it
+        # The token as a subprotocol, as a browser-based client would send it, and the encoding
         async with websockets.connect(stack.ws_url, subprotocols=[
-                websockets.Subprotocol("agentserver.tunnel.v1"),
+                websockets.Subprotocol("agentserver.tunnel.v1.text"),
                 websockets.Subprotocol(registration["tunnel_token"])]) as ws:
-            assert ws.subprotocol == "agentserver.tunnel.v1"
+            assert ws.subprotocol == "agentserver.tunnel.v1.text"
             await ws.send(json.dumps({"action": "ping"}))
             await asyncio.wait_for(ws.recv(), 10)
             assert await asyncio.to_thread(sandbox_status, browser, sandbox_id) == "running"
@@ -102,7 +102,7 @@ def test_a_deleted_agent_cannot_connect(stack: RunningStack) -> None:
     assert asyncio.run(attempt()) == 401
 
 
-def test_binary_heartbeats_are_acknowledged_and_agent_info_shows_in_the_registry(stack: RunningStack) -> None:
+def test_heartbeats_are_acknowledged_and_agent_info_shows_in_the_registry(stack: RunningStack) -> None:
     browser, _, registration = registered_agent(stack.base_url, "frames")
     info = codec.AgentInfo(hostname="devbox", os="Linux-6.8", agent_type="opencode",
                            working_directory="/home/dev/project", versions={"agent_client": "0.1.0"})
@@ -110,9 +110,11 @@ def test_binary_heartbeats_are_acknowledged_and_agent_info_shows_in_the_registry
     async def scenario() -> codec.Message:
         protocols = tunnel_subprotocols(registration["tunnel_token"])
         async with websockets.connect(stack.ws_url, subprotocols=protocols) as ws:
-            for frame in codec.pack([info, codec.Heartbeat(1, 1_700_000_000_000)]):
-                await ws.send(frame)
-            (reply,) = codec.unpack(await asyncio.wait_for(ws.recv(), 10))
+            assert ws.subprotocol == "agentserver.tunnel.v1.text"  # the default: frames in text messages
+            await send_frames(ws, [info, codec.Heartbeat(1, 1_700_000_000_000)])
+            answer = await asyncio.wait_for(ws.recv(), 10)
+            assert isinstance(answer, str)  # the server answers in text too
+            (reply,) = receive_frames(answer)
             return reply
 
     reply = asyncio.run(scenario())
@@ -142,3 +144,41 @@ def test_an_agent_that_goes_silent_is_marked_offline_by_the_reaper(tmp_path) -> 
         assert "heartbeat" in agent["status_reason"]
     finally:
         stack.stop()
+
+
+def test_a_binary_frame_is_refused_with_1003_and_disconnects_the_agent(stack: RunningStack) -> None:
+    """API Gateway "rejects [a client's binary frame] and disconnects the client with code 1003"
+    (websocket-api-develop-binary-media-types): so does the embedded gateway, and $disconnect runs."""
+    browser, _, registration = registered_agent(stack.base_url, "binary")
+    sandbox_id = registration["sandbox_id"]
+
+    async def scenario() -> int | None:
+        async with websockets.connect(stack.ws_url, subprotocols=tunnel_subprotocols(registration["tunnel_token"]),
+                                      ping_interval=None) as ws:
+            await send_frames(ws, [codec.Heartbeat(1, 1_700_000_000_000)])  # text: acknowledged
+            receive_frames(await asyncio.wait_for(ws.recv(), 10))
+            assert await asyncio.to_thread(sandbox_status, browser, sandbox_id) == "running"
+            (frame,) = codec.pack([codec.Heartbeat(2, 1_700_000_000_000)])
+            await ws.send(frame)  # the same frames as a binary message
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)  # no acknowledgement: closed instead
+            return closed.value.rcvd.code if closed.value.rcvd else None
+
+    assert asyncio.run(scenario()) == 1003
+    wait_until(lambda: sandbox_status(browser, sandbox_id) == "offline")  # $disconnect ran
+
+
+def test_an_agent_that_offers_only_binary_frames_is_refused_at_connect(stack: RunningStack) -> None:
+    """An agent from before the encoding negotiation would be cut at its first (binary) frame:
+    $connect refuses it with 426 instead, once, rather than letting it flap online and offline."""
+    _, _, registration = registered_agent(stack.base_url, "old-agent")
+
+    async def attempt() -> int:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(stack.ws_url, subprotocols=[
+                    websockets.Subprotocol("agentserver.tunnel.v1"),
+                    websockets.Subprotocol(registration["tunnel_token"])]):
+                pass
+        return refused.value.response.status_code
+
+    assert asyncio.run(attempt()) == 426

@@ -8,6 +8,7 @@ import pytest
 
 from agent_client.backoff import Backoff
 from agent_client.tunnel import tunnel_connect_url, tunnel_subprotocols
+from layers.shared.tunnel.wire import Encoding
 
 
 def highest(low: float, high: float) -> float:
@@ -69,4 +70,7 @@ def test_the_connect_url_carries_protocol_and_handover_but_never_the_token() -> 
     url = tunnel_connect_url("wss://abc.execute-api.eu-west-1.amazonaws.com/prod?stage=x&token=old", handover=True)
     assert url == "wss://abc.execute-api.eu-west-1.amazonaws.com/prod?stage=x&protocol=1&handover=1"
     assert "handover" not in tunnel_connect_url("ws://localhost:8080/ws", handover=False)
-    assert tunnel_subprotocols("ast_t") == ["agentserver.tunnel.v1", "ast_t"]
+    # The bare name and the token first, as servers from before the encoding negotiation read them
+    assert tunnel_subprotocols("ast_t") == ["agentserver.tunnel.v1", "ast_t", "agentserver.tunnel.v1.text"]
+    assert tunnel_subprotocols("ast_t", Encoding.BINARY)[2:] == ["agentserver.tunnel.v1.binary",
+                                                                 "agentserver.tunnel.v1.text"]

@@ -13,15 +13,20 @@ from layers.shared.dal.sandboxes import DynamoSandboxStore
 from layers.shared.domain import agent_connections, agents
 from layers.shared.domain.connections import handle_message, open_connection, reap_lost_connections
 from layers.shared.errors import NotAuthenticated
-from layers.shared.tunnel import codec
+from layers.shared.settings import get_settings
+from layers.shared.tunnel import codec, wire
+from layers.shared.tunnel.wire import Encoding
 from tests.unit.fakes import CONTEXT, MemoryConnectionStore, RecordingPusher
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 URL = "https://api.example/prod"
 
 
-def agent_protocol(token: str) -> list[tuple[str, str]]:
-    return [("Sec-WebSocket-Protocol", f"agentserver.tunnel.v1, {token}")]
+def agent_protocol(token: str, *offers: str) -> list[tuple[str, str]]:
+    """What the agent offers: the bare name and the token (for servers from before the encoding
+    negotiation), then its encodings (text alone by default)."""
+    offered = offers or ("agentserver.tunnel.v1.text",)
+    return [("Sec-WebSocket-Protocol", ", ".join(("agentserver.tunnel.v1", token, *offered)))]
 
 
 def event(route_key: str, event_type: str, connection_id: str = "c-1", **extra) -> dict:
@@ -108,14 +113,56 @@ def test_default_handler_acknowledges_heartbeats_and_stores_agent_info(moto_aws)
     info = codec.AgentInfo(hostname="laptop", os="Linux", agent_type="opencode", working_directory="/src/app",
                            versions={"opencode": "1.0.0"})
     (frames,) = codec.pack([codec.Heartbeat(7, 1_000), info])
-    ws.default(event("$default", "MESSAGE", body=frames), CONTEXT, store=store, pusher=pusher, sandboxes=sandboxes)
-    (reply,) = codec.unpack(pusher.sent[-1][2])
+    # The default encoding: a text message holding the base64 of the frames
+    text = wire.encode(frames, Encoding.TEXT).decode()
+    ws.default(event("$default", "MESSAGE", body=text), CONTEXT, store=store, pusher=pusher, sandboxes=sandboxes)
+    answer = pusher.sent[-1][2]
+    assert answer.isascii()  # the acknowledgement is base64 too: a text message for the agent
+    (reply,) = codec.unpack(wire.decode(answer.decode()))
     assert isinstance(reply, codec.HeartbeatAck) and (reply.sequence, reply.sent_at_ms) == (7, 1_000)
     stored = sandboxes.get_sandbox(sandbox_id)
     assert stored.agent_info["working_directory"] == "/src/app" and stored.last_heartbeat_at is not None
-    # Garbage is refused without an error escaping the handler
-    assert ws.default(event("$default", "MESSAGE", body=b"\x00garbage"), CONTEXT, store=store, pusher=pusher,
-                      sandboxes=sandboxes) == {"statusCode": 200}
+    # Garbage is refused without an error escaping the handler, whether text or binary
+    for garbage in (b"\x00garbage", "not base64!", "AQ=="):
+        assert ws.default(event("$default", "MESSAGE", body=garbage), CONTEXT, store=store, pusher=pusher,
+                          sandboxes=sandboxes) == {"statusCode": 200}
+
+
+def test_an_agent_offering_only_binary_frames_is_refused_with_426_unless_allowed(moto_aws, monkeypatch) -> None:
+    """An agent from before the encoding negotiation offers only the bare name and sends binary
+    frames, which API Gateway refuses (1003) once connected: $connect says so up front."""
+    sandboxes = DynamoSandboxStore()
+    code, _ = agents.create_code(sandboxes, workspace_id="ws_1", created_by="u_1", now=NOW)
+    token = agents.register_agent(sandboxes, code=code, name="box", agent_type=agents.AgentType.opencode,
+                                  now=NOW).tunnel_token
+    store, pusher = MemoryConnectionStore(), RecordingPusher()
+    legacy = [("Sec-WebSocket-Protocol", f"agentserver.tunnel.v1, {token}")]
+    assert ws.connect(event("$connect", "CONNECT", headers=legacy), CONTEXT, store=store, sandboxes=sandboxes,
+                      pusher=pusher) == {"statusCode": 426}
+    # An agent configured for binary falls back to text here
+    answer = ws.connect(event("$connect", "CONNECT", headers=agent_protocol(
+        token, "agentserver.tunnel.v1.binary", "agentserver.tunnel.v1.text")), CONTEXT, store=store,
+        sandboxes=sandboxes, pusher=pusher)
+    assert answer["headers"] == {"Sec-WebSocket-Protocol": "agentserver.tunnel.v1.text"}
+    assert store.get("c-1").encoding is Encoding.TEXT
+    monkeypatch.setenv("AGENTSERVER_TUNNEL_BINARY_FRAMES", "true")
+    get_settings.cache_clear()
+    answer = ws.connect(event("$connect", "CONNECT", connection_id="c-2", headers=agent_protocol(
+        token, "agentserver.tunnel.v1.binary", "agentserver.tunnel.v1.text")), CONTEXT, store=store,
+        sandboxes=sandboxes, pusher=pusher)
+    assert answer["headers"] == {"Sec-WebSocket-Protocol": "agentserver.tunnel.v1.binary"}
+    assert store.get("c-2").encoding is Encoding.BINARY
+    answer = ws.connect(event("$connect", "CONNECT", connection_id="c-3", headers=legacy), CONTEXT, store=store,
+                        sandboxes=sandboxes, pusher=pusher)
+    assert answer["headers"] == {"Sec-WebSocket-Protocol": "agentserver.tunnel.v1"}
+    assert store.get("c-3").encoding is Encoding.BINARY
+    # A binary-mode agent's message arrives base64-encoded by API Gateway; the answer is binary
+    pusher.sent.clear()
+    (frames,) = codec.pack([codec.Heartbeat(3, 1_000)])
+    ws.default(event("$default", "MESSAGE", connection_id="c-3", body=frames), CONTEXT, store=store, pusher=pusher,
+               sandboxes=sandboxes)
+    (reply,) = codec.unpack(pusher.sent[-1][2])
+    assert isinstance(reply, codec.HeartbeatAck) and reply.sequence == 3
 
 
 def test_text_ping_still_gets_a_pong() -> None:
@@ -166,10 +213,21 @@ def test_dynamo_store_keeps_the_agent_of_a_connection(moto_aws) -> None:
     assert loaded is not None and loaded.sandbox_id == "sb-1"
 
 
-def agent_record(store: MemoryConnectionStore, connection_id: str = "c-agent", sandbox_id: str = "sb-aaaa") -> None:
+def agent_record(store: MemoryConnectionStore, connection_id: str = "c-agent", sandbox_id: str = "sb-aaaa",
+                 encoding: Encoding = Encoding.TEXT) -> None:
     from layers.shared.domain.connections import Connection
 
-    store.put(Connection(connection_id, NOW, URL, NOW + timedelta(hours=2), sandbox_id=sandbox_id))
+    store.put(Connection(connection_id, NOW, URL, NOW + timedelta(hours=2), sandbox_id=sandbox_id, encoding=encoding))
+
+
+def relay_record(store: MemoryConnectionStore, connection_id: str, encoding: Encoding = Encoding.TEXT) -> None:
+    from layers.shared.domain.connections import Connection
+
+    store.put(Connection(connection_id, NOW, URL, NOW + timedelta(hours=2), relay_slot=1, encoding=encoding))
+
+
+def posted(data: bytes) -> list[codec.Message]:
+    return codec.unpack(wire.decode(data.decode()))
 
 
 class NoSandboxes:
@@ -186,22 +244,86 @@ STREAM_OF_SLOT = (SLOT << 32) | 7
 def test_stream_frames_go_to_the_relay_as_they_came_behind_the_sender() -> None:
     store, pusher = MemoryConnectionStore(), RecordingPusher()
     agent_record(store)
+    relay_record(store, "c-relay", Encoding.BINARY)
     body = [codec.ResponseHead(STREAM_OF_SLOT, 0, 200, []), codec.ResponseBody(STREAM_OF_SLOT, 1, b"x" * 30_000),
             codec.ResponseEnd(STREAM_OF_SLOT, 2)]
-    (message,) = codec.pack(body, codec.MAX_AGENT_MESSAGE)
+    (message,) = codec.pack(body, wire.max_agent_message(Encoding.TEXT))
     replies = agent_connections.handle_agent_frames(
         NoSandboxes(), store, pusher, {SLOT: "c-relay"}.get, connection_id="c-agent", management_url=URL,
         data=message, now=NOW)
     assert replies == []
     ((_, to, data),) = pusher.sent
     assert to == "c-relay"
-    assert data.endswith(message)  # not re-encoded
+    assert data.endswith(message)  # not decoded and packed again
     assert codec.unpack(data) == [codec.ForwardedFrom("sb-aaaa"), *body]
+
+
+def test_text_from_a_text_agent_goes_to_a_text_relay_without_being_decoded_or_encoded_again() -> None:
+    store, pusher = MemoryConnectionStore(), RecordingPusher()
+    agent_record(store)
+    relay_record(store, "c-relay")
+    body = codec.split_body(codec.ResponseBody, STREAM_OF_SLOT, b"q" * (3 * codec.AGENT_BODY_CHUNK), first_seq=1,
+                            chunk_size=codec.AGENT_BODY_CHUNK)
+    (message,) = codec.pack(body, wire.max_agent_message(Encoding.TEXT))
+    text = wire.encode(message, Encoding.TEXT).decode()
+    agent_connections.handle_agent_frames(
+        NoSandboxes(), store, pusher, {SLOT: "c-relay"}.get, connection_id="c-agent", management_url=URL,
+        data=text, now=NOW)
+    ((_, to, data),) = pusher.sent
+    assert to == "c-relay" and len(data) <= codec.MAX_MESSAGE
+    assert data.endswith(text.encode())  # the agent's base64 as it came, behind the sender's
+    assert posted(data) == [codec.ForwardedFrom("sb-aaaa"), *body]
+
+
+def test_an_agent_cannot_smuggle_frames_past_the_header_check_in_text() -> None:
+    """$default reads a text message's frame headers out of its base64; what the relay decodes must
+    be exactly that, so base64 in several padded segments, or with a FORWARDED_FROM, is refused."""
+    store, pusher = MemoryConnectionStore(), RecordingPusher()
+    agent_record(store)
+    relay_record(store, "c-relay")
+    (own,) = codec.pack([codec.ResponseEnd(STREAM_OF_SLOT, 0)])
+    (forged,) = codec.pack([codec.ForwardedFrom("sb-victim"), codec.ResponseEnd(STREAM_OF_SLOT, 1)])
+    # Two padded segments sized so that a header walk that took the first "=" for the end would
+    # see one harmless frame, while the relay would decode a FORWARDED_FROM of another sandbox too
+    (first,) = codec.pack([codec.ResponseEnd(STREAM_OF_SLOT, 0), codec.ResponseEnd(STREAM_OF_SLOT, 1)])
+    (second,) = codec.pack([codec.ForwardedFrom("sb-" + "v" * 16), codec.ResponseEnd(STREAM_OF_SLOT, 2)])
+    two_segments = (wire.encode(first, Encoding.TEXT) + wire.encode(second, Encoding.TEXT)).decode()
+    assert len(wire.decode(two_segments)) == len(first) + len(second)  # what a relay would read
+    for text in (two_segments, wire.encode(own, Encoding.TEXT).decode() + wire.encode(forged, Encoding.TEXT).decode(),
+                 wire.encode(forged, Encoding.TEXT).decode(), wire.encode(own, Encoding.TEXT).decode() + "!!!!"):
+        try:
+            agent_connections.handle_agent_frames(
+                NoSandboxes(), store, pusher, {SLOT: "c-relay"}.get, connection_id="c-agent", management_url=URL,
+                data=text, now=NOW)
+        except (codec.ProtocolError, NotAuthenticated):
+            pass
+        else:
+            raise AssertionError(f"{text[:40]}... must be refused")
+    assert pusher.sent == []
+
+
+def test_each_peer_gets_the_encoding_its_connection_selected() -> None:
+    """A full binary agent message (4 body frames) is too large for a text relay once in base64:
+    it is split into messages that each stay within 128 KB on the wire."""
+    store, pusher = MemoryConnectionStore(), RecordingPusher()
+    agent_record(store, encoding=Encoding.BINARY)
+    relay_record(store, "c-relay", Encoding.TEXT)
+    body = codec.split_body(codec.ResponseBody, STREAM_OF_SLOT, b"y" * (4 * codec.AGENT_BODY_CHUNK), first_seq=1,
+                            chunk_size=codec.AGENT_BODY_CHUNK)
+    (message,) = codec.pack(body, wire.max_agent_message(Encoding.BINARY))
+    agent_connections.handle_agent_frames(
+        NoSandboxes(), store, pusher, {SLOT: "c-relay"}.get, connection_id="c-agent", management_url=URL,
+        data=message, now=NOW)
+    assert len(pusher.sent) == 2 and all(len(data) <= codec.MAX_MESSAGE for _, _, data in pusher.sent)
+    received = [m for _, _, data in pusher.sent for m in posted(data)]
+    assert [m for m in received if not isinstance(m, codec.ForwardedFrom)] == body
+    assert all(isinstance(posted(data)[0], codec.ForwardedFrom) for _, _, data in pusher.sent)
 
 
 def test_frames_for_a_gone_relay_are_cancelled_at_the_agent() -> None:
     store, pusher = MemoryConnectionStore(), RecordingPusher(alive={"c-agent"})
     agent_record(store)
+    relay_record(store, "c-relay-gone")
     (message,) = codec.pack([codec.ResponseBody(STREAM_OF_SLOT, 1, b"abc")])
     replies = agent_connections.handle_agent_frames(
         NoSandboxes(), store, pusher, {SLOT: "c-relay-gone"}.get, connection_id="c-agent", management_url=URL,
@@ -215,13 +337,15 @@ def test_mixed_messages_split_by_relay_each_behind_the_sender(moto_aws) -> None:
     sandboxes, sandbox_id = connected_agent(store, pusher)
     pusher.sent.clear()
     agent_id = next(c.connection_id for c in store.items.values() if c.sandbox_id == sandbox_id)
+    relay_record(store, "c-relay-1")
+    relay_record(store, "c-relay-2")
     other = (0x0BADF00D << 32) | 1
     (message,) = codec.pack([codec.ResponseEnd(STREAM_OF_SLOT, 0), codec.Heartbeat(1, 5),
-                             codec.ResponseEnd(other, 0)], codec.MAX_AGENT_MESSAGE)
+                             codec.ResponseEnd(other, 0)], wire.max_agent_message(Encoding.TEXT))
     agent_connections.handle_agent_frames(
         sandboxes, store, pusher, {SLOT: "c-relay-1", 0x0BADF00D: "c-relay-2"}.get, connection_id=agent_id,
         management_url=URL, data=message, now=NOW)
-    sent = {to: codec.unpack(data) for _, to, data in pusher.sent}
+    sent = {to: posted(data) for _, to, data in pusher.sent}
     assert sent["c-relay-1"] == [codec.ForwardedFrom(sandbox_id), codec.ResponseEnd(STREAM_OF_SLOT, 0)]
     assert sent["c-relay-2"] == [codec.ForwardedFrom(sandbox_id), codec.ResponseEnd(other, 0)]
     assert isinstance(sent[agent_id][0], codec.HeartbeatAck)

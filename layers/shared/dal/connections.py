@@ -13,6 +13,7 @@ from pynamodb.indexes import GlobalSecondaryIndex, KeysOnlyProjection
 from layers.shared.dal.aws import management_client
 from layers.shared.dal.base import BaseModel, table_meta
 from layers.shared.domain.connections import Connection
+from layers.shared.tunnel.wire import Encoding
 
 CONNECTION_KIND = "connection"
 
@@ -37,6 +38,7 @@ class ConnectionRecord(BaseModel):
     management_url = UnicodeAttribute()
     sandbox_id = UnicodeAttribute(null=True)
     relay_slot = NumberAttribute(null=True)
+    tunnel_encoding = UnicodeAttribute(null=True)  # absent on records from before the negotiation: binary
     # Epoch seconds; DynamoDB's TTL deletes the record if no $disconnect ever arrives.
     expires_at = NumberAttribute()
     by_expiry = ConnectionsByExpiry()
@@ -55,6 +57,7 @@ class DynamoConnectionStore:
             expires_at=int(connection.expires_at.timestamp()),
             sandbox_id=connection.sandbox_id,
             relay_slot=connection.relay_slot,
+            tunnel_encoding=connection.encoding.value,
         ).save()
 
     def get(self, connection_id: str) -> Connection | None:
@@ -71,6 +74,7 @@ class DynamoConnectionStore:
             expires_at=datetime.fromtimestamp(record.expires_at, tz=UTC),
             sandbox_id=record.sandbox_id,
             relay_slot=int(record.relay_slot) if record.relay_slot is not None else None,
+            encoding=Encoding(record.tunnel_encoding) if record.tunnel_encoding else Encoding.BINARY,
         )
 
     def delete(self, connection_id: str) -> None:

@@ -11,11 +11,12 @@ from datetime import datetime, timedelta
 from layers.shared.domain import agents, connections, relay_access
 from layers.shared.domain.agents import Sandbox, SandboxStore
 from layers.shared.domain.connections import ConnectionPusher, ConnectionStore
-from layers.shared.domain.relay_access import RELAY_SUBPROTOCOL, RelayAccessStore
+from layers.shared.domain.relay_access import RelayAccessStore
 from layers.shared.errors import Conflict, NotAuthenticated
-from layers.shared.tunnel import codec
+from layers.shared.tunnel import codec, wire
+from layers.shared.tunnel.wire import Encoding
 
-SUBPROTOCOL = "agentserver.tunnel.v1"
+SUBPROTOCOL = wire.TUNNEL_PROTOCOL
 
 
 class SlotTaken(Conflict):
@@ -28,19 +29,31 @@ class Handshake:
 
     kind: str  # "agent" or "relay"
     credential: str | None
-    subprotocol: str | None  # to echo back when the credential came as a subprotocol
+    subprotocol: str | None  # the offer selected, to echo back; None if no offer can be taken
+    encoding: Encoding | None = None  # how frames travel on the connection (wire.py)
+    offered: bool = False  # the client named our protocol at all
+
+    @property
+    def unsupported_encoding(self) -> bool:
+        """It offers only encodings this server does not take (an agent from before the negotiation,
+        which sends binary frames, where binary frames are not allowed)."""
+        return self.offered and self.encoding is None
 
 
-def read_handshake(headers: dict[str, str] | None) -> Handshake:
-    """The credential travels only as the second value of `Sec-WebSocket-Protocol: <protocol>,
-    <credential>`, never in the URL (`?token=` is ignored: a URL ends up in access logs, proxies and
-    CloudWatch, and a credential there outlives the connection)."""
+def read_handshake(headers: dict[str, str] | None, *, allow_binary: bool = False) -> Handshake:
+    """The credential travels only as a value of `Sec-WebSocket-Protocol` that is not one of our
+    protocol names (`<protocol>, <credential>, <protocol>.text`), never in the URL (`?token=` is
+    ignored: a URL ends up in access logs, proxies and CloudWatch, and a credential there outlives
+    the connection). The encoding is chosen from the offers (`wire.select`)."""
     offered = next((v for k, v in (headers or {}).items() if k.lower() == "sec-websocket-protocol"), "")
     values = [value.strip() for value in offered.split(",") if value.strip()]
-    for protocol, kind in ((SUBPROTOCOL, "agent"), (RELAY_SUBPROTOCOL, "relay")):
-        if protocol in values:
-            rest = [value for value in values if value != protocol]
-            return Handshake(kind, rest[0] if rest else None, protocol)
+    credential = next((value for value in values if not wire.is_protocol_name(value)), None)
+    for protocol, kind in ((wire.TUNNEL_PROTOCOL, "agent"), (wire.RELAY_PROTOCOL, "relay")):
+        if any(value == protocol or value.startswith(protocol + ".") for value in values):
+            selected = wire.select(values, protocol, allow_binary=allow_binary)
+            if selected is None:
+                return Handshake(kind, credential, None, None, offered=True)
+            return Handshake(kind, credential, selected[0], selected[1], offered=True)
     return Handshake("agent", None, None)
 
 
@@ -57,13 +70,15 @@ def connect_agent(
     source_ip: str | None,
     user_agent: str | None,
     handover: bool = False,
+    encoding: Encoding = Encoding.TEXT,
 ) -> Sandbox:
     """Authenticate the agent and make this connection its tunnel. A previous connection is closed,
     unless the agent announces a handover (its planned reconnect before API Gateway's 2-hour limit):
     then the old connection finishes its own streams and the agent closes it."""
     sandbox = agents.authenticate_agent(sandboxes, token)
     connections.open_connection(records, connection_id=connection_id, management_url=management_url, now=now,
-                                ttl=ttl, source_ip=source_ip, user_agent=user_agent, sandbox_id=sandbox.sandbox_id)
+                                ttl=ttl, source_ip=source_ip, user_agent=user_agent, sandbox_id=sandbox.sandbox_id,
+                                encoding=encoding)
     running, replaced = agents.agent_connected(sandboxes, sandbox, connection_id=connection_id, now=now)
     if replaced is not None and not handover:
         # Its $disconnect will find that it is no longer the sandbox's connection and change nothing.
@@ -81,13 +96,14 @@ def connect_relay(
     management_url: str,
     now: datetime,
     ttl: timedelta,
+    encoding: Encoding = Encoding.TEXT,
 ) -> int:
     """The relay proves it holds the shared secret and takes the slot its credential names."""
     slot = relay_access.verify_credential(secret, credential or "", now=now)
     if not access.claim_relay_slot(slot, connection_id, now + ttl):
         raise SlotTaken()
     connections.open_connection(records, connection_id=connection_id, management_url=management_url, now=now,
-                                ttl=ttl, relay_slot=slot)
+                                ttl=ttl, relay_slot=slot, encoding=encoding)
     return slot
 
 
@@ -114,26 +130,30 @@ def handle_agent_frames(
     *,
     connection_id: str,
     management_url: str,
-    data: bytes,
+    data: bytes | str,
     now: datetime,
 ) -> list[codec.Message]:
-    """One WebSocket message from an agent: heartbeats are recorded and acknowledged, agent info is
-    stored, and stream frames go on to the relay whose slot opened the stream, behind a
-    FORWARDED_FROM naming the agent's sandbox (a stream whose relay is gone is cancelled). Returns
-    what was sent back to the agent."""
+    """One WebSocket message from an agent, as it came (base64 text, or binary frames): heartbeats
+    are recorded and acknowledged, agent info is stored, and stream frames go on to the relay whose
+    slot opened the stream, behind a FORWARDED_FROM naming the agent's sandbox (a stream whose relay
+    is gone is cancelled). Each peer gets its messages in the encoding its connection selected.
+    Returns what was sent back to the agent."""
     record = records.get(connection_id)
     if record is None or record.sandbox_id is None:
         raise NotAuthenticated("This connection has no agent.")
     sender = codec.encode(codec.ForwardedFrom(record.sandbox_id))
-    frames = codec.stream_frames(data)
-    if frames is not None and len(data) + len(sender) <= codec.MAX_MESSAGE:
-        # The common case (a download's body, an SSE event): forwarded as it came, undecoded.
+    frames = wire.stream_frames(data)
+    if frames is not None:
         slots = {relay_access.slot_of(stream_id) for _, stream_id in frames}
-        if len(slots) == 1:
-            cancels = _forward(pusher, relays, management_url, slots.pop(), frames, [sender + bytes(data)])
-            _reply(records, pusher, management_url, connection_id, cancels)
+        relay = _relay(records, relays, next(iter(slots))) if len(slots) == 1 else None
+        forwarded = wire.prefixed(sender, data, relay.encoding) if relay is not None else None
+        if forwarded is not None:
+            # The common case (a download's body, an SSE event): forwarded as it came, undecoded
+            # (the relay decodes and checks the frames in full).
+            cancels = _forward(pusher, relay, management_url, frames, [forwarded])
+            _reply(records, pusher, management_url, record, cancels)
             return cancels
-    messages = codec.unpack(data)
+    messages = codec.unpack(wire.decode(data))
     replies: list[codec.Message] = []
     by_slot: dict[int, list[codec.StreamMessage]] = {}
     sandbox: Sandbox | None = None
@@ -154,28 +174,36 @@ def handle_agent_frames(
                     "working_directory": message.working_directory, "versions": dict(message.versions)}
             sandbox = agents.record_agent_info(sandboxes, sandbox, info)
     for slot, stream_messages in by_slot.items():
-        packed = [sender + frame for frame in codec.pack(stream_messages, codec.MAX_MESSAGE - len(sender))]
-        replies += _forward(pusher, relays, management_url, slot,
+        relay = _relay(records, relays, slot)
+        encoding = relay.encoding if relay is not None else Encoding.TEXT
+        packed = [wire.encode(sender + frame, encoding)
+                  for frame in codec.pack(stream_messages, wire.max_message(encoding) - len(sender))]
+        replies += _forward(pusher, relay, management_url,
                             [(message.TYPE, message.stream_id) for message in stream_messages], packed)
-    _reply(records, pusher, management_url, connection_id, replies)
+    _reply(records, pusher, management_url, record, replies)
     return replies
 
 
-def _forward(pusher: ConnectionPusher, relays: RelayLookup, management_url: str, slot: int,
+def _relay(records: ConnectionStore, relays: RelayLookup, slot: int) -> connections.Connection | None:
+    """The connection of the slot's relay (for its id and encoding), None if it is gone."""
+    connection_id = relays(slot)
+    return records.get(connection_id) if connection_id is not None else None
+
+
+def _forward(pusher: ConnectionPusher, relay: connections.Connection | None, management_url: str,
              frames: list[tuple[codec.MessageType, int]], messages: list[bytes]) -> list[codec.Message]:
-    """Posts the messages to the slot's relay; if it is gone, the CANCELs to send the agent."""
-    relay = relays(slot)
-    if relay is not None and all(pusher.post(management_url, relay, message) for message in messages):
+    """Posts the messages (encoded for the relay) to it; if it is gone, the CANCELs to send the agent."""
+    if relay is not None and all(pusher.post(management_url, relay.connection_id, message) for message in messages):
         return []
     open_streams = {stream_id for kind, stream_id in frames if kind is not codec.MessageType.CANCEL}
     return [codec.Cancel(stream_id, codec.MAX_SEQ, "the relay is gone") for stream_id in sorted(open_streams)]
 
 
-def _reply(records: ConnectionStore, pusher: ConnectionPusher, management_url: str, connection_id: str,
+def _reply(records: ConnectionStore, pusher: ConnectionPusher, management_url: str, agent: connections.Connection,
            replies: list[codec.Message]) -> None:
-    for frame in codec.pack(replies):
-        if not pusher.post(management_url, connection_id, frame):
-            records.delete(connection_id)
+    for frame in codec.pack(replies, wire.max_message(agent.encoding)):
+        if not pusher.post(management_url, agent.connection_id, wire.encode(frame, agent.encoding)):
+            records.delete(agent.connection_id)
             break
 
 

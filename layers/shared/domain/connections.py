@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from layers.shared.tunnel.wire import Encoding
+
 
 @dataclass(frozen=True)
 class Connection:
@@ -22,6 +24,9 @@ class Connection:
     user_agent: str | None = None
     sandbox_id: str | None = None  # the agent on the other end, once authenticated
     relay_slot: int | None = None  # or: the sandbox relay, holding this slot
+    # How tunnel frames travel to and from it, as selected at $connect. A record from before the
+    # negotiation existed belongs to a client that sent binary frames.
+    encoding: Encoding = Encoding.BINARY
 
 
 class ConnectionStore(Protocol):
@@ -51,8 +56,10 @@ def open_connection(
     user_agent: str | None = None,
     sandbox_id: str | None = None,
     relay_slot: int | None = None,
+    encoding: Encoding = Encoding.TEXT,
 ) -> Connection:
     connection = Connection(
+        encoding=encoding,
         connection_id=connection_id,
         connected_at=now,
         management_url=management_url,

@@ -1,10 +1,11 @@
 """Tunnel messages ⇄ binary frames (protocol version 1; docs/tunnel-protocol.md is the specification).
 
-A frame is a 20-byte header followed by a payload. One binary WebSocket message carries one or more
-whole frames and is never larger than `MAX_MESSAGE` (128 KB), sent in WebSocket frames of at most
-`MAX_FRAME` (32 KB), API Gateway's limits, so no message is
-ever fragmented or refused on the way. Bodies travel as raw bytes; heads use a length-prefixed
-binary layout; only AGENT_INFO, rare and meant to grow, is JSON.
+A frame is a 20-byte header followed by a payload. One WebSocket message carries one or more
+whole frames (packed here; `wire.py` puts them on the wire as base64 text or as binary) and is
+never larger than `MAX_MESSAGE` (128 KB) on the wire, sent in WebSocket frames of at most
+`MAX_FRAME` (32 KB), API Gateway's limits, so no message is ever refused on the way. Bodies
+travel as raw bytes; heads use a length-prefixed binary layout; only AGENT_INFO, rare and meant to
+grow, is JSON.
 
 Decoding trusts nothing: every malformed input raises `ProtocolError` (a `ValueError`), never an
 IndexError, struct.error or UnicodeDecodeError. The message classes check their own fields, so a
@@ -17,7 +18,7 @@ import json
 import re
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 from typing import ClassVar, Self, TypeVar
@@ -39,9 +40,10 @@ FRAMES_PER_MESSAGE = MAX_MESSAGE // MAX_FRAME
 # (at most HEADER_SIZE + 1 + MAX_SENDER_ID_BYTES), so an agent leaves that much room in a message.
 MAX_SENDER_ID_BYTES = 63  # sandbox ids are DNS labels
 MAX_AGENT_MESSAGE = MAX_MESSAGE - 128
-# Body chunks of this size fill an agent's message with FRAMES_PER_MESSAGE frames: a download
-# takes a quarter of the messages (and $default invocations) that 32 KB messages would.
-AGENT_BODY_CHUNK = MAX_AGENT_MESSAGE // FRAMES_PER_MESSAGE - HEADER_SIZE
+# Body chunks of this size fill an agent's message in either encoding (wire.py): 3 frames in a
+# text message (98,304 bytes of frames, whose base64 is 128 KB), 4 in a binary one. A download
+# takes a third (a quarter) of the messages and $default invocations that 32 KB messages would.
+AGENT_BODY_CHUNK = (MAX_MESSAGE // 4 * 3 - 128) // 3 - HEADER_SIZE
 
 CONNECTION_STREAM_ID = 0
 MAX_STREAM_ID = 2**64 - 1
@@ -739,9 +741,11 @@ def pack(messages: Iterable[Message], max_size: int = MAX_FRAME) -> list[bytes]:
     return websocket_messages
 
 
-def fragments(data: bytes) -> list[bytes]:
-    """A WebSocket message cut into pieces that each fit API Gateway's 32 KB frame limit."""
-    return [data[start:start + MAX_FRAME] for start in range(0, len(data), MAX_FRAME)] or [data]
+def fragments(data: bytes) -> list[memoryview]:
+    """A WebSocket message as it goes on the wire (binary frames, or the ASCII of their base64:
+    `wire.encode`) cut into pieces that each fit API Gateway's 32 KB frame limit, without copies."""
+    view = memoryview(data)
+    return [view[start:start + MAX_FRAME] for start in range(0, len(view), MAX_FRAME)] or [view]
 
 
 def unpack(data: bytes | bytearray | memoryview) -> list[Message]:
@@ -762,12 +766,19 @@ def stream_frames(data: bytes | bytearray | memoryview) -> list[tuple[MessageTyp
     from the headers alone; None if any frame is a connection frame. Enough to route a message
     without decoding its payloads: whoever consumes the frames decodes and checks them in full."""
     view = _binary_view(data)
+    return walk_stream_headers(len(view), lambda offset: view[offset:offset + HEADER_SIZE])
+
+
+def walk_stream_headers(size: int, header_at: Callable[[int], bytes | memoryview]) -> list[
+        tuple[MessageType, int]] | None:
+    """`stream_frames` over a message of `size` bytes whose frame headers `header_at(offset)` reads
+    (from the bytes, or from their base64 without decoding the rest: `wire.stream_frames`)."""
     frames: list[tuple[MessageType, int]] = []
     offset = 0
-    while offset < len(view):
-        if len(view) - offset < HEADER_SIZE:
-            raise ProtocolError(f"truncated frame header: {len(view) - offset} of {HEADER_SIZE} bytes")
-        version, type_code, _, stream_id, _, length = _HEADER.unpack_from(view, offset)
+    while offset < size:
+        if size - offset < HEADER_SIZE:
+            raise ProtocolError(f"truncated frame header: {size - offset} of {HEADER_SIZE} bytes")
+        version, type_code, _, stream_id, _, length = _HEADER.unpack(header_at(offset))
         if version != PROTOCOL_VERSION:
             raise ProtocolError(f"unsupported tunnel protocol version {version}; this side speaks {PROTOCOL_VERSION}")
         if type_code not in STREAM_TYPES:
@@ -777,7 +788,7 @@ def stream_frames(data: bytes | bytearray | memoryview) -> list[tuple[MessageTyp
         _require(stream_id != CONNECTION_STREAM_ID, "a stream frame needs a stream id; stream 0 is the connection")
         _check_payload_length(MessageType(type_code).name, length)
         offset += HEADER_SIZE + length
-        if offset > len(view):
+        if offset > size:
             raise ProtocolError(f"truncated frame: payload of {length} bytes runs past the message")
         frames.append((MessageType(type_code), stream_id))
     if not frames:
@@ -795,7 +806,7 @@ def _check_payload_length(type_name: str, length: int) -> None:
 def _binary_view(data: object) -> memoryview:
     if isinstance(data, str):
         # e.g. API Gateway's own {"message": "Internal server error"} text reply.
-        raise ProtocolError("tunnel frames travel in binary WebSocket messages; got a text message")
+        raise ProtocolError("unpack takes the packed frames (bytes); decode a text message with wire.decode first")
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ProtocolError(f"expected bytes, got {type(data).__name__}")
     try:
