@@ -86,7 +86,8 @@ class HarnessEvent:
     raw: Any = field(default=None, compare=False)  # the harness's native event(s), for fidelity
 
 
-def usage(input_tokens: Any = 0, output_tokens: Any = 0, cache_read: Any = 0, cache_creation: Any = 0) -> dict[str, int]:
+def usage(input_tokens: Any = 0, output_tokens: Any = 0, cache_read: Any = 0,
+          cache_creation: Any = 0) -> dict[str, int]:
     return {"input_tokens": int(input_tokens or 0), "output_tokens": int(output_tokens or 0),
             "cache_read_input_tokens": int(cache_read or 0), "cache_creation_input_tokens": int(cache_creation or 0)}
 

@@ -82,6 +82,8 @@ class ClaudeCodeParser:
                                      line)]
             return []
         if kind == "assistant":
+            if line.get("error"):
+                return []  # a synthetic message restating an API error: the result line reports it
             message = line.get("message") or {}
             events = []
             for block in message.get("content") or []:
