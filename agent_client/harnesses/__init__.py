@@ -15,6 +15,7 @@ run turns of different sessions concurrently.
 from __future__ import annotations
 
 import abc
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -160,15 +161,30 @@ def clean_environment(**extra: str) -> dict[str, str]:
     return {**kept, **extra}
 
 
+TOOLS_VARIABLE = "AGENTSERVER_TOOLS"  # where `make install TOOLS=...` put the pinned CLIs (default: .tools)
+
+
 def find_cli(executable: str, package_folder: str, install_hint: str) -> Path:
     """A harness CLI: on PATH, or where `make install` puts the pinned one (.tools/<package>)."""
     on_path = shutil.which(executable)
     if on_path:
         return Path(on_path)
-    candidate = PROJECT_ROOT / ".tools" / package_folder / "node_modules" / ".bin" / executable
+    tools = Path(os.environ.get(TOOLS_VARIABLE) or PROJECT_ROOT / ".tools")
+    candidate = tools / package_folder / "node_modules" / ".bin" / executable
     if candidate.is_file() and os.access(candidate, os.X_OK):
         return candidate
     raise HarnessError(f"{executable} is not installed: {install_hint} (or `make install` in agentserver)")
 
 
-AGENT_TYPES = ("opencode", "claudecode", "codex")
+async def cli_version(executable: Path) -> str | None:
+    """`<cli> --version`'s first word that looks like a version (Claude Code: "2.1.332 (Claude Code)",
+    Codex: "codex-cli 0.171.0")."""
+    try:
+        process = await asyncio.create_subprocess_exec(str(executable), "--version", stdin=asyncio.subprocess.DEVNULL,
+                                                       stdout=asyncio.subprocess.PIPE,
+                                                       stderr=asyncio.subprocess.DEVNULL)
+        output, _ = await asyncio.wait_for(process.communicate(), 20)
+    except (OSError, TimeoutError):
+        return None
+    words = output.decode(errors="replace").split()
+    return next((word for word in words if word[:1].isdigit()), None)

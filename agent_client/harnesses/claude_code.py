@@ -30,6 +30,7 @@ from agent_client.harnesses import (
     Turn,
     TurnRequest,
     clean_environment,
+    cli_version,
     failed,
     find_cli,
     usage,
@@ -150,6 +151,9 @@ class ClaudeCodeHarness(Harness):
     def environment(self) -> dict[str, str]:
         return clean_environment(**OFFLINE_ENVIRONMENT, ANTHROPIC_BASE_URL=self.proxy.anthropic_base_url,
                                  ANTHROPIC_API_KEY=self.proxy.proxy_token, CLAUDE_CONFIG_DIR=str(self.config_dir))
+
+    async def version(self) -> str | None:
+        return await cli_version(self.executable)
 
     async def start_turn(self, request: TurnRequest) -> Turn:
         self.config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from agent_client.harnesses import (
     Turn,
     TurnRequest,
     clean_environment,
+    cli_version,
     failed,
     find_cli,
     usage,
@@ -170,6 +171,9 @@ class CodexHarness(Harness):
         # TMPDIR (tests keep it under /tmp): its own TMPDIR inside CODEX_HOME satisfies that anywhere.
         return clean_environment(CODEX_HOME=str(self.codex_home), TMPDIR=str(self.codex_home / "tmp"),
                                  **{TOKEN_VARIABLE: self.proxy.proxy_token})
+
+    async def version(self) -> str | None:
+        return await cli_version(self.executable)
 
     async def start_turn(self, request: TurnRequest) -> Turn:
         (self.codex_home / "tmp").mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from agent_client.harnesses import HarnessEvent, ProxyAccess, TurnRequest
@@ -19,9 +22,11 @@ from agent_client.harnesses.claude_code import ClaudeCodeHarness
 from agent_client.harnesses.codex import CodexHarness
 from tests.fakes.llm_upstream import FakeLlmUpstream, ScriptedToolCall
 from tests.identity_support import registered_agent
-from tests.support import RunningStack
+from tests.integration.test_agent_client_cli import agentserver, interrupt, new_code, registered_sandbox, start_connect
+from tests.support import ROOT, RunningStack, wait_until
 
 REPLY = ["HARNESS", "-", "OK"]
+CODEX_VERSION = re.search(r"^CODEX_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)[1]  # type: ignore[index]
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +36,21 @@ def upstream() -> Iterator[FakeLlmUpstream]:
 
 
 @pytest.fixture(scope="module")
-def proxy(upstream: FakeLlmUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyAccess]:
+def harness_stack(upstream: FakeLlmUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     stack = RunningStack(state_dir=tmp_path_factory.mktemp("harness-stack"), env={
         "ANTHROPIC_BASE_URL": upstream.anthropic_base_url, "OPENAI_BASE_URL": upstream.openai_base_url,
         "ANTHROPIC_API_KEY": upstream.anthropic_key, "OPENAI_API_KEY": upstream.openai_key,
         "ANTHROPIC_AUTH_TOKEN": ""}).start()
     try:
-        _, _, registration = registered_agent(stack.base_url, "harness")
-        yield ProxyAccess(llm_base_url=registration["llm_base_url"], proxy_token=registration["proxy_token"])
+        yield stack
     finally:
-        output = stack.stop()
-    assert registration["proxy_token"] not in output
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(harness_stack: RunningStack) -> ProxyAccess:
+    _, _, registration = registered_agent(harness_stack.base_url, "harness")
+    return ProxyAccess(llm_base_url=registration["llm_base_url"], proxy_token=registration["proxy_token"])
 
 
 async def run_turn(harness: Any, request: TurnRequest, *, approve: bool = True) -> tuple[list[HarnessEvent], Any]:
@@ -136,3 +145,48 @@ def test_codex_runs_a_turn_with_a_tool_call_then_resumes(upstream: FakeLlmUpstre
     history = json.dumps(last["input"])
     assert "Write out.txt" in history and "echo first" in history and "And now?" in history
     print(f"codex turns: {first_turn:.1f} s, {second_turn:.1f} s")
+
+
+def test_connect_type_claudecode_without_its_cli_fails_clearly_and_keeps_the_code(
+        harness_stack: RunningStack, tmp_path: Path) -> None:
+    _, _, code = new_code(harness_stack, "nocli")
+    # No claude on PATH and no pinned install: `--type claudecode` must not fall back to opencode
+    bare = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "AGENTSERVER_TOOLS": str(tmp_path / "none")}
+    answer = agentserver("connect", "--type", "claudecode", "--server", harness_stack.base_url, "--code", code,
+                         "--name", "laptop", "--directory", str(tmp_path), home=tmp_path / "home", env=bare)
+    assert answer.returncode == 1
+    assert "Claude Code: claude is not installed" in answer.stderr, answer.stderr
+    assert not (tmp_path / "home" / "registry.json").exists()
+    # The single-use code was not spent on an agent that cannot run
+    registered = httpx.post(f"{harness_stack.base_url}/api/agent/register", json={"code": code, "name": "later"})
+    assert registered.status_code == 201, registered.text
+    # opencode's options make no sense for another harness
+    _, _, code = new_code(harness_stack, "mixed")
+    answer = agentserver("connect", "--type", "codex", "--auto-start", "--server", harness_stack.base_url,
+                         "--code", code, "--name", "laptop", home=tmp_path / "home")
+    assert answer.returncode == 1 and "are for --type opencode" in answer.stderr, answer.stderr
+
+
+def test_connect_type_codex_runs_codex_and_no_opencode(harness_stack: RunningStack, tmp_path: Path) -> None:
+    browser, wid, code = new_code(harness_stack, "codex")
+    home, project = tmp_path / "home", tmp_path / "project"
+    project.mkdir()
+    process = start_connect("--type", "codex", "--server", harness_stack.base_url, "--code", code, "--name",
+                            "codex-box", "--directory", str(project), home=home)
+    try:
+        wait_until(lambda: (home / "registry.json").exists(), timeout=30)
+        sandbox_id = registered_sandbox(home)["sandbox_id"]
+
+        def reported() -> dict | None:  # type: ignore[type-arg]
+            sandbox = browser.get(f"/api/sandboxes/{sandbox_id}").json()
+            return sandbox if sandbox["status"] == "running" and sandbox["agent_info"] else None
+
+        info = wait_until(reported, timeout=60)["agent_info"]
+        # The agent says it runs Codex, at the pinned version, and nothing of opencode's
+        assert info["agent_type"] == "codex"
+        assert info["versions"]["codex"] == CODEX_VERSION
+        assert "opencode" not in info["versions"]
+    finally:
+        returncode, output = interrupt(process)
+    assert returncode == 0, output
+    assert "Codex " + CODEX_VERSION in output
