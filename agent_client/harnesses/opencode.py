@@ -250,10 +250,10 @@ class OpencodeTurn(Turn):
                     return
                 event = item
                 if event.type == APPROVAL_REQUESTED:
-                    yield event
                     approval_id = event.data["approval_id"]
-                    self._pending.add(approval_id)
-                    if auto_answer(self._mode, str(event.data["tool"])):
+                    self._pending.add(approval_id)  # before the reader sees it: it may answer at once
+                    yield event
+                    if approval_id in self._pending and auto_answer(self._mode, str(event.data["tool"])):
                         await self._reply(approval_id, allow=True, message=None, by="mode")
                     continue
                 if event.type in (TURN_COMPLETED, "turn.failed"):
