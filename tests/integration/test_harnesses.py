@@ -190,3 +190,34 @@ def test_connect_type_codex_runs_codex_and_no_opencode(harness_stack: RunningSta
         returncode, output = interrupt(process)
     assert returncode == 0, output
     assert "Codex " + CODEX_VERSION in output
+
+
+async def cancel_after_start(harness: Any, request: TurnRequest) -> tuple[list[HarnessEvent], float]:
+    turn = await harness.start_turn(request)
+    events: list[HarnessEvent] = []
+    cancelled_at = 0.0
+    async with asyncio.timeout(60):
+        async for event in turn:
+            events.append(event)
+            if event.type == "turn.started":
+                await asyncio.sleep(0.5)  # the model call is under way (the upstream answers slowly)
+                cancelled_at = time.monotonic()
+                await turn.cancel()
+    return events, time.monotonic() - cancelled_at
+
+
+@pytest.mark.parametrize("kind", ["claudecode", "codex"])
+def test_cancel_ends_a_running_turn_as_cancelled(kind: str, upstream: FakeLlmUpstream, proxy: ProxyAccess,
+                                                 tmp_path: Path) -> None:
+    harness: Any = (ClaudeCodeHarness(directory=tmp_path, proxy=proxy, config_dir=tmp_path / "state")
+                    if kind == "claudecode" else CodexHarness(directory=tmp_path, proxy=proxy,
+                                                               codex_home=tmp_path / "state"))
+    upstream.tool_call, upstream.event_delay = None, 1.0  # a reply that would take ~10 s
+    try:
+        events, stopped_in = asyncio.run(cancel_after_start(harness, TurnRequest("Take your time")))
+    finally:
+        upstream.event_delay = 0.0
+    assert events[-1].type == "turn.failed", events[-1]
+    assert events[-1].data["cancelled"] is True and events[-1].data["reason"] == "cancelled"
+    assert not any(event.type == "turn.completed" for event in events)
+    assert stopped_in < 8, stopped_in
