@@ -82,8 +82,7 @@ class OpencodeServer:
     async def start(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
         self.log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         environment = {**os.environ, "OPENCODE_CONFIG_CONTENT": config_content(self.registration),
-                       # opencode takes its project from PWD, not from its working directory
-                       "PWD": str(self.directory), **OFFLINE_ENVIRONMENT}
+                       **OFFLINE_ENVIRONMENT}
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 [str(self.executable), "serve", "--port", str(self.port), "--hostname", "127.0.0.1"],
