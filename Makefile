@@ -12,8 +12,13 @@ export CDK_DISABLE_VERSION_CHECK := 1
 .PHONY: install web up up-memory test test-unit test-integration test-infra test-e2e test-browser test-shuffled synth bench lint clean
 
 OPENCODE_VERSION := 1.18.33
+# The Claude Code and Codex CLIs the harness adapters drive (docs/harnesses.md); TOOLS moves the install.
+CLAUDE_CODE_VERSION := 2.1.332
+CODEX_VERSION := 0.171.0
+TOOLS ?= .tools
 
-install: $(STAMPS)/java $(STAMPS)/python $(STAMPS)/node $(STAMPS)/opencode $(STAMPS)/bubblewrap
+install: $(STAMPS)/java $(STAMPS)/python $(STAMPS)/node $(STAMPS)/opencode $(STAMPS)/claude-code $(STAMPS)/codex \
+	$(STAMPS)/bubblewrap
 
 # DynamoDB Local needs Java 17+; Debian's headless JRE is enough.
 $(STAMPS)/java:
@@ -39,6 +44,18 @@ $(STAMPS)/node: package.json package-lock.json
 $(STAMPS)/opencode: Makefile
 	@mkdir -p $(STAMPS) .tools/opencode
 	npm install --no-audit --no-fund --no-save --loglevel=error --prefix .tools/opencode opencode-ai@$(OPENCODE_VERSION)
+	@touch $@
+
+# Claude Code and Codex for `agentserver connect --type claudecode|codex` and the harness tests, pinned like
+# opencode. Both npm packages carry a native binary (Codex's in its per-platform optional package).
+$(STAMPS)/claude-code: Makefile
+	@mkdir -p $(STAMPS) $(TOOLS)/claude-code
+	npm install --no-audit --no-fund --no-save --loglevel=error --prefix $(TOOLS)/claude-code @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
+	@touch $@
+
+$(STAMPS)/codex: Makefile
+	@mkdir -p $(STAMPS) $(TOOLS)/codex
+	npm install --no-audit --no-fund --no-save --loglevel=error --prefix $(TOOLS)/codex @openai/codex@$(CODEX_VERSION)
 	@touch $@
 
 # The web console: npm ci from web/package-lock.json, then a Vite build into web/dist whenever a source

@@ -10,6 +10,8 @@ import os
 from collections.abc import Callable, Iterator
 
 from agent_client.agent_info import AgentInfoSource, opencode_version_probe
+from agent_client.harnesses import HarnessError
+from agent_client.harnesses.factory import LABELS, harness_for
 from agent_client.local_app import DEFAULT_OPENCODE_URL, LocalApp
 from agent_client.opencode import OpencodeError, OpencodeServer
 from agent_client.registry import Registration, agentserver_home
@@ -20,6 +22,9 @@ from layers.shared.tunnel.wire import Encoding
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[Registration, TunnelEvent], None]
+# Claude Code and Codex serve no web page: the relay is pointed at a loopback port nothing listens on (it answers
+# that the app is unreachable) rather than at opencode's default port, where some other opencode may listen.
+NO_LOCAL_APP = "http://127.0.0.1:9"
 
 
 class AlreadyServed(Exception):
@@ -62,7 +67,16 @@ async def _serve(registration: Registration, *, on_event: EventSink, timings: Tu
                  encoding: Encoding) -> None:
     opencode: OpencodeServer | None = None
     known_versions: dict[str, str] = {}
-    if registration.auto_start:
+    if registration.agent_type != "opencode":
+        # Claude Code and Codex run as the type says, never an opencode in their place: their CLI must be here
+        # (HarnessError otherwise), and the relay gets no opencode web page to show.
+        harness = harness_for(registration)
+        version = await harness.version()
+        if version:
+            known_versions[registration.agent_type] = version
+        on_event(registration, TunnelEvent("harness", f"{LABELS[registration.agent_type]} {version or ''}".strip()))
+        app = LocalApp(NO_LOCAL_APP)
+    elif registration.auto_start:
         opencode = OpencodeServer(registration)
         on_event(registration, TunnelEvent("starting_app", f"{opencode.executable} serve on {opencode.url}"))
         await opencode.start()
@@ -94,7 +108,7 @@ async def serve_registrations(registrations: list[Registration], *, on_event: Ev
     async def guarded(registration: Registration) -> bool:
         try:
             await serve_registration(registration, on_event=on_event, timings=timings, encoding=encoding)
-        except (OpencodeError, AlreadyServed) as error:
+        except (OpencodeError, HarnessError, AlreadyServed) as error:
             on_event(registration, TunnelEvent("failed", str(error)))
             return False
         except Exception as error:  # one registration's bug must not take the others down

@@ -22,6 +22,8 @@ DEFAULT_MODEL = "anthropic/claude-sonnet-4-5"
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 5.0
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# No self-update and no session sharing (an upload to opencode's service); models reach only the proxy.
+OFFLINE_ENVIRONMENT = {"OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_SHARE": "1"}
 
 
 class OpencodeError(Exception):
@@ -79,7 +81,8 @@ class OpencodeServer:
 
     async def start(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
         self.log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        environment = {**os.environ, "OPENCODE_CONFIG_CONTENT": config_content(self.registration)}
+        environment = {**os.environ, "OPENCODE_CONFIG_CONTENT": config_content(self.registration),
+                       **OFFLINE_ENVIRONMENT}
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 [str(self.executable), "serve", "--port", str(self.port), "--hostname", "127.0.0.1"],

@@ -17,6 +17,8 @@ from rich.console import Console
 
 from agent_client.agent_runner import serve_registrations
 from agent_client.commands.registrations import local_app_label, registrations_table, resolved_directory
+from agent_client.harnesses import HarnessError
+from agent_client.harnesses.factory import LABELS, harness_for
 from agent_client.local_app import LocalApp
 from agent_client.registry import Registration, Registry, RegistryError
 from agent_client.server_api import RegistrationFailed, RegistrationRequest, register
@@ -55,6 +57,10 @@ def connect(
     _configure_logging(verbose)
     if opencode_url and auto_start:
         _fail(console, "use either --opencode-url or --auto-start, not both")
+    if code and agent_type != AgentType.opencode:
+        if opencode_url or auto_start:
+            _fail(console, f"--opencode-url and --auto-start are for --type opencode, not {agent_type.value}")
+        _check_harness(console, agent_type.value, directory or Path.cwd())  # before the single-use code is spent
     if opencode_url:
         try:
             LocalApp(opencode_url)
@@ -116,6 +122,9 @@ def _saved(console: Console, registry: Registry, *, workspace: str | None, direc
         hint = f" ({len(matching)} belong to {', '.join(elsewhere)}, not {here})" if elsewhere else ""
         _fail(console, f"no saved registration matches on this machine{hint}; register one with "
                        "`agentserver connect --server URL --code CODE --name NAME`")
+    if (opencode_url or auto_start) and any(item.agent_type != "opencode" for item in selected):
+        others = ", ".join(item.name for item in selected if item.agent_type != "opencode")
+        _fail(console, f"--opencode-url and --auto-start are for opencode agents; {others} run another harness")
     if opencode_url or auto_start:
         # A new way to reach the local app is remembered for next time.
         selected = [item.with_local_app(opencode_url=opencode_url, auto_start=auto_start) for item in selected]
@@ -123,6 +132,17 @@ def _saved(console: Console, registry: Registry, *, workspace: str | None, direc
             registry.save(item)
             console.print(f"{item.name}: local app is now {local_app_label(item)}")
     return selected
+
+
+def _check_harness(console: Console, agent_type: str, directory: Path) -> None:
+    """Fails with the install hint when the harness's CLI is missing: `--type claudecode` never quietly becomes
+    an opencode agent."""
+    probe = Registration(server="", workspace_id="", sandbox_id="check", name="", agent_type=agent_type,
+                         directory=str(directory), tunnel_url="", llm_base_url="", tunnel_token="", proxy_token="")
+    try:
+        harness_for(probe)
+    except HarnessError as error:
+        _fail(console, f"{LABELS.get(agent_type, agent_type)}: {error}")
 
 
 def run_until_interrupted(work: Coroutine[Any, Any, int]) -> int:

@@ -11,6 +11,10 @@ One server, two providers told apart by a path prefix, so the proxy's base URLs 
   final usage chunk when `stream_options.include_usage`), `POST /v1/responses` (JSON, or its typed events up to
   `response.completed`), `GET /v1/models`.
 - `fail_next` scripts errors (e.g. 529 `overloaded_error`) in each provider's error body.
+- `tool_call` scripts an agent's tool use: a request that offers that tool and ends with the user's text is
+  answered with a call to it (Anthropic `tool_use` content block, Responses `function_call` output item); the
+  request that brings the tool's result back is answered with text. Requests without the tool (titles,
+  summaries) get text. `reply_words` is the text either way.
 
 Streams are written with chunked transfer encoding, one chunk per event, optionally `event_delay` apart. Every
 request is recorded (headers, body) with the usage the fake reported for it and whether the client went away
@@ -63,6 +67,15 @@ class ScriptedError:
 
 
 @dataclass
+class ScriptedToolCall:
+    """The model calls `name` (as the harness declares it: Claude Code `Bash`, Codex `exec_command`, opencode
+    `bash`) with `arguments`, once per user message; after the result comes back it answers with text."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass
 class FakeLlmUpstream:
     anthropic_key: str = "sk-ant-fake-upstream-key"
     openai_key: str = "sk-openai-fake-upstream-key"
@@ -72,6 +85,7 @@ class FakeLlmUpstream:
     seen: list[SeenRequest] = field(default_factory=list)
     fail_next: list[ScriptedError] = field(default_factory=list)
     record: bool = True  # benchmarks turn recording off
+    tool_call: ScriptedToolCall | None = None
     # Headers the real APIs put on every answer that name the account behind the key (a proxy must not pass them on)
     organization_headers: dict[str, dict[str, str]] = field(default_factory=lambda: {
         "anthropic": {"anthropic-organization-id": "3f1c2a9e-fake-org"},
@@ -118,6 +132,27 @@ class FakeLlmUpstream:
 
     def requests_to(self, provider: str, path_prefix: str = "") -> list[SeenRequest]:
         return [seen for seen in list(self.seen) if seen.provider == provider and seen.path.startswith(path_prefix)]
+
+    def wants_tool_call(self, payload: dict[str, Any]) -> ScriptedToolCall | None:
+        """The scripted tool call, when this request offers the tool and its last input is the user's text."""
+        call = self.tool_call
+        if call is None or call.name not in {tool.get("name") for tool in payload.get("tools") or []
+                                             if isinstance(tool, dict)}:
+            return None
+        items = payload.get("messages") if "messages" in payload else payload.get("input")
+        if not isinstance(items, list):
+            return call  # a plain string input is the user's text
+        for item in reversed(items):
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "function_call_output":  # Responses: the tool's result is back
+                return None
+            if item.get("role") == "user":
+                content = item.get("content")
+                blocks = content if isinstance(content, list) else []
+                return None if any(isinstance(block, dict) and block.get("type") == "tool_result"
+                                   for block in blocks) else call
+        return None
 
     def usage_for(self, text: str) -> dict[str, int]:
         """Deterministic usage: input from the request's size, cache figures from it too, output = words."""
@@ -269,6 +304,21 @@ class _Handler(BaseHTTPRequestHandler):
         if error is not None:  # break off: no chunked terminator, the connection just closes
             self.close_connection = True
             return
+        tool_call = fake.wants_tool_call(payload)
+        if tool_call is not None:
+            arguments = json.dumps(tool_call.arguments)
+            event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+                "type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": tool_call.name, "input": {}}})
+            for start in range(0, len(arguments), 16):
+                event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
+                    "type": "input_json_delta", "partial_json": arguments[start:start + 16]}})
+            event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use",
+                                                                       "stop_sequence": None},
+                                    "usage": {"output_tokens": usage["output_tokens"]}})
+            event("message_stop", {"type": "message_stop"})
+            self._end_stream()
+            return
         event("content_block_start", {"type": "content_block_start", "index": 0,
                                       "content_block": {"type": "text", "text": ""}})
         event("ping", {"type": "ping"})
@@ -382,6 +432,21 @@ class _Handler(BaseHTTPRequestHandler):
 
         event("response.created", {"response": response("in_progress", [], False)})
         event("response.in_progress", {"response": response("in_progress", [], False)})
+        tool_call = fake.wants_tool_call(payload)
+        if tool_call is not None:
+            arguments = json.dumps(tool_call.arguments)
+            call = {"id": f"fc_{uuid.uuid4().hex[:24]}", "type": "function_call", "status": "completed",
+                    "call_id": f"call_{uuid.uuid4().hex[:24]}", "name": tool_call.name, "arguments": arguments}
+            event("response.output_item.added", {"output_index": 0, "item": {**call, "status": "in_progress",
+                                                                              "arguments": ""}})
+            event("response.function_call_arguments.delta", {"item_id": call["id"], "output_index": 0,
+                                                             "delta": arguments})
+            event("response.function_call_arguments.done", {"item_id": call["id"], "output_index": 0,
+                                                            "arguments": arguments})
+            event("response.output_item.done", {"output_index": 0, "item": call})
+            event("response.completed", {"response": response("completed", [call], True)})
+            self._end_stream()
+            return
         event("response.output_item.added", {"output_index": 0, "item": {**message, "status": "in_progress",
                                                                           "content": []}})
         event("response.content_part.added", {"item_id": item_id, "output_index": 0, "content_index": 0,

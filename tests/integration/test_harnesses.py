@@ -1,0 +1,223 @@
+"""The harness adapters drive the real Claude Code and Codex CLIs (pinned by `make install`) through a real
+embedded stack's LLM proxy, holding only a registered agent's proxy token, against the fake upstream scripted to
+call a tool: each turn streams the reply and the tool call as normalised events and ends turn.completed with
+usage; a second turn resumes the harness session (the upstream sees the first turn in the second request)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent_client.harnesses import HarnessEvent, ProxyAccess, TurnRequest
+from agent_client.harnesses.claude_code import ClaudeCodeHarness
+from agent_client.harnesses.codex import CodexHarness
+from tests.fakes.llm_upstream import FakeLlmUpstream, ScriptedToolCall
+from tests.identity_support import registered_agent
+from tests.integration.test_agent_client_cli import agentserver, interrupt, new_code, registered_sandbox, start_connect
+from tests.support import ROOT, RunningStack, wait_until
+
+REPLY = ["HARNESS", "-", "OK"]
+CODEX_VERSION = re.search(r"^CODEX_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)[1]  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeLlmUpstream]:
+    with FakeLlmUpstream(reply_words=list(REPLY)) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def harness_stack(upstream: FakeLlmUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    stack = RunningStack(state_dir=tmp_path_factory.mktemp("harness-stack"), env={
+        "ANTHROPIC_BASE_URL": upstream.anthropic_base_url, "OPENAI_BASE_URL": upstream.openai_base_url,
+        "ANTHROPIC_API_KEY": upstream.anthropic_key, "OPENAI_API_KEY": upstream.openai_key,
+        "ANTHROPIC_AUTH_TOKEN": ""}).start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(harness_stack: RunningStack) -> ProxyAccess:
+    _, _, registration = registered_agent(harness_stack.base_url, "harness")
+    return ProxyAccess(llm_base_url=registration["llm_base_url"], proxy_token=registration["proxy_token"])
+
+
+async def run_turn(harness: Any, request: TurnRequest, *, approve: bool = True) -> tuple[list[HarnessEvent], Any]:
+    turn = await harness.start_turn(request)
+    events = []
+    async with asyncio.timeout(120):
+        async for event in turn:
+            events.append(event)
+            if event.type == "approval.requested":
+                await turn.answer_approval(event.data["approval_id"], allow=approve)
+    return events, turn
+
+
+def types(events: list[HarnessEvent]) -> list[str]:
+    return [event.type for event in events if event.type not in ("message.delta", "notice")]
+
+
+def check_turn(events: list[HarnessEvent], *, tool: str, upstream: FakeLlmUpstream, proxy: ProxyAccess,
+               provider: str) -> None:
+    assert events[0].type == "turn.started" and events[0].data["session_id"]
+    assert events[-1].type == "turn.completed", events[-1]
+    call = next(event for event in events if event.type == "tool.call")
+    assert call.data["name"] == tool
+    result = next(event for event in events if event.type == "tool.result")
+    assert result.data["call_id"] == call.data["call_id"] and not result.data["is_error"], result.data
+    assert "wrote" in result.data["output"]
+    assert any(event.type == "message" and event.data["text"] == "".join(REPLY) for event in events)
+    assert events[-1].data["usage"]["input_tokens"] > 0 and events[-1].data["usage"]["output_tokens"] > 0
+    assert all(event.raw is not None for event in events)
+    # Only our key went upstream, never the proxy token
+    for seen in upstream.requests_to(provider):
+        assert proxy.proxy_token not in json.dumps(seen.headers) + seen.body.decode()
+
+
+def test_claude_code_runs_a_turn_with_an_approved_tool_call_then_resumes(
+        upstream: FakeLlmUpstream, proxy: ProxyAccess, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    harness = ClaudeCodeHarness(directory=project, proxy=proxy, config_dir=tmp_path / "claude-config")
+    upstream.tool_call = ScriptedToolCall("Bash", {"command": "echo first > out.txt && echo wrote",
+                                                   "description": "Write a file"})
+    before = len(upstream.requests_to("anthropic"))
+    started = time.monotonic()
+    events, turn = asyncio.run(run_turn(harness, TurnRequest("Write out.txt", permission_mode="ask")))
+    first_turn = time.monotonic() - started
+    check_turn(events, tool="Bash", upstream=upstream, proxy=proxy, provider="anthropic")
+    # In "ask" mode the command waited for our answer: requested, then resolved, then run
+    order = types(events)
+    assert order.index("approval.requested") < order.index("approval.resolved") < order.index("tool.result")
+    assert (project / "out.txt").read_text() == "first\n"
+    assert any(event.type == "message.delta" for event in events)
+    assert len(upstream.requests_to("anthropic")) > before
+    session_id = turn.session_id
+    assert session_id == events[0].data["session_id"]
+
+    # The next turn resumes the session: the upstream gets the first turn's exchange back
+    upstream.tool_call = None
+    started = time.monotonic()
+    events, turn = asyncio.run(run_turn(harness, TurnRequest("And now?", resume=session_id)))
+    second_turn = time.monotonic() - started
+    assert types(events) == ["turn.started", "message", "turn.completed"], types(events)
+    assert turn.session_id == session_id
+    last = upstream.requests_to("anthropic", "/anthropic/v1/messages")[-1].json
+    history = json.dumps(last["messages"])
+    assert "Write out.txt" in history and "echo first" in history and "And now?" in history
+    print(f"claude code turns: {first_turn:.1f} s, {second_turn:.1f} s")
+
+
+def test_codex_runs_a_turn_with_a_tool_call_then_resumes(upstream: FakeLlmUpstream, proxy: ProxyAccess,
+                                                          tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    harness = CodexHarness(directory=project, proxy=proxy, codex_home=tmp_path / "codex-home")
+    upstream.tool_call = ScriptedToolCall("exec_command", {"cmd": "echo first > out.txt && echo wrote"})
+    started = time.monotonic()
+    events, turn = asyncio.run(run_turn(harness, TurnRequest("Write out.txt", permission_mode="accept-edits")))
+    first_turn = time.monotonic() - started
+    check_turn(events, tool="command_execution", upstream=upstream, proxy=proxy, provider="openai")
+    assert (project / "out.txt").read_text() == "first\n"  # the sandbox let it write inside the project
+    session_id = turn.session_id
+    assert session_id == events[0].data["session_id"]
+    # The proxy token reached the proxy only from the environment: config.toml names the variable, not the token
+    assert proxy.proxy_token not in (tmp_path / "codex-home" / "config.toml").read_text()
+
+    upstream.tool_call = None
+    started = time.monotonic()
+    events, turn = asyncio.run(run_turn(harness, TurnRequest("And now?", resume=session_id)))
+    second_turn = time.monotonic() - started
+    assert types(events) == ["turn.started", "message", "turn.completed"], types(events)
+    assert turn.session_id == session_id
+    last = upstream.requests_to("openai", "/openai/v1/responses")[-1].json
+    history = json.dumps(last["input"])
+    assert "Write out.txt" in history and "echo first" in history and "And now?" in history
+    print(f"codex turns: {first_turn:.1f} s, {second_turn:.1f} s")
+
+
+def test_connect_type_claudecode_without_its_cli_fails_clearly_and_keeps_the_code(
+        harness_stack: RunningStack, tmp_path: Path) -> None:
+    _, _, code = new_code(harness_stack, "nocli")
+    # No claude on PATH and no pinned install: `--type claudecode` must not fall back to opencode
+    bare = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "AGENTSERVER_TOOLS": str(tmp_path / "none")}
+    answer = agentserver("connect", "--type", "claudecode", "--server", harness_stack.base_url, "--code", code,
+                         "--name", "laptop", "--directory", str(tmp_path), home=tmp_path / "home", env=bare)
+    assert answer.returncode == 1
+    assert "Claude Code: claude is not installed" in answer.stderr, answer.stderr
+    assert not (tmp_path / "home" / "registry.json").exists()
+    # The single-use code was not spent on an agent that cannot run
+    registered = httpx.post(f"{harness_stack.base_url}/api/agent/register", json={"code": code, "name": "later"})
+    assert registered.status_code == 201, registered.text
+    # opencode's options make no sense for another harness
+    _, _, code = new_code(harness_stack, "mixed")
+    answer = agentserver("connect", "--type", "codex", "--auto-start", "--server", harness_stack.base_url,
+                         "--code", code, "--name", "laptop", home=tmp_path / "home")
+    assert answer.returncode == 1 and "are for --type opencode" in answer.stderr, answer.stderr
+
+
+def test_connect_type_codex_runs_codex_and_no_opencode(harness_stack: RunningStack, tmp_path: Path) -> None:
+    browser, wid, code = new_code(harness_stack, "codex")
+    home, project = tmp_path / "home", tmp_path / "project"
+    project.mkdir()
+    process = start_connect("--type", "codex", "--server", harness_stack.base_url, "--code", code, "--name",
+                            "codex-box", "--directory", str(project), home=home)
+    try:
+        wait_until(lambda: (home / "registry.json").exists(), timeout=30)
+        sandbox_id = registered_sandbox(home)["sandbox_id"]
+
+        def reported() -> dict | None:  # type: ignore[type-arg]
+            sandbox = browser.get(f"/api/sandboxes/{sandbox_id}").json()
+            return sandbox if sandbox["status"] == "running" and sandbox["agent_info"] else None
+
+        info = wait_until(reported, timeout=60)["agent_info"]
+        # The agent says it runs Codex, at the pinned version, and nothing of opencode's
+        assert info["agent_type"] == "codex"
+        assert info["versions"]["codex"] == CODEX_VERSION
+        assert "opencode" not in info["versions"]
+    finally:
+        returncode, output = interrupt(process)
+    assert returncode == 0, output
+    assert "Codex " + CODEX_VERSION in output
+
+
+async def cancel_after_start(harness: Any, request: TurnRequest) -> tuple[list[HarnessEvent], float]:
+    turn = await harness.start_turn(request)
+    events: list[HarnessEvent] = []
+    cancelled_at = 0.0
+    async with asyncio.timeout(60):
+        async for event in turn:
+            events.append(event)
+            if event.type == "turn.started":
+                await asyncio.sleep(0.5)  # the model call is under way (the upstream answers slowly)
+                cancelled_at = time.monotonic()
+                await turn.cancel()
+    return events, time.monotonic() - cancelled_at
+
+
+@pytest.mark.parametrize("kind", ["claudecode", "codex"])
+def test_cancel_ends_a_running_turn_as_cancelled(kind: str, upstream: FakeLlmUpstream, proxy: ProxyAccess,
+                                                 tmp_path: Path) -> None:
+    harness: Any = (ClaudeCodeHarness(directory=tmp_path, proxy=proxy, config_dir=tmp_path / "state")
+                    if kind == "claudecode" else CodexHarness(directory=tmp_path, proxy=proxy,
+                                                               codex_home=tmp_path / "state"))
+    upstream.tool_call, upstream.event_delay = None, 1.0  # a reply that would take ~10 s
+    try:
+        events, stopped_in = asyncio.run(cancel_after_start(harness, TurnRequest("Take your time")))
+    finally:
+        upstream.event_delay = 0.0
+    assert events[-1].type == "turn.failed", events[-1]
+    assert events[-1].data["cancelled"] is True and events[-1].data["reason"] == "cancelled"
+    assert not any(event.type == "turn.completed" for event in events)
+    assert stopped_in < 8, stopped_in
