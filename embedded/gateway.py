@@ -35,6 +35,8 @@ from embedded.lambda_runtime import InvocationTimeout, LambdaRuntime, load_handl
 from embedded.limits import (
     HTTP_REQUEST_LINE_AND_HEADERS_BYTES,
     LAMBDA_SYNC_PAYLOAD_BYTES,
+    WEBSOCKET_INTEGRATION_TIMEOUT_SECONDS,
+    WEBSOCKET_URL_CHARACTERS,
     FunctionUrlLimits,
     StreamingLimits,
     payload_size,
@@ -62,6 +64,7 @@ class GatewayConfig:
     idle_timeout_seconds: float = 600  # API Gateway: 10 minutes without a message
     max_connection_age_seconds: float = 7200  # API Gateway: 2 hours
     http_integration_timeout_seconds: float = HTTP_INTEGRATION_TIMEOUT_SECONDS  # shorter in tests
+    websocket_integration_timeout_seconds: float = WEBSOCKET_INTEGRATION_TIMEOUT_SECONDS  # shorter in tests
     static_dir: Path | None = None
     client_config: dict[str, str] = field(default_factory=dict)
     # Requests that arrive on this local port reach @connections, and nothing else does.
@@ -184,6 +187,18 @@ def _header(scope: Scope, name: bytes) -> str:
         if key.lower() == name:
             return str(value.decode("latin-1"))
     return ""
+
+
+def _websocket_url_length(scope: Scope) -> int:
+    """The URL as the client sent it: wss://host/path?query."""
+    query = scope.get("query_string", b"")
+    return (len("wss://") + len(_header(scope, b"host") or "") + len(scope.get("raw_path") or scope["path"].encode())
+            + (1 + len(query) if query else 0))
+
+
+async def _refuse_handshake(send: Send, status: int) -> None:
+    await send({"type": "websocket.http.response.start", "status": status, "headers": []})
+    await send({"type": "websocket.http.response.body", "body": b""})
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[str, str]] | None = None) -> None:
@@ -461,6 +476,10 @@ class LocalGateway:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         await receive()  # websocket.connect
+        if _websocket_url_length(scope) > WEBSOCKET_URL_CHARACTERS:
+            # The quota is documented, the answer is not: refused before $connect runs.
+            await _refuse_handshake(send, 414)
+            return
         connection = LocalConnection(
             connection_id=base64.urlsafe_b64encode(os.urandom(12)).decode(),
             send=send,
@@ -515,14 +534,19 @@ class LocalGateway:
             event = self._ws_event(connection, "$connect", "CONNECT", headers=headers,
                                    raw_query=scope.get("query_string", b"").decode("latin-1"))
             try:
-                result = await self.runtime.invoke(function, event)
+                result = await self.runtime.invoke(function, event,
+                                                   timeout=self.config.websocket_integration_timeout_seconds)
+            except InvocationTimeout:
+                # API Gateway stops waiting at 29 s and the handshake fails; the function runs on.
+                log.warning("$connect took longer than the %s s integration timeout",
+                            self.config.websocket_integration_timeout_seconds)
+                result = {"statusCode": 504}
             except Exception:
                 log.exception("$connect failed")
                 result = {"statusCode": 500}
             status = int(result.get("statusCode", 200)) if isinstance(result, dict) else 200
             if not 200 <= status < 300:
-                await send({"type": "websocket.http.response.start", "status": status, "headers": []})
-                await send({"type": "websocket.http.response.body", "body": b""})
+                await _refuse_handshake(send, status)
                 return False
             response_headers = {k.lower(): v for k, v in ((result or {}).get("headers") or {}).items()}
             subprotocol = response_headers.get("sec-websocket-protocol")
@@ -551,7 +575,11 @@ class LocalGateway:
             return
         event = self._ws_event(connection, route_key, "MESSAGE", body=body)
         try:
-            await self.runtime.invoke(function, event)
+            await self.runtime.invoke(function, event, timeout=self.config.websocket_integration_timeout_seconds)
+        except InvocationTimeout:
+            # No route response is configured, so the client hears nothing either way; the function runs on.
+            log.warning("%s took longer than the %s s integration timeout on %s", function.name,
+                        self.config.websocket_integration_timeout_seconds, route_key)
         except Exception:
             log.exception("%s failed on %s", function.name, route_key)
             # What API Gateway sends back when the integration fails.

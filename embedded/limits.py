@@ -35,6 +35,10 @@ STREAMING_CAPPED_BYTES_PER_SECOND = 2 * MB
 # HTTP API quotas (https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-quotas.html):
 # "Total combined size of request line and header values: 10240 bytes".
 HTTP_REQUEST_LINE_AND_HEADERS_BYTES = 10240
+# WebSocket API quotas (https://docs.aws.amazon.com/apigateway/latest/developerguide/apigateway-execution-service-websocket-limits-table.html):
+# "Integration timeout: 50 milliseconds - 29 seconds" and "Maximum length of URL: 4096 characters".
+WEBSOCKET_INTEGRATION_TIMEOUT_SECONDS = 29
+WEBSOCKET_URL_CHARACTERS = 4096
 # DynamoDB (https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_BatchWriteItem.html and
 # API_TransactWriteItems.html): 25 puts or deletes per BatchWriteItem, 100 actions and 4 MB per transaction.
 DYNAMODB_BATCH_WRITE_ITEMS = 25

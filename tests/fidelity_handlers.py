@@ -4,6 +4,7 @@ project's own functions stay well within (so they cannot show the gateway refusi
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -24,6 +25,10 @@ def sized_response(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def connect_posting_to_itself(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Posts to its own connection; with `?slow=S` it first takes S seconds."""
+    slow = float((event.get("queryStringParameters") or {}).get("slow", "0"))
+    if slow:
+        time.sleep(slow)
     connection_id = event["requestContext"]["connectionId"]
     answer = httpx.post(f"{MANAGEMENT_URL[0]}/@connections/{connection_id}", content=b"hello from $connect")
     CONNECT_POSTS.append((connection_id, answer.status_code, answer.headers.get("x-amzn-errortype", "")))

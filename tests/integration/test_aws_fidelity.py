@@ -15,11 +15,12 @@ import botocore.exceptions
 import httpx
 import pytest
 import uvicorn
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from embedded.gateway import GatewayConfig, LocalGateway
 from embedded.lambda_runtime import LambdaRuntime
-from embedded.limits import MB, StreamingLimits
+from embedded.limits import MB, WEBSOCKET_URL_CHARACTERS, StreamingLimits
 from embedded.stack import tcp_listener
 from embedded.ws_protocol import MESSAGE_LIMIT_BYTES, ApiGatewayLimitsProtocol
 from layers.shared.topology import Function, HttpRoute, Topology, WebSocketRoute
@@ -141,6 +142,7 @@ class Gateway:
     management_url: str
 
 
+SHORT_TIMEOUT = 1.0  # stands for the WebSocket API's 29 s
 SHORT_STREAMING = StreamingLimits(response_bytes=3 * MB, uncapped_bytes=MB // 2, bytes_per_second=2 * MB)
 
 
@@ -160,7 +162,8 @@ def gateway() -> Iterator[Gateway]:
     management_port = management.getsockname()[1]
     runtime = LambdaRuntime("us-east-1", max_concurrency=4)
     app = LocalGateway(topology, runtime, GatewayConfig(management_port=management_port,
-                                                         streaming_limits=SHORT_STREAMING))
+                                                         streaming_limits=SHORT_STREAMING,
+                                                         websocket_integration_timeout_seconds=SHORT_TIMEOUT))
     server = uvicorn.Server(uvicorn.Config(app, ws=ApiGatewayLimitsProtocol, ws_max_size=MESSAGE_LIMIT_BYTES,
                                            ws_ping_interval=None, lifespan="on", log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [public, management]}, daemon=True)
@@ -191,6 +194,28 @@ def test_connect_cannot_post_to_the_connection_being_connected(gateway: Gateway)
         after = httpx.post(f"{gateway.management_url}/@connections/{connection_id}", content=b"hello after")
         assert after.status_code == 200
         assert client.recv(timeout=10) == "hello after"
+
+
+def test_connect_slower_than_the_integration_timeout_fails_the_handshake(gateway: Gateway) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"{gateway.ws_url}?slow={SHORT_TIMEOUT + 1}", open_timeout=30)
+    assert refused.value.response.status_code == 504
+    with connect(f"{gateway.ws_url}?slow={SHORT_TIMEOUT / 4}", open_timeout=30):
+        pass  # within the timeout: connected
+
+
+def test_websocket_url_over_4096_characters_is_refused_before_connect(gateway: Gateway) -> None:
+    fidelity_handlers.CONNECT_POSTS.clear()
+    base = f"{gateway.ws_url}?pad="
+    host_and_scheme = len("wss://") + len(gateway.ws_url.split("/")[2])
+    path_and_query = len(base) - len(f"ws://{gateway.ws_url.split('/')[2]}")
+    room = WEBSOCKET_URL_CHARACTERS - host_and_scheme - path_and_query
+    with connect(base + "p" * room, open_timeout=30):
+        pass  # exactly 4096 characters: connected
+    with pytest.raises(InvalidStatus) as refused:
+        connect(base + "p" * (room + 1), open_timeout=30)
+    assert refused.value.response.status_code == 414
+    assert len(fidelity_handlers.CONNECT_POSTS) == 1  # $connect ran for the first only
 
 
 def test_streamed_response_slows_to_the_cap_after_the_uncapped_burst(gateway: Gateway) -> None:
