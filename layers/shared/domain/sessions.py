@@ -639,8 +639,10 @@ def append_events(store: SessionStore, *, session_id: str, turn_id: str, epoch: 
                 return logged, [e.id for e in chunk], session.last_seq, None
             if epoch != session.epoch or session.current_turn_id != turn_id:
                 raise StaleEpoch()
-            turn = store.get_turn(session_id, turn_id)
-            if turn is None:
+            # The turn item changes only when it starts or ends: read it only then (one round trip less per append).
+            needs_turn = any(event.type == TURN_STARTED or event.type in TERMINAL_TYPES for event in fresh)
+            turn = store.get_turn(session_id, turn_id) if needs_turn else None
+            if needs_turn and turn is None:
                 raise RuntimeError(f"session {session_id} runs a turn that does not exist")
             written: list[Event] = []
             approvals: list[Approval] = []
@@ -651,7 +653,7 @@ def append_events(store: SessionStore, *, session_id: str, turn_id: str, epoch: 
                 seq += 1
                 written.append(Event(session_id=session_id, seq=seq, id=event.id, turn_id=turn_id, type=event.type,
                                      at=event.at, data=event.data, raw=event.raw))
-                if event.type == TURN_STARTED and turn_changed.status == TurnStatus.delivered:
+                if event.type == TURN_STARTED and turn_changed and turn_changed.status == TurnStatus.delivered:
                     turn_changed = replace(turn_changed, status=TurnStatus.running)
                     started_in = event.data.get("session_id")
                     if isinstance(started_in, str) and 0 < len(started_in) <= 256:
@@ -662,17 +664,18 @@ def append_events(store: SessionStore, *, session_id: str, turn_id: str, epoch: 
                     resolved = _resolved_by_agent(store, session_id, event, approvals)
                     if resolved is not None:
                         approvals = [a for a in approvals if a.id != resolved.id] + [resolved]
-                elif event.type in TERMINAL_TYPES and turn_changed.status not in ENDED_TURN:
+                elif event.type in TERMINAL_TYPES and turn_changed and turn_changed.status not in ENDED_TURN:
                     turn_changed = _turn_end(turn_changed, event, moment)
                     changes.update(state=SessionState.idle, current_turn_id=None)
             if harness_session_id:
                 changes["harness_session_id"] = harness_session_id[:256]
             after = _advance(session, last_seq=seq, **changes)
-            store.write(session, after, events=written, turns=[turn_changed] if turn_changed != turn else [],
+            store.write(session, after, events=written,
+                        turns=[turn_changed] if turn_changed is not None and turn_changed != turn else [],
                         approvals=approvals)
             given = {**logged, **{event.id: event.seq for event in written}}
             return (given, [e.id for e in chunk if e.id in logged], seq,
-                    turn_changed if turn_changed.status in ENDED_TURN else None)
+                    turn_changed if turn_changed is not None and turn_changed.status in ENDED_TURN else None)
 
         given, repeated, last_seq, ended_now = _retrying(attempt)
         seqs.update(given)
