@@ -13,6 +13,7 @@ from infra_cdk import constants, nag
 from infra_cdk.config import DeploymentConfig
 from infra_cdk.naming import construct_id
 from layers.shared.topology import SECRET_PLACEHOLDER, Key, Topology
+from layers.shared.topology import Bucket as BucketSpec
 from layers.shared.topology import Queue as QueueSpec
 from layers.shared.topology import Table as TableSpec
 
@@ -38,7 +39,7 @@ class DataStore(Construct):
         self.dead_letter_queues: dict[str, sqs.Queue] = {}
         self.queues = {queue.name: self._queue(queue) for queue in topology.queues}
         self.access_logs = self._access_log_bucket()
-        self.buckets = {bucket.name: self._bucket(bucket.name) for bucket in topology.buckets}
+        self.buckets = {bucket.name: self._bucket(bucket) for bucket in topology.buckets}
         self.secrets = {secret.name: self._secret(secret.name, secret.description, optional=secret.optional)
                         for secret in topology.secrets}
 
@@ -113,10 +114,14 @@ class DataStore(Construct):
         )
         return bucket
 
-    def _bucket(self, name: str) -> s3.Bucket:
+    def _bucket(self, spec: BucketSpec) -> s3.Bucket:
+        name = spec.name
+        days = spec.expire_after_days
+        expiry = [s3.LifecycleRule(expiration=Duration.days(days))] if days else None
         return s3.Bucket(
             self,
             construct_id(name, "Bucket"),
+            lifecycle_rules=expiry,
             # Globally unique names are left to CloudFormation; nothing looks a bucket up by name.
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             encryption=s3.BucketEncryption.S3_MANAGED,

@@ -116,6 +116,9 @@ class Runtime(Construct):
             "POWERTOOLS_METRICS_NAMESPACE": constants.SERVICE_NAME,
             "POWERTOOLS_LOG_LEVEL": self._config.log_level,
             **spec.environment,
+            # CloudFormation names buckets: a function learns each of its buckets' names from a variable.
+            **{self._topology.bucket(name).env_var: _lookup(self._data.buckets, name, "bucket", spec).bucket_name
+               for name in spec.buckets},
         }
         handler = spec.handler
         if spec.streaming_url:
@@ -171,6 +174,17 @@ class Runtime(Construct):
                 )
         for name in spec.queues_send:
             _lookup(self._data.queues, name, "queue", spec).grant_send_messages(role)
+        for name in spec.buckets:
+            bucket = _lookup(self._data.buckets, name, "bucket", spec)
+            # By key only: no listing, no deleting (objects expire by the bucket's lifecycle rule).
+            role.add_to_policy(iam.PolicyStatement(actions=["s3:GetObject", "s3:PutObject"],
+                                                   resources=[bucket.arn_for_objects("*")]))
+            nag.acknowledge(
+                role,
+                nag.wildcard_resource_finding(role, bucket.arn_for_objects("*")),
+                f"Objects of the {name} bucket, which this function writes and reads by key; the topology grants "
+                "it that one bucket.",
+            )
         for name in spec.secrets:
             _lookup(self._data.secrets, name, "secret", spec).grant_read(role)
         if spec.sends_mail:

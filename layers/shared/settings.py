@@ -118,6 +118,23 @@ class Settings(BaseSettings):
     # when unset, the request's own origin.
     oidc_redirect_base_url: str | None = Field(default=None, alias="OIDC_REDIRECT_BASE_URL")
 
+    # Sessions (docs/api.md, "Sessions"; docs/data-model.md, `sessions`)
+    # How long a session's events are kept (DynamoDB TTL on each event); the payload bucket keeps objects 400 days.
+    sessions_retention_days: int = Field(default=90, ge=1, le=365, alias="AGENTSERVER_SESSIONS_RETENTION_DAYS")
+    # A turn's text, in UTF-8 bytes (the turn and its turn.queued event each hold it, in one 400 KB item)
+    sessions_max_turn_text_bytes: int = Field(default=100 * 1024, ge=1, le=300 * 1024,
+                                              alias="AGENTSERVER_SESSIONS_MAX_TURN_TEXT_BYTES")
+    # Turns that may wait behind a session's running one; one more is refused with 409 turn_queue_full
+    sessions_max_queued_turns: int = Field(default=5, ge=1, le=50, alias="AGENTSERVER_SESSIONS_MAX_QUEUED_TURNS")
+    # A new session's model and permission mode when neither the request nor its workspace's defaults set them;
+    # an empty model leaves the choice to the harness's own configuration.
+    sessions_default_model: str = Field(default="", max_length=128, alias="AGENTSERVER_SESSIONS_DEFAULT_MODEL")
+    sessions_default_permission_mode: str = Field(default="ask", pattern="^(ask|accept-edits|full-auto)$",
+                                                  alias="AGENTSERVER_SESSIONS_DEFAULT_PERMISSION_MODE")
+    # The bucket for event payloads over DynamoDB's item limit: set by the CDK stack (CloudFormation names it);
+    # unset, the resource prefix + "session-payloads" (the embedded stack's).
+    session_payload_bucket: str = Field(default="", alias="AGENTSERVER_BUCKET_SESSION_PAYLOADS")
+
     # LLM proxy (docs/llm-proxy.md)
     llm_default_max_rpd: int = Field(default=0, ge=0, alias="LLMPROXY_DEFAULT_MAX_RPD")  # 0 = unlimited
     anthropic_base_url: str = Field(default="https://api.anthropic.com", alias="ANTHROPIC_BASE_URL")

@@ -63,7 +63,14 @@ class Queue:
 
 @dataclass(frozen=True)
 class Bucket:
+    """A private S3 bucket. CloudFormation names it; a function that uses it learns the name from `env_var`."""
+
     name: str
+    expire_after_days: int | None = None  # objects are deleted this long after they were written
+
+    @property
+    def env_var(self) -> str:
+        return "AGENTSERVER_BUCKET_" + self.name.upper().replace("-", "_")
 
 
 # What a secret holds until an operator puts a value (see `Secret.optional`).
@@ -136,6 +143,7 @@ class Function:
     # "subdomain" (each sandbox's own origin, <id>.localhost) or a path prefix such as "/llm".
     local_mount: str | None = None
     tables: tuple[str, ...] = ()  # tables it reads and writes
+    buckets: tuple[str, ...] = ()  # buckets whose objects it reads and writes
     queues_send: tuple[str, ...] = ()  # queues it sends to
     manages_connections: bool = False  # may call the WebSocket @connections API
     # Drives the cloud sandbox backend: in AWS it may run and stop the sandboxes' Fargate tasks and manage
@@ -159,6 +167,9 @@ class Topology:
 
     def table(self, name: str) -> Table:
         return next(t for t in self.tables if t.name == name)
+
+    def bucket(self, name: str) -> Bucket:
+        return next(b for b in self.buckets if b.name == name)
 
     def queue(self, name: str) -> Queue:
         return next(q for q in self.queues if q.name == name)
@@ -228,12 +239,32 @@ USAGE = Table(
     ttl_attribute="expires_at",
 )
 
+SESSIONS = Table(
+    # Sessions, their turns, their event logs (gapless seq per session), event-id claims and approvals, and each
+    # workspace's session defaults; docs/data-model.md lists the items.
+    name="sessions",
+    partition=Key("pk"),
+    sort=Key("sk"),
+    indexes=(
+        GlobalIndex("gsi1", partition=Key("gsi1pk"), sort=Key("gsi1sk")),  # an agent's sessions, newest first
+        GlobalIndex("gsi2", partition=Key("gsi2pk"), sort=Key("gsi2sk")),  # a workspace's sessions
+        # Sparse: a session that waits (idle, a turn queued) or runs carries `agent_state` = <agent>#waiting or
+        # <agent>#running, so delivery and interruption find an agent's sessions by a query.
+        GlobalIndex("by_agent_state", partition=Key("agent_state"), sort=Key("gsi1sk")),
+    ),
+    ttl_attribute="expires_at",  # events and their id claims: AGENTSERVER_SESSIONS_RETENTION_DAYS
+)
+
+# Event payloads over DynamoDB's item limit. Objects outlive the longest retention the settings allow
+# (Settings.sessions_retention_days, at most 365 days), so no logged pointer outlives its object.
+SESSION_PAYLOADS = Bucket("session-payloads", expire_after_days=400)
+
 SANDBOX_OPS = Queue(name="sandbox-ops", visibility_timeout_seconds=60, max_receive_count=3)
 
 TOPOLOGY = Topology(
-    tables=(CONNECTIONS, OPERATIONS, IDENTITY, SANDBOXES, USAGE),
+    tables=(CONNECTIONS, OPERATIONS, IDENTITY, SANDBOXES, USAGE, SESSIONS),
     queues=(SANDBOX_OPS,),
-    buckets=(Bucket("console"),),
+    buckets=(Bucket("console"), SESSION_PAYLOADS),
     secrets=(
         Secret("anthropic-api-key", "Anthropic API key used by the LLM proxy", seed_env="ANTHROPIC_API_KEY"),
         Secret("anthropic-auth-token", "Bearer token the LLM proxy sends to Anthropic instead of the API key, when set",
@@ -252,7 +283,8 @@ TOPOLOGY = Topology(
             memory_mb=1024,
             timeout_seconds=29,  # just under the HTTP API's 30 s integration limit
             http_routes=(HttpRoute("ANY", "/api/{proxy+}"),),
-            tables=("connections", "operations", "identity", "sandboxes", "usage"),
+            tables=("connections", "operations", "identity", "sandboxes", "usage", "sessions"),
+            buckets=("session-payloads",),
             queues_send=("sandbox-ops",),
             secrets=("setup-token",),
             sends_mail=True,  # address confirmations and invitations
@@ -264,7 +296,8 @@ TOPOLOGY = Topology(
             memory_mb=256,
             timeout_seconds=10,
             websocket_routes=(WebSocketRoute("$connect"),),
-            tables=("connections", "sandboxes"),
+            tables=("connections", "sandboxes", "sessions"),
+            buckets=("session-payloads",),  # sessions: deliver turns, log events, interrupt turns
             manages_connections=True,  # closes the agent's previous connection
             secrets=("relay-secret",),
         ),
@@ -275,7 +308,8 @@ TOPOLOGY = Topology(
             memory_mb=256,
             timeout_seconds=10,
             websocket_routes=(WebSocketRoute("$disconnect"),),
-            tables=("connections", "sandboxes"),
+            tables=("connections", "sandboxes", "sessions"),
+            buckets=("session-payloads",),  # sessions: deliver turns, log events, interrupt turns
         ),
         Function(
             name="ws_default",
@@ -284,7 +318,8 @@ TOPOLOGY = Topology(
             memory_mb=512,
             timeout_seconds=30,
             websocket_routes=(WebSocketRoute("$default"),),
-            tables=("connections", "sandboxes"),
+            tables=("connections", "sandboxes", "sessions"),
+            buckets=("session-payloads",),  # sessions: deliver turns, log events, interrupt turns
             manages_connections=True,  # acknowledges heartbeats, forwards agents' frames to the relay
         ),
         Function(
@@ -331,7 +366,9 @@ TOPOLOGY = Topology(
             memory_mb=256,
             timeout_seconds=60,
             schedule=Schedule("rate(1 minute)"),
-            tables=("connections", "sandboxes", "identity"),  # identity: finishing workspaces' deletions
+            tables=("connections", "sandboxes", "identity", "sessions"),  # identity: finishing workspaces' deletions;
+            # sessions: a silent agent's running turns end interrupted
+            buckets=("session-payloads",),
             queues_send=("sandbox-ops",),
             manages_connections=True,
         ),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from layers.shared.topology import TOPOLOGY, Queue, Secret, Table
+from layers.shared.topology import SESSION_PAYLOADS, TOPOLOGY, Queue, Secret, Table
 from tests.infra.synth import Synthesized, synthesize
 
 DAY_SECONDS = 86400
@@ -125,3 +125,12 @@ def test_every_topology_secret_exists_under_its_prefixed_name(synthesized: Synth
     # (plus the stack's own origin secret, which CloudFront sends to the API: test_stack.py)
     assert len(synthesized.of_type("AWS::SecretsManager::Secret")) == len(TOPOLOGY.secrets) + 1
     synthesized.one("AWS::SecretsManager::Secret", Name=synthesized.config.resource_prefix + "origin-verify")
+
+
+def test_a_bucket_with_an_expiry_deletes_its_objects_after_it(synthesized: Synthesized) -> None:
+    # Given the session payload bucket, whose objects expire / When synthesized
+    [(_, bucket)] = [(lid, b) for lid, b in synthesized.of_type("AWS::S3::Bucket").items()
+                     if lid.startswith("DataSessionPayloadsBucket")]
+    # Then a lifecycle rule deletes them after the topology's days
+    [rule] = bucket["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert rule["ExpirationInDays"] == SESSION_PAYLOADS.expire_after_days and rule["Status"] == "Enabled"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from infra_cdk import constants
+from infra_cdk.naming import pascal_case
 from layers.shared.topology import TOPOLOGY, Function
 from tests.infra.synth import Synthesized, as_list, references, render, synthesize
 
@@ -203,3 +204,30 @@ def test_the_setup_token_is_generated_at_deploy_time_and_read_by_the_api_only(sy
                       for statement in _role_statements(synthesized, spec)
                       for resource in as_list(statement["Resource"]))]
     assert granted == ["http_api"]
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.functions, ids=lambda spec: spec.name)
+def test_each_function_reaches_exactly_the_buckets_it_lists_and_learns_their_names(
+    synthesized: Synthesized, spec: Function
+) -> None:
+    # Given a function's topology entry and the topology's buckets (CloudFormation names them) / When synthesized
+    bucket_ids = {
+        next(lid for lid in synthesized.of_type("AWS::S3::Bucket") if lid.startswith("Data" + pascal_case(b.name))): b
+        for b in TOPOLOGY.buckets
+    }
+    # Then its role writes objects of its buckets and of no other topology bucket
+    writable = {
+        bucket_ids[logical_id].name
+        for statement in _role_statements(synthesized, spec)
+        if "s3:PutObject" in as_list(statement["Action"])
+        for logical_id in references(statement["Resource"])
+        if logical_id in bucket_ids
+    }
+    assert writable == set(spec.buckets)
+    # And its environment names each of them in the bucket's variable
+    environment = synthesized.environment(spec.name)
+    for logical_id, bucket in bucket_ids.items():
+        if bucket.name in spec.buckets:
+            assert set(references(environment[bucket.env_var])) == {logical_id}
+        else:
+            assert bucket.env_var not in environment

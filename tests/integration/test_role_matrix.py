@@ -66,8 +66,14 @@ class World:
         pending = owner.post(f"/api/workspaces/{wid}/members", json={"email": unique_email("invitee"),
                                                                      "role": "developer"})
         assert pending.status_code == 201, pending.text
+        own = self.local_agent(wid, "developer")
+        # Sessions: one on the shared agent with a turn waiting, one on the developer's own agent
+        session = self.clients["maintainer"].post(f"/api/sandboxes/{shared}/sessions", json={}).json()["id"]
+        turn = self.clients["maintainer"].post(f"/api/sessions/{session}/turns", json={"text": "hi"}).json()["id"]
+        own_session = self.clients["developer"].post(f"/api/sandboxes/{own}/sessions", json={}).json()["id"]
         return {"wid": wid, "subject": self.users["subject"]["id"], "sid_shared": shared, "iid": pending.json()["id"],
-                "sid": self.local_agent(wid, "developer"), "sid_other": self.local_agent(wid, "maintainer")}
+                "sid": own, "sid_other": self.local_agent(wid, "maintainer"), "ses": session, "turn": turn,
+                "ses_own": own_session}
 
     def local_agent(self, wid: str, registered_by: str) -> str:
         """A local agent's sandbox in the workspace, registered with a code the given member made."""
@@ -273,6 +279,38 @@ ROWS = [
         statuses(200, 200, 200, 200, 404, 404)),
     Row("GET /api/sandboxes/{sid}/usage", call("GET", "/api/sandboxes/{sid}/usage"),
         statuses(200, 200, 200, 200, 404, 404)),
+    # Sessions: guests read; developers drive, another member's local agent only when it is shared
+    Row("GET /api/sandboxes/{sid}/sessions", call("GET", "/api/sandboxes/{sid}/sessions"),
+        statuses(200, 200, 200, 200, 404, 404)),
+    Row("GET /api/workspaces/{wid}/sessions", call("GET", "/api/workspaces/{wid}/sessions"),
+        statuses(200, 200, 200, 200, 404, 404)),
+    Row("POST /api/sandboxes/{sid}/sessions (a developer's own local agent)",
+        call("POST", "/api/sandboxes/{sid}/sessions", lambda w: {}), statuses(403, 403, 201, 403, 404, 404)),
+    Row("POST /api/sandboxes/{sid}/sessions (another member's shared local agent)",
+        call("POST", "/api/sandboxes/{sid_shared}/sessions", lambda w: {}), statuses(201, 201, 201, 403, 404, 404)),
+    Row("GET /api/sessions/{id}", call("GET", "/api/sessions/{ses}"), statuses(200, 200, 200, 200, 404, 404)),
+    Row("GET /api/sessions/{id}/turns", call("GET", "/api/sessions/{ses}/turns"),
+        statuses(200, 200, 200, 200, 404, 404)),
+    Row("GET /api/sessions/{id}/turns/{tid}", call("GET", "/api/sessions/{ses}/turns/{turn}"),
+        statuses(200, 200, 200, 200, 404, 404)),
+    Row("GET /api/sessions/{id}/events", call("GET", "/api/sessions/{ses}/events?after=0"),
+        statuses(200, 200, 200, 200, 404, 404)),
+    Row("POST /api/sessions/{id}/turns (a shared local agent)",
+        call("POST", "/api/sessions/{ses}/turns", lambda w: {"text": "hello"}), statuses(202, 202, 202, 403, 404, 404)),
+    Row("POST /api/sessions/{id}/turns (a developer's own local agent)",
+        call("POST", "/api/sessions/{ses_own}/turns", lambda w: {"text": "hello"}),
+        statuses(403, 403, 202, 403, 404, 404)),
+    Row("POST /api/sessions/{id}/turns/{tid}/cancel", call("POST", "/api/sessions/{ses}/turns/{turn}/cancel"),
+        statuses(202, 202, 202, 403, 404, 404), fresh=True),
+    # No approval is pending (only an agent asks for one): who may answer gets 404, a guest 403
+    Row("POST /api/sessions/{id}/approvals/{aid}",
+        call("POST", "/api/sessions/{ses}/approvals/perm-none", lambda w: {"decision": "allow"}),
+        statuses(404, 404, 404, 403, 404, 404)),
+    Row("GET /api/workspaces/{wid}/session-defaults", call("GET", "/api/workspaces/{wid}/session-defaults"),
+        statuses(200, 200, 200, 200, 404, 404)),
+    Row("PUT /api/workspaces/{wid}/session-defaults",
+        call("PUT", "/api/workspaces/{wid}/session-defaults", lambda w: {"permission_mode": "ask"}),
+        statuses(200, 200, 403, 403, 404, 404)),
     Row("GET /api/admin/users", call("GET", "/api/admin/users"), statuses(403, 403, 403, 403, 403, 200)),
     Row("PATCH /api/admin/users/{uid}", call("PATCH", "/api/admin/users/{subject}", lambda w: {"role": "user"}),
         statuses(403, 403, 403, 403, 403, 200)),

@@ -3,7 +3,9 @@ import pytest
 from embedded.lambda_runtime import load_handler
 from layers.shared.dal.connections import ConnectionRecord
 from layers.shared.dal.operations import OperationRecord
-from layers.shared.topology import TOPOLOGY, Schedule
+from layers.shared.dal.sessions import SessionItem
+from layers.shared.settings import Settings
+from layers.shared.topology import SESSION_PAYLOADS, TOPOLOGY, Schedule
 
 
 @pytest.mark.parametrize("function", TOPOLOGY.functions, ids=lambda f: f.name)
@@ -28,7 +30,7 @@ def test_websocket_api_has_the_three_routes_api_gateway_needs() -> None:
     assert {"$connect", "$disconnect", "$default"} <= set(TOPOLOGY.websocket_routes)
 
 
-@pytest.mark.parametrize("model", [ConnectionRecord, OperationRecord])
+@pytest.mark.parametrize("model", [ConnectionRecord, OperationRecord, SessionItem])
 def test_table_models_agree_with_the_topology(model) -> None:
     table = TOPOLOGY.table(model.Meta.logical_table)
     assert model._hash_keyname == table.partition.name
@@ -45,3 +47,15 @@ def test_rate_expressions_give_their_period(expression: str, seconds: int) -> No
 
 def test_key_attributes_cover_table_and_index_keys() -> None:
     assert TOPOLOGY.table("connections").key_attributes == {"connection_id": "S", "kind": "S", "expires_at": "N"}
+
+
+@pytest.mark.parametrize("function", TOPOLOGY.functions, ids=lambda f: f.name)
+def test_every_bucket_a_function_uses_is_declared(function) -> None:
+    assert set(function.buckets) <= {bucket.name for bucket in TOPOLOGY.buckets}
+
+
+def test_the_session_payload_bucket_name_reaches_the_settings_by_its_variable() -> None:
+    # CDK hands each function the names of its buckets in Bucket.env_var; the settings read this one.
+    assert Settings.model_fields["session_payload_bucket"].alias == SESSION_PAYLOADS.env_var
+    # Objects outlive the longest event retention the settings allow
+    assert SESSION_PAYLOADS.expire_after_days > Settings.model_fields["sessions_retention_days"].metadata[1].le

@@ -57,6 +57,12 @@ class Action(StrEnum):
     sandbox_open_others_local = "sandbox.open_others_local"
     sandbox_share_own = "sandbox.share_own"
     sandbox_unshare_any = "sandbox.unshare_any"
+    sessions_read = "sessions.read"
+    session_create = "session.create"
+    turn_post = "turn.post"
+    turn_cancel = "turn.cancel"
+    approval_answer = "approval.answer"
+    session_defaults_set = "session_defaults.set"
 
 
 # The minimum workspace role for each action (api.md, "Workspaces and members").
@@ -87,6 +93,14 @@ POLICY: dict[Action, Role] = {
     Action.sandbox_open_others_local: Role.developer,
     Action.sandbox_share_own: Role.developer,
     Action.sandbox_unshare_any: Role.maintainer,
+    # Sessions: guests read; driving an agent runs code on it, so a developer's (and for another member's local
+    # agent, only when it is shared: domain/sessions.py authorize_drive, as for opening it).
+    Action.sessions_read: Role.guest,
+    Action.session_create: Role.developer,
+    Action.turn_post: Role.developer,
+    Action.turn_cancel: Role.developer,
+    Action.approval_answer: Role.developer,
+    Action.session_defaults_set: Role.maintainer,
 }
 
 # The roles each role may hand out when adding a member (a maintainer may add developers and guests).
@@ -129,6 +143,18 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
     Action.sandbox_share_own: "Share one's own local agent with the workspace, or stop (PATCH /api/sandboxes/{sid}); "
                               "only the member who connected a local agent may share it",
     Action.sandbox_unshare_any: "Stop sharing another member's local agent (PATCH /api/sandboxes/{sid})",
+    Action.sessions_read: "See sessions, their turns and event logs, and the workspace's session defaults "
+                          "(GET /api/sandboxes/{sid}/sessions, /api/workspaces/{wid}/sessions, /api/sessions/{id}..., "
+                          "/api/workspaces/{wid}/session-defaults)",
+    Action.session_create: "Start a session on an agent (POST /api/sandboxes/{sid}/sessions); another member's "
+                           "local agent only when it is shared",
+    Action.turn_post: "Send a turn (POST /api/sessions/{id}/turns); another member's local agent only when it is "
+                      "shared",
+    Action.turn_cancel: "Cancel a turn (POST /api/sessions/{id}/turns/{tid}/cancel); as for sending",
+    Action.approval_answer: "Answer an agent's approval request (POST /api/sessions/{id}/approvals/{aid}); as for "
+                            "sending",
+    Action.session_defaults_set: "Set the workspace's default model and permission mode for new sessions "
+                                 "(PUT /api/workspaces/{wid}/session-defaults)",
 }
 
 # Actions that belong to the invitee, not to a workspace role: allowed only to an account whose

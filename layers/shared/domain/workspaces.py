@@ -125,7 +125,7 @@ def create_default_workspace(store: WorkspaceStore, *, user: User, now: datetime
 WHILE_DELETING: frozenset[Action] = frozenset({
     Action.workspace_read, Action.workspace_delete, Action.members_list, Action.sandboxes_list,
     Action.sandbox_read, Action.sandbox_delete_own, Action.sandbox_delete_any, Action.llm_quota_read,
-    Action.usage_read, Action.sandbox_events,
+    Action.usage_read, Action.sandbox_events, Action.sessions_read,
 })
 
 
