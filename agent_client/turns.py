@@ -56,8 +56,8 @@ MAX_WAITING_TURNS = 100  # starts beyond the parallel ones; more are failed at o
 COALESCE_SECONDS = 0.05
 REMEMBERED_TURNS = 4096
 HARNESS_QUEUE = 64  # harness events read ahead of the outbox; beyond it the harness waits
+RELEASE_SECONDS = 10.0  # how long a harness may take to release its process after the turn's last event
 TRUNCATED_MARK = "\n… [cut by agentserver: over the event size limit]"
-SESSION_FRAMES = (codec.TurnStart, codec.TurnCancel, codec.ApprovalAnswer, codec.SessionEventsAck, codec.ControlPart)
 
 
 def now_iso() -> str:
@@ -327,6 +327,7 @@ class TurnRunner:
         reader = asyncio.ensure_future(self._read(turn, queue))
         loop = asyncio.get_running_loop()
         delta: _Delta | None = None
+        ended = False
         try:
             while True:
                 timeout = None if delta is None else max(0.0, delta.deadline - loop.time())
@@ -351,11 +352,17 @@ class TurnRunner:
                         "the harness ended without a result"
                     await self._emit(state, failed(reason, session_id=turn.session_id,
                                                    cancelled=state.cancel_requested))
-                    return item is _END
+                    ended = item is _END
+                    return ended
                 await self._emit(state, item)
                 if item.type in TERMINAL_TYPES:
-                    return True
+                    ended = True
+                    return ended
         finally:
+            if ended:
+                # The harness releases its process or stream right after its last event: let it.
+                with contextlib.suppress(TimeoutError, Exception):
+                    await asyncio.wait_for(asyncio.shield(reader), RELEASE_SECONDS)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
@@ -389,7 +396,3 @@ class TurnRunner:
         # Through JSON once: what the harness gave is then plain JSON (and its size known).
         document = fit_event(json.loads(json.dumps(document, ensure_ascii=False, default=str)))
         await self.outbox.add(start.session_id, start.turn_id, start.epoch, document)
-
-
-def is_session_frame(message: codec.Message) -> bool:
-    return isinstance(message, SESSION_FRAMES)
