@@ -80,7 +80,7 @@ class SessionOutbox:
         self.max_events, self.max_bytes, self.ack_timeout = max_events, max_bytes, ack_timeout
         self._clock = clock
         self._sessions: dict[str, _Session] = {}
-        self._harness_sessions: dict[tuple[str, str], str] = {}  # (session, turn) → the harness's session id
+        self._harness_sessions: dict[str, tuple[str, str]] = {}  # session → (turn, the harness's session id)
         self._sender: FrameSender | None = None
         self._room = asyncio.Event()
         self._room.set()
@@ -103,7 +103,7 @@ class SessionOutbox:
         self._send_next(session_id)
 
     def set_harness_session(self, session_id: str, turn_id: str, harness_session_id: str) -> None:
-        self._harness_sessions[(session_id, turn_id)] = harness_session_id
+        self._harness_sessions[session_id] = (turn_id, harness_session_id)
 
     def pending(self, session_id: str) -> list[str]:
         """Ids of the session's events not yet acknowledged, oldest first (tests, logs)."""
@@ -175,7 +175,6 @@ class SessionOutbox:
             else:
                 kept.append(event)
         session.waiting = kept
-        self._harness_sessions.pop((session_id, turn_id), None)
         self._send_next(session_id)
 
     # -- sending --------------------------------------------------------------------------------
@@ -190,7 +189,8 @@ class SessionOutbox:
         if session is None:
             return
         if session.in_flight is None and not session.waiting:
-            del self._sessions[session_id]
+            del self._sessions[session_id]  # all acknowledged: nothing of the session is kept
+            self._harness_sessions.pop(session_id, None)
             return
         if session.in_flight is not None or self._sender is None:
             return
@@ -203,7 +203,9 @@ class SessionOutbox:
                 break
             candidates.append(event)
             budget -= event.size
-        harness_session_id = self._harness_sessions.get((session_id, first.turn_id))
+        turn_id, harness_session_id = self._harness_sessions.get(session_id, (first.turn_id, None))
+        if turn_id != first.turn_id:
+            harness_session_id = None  # known for a later turn of the session, not this one
         batch = codec.session_event_batches(session_id=session_id, turn_id=first.turn_id, epoch=first.epoch,
                                             events=[event.document for event in candidates],
                                             harness_session_id=harness_session_id)[0]

@@ -188,10 +188,14 @@ class TurnRunner:
     async def close(self) -> None:
         """Stops every turn (the agent is shutting down; the server ends them interrupted)."""
         self._waiting.clear()
-        for state in list(self._running.values()):
-            state.next_start = None
-            self._stop(state)
-        tasks = [state.task for state in self._running.values() if state.task is not None] + list(self._tasks)
+        states = list(self._running.values())
+        for state in states:
+            state.next_start, state.discard, state.cancel_requested = None, True, True
+        cancels = [state.turn.cancel() for state in states if state.turn is not None]
+        if cancels:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*cancels, return_exceptions=True), RELEASE_SECONDS)
+        tasks = [state.task for state in states if state.task is not None] + list(self._tasks)
         for task in tasks:
             task.cancel()
         for task in tasks:
