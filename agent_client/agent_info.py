@@ -40,7 +40,9 @@ class AgentInfoSource:
     updated itself, the machine was renamed) is sent again."""
 
     def __init__(self, *, agent_type: str, working_directory: str, probe: VersionProbe | None = None,
-                 known_versions: dict[str, str] | None = None, hostname: Callable[[], str] = socket.gethostname):
+                 known_versions: dict[str, str] | None = None, hostname: Callable[[], str] = socket.gethostname,
+                 features: tuple[str, ...] = ()):
+        self._features = features
         self._agent_type = agent_type
         self._working_directory = working_directory
         self._probe = probe
@@ -54,4 +56,5 @@ class AgentInfoSource:
             if found:
                 versions[self._agent_type] = found
         return codec.AgentInfo(hostname=self._hostname(), os=operating_system(), agent_type=self._agent_type,
-                               working_directory=self._working_directory, versions=versions)
+                               working_directory=self._working_directory, versions=versions,
+                               features=self._features)

@@ -17,6 +17,8 @@ from agent_client.opencode import OpencodeError, OpencodeServer
 from agent_client.registry import Registration, agentserver_home
 from agent_client.timings import TunnelTimings
 from agent_client.tunnel import TunnelClient, TunnelEvent
+from agent_client.turns import TurnRunner
+from layers.shared.tunnel import codec
 from layers.shared.tunnel.wire import Encoding
 
 log = logging.getLogger(__name__)
@@ -89,11 +91,14 @@ async def _serve(registration: Registration, *, on_event: EventSink, timings: Tu
         info = AgentInfoSource(
             agent_type=registration.agent_type, working_directory=registration.directory,
             probe=opencode_version_probe(app) if registration.agent_type == "opencode" else None,
-            known_versions=known_versions,
+            known_versions=known_versions, features=(codec.AGENT_FEATURE_TURNS,),
         )
+        # The harness runs the turns the server delivers; opencode's is the server the relay reaches.
+        turns = TurnRunner(lambda: harness_for(registration, opencode_url=app.base_url),
+                           agent_type=registration.agent_type)
         tunnel = TunnelClient(tunnel_url=registration.tunnel_url, token=registration.tunnel_token, app=app,
                               info=info, timings=timings, label=registration.name, encoding=encoding,
-                              on_event=lambda event: on_event(registration, event))
+                              on_event=lambda event: on_event(registration, event), turns=turns)
         await tunnel.run()
     finally:
         if opencode is not None:

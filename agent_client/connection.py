@@ -38,8 +38,10 @@ def now_ms() -> int:
 class TunnelConnection:
     def __init__(self, websocket: ClientConnection, *, app: LocalApp, client: httpx.AsyncClient,
                  timings: TunnelTimings, label: str = "", clock: Callable[[], float] = time.monotonic,
-                 encoding: Encoding = Encoding.TEXT):
+                 encoding: Encoding = Encoding.TEXT,
+                 on_session_frame: Callable[[codec.ConnectionMessage], None] | None = None):
         self.websocket = websocket
+        self._on_session_frame = on_session_frame
         self.label = label
         self.encoding = encoding  # as the server selected it at the handshake
         self._timings = timings
@@ -152,6 +154,8 @@ class TunnelConnection:
                 self.round_trip_ms = max(0, now_ms() - message.sent_at_ms)
         elif isinstance(message, codec.Heartbeat):
             self.writer.post([codec.HeartbeatAck(message.sequence, message.sent_at_ms, now_ms())])
+        elif isinstance(message, codec.ConnectionMessage) and self._on_session_frame is not None:
+            self._on_session_frame(message)  # TURN_START, TURN_CANCEL, … (turns.py)
 
     def _next_heartbeat(self) -> codec.Heartbeat:
         self._heartbeat_sequence += 1

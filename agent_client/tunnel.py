@@ -32,6 +32,7 @@ from agent_client.backoff import Backoff
 from agent_client.connection import TunnelConnection
 from agent_client.local_app import LocalApp
 from agent_client.timings import TunnelTimings
+from agent_client.turns import TurnRunner
 from layers.shared.settings import VERSION
 from layers.shared.tunnel import codec, wire
 from layers.shared.tunnel.wire import Encoding
@@ -88,8 +89,10 @@ class TunnelClient:
                  timings: TunnelTimings | None = None, label: str = "tunnel",
                  on_event: Callable[[TunnelEvent], None] | None = None,
                  backoff: Backoff | None = None, clock: Callable[[], float] = time.monotonic,
-                 encoding: Encoding = Encoding.TEXT):
+                 encoding: Encoding = Encoding.TEXT, turns: TurnRunner | None = None):
         self._tunnel_url = tunnel_url
+        # Runs the turns the server sends (TURN_START, …) and sends their events on the current connection.
+        self.turns = turns
         self.encoding = encoding  # the one this agent prefers; the server selects at each connection
         self._token = token
         self._app = app
@@ -114,6 +117,7 @@ class TunnelClient:
         """Keeps a connection up until cancelled; then closes every connection cleanly."""
         self._client = self._app.client()
         refresher = asyncio.create_task(self._refresh_info(), name=f"agent info {self.label}")
+        resender = asyncio.create_task(self.turns.run(), name=f"turns {self.label}") if self.turns else None
         try:
             while True:
                 try:
@@ -124,11 +128,17 @@ class TunnelClient:
                     await asyncio.sleep(delay)
                     continue
                 lasted, reason = await self._serve_with_rollovers(connection)
+                if self.turns is not None and self.current is not None:
+                    self.turns.detach(self.current.writer)  # events wait for the next connection
                 delay = self.backoff.connection_ended(lasted, self._timings.stable_after)
                 self._emit("connection_ended", f"{reason}; reconnecting in {delay:.1f} s")
                 await asyncio.sleep(delay)
         finally:
             refresher.cancel()
+            if resender is not None:
+                resender.cancel()
+            if self.turns is not None:
+                await self.turns.close()
             await self._shutdown()
             self._emit("stopped")
 
@@ -160,13 +170,17 @@ class TunnelClient:
         encoding = wire.selected_encoding(TUNNEL_SUBPROTOCOL, websocket.subprotocol)
         connection = TunnelConnection(websocket, app=self._app, client=self._client, timings=self._timings,
                                       label=f"{self.label}#{self.connections_opened}", clock=self._clock,
-                                      encoding=encoding)
+                                      encoding=encoding,
+                                      on_session_frame=self.turns.handle if self.turns is not None else None)
         try:
             await connection.start(await self._info.current())
         except ConnectionError as error:
             await connection.close("could not start")
             raise ConnectFailed(f"the connection closed at once: {error}") from None
         self.current = connection
+        if self.turns is not None:
+            # Events not yet acknowledged go again on the new connection (the old one may still drain).
+            self.turns.attach(connection.writer)
         self._emit("connected", f"connection #{self.connections_opened}, {encoding} frames")
         return connection
 

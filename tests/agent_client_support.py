@@ -134,6 +134,8 @@ class AgentLink:
         self.acknowledge_heartbeats = server.acknowledge_heartbeats
         self.binary_frames = 0
         self.messages_by_kind = {"str": 0, "bytes": 0}  # text and binary messages from the agent
+        self.session_events: list[codec.SessionEvents] = []  # as they came (parts joined), copies included
+        self._parts = codec.PartJoiner()
 
     @property
     def encoding(self) -> wire.Encoding:
@@ -174,6 +176,16 @@ class AgentLink:
             stream = self.streams.get(message.stream_id)
             if stream is not None:
                 stream.receive(message)
+        elif isinstance(message, codec.ControlPart):
+            whole = self._parts.add(message)
+            if whole is not None:
+                self._handle(whole)
+        elif isinstance(message, codec.SessionEvents):
+            self.session_events.append(message)
+            self.server.append_events(self, message)
+
+    async def start_turn(self, start: codec.TurnStart) -> None:
+        await self.send(codec.split_control(start, f"{start.turn_id}.{start.epoch}"))  # type: ignore[arg-type]
 
     async def request(self, method: str, target: str, *, headers: list[tuple[bytes, bytes]] | None = None,
                       body: bytes = b"", grant_credit: bool = True) -> FakeStream:
@@ -203,8 +215,14 @@ class FakeTunnelServer:
     (the server change docs/agent-client.md asks for)."""
 
     def __init__(self, *, port: int | None = None, acknowledge_heartbeats: bool = True,
-                 honour_handover: bool = True, refuse_first: int = 0, allow_binary: bool = False):
+                 honour_handover: bool = True, refuse_first: int = 0, allow_binary: bool = False,
+                 ack_events: bool = True):
         self.port = port or free_port()
+        # Like the session log: events appended once each (by id), acknowledged unless the test holds acks back.
+        self.ack_events = ack_events
+        self.log: list[dict[str, Any]] = []
+        self.logged_ids: set[str] = set()
+        self.session_epochs: dict[str, int] = {}  # session → its epoch; other epochs' events are refused
         self.allow_binary = allow_binary  # select binary frames for an agent that prefers them
         self.acknowledge_heartbeats = acknowledge_heartbeats
         self.honour_handover = honour_handover
@@ -218,6 +236,23 @@ class FakeTunnelServer:
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
+
+    def append_events(self, link: AgentLink, batch: codec.SessionEvents) -> None:
+        epoch = self.session_epochs.get(batch.session_id)
+        if epoch is not None and epoch != batch.epoch:
+            refusal = codec.SessionEventsAck(batch.session_id, batch.turn_id, (), refused="stale_epoch")
+            asyncio.ensure_future(link.send([refusal]))
+            return
+        for event in batch.events:
+            if event["id"] not in self.logged_ids:
+                self.logged_ids.add(str(event["id"]))
+                self.log.append({**event, "session_id": batch.session_id, "turn_id": batch.turn_id})
+        if self.ack_events:
+            asyncio.ensure_future(link.send([codec.SessionEventsAck(batch.session_id, batch.turn_id,
+                                                                    batch.event_ids)]))
+
+    def log_of(self, session_id: str) -> list[dict[str, Any]]:
+        return [event for event in self.log if event["session_id"] == session_id]
 
     async def start(self) -> FakeTunnelServer:
         self._server = await websockets.serve(self._handle, "127.0.0.1", self.port, process_request=self._authorize,

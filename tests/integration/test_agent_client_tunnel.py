@@ -15,6 +15,7 @@ from agent_client.agent_info import AgentInfoSource
 from agent_client.local_app import LocalApp
 from agent_client.timings import TunnelTimings
 from agent_client.tunnel import TunnelClient, TunnelEvent
+from agent_client.turns import TurnRunner
 from layers.shared.tunnel import codec
 from layers.shared.tunnel.codec import ErrorCode
 from layers.shared.tunnel.wire import Encoding
@@ -45,11 +46,12 @@ def local_app() -> Iterator[tuple[LocalTestApp, str]]:
 async def running_client(server: FakeTunnelServer, app_url: str, timings: TunnelTimings = FAST,
                          info: AgentInfoSource | None = None,
                          events: list[TunnelEvent] | None = None,
-                         encoding: Encoding = Encoding.TEXT) -> AsyncIterator[TunnelClient]:
+                         encoding: Encoding = Encoding.TEXT,
+                         turns: TurnRunner | None = None) -> AsyncIterator[TunnelClient]:
     client = TunnelClient(
         tunnel_url=server.url, token=TOKEN, app=LocalApp(app_url), timings=timings, label="test",
         info=info or AgentInfoSource(agent_type="opencode", working_directory="/work/project"),
-        on_event=(events.append if events is not None else None), encoding=encoding,
+        on_event=(events.append if events is not None else None), encoding=encoding, turns=turns,
     )
     task = asyncio.create_task(client.run())
     try:

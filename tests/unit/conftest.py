@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 
@@ -8,6 +9,14 @@ from moto import mock_aws
 
 from layers.shared.dal import aws
 from layers.shared.settings import get_settings
+
+
+@pytest.fixture(autouse=True)
+def fresh_event_loop_policy() -> Iterator[None]:
+    """asyncio.run leaves the main thread marked as having no event loop, and Mangum (used by other
+    unit tests in the same process) calls asyncio.get_event_loop(): give it a fresh policy back."""
+    yield
+    asyncio.set_event_loop_policy(None)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -19,12 +19,6 @@ from layers.shared.tunnel.codec import ErrorCode
 STREAM = 0x5A17C0DE00000001
 
 
-@pytest.fixture(autouse=True)
-def fresh_event_loop_policy() -> Iterator[None]:
-    """asyncio.run leaves the main thread marked as having no event loop, and Mangum (used by other
-    unit tests in the same process) calls asyncio.get_event_loop(): give it a fresh policy back."""
-    yield
-    asyncio.set_event_loop_policy(None)
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
 

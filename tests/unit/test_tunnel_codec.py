@@ -21,8 +21,10 @@ from layers.shared.tunnel.codec import (
     MAX_WS_CLOSE_REASON_BYTES,
     PROTOCOL_VERSION,
     AgentInfo,
+    ApprovalAnswer,
     Cancel,
     CancelReason,
+    ControlPart,
     ErrorCode,
     ForwardedFrom,
     FrameTooLarge,
@@ -37,7 +39,11 @@ from layers.shared.tunnel.codec import (
     ResponseBody,
     ResponseEnd,
     ResponseHead,
+    SessionEvents,
+    SessionEventsAck,
     StreamError,
+    TurnCancel,
+    TurnStart,
     WindowUpdate,
     WsClose,
     WsMessage,
@@ -84,6 +90,17 @@ ONE_OF_EACH: list[Message] = [
         versions={"agent_client": "0.1.0", "opencode": "0.9.1"},
     ),
     ForwardedFrom("sb-0123456789abcdef"),
+    TurnStart("ses-1", "tn-00000001-ab12cd", 3, "fix the test ✓", "accept-edits", "claudecode",
+              model="claude-sonnet-4-5", harness_session_id="8d4f"),
+    TurnCancel("ses-1", "tn-00000001-ab12cd"),
+    ApprovalAnswer("ses-1", "tn-00000001-ab12cd", "360b7d44-00ab", "deny", message="not that file"),
+    SessionEvents("ses-1", "tn-00000001-ab12cd", 3, (
+        {"id": "e1", "type": "turn.started", "at": "2025-01-01T00:00:00.000Z", "data": {"session_id": "8d4f"},
+         "raw": {"type": "system"}},
+        {"id": "e2", "type": "message.delta", "at": "2025-01-01T00:00:00.050Z", "data": {"text": "héllo"}},
+    ), harness_session_id="8d4f"),
+    SessionEventsAck("ses-1", "tn-00000001-ab12cd", ("e1", "e2")),
+    ControlPart(MessageType.TURN_START, "tn-00000001-ab12cd.3", 1, 4, b'"text":"more'),
 ]
 
 
@@ -567,3 +584,159 @@ def test_a_frame_larger_than_a_frame_payload_is_refused_even_inside_a_large_mess
         codec.stream_frames(oversized)
     largest = struct.pack("!BBHQII", 1, MessageType.RESPONSE_BODY, 0, 7, 1, MAX_PAYLOAD) + b"x" * MAX_PAYLOAD
     assert unpack(largest) == [ResponseBody(7, 1, b"x" * MAX_PAYLOAD)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions: turns and their events
+
+
+TURN = "tn-00000001-ab12cd"
+
+
+def event(number: int, text: str = "x") -> dict[str, object]:
+    return {"id": f"ev-{number:06d}", "type": "message.delta", "at": "2025-01-01T00:00:00.000Z",
+            "data": {"message_id": "m1", "text": text}}
+
+
+def test_session_frames_are_json_objects_on_stream_0_and_ignore_unknown_keys() -> None:
+    # Given a TURN_START as a newer server might send it, with a key this agent does not know
+    document = {"session_id": "ses-1", "turn_id": TURN, "epoch": 2, "text": "hi", "permission_mode": "ask",
+                "agent_type": "codex", "model": None, "attachments": []}
+    payload = json.dumps(document).encode()
+    frame = struct.pack("!BBHQII", 1, MessageType.TURN_START, 0, 0, 0, len(payload)) + payload
+    # Then it decodes, the unknown key ignored and the null model taken as none
+    assert decode(frame) == TurnStart("ses-1", TURN, 2, "hi", "ask", "codex")
+    # And what is sent leaves optional fields out rather than writing null
+    sent = json.loads(encode(TurnCancel("ses-1", TURN))[HEADER_SIZE:])
+    assert sent == {"session_id": "ses-1", "turn_id": TURN}
+    ack = json.loads(encode(SessionEventsAck("ses-1", TURN, (), refused="stale_epoch"))[HEADER_SIZE:])
+    assert ack == {"session_id": "ses-1", "turn_id": TURN, "event_ids": [], "refused": "stale_epoch"}
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: TurnStart("ses 1", TURN, 1, "hi"),
+        lambda: TurnStart("ses-1", TURN, -1, "hi"),
+        lambda: TurnStart("ses-1", TURN, 1, "hi", permission_mode="yolo"),
+        lambda: TurnStart("ses-1", TURN, 1, "x" * (codec.MAX_TURN_TEXT_BYTES + 1)),
+        lambda: ApprovalAnswer("ses-1", TURN, "a1", "maybe"),
+        lambda: ApprovalAnswer("ses-1", TURN, "has space", "allow"),
+        lambda: SessionEvents("ses-1", TURN, 1, ()),
+        lambda: SessionEvents("ses-1", TURN, 1, ({"id": "e1", "type": "x", "at": "now"},)),
+        lambda: SessionEvents("ses-1", TURN, 1, ({"id": "e/1", "type": "x", "at": "now", "data": {}},)),
+        lambda: SessionEvents("ses-1", TURN, 1, ({"id": "e1", "type": "x", "at": "now", "data": []},)),
+        lambda: SessionEventsAck("ses-1", TURN, ("ok", "not ok")),
+        lambda: ControlPart(MessageType.TURN_CANCEL, "m", 0, 2, b"x"),
+        lambda: ControlPart(MessageType.TURN_START, "m", 2, 2, b"x"),
+        lambda: ControlPart(MessageType.TURN_START, "m", 0, 1, b"x"),
+        lambda: ControlPart(MessageType.TURN_START, "m", 0, codec.MAX_CONTROL_PARTS + 1, b"x"),
+    ],
+    ids=["session-id", "epoch", "mode", "text-size", "decision", "approval-id", "no-events", "no-data", "event-id",
+         "data-not-object", "ack-id", "part-of-small-type", "part-index", "one-part", "too-many-parts"],
+)
+def test_session_frames_that_break_the_contract_cannot_be_built(build: object) -> None:
+    with pytest.raises(ProtocolError):
+        build()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    "message_type,payload",
+    [
+        (MessageType.TURN_START, b'{"session_id":"s","turn_id":"t","epoch":1,"text":"x","permission_mode":"ask"}'),
+        (MessageType.SESSION_EVENTS, b'{"session_id":"s","turn_id":"t","epoch":1,"events":"no"}'),
+        (MessageType.SESSION_EVENTS_ACK, b'["s"]'),
+        (MessageType.APPROVAL_ANSWER, b"\xff"),
+        (MessageType.CONTROL_PART, b"\x30\x01m\x00"),
+        (MessageType.CONTROL_PART, b"\x99\x01m\x00\x00\x00\x02x"),
+    ],
+    ids=["missing-agent-type", "events-not-list", "not-object", "not-utf8", "truncated-part", "unknown-inner-type"],
+)
+def test_malformed_session_frames_are_protocol_errors(message_type: MessageType, payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode(struct.pack("!BBHQII", 1, message_type, 0, 0, 0, len(payload)) + payload)
+
+
+def test_a_session_frame_on_a_stream_is_refused() -> None:
+    payload = TurnCancel("ses-1", TURN).payload()
+    with pytest.raises(ProtocolError, match="stream 0"):
+        decode(struct.pack("!BBHQII", 1, MessageType.TURN_CANCEL, 0, 5, 0, len(payload)) + payload)
+
+
+def test_many_events_are_batched_into_as_few_frames_as_fit_in_order() -> None:
+    # Given 2,000 small events (about 130 KB of JSON)
+    events = [event(number, "word ") for number in range(2000)]
+    batches = codec.session_event_batches(session_id="ses-1", turn_id=TURN, epoch=4, events=events,
+                                          harness_session_id="8d4f")
+    # Then each batch encodes within a frame, and together they carry every event once, in order
+    frames = [encode(batch) for batch in batches]
+    assert all(len(frame) <= MAX_FRAME for frame in frames)
+    assert [event_id for batch in batches for event_id in batch.event_ids] == [e["id"] for e in events]
+    # And the frames are full: no more than one frame more than the bytes need
+    assert len(batches) <= sum(len(frame) for frame in frames) // MAX_FRAME + 1
+    assert all(isinstance(decode(frame), SessionEvents) for frame in frames)
+    assert all(batch.epoch == 4 and batch.harness_session_id == "8d4f" for batch in batches)
+
+
+def test_an_event_too_large_for_a_frame_travels_alone_in_parts_and_joins_back() -> None:
+    # Given a small event, a 200 KB tool result (a file read, with its raw native event) and another small one
+    big = {"id": "ev-big", "type": "tool.result", "at": "2025-01-01T00:00:00.000Z",
+           "data": {"call_id": "c1", "output": "é" * 100_000, "is_error": False},
+           "raw": {"content": '"quoted" \\ \n' * 1000}}
+    batches = codec.session_event_batches(session_id="ses-1", turn_id=TURN, epoch=1,
+                                          events=[event(1), big, event(2)])
+    # Then the big one is a batch of its own, between the others
+    assert [batch.event_ids for batch in batches] == [("ev-000001",), ("ev-big",), ("ev-000002",)]
+    with pytest.raises(FrameTooLarge):
+        encode(batches[1])
+    # When it is split, every part fits a frame
+    parts = codec.split_control(batches[1], "ev-big")
+    assert len(parts) > 2 and all(isinstance(part, ControlPart) for part in parts)
+    frames = [encode(part) for part in parts]
+    assert all(len(frame) <= MAX_FRAME for frame in frames)
+    # And the receiver gets the very message back, whatever the order and with a part re-sent
+    received = [decode(frame) for frame in reversed(frames)] + [decode(frames[0])]
+    assert codec.join_parts(received) == batches[1]  # type: ignore[arg-type]
+    # Whereas a small message is not split at all
+    assert codec.split_control(batches[0], "ev-000001") == [batches[0]]
+
+
+def test_parts_that_do_not_make_up_a_message_are_refused() -> None:
+    turn = TurnStart("ses-1", TURN, 1, "word " * 20_000)
+    parts = codec.split_control(turn, f"{TURN}.1")
+    assert codec.join_parts(parts) == turn  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="incomplete"):
+        codec.join_parts(parts[1:])  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="different bytes"):
+        codec.join_parts([*parts, ControlPart(MessageType.TURN_START, f"{TURN}.1", 0, len(parts), b"other")])  # type: ignore[list-item]
+    with pytest.raises(ProtocolError, match="different messages"):
+        codec.join_parts([*parts[:-1], ControlPart(MessageType.TURN_START, "other", 0, len(parts), b"x")])  # type: ignore[list-item]
+    # Parts whose joined bytes are not the inner message's payload are refused like a bad frame
+    with pytest.raises(ProtocolError):
+        codec.join_parts([ControlPart(MessageType.TURN_START, "m", index, 2, b"{") for index in range(2)])
+    with pytest.raises(FrameTooLarge):
+        codec.split_control(TurnStart("ses-1", TURN, 1, "x" * codec.MAX_TURN_TEXT_BYTES), "m" * 128)
+        codec.split_control(SessionEvents("ses-1", TURN, 1, ({**event(1), "data": {"t": "x" * 6_000_000}},)), "m")
+
+
+def test_the_part_joiner_gives_each_message_once_whole_and_forgets_the_oldest_incomplete() -> None:
+    joiner = codec.PartJoiner(max_messages=2)
+    turns = [TurnStart("ses-1", TURN, epoch, "word " * 10_000) for epoch in range(1, 4)]
+    parts = [codec.split_control(turn, f"{TURN}.{turn.epoch}") for turn in turns]
+    # Given the first part of each of three messages, the first is forgotten (the joiner keeps two)
+    for message_parts in parts:
+        assert joiner.add(message_parts[0]) is None  # type: ignore[arg-type]
+    # The others complete at their last part
+    for message_parts, turn in zip(parts[1:], turns[1:], strict=True):
+        results = [joiner.add(part) for part in message_parts[1:]]  # type: ignore[arg-type]
+        assert results[:-1] == [None] * (len(results) - 1) and results[-1] == turn
+    # The forgotten one completes only once its first part comes again (its sender re-sends the message)
+    assert [joiner.add(part) for part in parts[0][1:]] == [None] * (len(parts[0]) - 1)  # type: ignore[arg-type]
+    assert joiner.add(parts[0][0]) == turns[0]  # type: ignore[arg-type]
+
+
+def test_agent_info_carries_features_and_an_older_one_has_none() -> None:
+    info = AgentInfo("h", "o", "claudecode", "/w", {}, features=(codec.AGENT_FEATURE_TURNS,))
+    assert json.loads(encode(info)[HEADER_SIZE:])["features"] == ["turns"]
+    assert decode(encode(info)) == info
+    assert decode(encode(AgentInfo("h", "o", "opencode", "/w", {}))).features == ()  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
-from typing import ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 PROTOCOL_VERSION = 1
 
@@ -99,6 +99,13 @@ class MessageType(IntEnum):
     HEARTBEAT_ACK = 0x21
     AGENT_INFO = 0x22
     FORWARDED_FROM = 0x23
+    # 0x3_: sessions (turns and their events), always on stream 0, JSON payloads.
+    TURN_START = 0x30
+    TURN_CANCEL = 0x31
+    APPROVAL_ANSWER = 0x32
+    SESSION_EVENTS = 0x33
+    SESSION_EVENTS_ACK = 0x34
+    CONTROL_PART = 0x35
 
 
 class Flag(IntFlag):
@@ -194,6 +201,10 @@ class _PayloadReader:
         self._offset = 0
         self._message_type = message_type
 
+    @property
+    def message_type(self) -> MessageType:
+        return self._message_type
+
     def _take(self, size: int, what: str) -> memoryview:
         end = self._offset + size
         if end > len(self._payload):
@@ -258,6 +269,24 @@ def _headers_payload(headers: HeaderPairs) -> bytes:
         parts.append(_blob(name, 2, "a header name"))
         parts.append(_blob(value, 2, f"the value of header {name[:64]!r}"))
     return b"".join(parts)
+
+def _json_payload(document: Mapping[str, object]) -> bytes:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _json_document(reader: _PayloadReader) -> dict[str, Any]:
+    """A payload that is one JSON object (AGENT_INFO, the session frames)."""
+    name = reader.message_type.name
+    text = reader.text(reader.rest(), f"the {name} payload")
+    try:
+        document = json.loads(text)
+    # Besides bad syntax, json raises ValueError for an integer of over 4,300 digits and
+    # RecursionError for deep nesting; 32 KB of "[" is enough for that.
+    except (ValueError, RecursionError) as error:
+        raise ProtocolError(f"{name} is not usable JSON: {str(error)[:200]}") from error
+    _require(isinstance(document, dict), f"{name} must be a JSON object")
+    return document
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -611,6 +640,10 @@ class AgentInfo(ConnectionMessage):
     agent_type: str  # e.g. "opencode"
     working_directory: str
     versions: Mapping[str, str] = field(default_factory=dict)  # e.g. {"agent_client": "0.1.0", "opencode": "0.9.1"}
+    # What this agent takes beyond the HTTP relay, e.g. ("turns",): TURN_START and the other session frames.
+    # A server sends those frames only to an agent that lists the feature (an older agent drops the
+    # whole WebSocket message holding a type it does not know, so the turn would wait for ever).
+    features: tuple[str, ...] = ()
 
     _TEXT_FIELDS: ClassVar[tuple[str, ...]] = ("hostname", "os", "agent_type", "working_directory")
 
@@ -624,25 +657,23 @@ class AgentInfo(ConnectionMessage):
             f"versions must map names to version strings, got {self.versions!r}",
         )
         object.__setattr__(self, "versions", dict(self.versions))
+        _require(isinstance(self.features, list | tuple) and all(isinstance(name, str) for name in self.features),
+                 f"features must be a list of names, got {self.features!r}")
+        object.__setattr__(self, "features", tuple(self.features))
 
     def payload(self) -> bytes:
         document = {name: getattr(self, name) for name in self._TEXT_FIELDS} | {"versions": dict(self.versions)}
-        return json.dumps(document, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+        if self.features:
+            document["features"] = list(self.features)
+        return _json_payload(document)
 
     @classmethod
     def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
-        raw = reader.rest()
-        text = reader.text(raw, "the agent info")
-        try:
-            document = json.loads(text)
-        # Besides bad syntax, json raises ValueError for an integer of over 4,300 digits and
-        # RecursionError for deep nesting; 32 KB of "[" is enough for that.
-        except (ValueError, RecursionError) as error:
-            raise ProtocolError(f"AGENT_INFO is not usable JSON: {str(error)[:200]}") from error
-        _require(isinstance(document, dict), "AGENT_INFO must be a JSON object")
+        document = _json_document(reader)
         missing = [name for name in (*cls._TEXT_FIELDS, "versions") if name not in document]
         _require(not missing, f"AGENT_INFO lacks {', '.join(missing)}")
-        return cls(**{name: document[name] for name in cls._TEXT_FIELDS}, versions=document["versions"])
+        return cls(**{name: document[name] for name in cls._TEXT_FIELDS}, versions=document["versions"],
+                   features=document.get("features", ()))
 
 
 @dataclass(frozen=True)
@@ -667,6 +698,340 @@ class ForwardedFrom(ConnectionMessage):
         return cls(reader.text(reader.blob8("sandbox id"), "sandbox id"))
 
 
+# ---------------------------------------------------------------------------------------------
+# Sessions: turns and their events (docs/tunnel-protocol.md, "Sessions: turns and events").
+# JSON objects on stream 0, like AGENT_INFO: rare next to body chunks, and meant to grow; a
+# receiver ignores keys it does not know.
+
+# Session, turn and event ids: what the server and the agent generate (uuids, "tn-00000001-ab12cd").
+_SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Approval ids are the harness's own (a uuid, opencode's "per_…"): any printable ASCII without spaces.
+_APPROVAL_ID = re.compile(r"[!-~]{1,256}")
+MAX_EPOCH = 2**63 - 1
+MAX_TURN_TEXT_BYTES = 1024 * 1024  # the session layer's own limit (a setting, 100 KiB by default) comes first
+MAX_MODEL_BYTES = 256
+MAX_EVENT_TYPE_BYTES = 64
+# One event's data and raw, as JSON (the session log's limit too: larger ones are cut by the agent).
+MAX_SESSION_EVENT_BYTES = 1024 * 1024
+# A control message over a frame travels as CONTROL_PART frames, at most this many (~5 MB).
+MAX_CONTROL_PARTS = 160
+PERMISSION_MODES = ("ask", "accept-edits", "full-auto")
+DECISIONS = ("allow", "deny")
+AGENT_FEATURE_TURNS = "turns"  # AGENT_INFO.features: the agent takes TURN_START and the frames below
+
+
+def _check_id(value: object, name: str, pattern: re.Pattern[str] = _SESSION_ID) -> None:
+    _require(isinstance(value, str) and bool(pattern.fullmatch(value)),
+             f"{name} must be an id ({pattern.pattern}), got {str(value)[:200]!r}")
+
+
+def _check_optional_text(value: object, name: str, limit: int) -> None:
+    _require(value is None or (isinstance(value, str) and 0 < len(value.encode()) <= limit),
+             f"{name} must be null or 1 to {limit} bytes of text, got {str(value)[:200]!r}")
+
+
+def _check_epoch(value: object) -> None:
+    _check_int(value, "epoch", 0, MAX_EPOCH)
+
+
+def _fields(document: Mapping[str, object], message_type: MessageType, required: Sequence[str],
+            optional: Sequence[str] = ()) -> dict[str, object]:
+    missing = [name for name in required if name not in document]
+    _require(not missing, f"{message_type.name} lacks {', '.join(missing)}")
+    return {name: document[name] for name in (*required, *optional) if name in document}
+
+
+@dataclass(frozen=True)
+class _JsonConnectionMessage(ConnectionMessage, ABC):
+    """A connection message whose payload is a JSON object of its fields (None-valued optional ones left out)."""
+
+    _REQUIRED: ClassVar[tuple[str, ...]]
+    _OPTIONAL: ClassVar[tuple[str, ...]] = ()
+
+    def document(self) -> dict[str, object]:
+        document: dict[str, object] = {name: getattr(self, name) for name in self._REQUIRED}
+        for name in self._OPTIONAL:
+            if getattr(self, name) is not None:
+                document[name] = getattr(self, name)
+        return document
+
+    def payload(self) -> bytes:
+        return _json_payload(self.document())
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        return cls(**_fields(_json_document(reader), cls.TYPE, cls._REQUIRED, cls._OPTIONAL))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class TurnStart(_JsonConnectionMessage):
+    """Server → agent: run this turn of this session on the agent's harness, holding `epoch`. Over a
+    frame (a long text) it travels as CONTROL_PART frames (`split_control`)."""
+
+    TYPE = MessageType.TURN_START
+    _REQUIRED = ("session_id", "turn_id", "epoch", "text", "permission_mode", "agent_type")
+    _OPTIONAL = ("model", "harness_session_id")
+    session_id: str
+    turn_id: str
+    epoch: int
+    text: str
+    permission_mode: str = "ask"
+    agent_type: str = "opencode"
+    model: str | None = None
+    harness_session_id: str | None = None  # the harness's own id of the session, to resume it
+
+    def __post_init__(self) -> None:
+        _check_id(self.session_id, "session_id")
+        _check_id(self.turn_id, "turn_id")
+        _check_epoch(self.epoch)
+        _require(isinstance(self.text, str) and len(self.text.encode()) <= MAX_TURN_TEXT_BYTES,
+                 f"text must be at most {MAX_TURN_TEXT_BYTES} bytes of text")
+        _require(self.permission_mode in PERMISSION_MODES,
+                 f"permission_mode must be one of {', '.join(PERMISSION_MODES)}, got {self.permission_mode!r}")
+        _require(isinstance(self.agent_type, str) and 0 < len(self.agent_type) <= 64,
+                 f"agent_type must be a name, got {self.agent_type!r}")
+        _check_optional_text(self.model, "model", MAX_MODEL_BYTES)
+        _check_optional_text(self.harness_session_id, "harness_session_id", 256)
+
+
+@dataclass(frozen=True)
+class TurnCancel(_JsonConnectionMessage):
+    """Server → agent: stop this turn (its events then end with turn.failed, cancelled)."""
+
+    TYPE = MessageType.TURN_CANCEL
+    _REQUIRED = ("session_id", "turn_id")
+    session_id: str
+    turn_id: str
+
+    def __post_init__(self) -> None:
+        _check_id(self.session_id, "session_id")
+        _check_id(self.turn_id, "turn_id")
+
+
+@dataclass(frozen=True)
+class ApprovalAnswer(_JsonConnectionMessage):
+    """Server → agent: a member's answer to an approval.requested event of a running turn."""
+
+    TYPE = MessageType.APPROVAL_ANSWER
+    _REQUIRED = ("session_id", "turn_id", "approval_id", "decision")
+    _OPTIONAL = ("message",)
+    session_id: str
+    turn_id: str
+    approval_id: str
+    decision: str  # "allow" | "deny"
+    message: str | None = None  # for a denial: what the harness tells the model
+
+    def __post_init__(self) -> None:
+        _check_id(self.session_id, "session_id")
+        _check_id(self.turn_id, "turn_id")
+        _check_id(self.approval_id, "approval_id", _APPROVAL_ID)
+        _require(self.decision in DECISIONS, f"decision must be allow or deny, got {self.decision!r}")
+        _check_optional_text(self.message, "message", MAX_REASON_BYTES)
+
+
+def check_session_event(event: object) -> dict[str, object]:
+    """One event as SESSION_EVENTS carries it: {id, type, at, data, raw?}; unknown keys are dropped."""
+    _require(isinstance(event, Mapping), f"an event is a JSON object, got {str(event)[:200]!r}")
+    assert isinstance(event, Mapping)
+    missing = [name for name in ("id", "type", "at", "data") if name not in event]
+    _require(not missing, f"an event lacks {', '.join(missing)}")
+    _check_id(event["id"], "an event's id")
+    kind = event["type"]
+    _require(isinstance(kind, str) and 0 < len(kind) <= MAX_EVENT_TYPE_BYTES and kind.isascii(),
+             f"an event's type must be a short name, got {str(kind)[:100]!r}")
+    _require(isinstance(event["at"], str) and 0 < len(event["at"]) <= 64,
+             f"an event's at must be an ISO-8601 time, got {str(event['at'])[:100]!r}")
+    _require(isinstance(event["data"], dict), "an event's data must be a JSON object")
+    checked = {name: event[name] for name in ("id", "type", "at", "data")}
+    if event.get("raw") is not None:
+        checked["raw"] = event["raw"]
+    return checked
+
+
+@dataclass(frozen=True)
+class SessionEvents(_JsonConnectionMessage):
+    """Agent → server: events of one turn, in the order the harness produced them, to append to the
+    session's log under `epoch`. Everything ready travels in one frame; more than a frame holds is
+    split into several (`session_event_batches`); one event too large for a frame travels alone,
+    as CONTROL_PART frames."""
+
+    TYPE = MessageType.SESSION_EVENTS
+    _REQUIRED = ("session_id", "turn_id", "epoch", "events")
+    _OPTIONAL = ("harness_session_id",)
+    session_id: str
+    turn_id: str
+    epoch: int
+    events: tuple[Mapping[str, object], ...]
+    harness_session_id: str | None = None  # once known: the server records it to resume the session
+
+    def __post_init__(self) -> None:
+        _check_id(self.session_id, "session_id")
+        _check_id(self.turn_id, "turn_id")
+        _check_epoch(self.epoch)
+        _require(isinstance(self.events, list | tuple) and len(self.events) > 0,
+                 "SESSION_EVENTS carries a non-empty list of events")
+        object.__setattr__(self, "events", tuple(check_session_event(event) for event in self.events))
+        _check_optional_text(self.harness_session_id, "harness_session_id", 256)
+
+    def document(self) -> dict[str, object]:
+        return super().document() | {"events": [dict(event) for event in self.events]}
+
+    @property
+    def event_ids(self) -> tuple[str, ...]:
+        return tuple(str(event["id"]) for event in self.events)
+
+
+@dataclass(frozen=True)
+class SessionEventsAck(_JsonConnectionMessage):
+    """Server → agent: these events are in the log (a duplicate too), so the agent forgets them; or the
+    whole SESSION_EVENTS was refused (`refused`: "stale_epoch", or another reason), and the agent
+    stops that turn and drops its events."""
+
+    TYPE = MessageType.SESSION_EVENTS_ACK
+    _REQUIRED = ("session_id", "turn_id", "event_ids")
+    _OPTIONAL = ("refused",)
+    session_id: str
+    turn_id: str
+    event_ids: tuple[str, ...] = ()
+    refused: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_id(self.session_id, "session_id")
+        _check_id(self.turn_id, "turn_id")
+        _require(isinstance(self.event_ids, list | tuple), "event_ids must be a list")
+        for event_id in self.event_ids:
+            _check_id(event_id, "an event id")
+        object.__setattr__(self, "event_ids", tuple(self.event_ids))
+        _check_optional_text(self.refused, "refused", 64)
+
+    def document(self) -> dict[str, object]:
+        return super().document() | {"event_ids": list(self.event_ids)}
+
+
+# Control messages that may be larger than a frame (a long turn text, one large event).
+PARTABLE_TYPES = frozenset({MessageType.TURN_START, MessageType.SESSION_EVENTS})
+
+
+@dataclass(frozen=True)
+class ControlPart(ConnectionMessage):
+    """Either side: part `index` of `count` of a control message too large for one frame (its payload
+    cut into pieces). `message_id` names the whole message; a re-sent message keeps its id and its
+    bytes, so parts of two sendings can be joined. The parts need not arrive in order or in one
+    WebSocket message; the receiver joins them once it has all (`join_parts`, `PartJoiner`)."""
+
+    TYPE = MessageType.CONTROL_PART
+    inner_type: MessageType
+    message_id: str
+    index: int
+    count: int
+    chunk: bytes
+
+    def __post_init__(self) -> None:
+        _require(self.inner_type in PARTABLE_TYPES, f"a {getattr(self.inner_type, 'name', self.inner_type)} "
+                                                    "is never sent in parts")
+        _check_id(self.message_id, "message_id")
+        _check_int(self.count, "count", 2, MAX_CONTROL_PARTS)
+        _check_int(self.index, "index", 0, self.count - 1)
+        _require(isinstance(self.chunk, bytes) and len(self.chunk) > 0, "a part carries some bytes")
+
+    def payload(self) -> bytes:
+        return (bytes([self.inner_type]) + _blob(self.message_id.encode(), 1, "message id")
+                + self.index.to_bytes(2, "big") + self.count.to_bytes(2, "big") + self.chunk)
+
+    @classmethod
+    def _parse(cls, stream_id: int, seq: int, flags: Flag, reader: _PayloadReader) -> Self:
+        code = reader.u8("inner type")
+        _require(code in _MESSAGE_CLASSES, f"unknown inner message type 0x{code:02x}")
+        message_id = reader.text(reader.blob8("message id"), "message id")
+        index, count = reader.u16("index"), reader.u16("count")
+        return cls(MessageType(code), message_id, index, count, reader.rest())
+
+
+def _part_overhead(message_id: str) -> int:
+    return 1 + 1 + len(message_id.encode()) + 2 + 2
+
+
+def split_control(message: ConnectionMessage, message_id: str) -> list[ConnectionMessage]:
+    """The message itself if it fits in a frame, else its CONTROL_PART frames (FrameTooLarge over
+    MAX_CONTROL_PARTS). Send all parts together: packed, they often share one WebSocket message."""
+    payload = message.payload()
+    if len(payload) <= MAX_PAYLOAD:
+        return [message]
+    _require(message.TYPE in PARTABLE_TYPES, f"a {message.TYPE.name} must fit in one frame")
+    size = MAX_PAYLOAD - _part_overhead(message_id)
+    count = -(-len(payload) // size)
+    if count > MAX_CONTROL_PARTS:
+        raise FrameTooLarge(f"{message.TYPE.name} of {len(payload)} bytes needs {count} parts; "
+                            f"the limit is {MAX_CONTROL_PARTS}")
+    return [ControlPart(message.TYPE, message_id, index, count, payload[index * size:(index + 1) * size])
+            for index in range(count)]
+
+
+def join_parts(parts: Iterable[ControlPart]) -> ConnectionMessage:
+    """The control message the parts make up (ProtocolError if they disagree or some are missing).
+    The same part twice is fine (a re-sent message); two different bytes for one index are not."""
+    chunks: dict[int, bytes] = {}
+    first: ControlPart | None = None
+    for part in parts:
+        first = first or part
+        _require((part.inner_type, part.message_id, part.count) == (first.inner_type, first.message_id, first.count),
+                 "parts of different messages cannot be joined")
+        _require(chunks.setdefault(part.index, part.chunk) == part.chunk,
+                 f"part {part.index} of {part.message_id} came twice with different bytes")
+    _require(first is not None and len(chunks) == first.count,
+             f"{len(chunks)} of {first.count if first else '?'} parts: the message is incomplete")
+    assert first is not None
+    payload = b"".join(chunks[index] for index in range(first.count))
+    message_class = _MESSAGE_CLASSES[first.inner_type]
+    reader = _PayloadReader(memoryview(payload), first.inner_type)
+    message = message_class._parse(CONNECTION_STREAM_ID, 0, Flag.NONE, reader)
+    reader.finish()
+    assert isinstance(message, ConnectionMessage)
+    return message
+
+
+class PartJoiner:
+    """Collects CONTROL_PART frames (the agent's side: it is one process) and gives each message once
+    it is whole. Bounded: at most `max_messages` incomplete messages are kept, the oldest forgotten
+    first (its sender sends it again if it still matters)."""
+
+    def __init__(self, max_messages: int = 16):
+        self._max_messages = max_messages
+        self._incomplete: dict[tuple[MessageType, str], dict[int, ControlPart]] = {}
+
+    def add(self, part: ControlPart) -> ConnectionMessage | None:
+        key = (part.inner_type, part.message_id)
+        parts = self._incomplete.pop(key, {})
+        parts[part.index] = part
+        if len(parts) < part.count:
+            self._incomplete[key] = parts  # (re)inserted last: the most recently active
+            while len(self._incomplete) > self._max_messages:
+                del self._incomplete[next(iter(self._incomplete))]
+            return None
+        return join_parts(parts.values())
+
+
+def session_event_batches(*, session_id: str, turn_id: str, epoch: int, events: Sequence[Mapping[str, object]],
+                          harness_session_id: str | None = None, max_payload: int = MAX_PAYLOAD) -> list[SessionEvents]:
+    """SESSION_EVENTS messages carrying `events` in order, as few as fit in `max_payload` each. An
+    event that does not fit alone is a batch of its own (send it with `split_control`)."""
+    batches: list[SessionEvents] = []
+    current: list[Mapping[str, object]] = []
+    envelope = len(SessionEvents(session_id, turn_id, epoch, ({"id": "x", "type": "x", "at": "x", "data": {}},),
+                                 harness_session_id).payload()) - len(b'{"at":"x","data":{},"id":"x","type":"x"}')
+    size = envelope
+    for event in events:
+        event_size = len(_json_payload(check_session_event(event))) + 1  # and its comma
+        if current and size + event_size > max_payload:
+            batches.append(SessionEvents(session_id, turn_id, epoch, tuple(current), harness_session_id))
+            current, size = [], envelope
+        current.append(event)
+        size += event_size
+    if current:
+        batches.append(SessionEvents(session_id, turn_id, epoch, tuple(current), harness_session_id))
+    return batches
+
+
 _MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
     message_class.TYPE: message_class
     for message_class in (
@@ -686,6 +1051,12 @@ _MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
         HeartbeatAck,
         AgentInfo,
         ForwardedFrom,
+        TurnStart,
+        TurnCancel,
+        ApprovalAnswer,
+        SessionEvents,
+        SessionEventsAck,
+        ControlPart,
     )
 }
 STREAM_TYPES = frozenset(t for t, c in _MESSAGE_CLASSES.items() if issubclass(c, StreamMessage))
