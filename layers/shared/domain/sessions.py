@@ -30,6 +30,7 @@ from layers.shared.domain.agents import AgentType, Sandbox, SandboxKind
 from layers.shared.domain.roles import Action, Role
 from layers.shared.domain.tokens import new_id
 from layers.shared.errors import AppError, Conflict, Forbidden, NotFound, PayloadTooLarge, ValidationFailed
+from layers.shared.tunnel.codec import MAX_SESSION_EVENT_BYTES
 
 
 class SessionState(StrEnum):
@@ -76,7 +77,8 @@ MAX_TITLE = 200
 MAX_MODEL = 128
 MAX_EVENT_ID = 128
 MAX_EVENT_TYPE = 64
-MAX_EVENT_BYTES = 1024 * 1024  # data + raw of one event, as JSON; the store moves large ones to S3
+# data + raw of one event, as JSON (the store moves large ones to S3); the agent fits its events to the same limit
+MAX_EVENT_BYTES = MAX_SESSION_EVENT_BYTES
 MAX_EVENTS_PER_APPEND = 500
 EVENT_PAGE_MAX = 500
 LIST_PAGE_MAX = 100
