@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
+from embedded.events import websocket_event
 from embedded.lambda_runtime import LambdaContext
 from layers.shared.domain.connections import Connection
 
@@ -48,3 +50,10 @@ class RecordingPusher:
 
     def close(self, management_url: str, connection_id: str) -> None:
         self.closed.append(connection_id)
+
+
+def websocket_test_event(route_key: str, event_type: str, connection_id: str = "c-1", **extra: Any) -> dict[str, Any]:
+    """A WebSocket API event as API Gateway would send it to a ws_tunnel handler."""
+    return websocket_event(route_key=route_key, event_type=event_type, connection_id=connection_id,
+                           connected_at_ms=0, domain_name="api.example", stage="prod",
+                           source_ip="10.0.0.9", user_agent="agent/1", **extra)

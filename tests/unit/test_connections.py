@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from embedded.events import websocket_event
 from functions.workers import reaper
 from functions.ws_tunnel import handler as ws
 from layers.shared.dal.connections import DynamoConnectionStore
@@ -17,6 +16,7 @@ from layers.shared.settings import get_settings
 from layers.shared.tunnel import codec, wire
 from layers.shared.tunnel.wire import Encoding
 from tests.unit.fakes import CONTEXT, MemoryConnectionStore, RecordingPusher
+from tests.unit.fakes import websocket_test_event as event
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 URL = "https://api.example/prod"
@@ -27,12 +27,6 @@ def agent_protocol(token: str, *offers: str) -> list[tuple[str, str]]:
     negotiation), then its encodings (text alone by default)."""
     offered = offers or ("agentserver.tunnel.v1.text",)
     return [("Sec-WebSocket-Protocol", ", ".join(("agentserver.tunnel.v1", token, *offered)))]
-
-
-def event(route_key: str, event_type: str, connection_id: str = "c-1", **extra) -> dict:
-    return websocket_event(route_key=route_key, event_type=event_type, connection_id=connection_id,
-                           connected_at_ms=0, domain_name="api.example", stage="prod",
-                           source_ip="10.0.0.9", user_agent="agent/1", **extra)
 
 
 def test_ping_gets_a_pong_with_the_same_id() -> None:
