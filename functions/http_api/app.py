@@ -9,7 +9,18 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from functions.http_api.routers import admin, auth, health, invitations, llm, oidc, sandboxes, tokens, workspaces
+from functions.http_api.routers import (
+    admin,
+    auth,
+    health,
+    invitations,
+    llm,
+    oidc,
+    sandboxes,
+    session_viewers,
+    tokens,
+    workspaces,
+)
 from layers.shared.errors import AppError, NotFound, error_body, error_for_status
 from layers.shared.observability import logger
 from layers.shared.settings import VERSION
@@ -51,7 +62,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
         dependencies=[Depends(bounded_path_ids)],
     )
-    for module in (health, auth, oidc, tokens, workspaces, invitations, sandboxes, llm, admin):
+    for module in (health, auth, oidc, tokens, workspaces, invitations, sandboxes, session_viewers, llm, admin):
         app.include_router(module.router)
     _install_error_handlers(app)
     return app

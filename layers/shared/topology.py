@@ -228,10 +228,19 @@ USAGE = Table(
     ttl_attribute="expires_at",
 )
 
+VIEWERS = Table(
+    # Live viewing (docs/sessions-live.md): viewer tickets, and each session's live viewers under the session's
+    # partition, so "every viewer of session S" is one strongly consistent Query; docs/data-model.md lists the items.
+    name="viewers",
+    partition=Key("pk"),
+    sort=Key("sk"),
+    ttl_attribute="expires_at",
+)
+
 SANDBOX_OPS = Queue(name="sandbox-ops", visibility_timeout_seconds=60, max_receive_count=3)
 
 TOPOLOGY = Topology(
-    tables=(CONNECTIONS, OPERATIONS, IDENTITY, SANDBOXES, USAGE),
+    tables=(CONNECTIONS, OPERATIONS, IDENTITY, SANDBOXES, USAGE, VIEWERS),
     queues=(SANDBOX_OPS,),
     buckets=(Bucket("console"),),
     secrets=(
@@ -252,7 +261,7 @@ TOPOLOGY = Topology(
             memory_mb=1024,
             timeout_seconds=29,  # just under the HTTP API's 30 s integration limit
             http_routes=(HttpRoute("ANY", "/api/{proxy+}"),),
-            tables=("connections", "operations", "identity", "sandboxes", "usage"),
+            tables=("connections", "operations", "identity", "sandboxes", "usage", "viewers"),
             queues_send=("sandbox-ops",),
             secrets=("setup-token",),
             sends_mail=True,  # address confirmations and invitations
@@ -260,22 +269,23 @@ TOPOLOGY = Topology(
         Function(
             name="ws_connect",
             handler="functions.ws_tunnel.handler.connect",
-            description="WebSocket $connect: authenticates an agent's tunnel token or the relay's credential",
+            description="WebSocket $connect: authenticates an agent's tunnel token, the relay's credential or a "
+                        "viewer's ticket",
             memory_mb=256,
             timeout_seconds=10,
             websocket_routes=(WebSocketRoute("$connect"),),
-            tables=("connections", "sandboxes"),
+            tables=("connections", "sandboxes", "viewers"),
             manages_connections=True,  # closes the agent's previous connection
             secrets=("relay-secret",),
         ),
         Function(
             name="ws_disconnect",
             handler="functions.ws_tunnel.handler.disconnect",
-            description="WebSocket $disconnect: forgets the connection; the agent goes offline",
+            description="WebSocket $disconnect: forgets the connection; the agent goes offline, a viewer stops",
             memory_mb=256,
             timeout_seconds=10,
             websocket_routes=(WebSocketRoute("$disconnect"),),
-            tables=("connections", "sandboxes"),
+            tables=("connections", "sandboxes", "viewers"),
         ),
         Function(
             name="ws_default",
@@ -286,6 +296,16 @@ TOPOLOGY = Topology(
             websocket_routes=(WebSocketRoute("$default"),),
             tables=("connections", "sandboxes"),
             manages_connections=True,  # acknowledges heartbeats, forwards agents' frames to the relay
+        ),
+        Function(
+            name="ws_subscribe",
+            handler="functions.ws_tunnel.handler.subscribe",
+            description="WebSocket subscribe: a viewer becomes live, then gets the backlog of the session's events",
+            memory_mb=512,
+            timeout_seconds=29,  # the WebSocket integration's limit; the backlog is bounded well inside it
+            websocket_routes=(WebSocketRoute("subscribe"),),
+            tables=("connections", "viewers", "identity"),  # identity: the viewer is still a member
+            manages_connections=True,  # posts the backlog to the viewer
         ),
         Function(
             name="sandbox_relay",
