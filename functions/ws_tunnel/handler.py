@@ -195,6 +195,9 @@ def default(
         except (ProtocolError, NotAuthenticated) as error:
             logger.warning("tunnel message refused", extra={"reason": str(error)[:200]})
         return OK
+    sender = (store or _message_senders).get(connection_id)
+    if sender is not None and sender.viewer is not None:
+        return OK  # a viewer sends `subscribe` (its own route) and nothing else: the rest is ignored
     connections.handle_message(
         store or DynamoConnectionStore(),
         pusher or ApiGatewayPusher(),

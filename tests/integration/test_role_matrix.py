@@ -17,6 +17,7 @@ import pytest
 
 from tests.identity_support import Browser, sign_in, sign_up, stack_admin, unique_email, verify_email
 from tests.support import RunningStack
+from tests.viewer_support import SessionLogDriver
 
 DEFAULT_MAX_RPD = 1000  # the server's LLM limit: a ceiling for workspace maintainers
 CALLERS = ("owner", "maintainer", "developer", "guest", "outsider", "admin", "anonymous")
@@ -67,7 +68,8 @@ class World:
                                                                      "role": "developer"})
         assert pending.status_code == 201, pending.text
         return {"wid": wid, "subject": self.users["subject"]["id"], "sid_shared": shared, "iid": pending.json()["id"],
-                "sid": self.local_agent(wid, "developer"), "sid_other": self.local_agent(wid, "maintainer")}
+                "sid": self.local_agent(wid, "developer"), "sid_other": self.local_agent(wid, "maintainer"),
+                "session": SessionLogDriver(self.stack).create_session(wid)}
 
     def local_agent(self, wid: str, registered_by: str) -> str:
         """A local agent's sandbox in the workspace, registered with a code the given member made."""
@@ -257,6 +259,9 @@ ROWS = [
         statuses(409, 409, 409, 403, 404, 404)),
     Row("GET /api/sandboxes/{sid}/events", call("GET", "/api/sandboxes/{sid}/events"),
         statuses(200, 200, 200, 200, 404, 404)),
+    # Watching a session is reading it: guests too; for everyone else the session does not exist.
+    Row("POST /api/sessions/{id}/viewer-tickets", call("POST", "/api/sessions/{session}/viewer-tickets"),
+        statuses(201, 201, 201, 201, 404, 404)),
     Row("GET /api/workspaces/{wid}/llm-quota", call("GET", "/api/workspaces/{wid}/llm-quota"),
         statuses(200, 200, 200, 200, 404, 404)),
     Row("PUT /api/workspaces/{wid}/llm-quota",

@@ -193,7 +193,8 @@ def test_events_are_packed_in_order_into_messages_of_at_most_128_kb() -> None:
 
 def test_an_event_too_large_for_a_message_loses_its_raw_then_becomes_a_stub() -> None:
     big_raw = {"seq": 1, "id": "e1", "type": "tool.result", "data": {"ok": True}, "raw": {"blob": "r" * MAX_MESSAGE}}
-    huge = {"seq": 2, "id": "e2", "turn_id": "t", "type": "tool.result", "at": "now", "data": {"out": "d" * MAX_MESSAGE}}
+    huge = {"seq": 2, "id": "e2", "turn_id": "t", "type": "tool.result", "at": "now",
+            "data": {"out": "d" * MAX_MESSAGE}}
     messages = [json.loads(m) for m in session_viewers.pack_events([big_raw, huge])]
     first, second = [event for message in messages for event in message["events"]]
     assert first == {**big_raw, "raw": None}
@@ -324,4 +325,4 @@ def test_push_membership_checks_are_cached_for_a_minute_at_most() -> None:
         assert cached.get_member("ws_a", "u_guest") == Member(Role.guest)
         assert cached.get_member("ws_a", "u_gone") is None  # a refusal is cached too
     assert members.reads == 2
-    assert session_viewers.RECHECK_AFTER == timedelta(seconds=60)
+    assert session_viewers.RECHECK_AFTER.total_seconds() == 60
