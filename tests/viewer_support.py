@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -50,11 +51,9 @@ def product_code_on(stack: RunningStack) -> Iterator[None]:
 class SessionLogDriver:
     def __init__(self, stack: RunningStack) -> None:
         self.stack = stack
-        self._count = 0
 
     def create_session(self, workspace_id: str) -> str:
-        self._count += 1
-        session_id = f"se_{self.stack.port}_{self._count}"
+        session_id = f"se_{uuid.uuid4().hex[:16]}"
         with product_code_on(self.stack):
             StagedSessionLog().stage_session(session_id, workspace_id)
         return session_id
