@@ -17,6 +17,7 @@ from functions.http_api.routers import (
     llm,
     oidc,
     sandboxes,
+    session_viewers,
     sessions,
     tokens,
     workspaces,
@@ -62,7 +63,8 @@ def create_app() -> FastAPI:
         redoc_url=None,
         dependencies=[Depends(bounded_path_ids)],
     )
-    for module in (health, auth, oidc, tokens, workspaces, invitations, sandboxes, sessions, llm, admin):
+    for module in (health, auth, oidc, tokens, workspaces, invitations, sandboxes, sessions, session_viewers, llm,
+                   admin):
         app.include_router(module.router)
     _install_error_handlers(app)
     return app

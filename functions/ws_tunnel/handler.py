@@ -1,4 +1,4 @@
-"""Lambda entry points of the WebSocket API: $connect, $disconnect and $default."""
+"""Lambda entry points of the WebSocket API: $connect, $disconnect, $default and subscribe (viewers)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,15 @@ from cachetools import TTLCache
 
 from layers.shared.clock import utcnow
 from layers.shared.dal.connections import ApiGatewayPusher, CachedConnectionStore, DynamoConnectionStore
+from layers.shared.dal.identity import DynamoIdentityStore
 from layers.shared.dal.sandboxes import DynamoSandboxStore
 from layers.shared.dal.secrets import secret_value
-from layers.shared.domain import agent_connections, connections
+from layers.shared.dal.session_viewers import DynamoViewerStore, SessionLog, session_log
+from layers.shared.domain import agent_connections, connections, session_viewers
 from layers.shared.domain.connections import ConnectionPusher, ConnectionStore
-from layers.shared.errors import Conflict, NotAuthenticated
+from layers.shared.domain.relay_access import MemberRoles
+from layers.shared.domain.session_viewers import ViewerHandshake, ViewerStore
+from layers.shared.errors import Conflict, NotAuthenticated, ValidationFailed
 from layers.shared.observability import logger, tracer
 from layers.shared.settings import get_settings
 from layers.shared.tunnel.codec import ProtocolError
@@ -57,10 +61,14 @@ def connect(
     store: ConnectionStore | None = None,
     sandboxes: DynamoSandboxStore | None = None,
     pusher: ConnectionPusher | None = None,
+    viewers: ViewerStore | None = None,
 ) -> dict[str, Any]:
-    """Only an agent with a valid tunnel token, or the relay with a valid credential, gets a
-    connection (401 otherwise)."""
+    """Only an agent with a valid tunnel token, the relay with a valid credential, or a viewer with a
+    valid ticket gets a connection (401 otherwise)."""
     request = APIGatewayProxyEvent(event)
+    viewer = session_viewers.read_viewer_handshake(request.headers, request.query_string_parameters)
+    if viewer is not None:
+        return _connect_viewer(request, viewer, store or DynamoConnectionStore(), viewers or DynamoViewerStore())
     handshake = agent_connections.read_handshake(request.headers, allow_binary=get_settings().tunnel_binary_frames)
     if handshake.unsupported_encoding:
         # An agent from before the encoding negotiation sends binary frames, which API Gateway
@@ -101,6 +109,24 @@ def connect(
     return OK
 
 
+def _connect_viewer(request: APIGatewayProxyEvent, handshake: ViewerHandshake, store: ConnectionStore,
+                    viewers: ViewerStore) -> dict[str, Any]:
+    """A viewer of a session's events (domain/session_viewers.py): its ticket, never in the URL."""
+    try:
+        scope = session_viewers.connect_viewer(
+            viewers, store, handshake=handshake, connection_id=str(request.request_context.connection_id),
+            management_url=_management_url(request), now=utcnow(),
+            ttl=timedelta(seconds=get_settings().connection_ttl_seconds))
+    except ValidationFailed:
+        logger.info("viewer refused: a credential in the URL")
+        return {"statusCode": 400}
+    except NotAuthenticated:
+        logger.info("viewer refused: no valid ticket")
+        return {"statusCode": 401}
+    logger.info("viewer connected", extra={"session_id": scope.session_id})
+    return {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": session_viewers.VIEWER_SUBPROTOCOL}}
+
+
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def disconnect(
@@ -108,11 +134,38 @@ def disconnect(
     context: Any,
     store: ConnectionStore | None = None,
     sandboxes: DynamoSandboxStore | None = None,
+    viewers: ViewerStore | None = None,
 ) -> dict[str, Any]:
     request = APIGatewayProxyEvent(event)
     sandboxes = sandboxes or DynamoSandboxStore()
-    agent_connections.disconnect(sandboxes, sandboxes, store or DynamoConnectionStore(),
-                                 connection_id=str(request.request_context.connection_id))
+    record = agent_connections.disconnect(sandboxes, sandboxes, store or DynamoConnectionStore(),
+                                          connection_id=str(request.request_context.connection_id))
+    if record is not None and record.viewer is not None:
+        session_viewers.viewer_disconnected(viewers or DynamoViewerStore(), record)
+    return OK
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+def subscribe(
+    event: dict[str, Any],
+    context: Any,
+    store: ConnectionStore | None = None,
+    viewers: ViewerStore | None = None,
+    log: SessionLog | None = None,
+    members: MemberRoles | None = None,
+    pusher: ConnectionPusher | None = None,
+) -> dict[str, Any]:
+    """`{"action": "subscribe", "after": N}` from a viewer: live from now on, after the backlog after N."""
+    request = APIGatewayProxyEvent(event)
+    log = log or session_log()
+    subscribed = session_viewers.subscribe(
+        viewers or DynamoViewerStore(), store or DynamoConnectionStore(), log, log, members or DynamoIdentityStore(),
+        pusher or ApiGatewayPusher(), connection_id=str(request.request_context.connection_id),
+        body=request.body or "")
+    if subscribed is not None:
+        logger.info("viewer subscribed", extra={"backlog_events": subscribed.sent_events,
+                                                "last_seq": subscribed.last_seq, "complete": subscribed.complete})
     return OK
 
 
@@ -142,6 +195,9 @@ def default(
         except (ProtocolError, NotAuthenticated) as error:
             logger.warning("tunnel message refused", extra={"reason": str(error)[:200]})
         return OK
+    sender = (store or _message_senders).get(connection_id)
+    if sender is not None and sender.viewer is not None:
+        return OK  # a viewer sends `subscribe` (its own route) and nothing else: the rest is ignored
     connections.handle_message(
         store or DynamoConnectionStore(),
         pusher or ApiGatewayPusher(),

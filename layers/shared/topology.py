@@ -259,10 +259,19 @@ SESSIONS = Table(
 # (Settings.sessions_retention_days, at most 365 days), so no logged pointer outlives its object.
 SESSION_PAYLOADS = Bucket("session-payloads", expire_after_days=400)
 
+VIEWERS = Table(
+    # Live viewing (docs/sessions-live.md): viewer tickets, and each session's live viewers under the session's
+    # partition, so "every viewer of session S" is one strongly consistent Query; docs/data-model.md lists the items.
+    name="viewers",
+    partition=Key("pk"),
+    sort=Key("sk"),
+    ttl_attribute="expires_at",
+)
+
 SANDBOX_OPS = Queue(name="sandbox-ops", visibility_timeout_seconds=60, max_receive_count=3)
 
 TOPOLOGY = Topology(
-    tables=(CONNECTIONS, OPERATIONS, IDENTITY, SANDBOXES, USAGE, SESSIONS),
+    tables=(CONNECTIONS, OPERATIONS, IDENTITY, SANDBOXES, USAGE, SESSIONS, VIEWERS),
     queues=(SANDBOX_OPS,),
     buckets=(Bucket("console"), SESSION_PAYLOADS),
     secrets=(
@@ -283,7 +292,7 @@ TOPOLOGY = Topology(
             memory_mb=1024,
             timeout_seconds=29,  # just under the HTTP API's 30 s integration limit
             http_routes=(HttpRoute("ANY", "/api/{proxy+}"),),
-            tables=("connections", "operations", "identity", "sandboxes", "usage", "sessions"),
+            tables=("connections", "operations", "identity", "sandboxes", "usage", "sessions", "viewers"),
             buckets=("session-payloads",),
             queues_send=("sandbox-ops",),
             secrets=("setup-token",),
@@ -292,11 +301,12 @@ TOPOLOGY = Topology(
         Function(
             name="ws_connect",
             handler="functions.ws_tunnel.handler.connect",
-            description="WebSocket $connect: authenticates an agent's tunnel token or the relay's credential",
+            description="WebSocket $connect: authenticates an agent's tunnel token, the relay's credential or a "
+                        "viewer's ticket",
             memory_mb=256,
             timeout_seconds=10,
             websocket_routes=(WebSocketRoute("$connect"),),
-            tables=("connections", "sandboxes", "sessions"),
+            tables=("connections", "sandboxes", "sessions", "viewers"),
             buckets=("session-payloads",),  # sessions: deliver turns, log events, interrupt turns
             manages_connections=True,  # closes the agent's previous connection
             secrets=("relay-secret",),
@@ -304,11 +314,11 @@ TOPOLOGY = Topology(
         Function(
             name="ws_disconnect",
             handler="functions.ws_tunnel.handler.disconnect",
-            description="WebSocket $disconnect: forgets the connection; the agent goes offline",
+            description="WebSocket $disconnect: forgets the connection; the agent goes offline, a viewer stops",
             memory_mb=256,
             timeout_seconds=10,
             websocket_routes=(WebSocketRoute("$disconnect"),),
-            tables=("connections", "sandboxes", "sessions"),
+            tables=("connections", "sandboxes", "sessions", "viewers"),
             buckets=("session-payloads",),  # sessions: deliver turns, log events, interrupt turns
         ),
         Function(
@@ -321,6 +331,16 @@ TOPOLOGY = Topology(
             tables=("connections", "sandboxes", "sessions"),
             buckets=("session-payloads",),  # sessions: deliver turns, log events, interrupt turns
             manages_connections=True,  # acknowledges heartbeats, forwards agents' frames to the relay
+        ),
+        Function(
+            name="ws_subscribe",
+            handler="functions.ws_tunnel.handler.subscribe",
+            description="WebSocket subscribe: a viewer becomes live, then gets the backlog of the session's events",
+            memory_mb=512,
+            timeout_seconds=29,  # the WebSocket integration's limit; the backlog is bounded well inside it
+            websocket_routes=(WebSocketRoute("subscribe"),),
+            tables=("connections", "viewers", "identity"),  # identity: the viewer is still a member
+            manages_connections=True,  # posts the backlog to the viewer
         ),
         Function(
             name="sandbox_relay",

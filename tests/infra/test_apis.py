@@ -136,3 +136,12 @@ def test_no_function_outside_the_routes_can_be_invoked_by_api_gateway(synthesize
         if fn.name not in routed:
             # When synthesized / Then API Gateway has no permission to invoke them
             assert _api_gateway_permissions(synthesized, synthesized.function_id(fn.name)) == []
+
+
+def test_viewers_subscribe_on_their_own_route_whose_function_may_post_to_them(synthesized: Synthesized) -> None:
+    # Given the viewers' `subscribe` message (docs/sessions-live.md) / When synthesized
+    routes = _routes(synthesized, _api_id(synthesized, "WEBSOCKET"))
+    function_id, _ = _integration_function(synthesized, routes["subscribe"])
+    # Then it reaches ws_subscribe, which learns the @connections URL to post the backlog to
+    assert function_id == synthesized.function_id("ws_subscribe")
+    assert "AGENTSERVER_WEBSOCKET_MANAGEMENT_URL" in synthesized.environment("ws_subscribe")

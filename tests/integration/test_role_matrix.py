@@ -263,6 +263,9 @@ ROWS = [
         statuses(409, 409, 409, 403, 404, 404)),
     Row("GET /api/sandboxes/{sid}/events", call("GET", "/api/sandboxes/{sid}/events"),
         statuses(200, 200, 200, 200, 404, 404)),
+    # Watching a session is reading it: guests too; for everyone else the session does not exist.
+    Row("POST /api/sessions/{id}/viewer-tickets", call("POST", "/api/sessions/{ses}/viewer-tickets"),
+        statuses(201, 201, 201, 201, 404, 404)),
     Row("GET /api/workspaces/{wid}/llm-quota", call("GET", "/api/workspaces/{wid}/llm-quota"),
         statuses(200, 200, 200, 200, 404, 404)),
     Row("PUT /api/workspaces/{wid}/llm-quota",

@@ -13,6 +13,7 @@ from pynamodb.indexes import GlobalSecondaryIndex, KeysOnlyProjection
 from layers.shared.dal.aws import management_client
 from layers.shared.dal.base import BaseModel, table_meta
 from layers.shared.domain.connections import Connection
+from layers.shared.domain.session_viewers import ViewerScope
 from layers.shared.tunnel.wire import Encoding
 
 CONNECTION_KIND = "connection"
@@ -39,6 +40,10 @@ class ConnectionRecord(BaseModel):
     sandbox_id = UnicodeAttribute(null=True)
     relay_slot = NumberAttribute(null=True)
     tunnel_encoding = UnicodeAttribute(null=True)  # absent on records from before the negotiation: binary
+    # A viewer connection: the session it watches, for which member of which workspace
+    viewer_session_id = UnicodeAttribute(null=True)
+    viewer_workspace_id = UnicodeAttribute(null=True)
+    viewer_user_id = UnicodeAttribute(null=True)
     # Epoch seconds; DynamoDB's TTL deletes the record if no $disconnect ever arrives.
     expires_at = NumberAttribute()
     by_expiry = ConnectionsByExpiry()
@@ -58,6 +63,9 @@ class DynamoConnectionStore:
             sandbox_id=connection.sandbox_id,
             relay_slot=connection.relay_slot,
             tunnel_encoding=connection.encoding.value,
+            viewer_session_id=connection.viewer.session_id if connection.viewer else None,
+            viewer_workspace_id=connection.viewer.workspace_id if connection.viewer else None,
+            viewer_user_id=connection.viewer.user_id if connection.viewer else None,
         ).save()
 
     def get(self, connection_id: str) -> Connection | None:
@@ -75,6 +83,7 @@ class DynamoConnectionStore:
             sandbox_id=record.sandbox_id,
             relay_slot=int(record.relay_slot) if record.relay_slot is not None else None,
             encoding=Encoding(record.tunnel_encoding) if record.tunnel_encoding else Encoding.BINARY,
+            viewer=_viewer_scope(record),
         )
 
     def delete(self, connection_id: str) -> None:
@@ -84,6 +93,12 @@ class DynamoConnectionStore:
         condition = ConnectionRecord.expires_at <= int(now.timestamp())
         for record in ConnectionRecord.by_expiry.query(CONNECTION_KIND, range_key_condition=condition):
             yield record.connection_id
+
+
+def _viewer_scope(record: ConnectionRecord) -> ViewerScope | None:
+    if record.viewer_session_id is None or record.viewer_workspace_id is None or record.viewer_user_id is None:
+        return None
+    return ViewerScope(record.viewer_session_id, record.viewer_workspace_id, record.viewer_user_id)
 
 
 class CachedConnectionStore(DynamoConnectionStore):

@@ -108,15 +108,17 @@ def connect_relay(
 
 
 def disconnect(sandboxes: SandboxStore, access: RelayAccessStore, records: ConnectionStore, *,
-               connection_id: str) -> None:
+               connection_id: str) -> connections.Connection | None:
+    """Forgets the connection; returns its record (None if there was none) for the rest of the cleanup."""
     record = records.get(connection_id)
     records.delete(connection_id)
     if record is None:
-        return
+        return None
     if record.sandbox_id is not None:
         agents.agent_disconnected(sandboxes, record.sandbox_id, connection_id=connection_id)
     if record.relay_slot is not None:
         access.release_relay_slot(record.relay_slot, connection_id)
+    return record
 
 
 RelayLookup = Callable[[int], str | None]

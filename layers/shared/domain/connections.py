@@ -9,9 +9,12 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from layers.shared.tunnel.wire import Encoding
+
+if TYPE_CHECKING:
+    from layers.shared.domain.session_viewers import ViewerScope
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Connection:
     user_agent: str | None = None
     sandbox_id: str | None = None  # the agent on the other end, once authenticated
     relay_slot: int | None = None  # or: the sandbox relay, holding this slot
+    viewer: ViewerScope | None = None  # or: a viewer of a session's events (domain/session_viewers.py)
     # How tunnel frames travel to and from it, as selected at $connect. A record from before the
     # negotiation existed belongs to a client that sent binary frames.
     encoding: Encoding = Encoding.BINARY
@@ -56,6 +60,7 @@ def open_connection(
     user_agent: str | None = None,
     sandbox_id: str | None = None,
     relay_slot: int | None = None,
+    viewer: ViewerScope | None = None,
     encoding: Encoding = Encoding.TEXT,
 ) -> Connection:
     connection = Connection(
@@ -68,6 +73,7 @@ def open_connection(
         user_agent=user_agent,
         sandbox_id=sandbox_id,
         relay_slot=relay_slot,
+        viewer=viewer,
     )
     store.put(connection)
     return connection

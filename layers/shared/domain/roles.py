@@ -52,6 +52,7 @@ class Action(StrEnum):
     sandbox_pause = "sandbox.pause"
     sandbox_resume = "sandbox.resume"
     sandbox_events = "sandbox.events"
+    session_watch = "session.watch"
     invitations_list = "invitations.list"
     invitations_revoke = "invitations.revoke"
     sandbox_open_others_local = "sandbox.open_others_local"
@@ -88,6 +89,7 @@ POLICY: dict[Action, Role] = {
     Action.sandbox_pause: Role.developer,
     Action.sandbox_resume: Role.developer,
     Action.sandbox_events: Role.guest,
+    Action.session_watch: Role.guest,  # reading: guests watch, as they read sessions
     Action.invitations_list: Role.maintainer,
     Action.invitations_revoke: Role.maintainer,  # and only invitations of a role the caller may give
     Action.sandbox_open_others_local: Role.developer,
@@ -136,6 +138,8 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
     Action.sandbox_pause: "Pause a cloud sandbox (POST /api/sandboxes/{sid}/pause)",
     Action.sandbox_resume: "Resume a cloud sandbox (POST /api/sandboxes/{sid}/resume)",
     Action.sandbox_events: "See a sandbox's lifecycle events (GET /api/sandboxes/{sid}/events)",
+    Action.session_watch: "Watch a session's events live (POST /api/sessions/{id}/viewer-tickets, then the "
+                          "WebSocket API)",
     Action.invitations_list: "See pending invitations (GET /api/workspaces/{wid}/invitations)",
     Action.invitations_revoke: "Revoke an invitation (DELETE /api/workspaces/{wid}/invitations/{iid})",
     Action.sandbox_open_others_local: "Open another member's local agent, only when it is shared "
