@@ -94,7 +94,9 @@ class AgentSide:
         self.store, self.sandbox_id = store, sandbox_id
 
     def claim(self, session_id: str) -> sessions.TurnDelivery:
-        [delivery] = sessions.claim_next_turn(self.store, sandbox_id=self.sandbox_id, session_id=session_id)
+        """This session's turn; a claim also takes the agent's other waiting sessions (other tests' turns)."""
+        claimed = sessions.claim_next_turn(self.store, sandbox_id=self.sandbox_id, session_id=session_id)
+        [delivery] = [item for item in claimed if item.session_id == session_id]
         return delivery
 
     def log(self, delivery: sessions.TurnDelivery, *events: NewEvent) -> sessions.AppendResult:
