@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,147 +21,47 @@ import websockets
 from layers.shared.tunnel import codec
 from tests.fake_agent import receive_frames, send_frames, tunnel_subprotocols
 from tests.fakes.llm_upstream import FakeLlmUpstream, ScriptedToolCall
-from tests.identity_support import Browser, registered_agent, sign_up
-from tests.support import AGENTSERVER, ROOT, RunningStack, wait_until
+from tests.identity_support import registered_agent, sign_up
+from tests.integration.test_harnesses import REPLY, harness_stack, upstream  # noqa: F401 - fixtures
+from tests.session_support import (
+    LocalAgent,
+    check_log,
+    completed_answering_approvals,
+    ended,
+    kinds,
+    log_of,
+    new_session,
+    post_turn,
+    turn_status,
+)
+from tests.support import RunningStack, wait_until
 from tests.viewer_support import connect_viewer, receive, received_until_live, subscribe, viewer_ticket
 
-REPLY = ["DELIVERED", "-", "OK"]
-
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeLlmUpstream]:
-    with FakeLlmUpstream(reply_words=list(REPLY)) as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def stack(upstream: FakeLlmUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    stack = RunningStack(state_dir=tmp_path_factory.mktemp("delivery-stack"), env={
-        "ANTHROPIC_BASE_URL": upstream.anthropic_base_url, "ANTHROPIC_API_KEY": upstream.anthropic_key,
-        "ANTHROPIC_AUTH_TOKEN": ""}).start()
-    try:
-        yield stack
-    finally:
-        stack.stop()
-
-
-@dataclass
-class LocalAgent:
-    """`agentserver connect` as a user runs it, in its own process group (so a kill takes its harness too)."""
-
-    stack: RunningStack
-    browser: Browser
-    workspace_id: str
-    home: Path
-    project: Path
-    agent_type: str = "claudecode"
-    process: subprocess.Popen[str] | None = None
-    sandbox_id: str = ""
-    log: Path = field(default_factory=lambda: Path("/nonexistent"))
-
-    def start(self, code: str | None = None) -> None:
-        args = ["--type", self.agent_type, "--server", self.stack.base_url, "--code", code, "--name", "laptop",
-                "--directory", str(self.project)] if code else []
-        self.log = self.home.parent / f"agent-{len(list(self.home.parent.glob('agent-*.log')))}.log"
-        with open(self.log, "w") as output:
-            self.process = subprocess.Popen(
-                [*AGENTSERVER, "connect", *args], cwd=ROOT, text=True, stdout=output, stderr=subprocess.STDOUT,
-                env={**os.environ, "AGENTSERVER_HOME": str(self.home), "COLUMNS": "200"}, start_new_session=True)
-        if code:
-            wait_until(lambda: (self.home / "registry.json").exists(), timeout=60)
-            registrations = json.loads((self.home / "registry.json").read_text())["registrations"]
-            self.sandbox_id = registrations[0]["sandbox_id"]
-        wait_until(self.takes_turns, timeout=60)
-
-    def sandbox(self) -> dict[str, Any]:
-        return dict(self.browser.get(f"/api/sandboxes/{self.sandbox_id}").json())
-
-    def takes_turns(self) -> bool:
-        sandbox = self.sandbox()
-        return sandbox["status"] == "running" and "turns" in sandbox["agent_info"].get("features", [])
-
-    def signal(self, sig: int) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, sig)  # the process group this test started
-        self.process.wait(timeout=30)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.signal(signal.SIGINT)
-        wait_until(lambda: self.sandbox()["status"] == "offline")
-
-
-@pytest.fixture(scope="module")
-def claude(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAgent]:
-    browser, _ = sign_up(stack.base_url, "claude-owner")
-    workspace_id = browser.get("/api/workspaces").json()["items"][0]["id"]
-    code = browser.post(f"/api/workspaces/{workspace_id}/agent-codes").json()["code"]
-    root = tmp_path_factory.mktemp("claude-agent")
-    (root / "project").mkdir()
-    agent = LocalAgent(stack, browser, workspace_id, root / "home", root / "project")
-    agent.start(code)
+def claude(harness_stack: RunningStack,  # noqa: F811 - fixtures
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAgent]:
+    browser, _ = sign_up(harness_stack.base_url, "claude-owner")
+    agent = LocalAgent.connected(harness_stack, browser, tmp_path_factory.mktemp("claude-agent"), "claudecode")
     try:
         yield agent
     finally:
-        if agent.process is not None:
-            agent.signal(signal.SIGKILL)
+        agent.close()
         browser.close()
-
-
-def new_session(browser: Browser, sandbox_id: str, permission_mode: str = "accept-edits") -> str:
-    created = browser.post(f"/api/sandboxes/{sandbox_id}/sessions", json={"permission_mode": permission_mode})
-    assert created.status_code == 201, created.text
-    return str(created.json()["id"])
-
-
-def post_turn(browser: Browser, session_id: str, text: str) -> dict[str, Any]:
-    posted = browser.post(f"/api/sessions/{session_id}/turns", json={"text": text})
-    assert posted.status_code == 202, posted.text
-    return dict(posted.json())
-
-
-def turn_status(browser: Browser, session_id: str, turn_id: str) -> dict[str, Any]:
-    return dict(browser.get(f"/api/sessions/{session_id}/turns/{turn_id}").json())
-
-
-def ended(browser: Browser, session_id: str, turn_id: str, timeout: float = 120) -> dict[str, Any]:
-    return dict(wait_until(lambda: (turn := turn_status(browser, session_id, turn_id))["ended_at"] and turn,
-                           timeout=timeout))
-
-
-def log_of(browser: Browser, session_id: str) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    while True:
-        page = browser.get(f"/api/sessions/{session_id}/events", params={"after": len(events), "limit": 500}).json()
-        events += page["items"]
-        if page["next_cursor"] is None:
-            return events
-
-
-def check_log(events: list[dict[str, Any]]) -> None:
-    """Gapless from 1, each event once."""
-    assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
-    assert len({event["id"] for event in events}) == len(events)
-
-
-def kinds(events: list[dict[str, Any]], turn_id: str) -> list[str]:
-    return [event["type"] for event in events
-            if event["turn_id"] == turn_id and event["type"] not in ("message.delta", "notice")]
 
 
 # The real agent ------------------------------------------------------------------------------------
 
 
 def test_a_turn_reaches_claude_code_and_its_events_stream_to_the_log_and_a_viewer(
-        stack: RunningStack, claude: LocalAgent, upstream: FakeLlmUpstream) -> None:
+        harness_stack: RunningStack, claude: LocalAgent, upstream: FakeLlmUpstream) -> None:  # noqa: F811
     # Given a session in "ask" mode and a viewer watching it
     session_id = new_session(claude.browser, claude.sandbox_id, permission_mode="ask")
     upstream.tool_call = ScriptedToolCall("Bash", {"command": "echo delivered > out.txt && echo wrote",
                                                    "description": "Write a file"})
 
     async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        async with connect_viewer(stack, session_id, viewer_ticket(claude.browser, session_id)["ticket"]) as ws:
+        async with connect_viewer(harness_stack, session_id, viewer_ticket(claude.browser, session_id)["ticket"]) as ws:
             await subscribe(ws, after=0)
             await received_until_live(ws)
             # When a member sends a turn through the API
@@ -225,7 +122,7 @@ def test_a_turn_for_an_offline_agent_waits_and_is_delivered_when_it_connects(cla
 
 
 def test_killing_the_agent_mid_turn_interrupts_it_and_the_session_goes_on(
-        claude: LocalAgent, upstream: FakeLlmUpstream) -> None:
+        claude: LocalAgent, upstream: FakeLlmUpstream) -> None:  # noqa: F811 - fixtures
     session_id = new_session(claude.browser, claude.sandbox_id)
     first = post_turn(claude.browser, session_id, "First, a warm-up")
     assert ended(claude.browser, session_id, first["id"])["status"] == "completed"
@@ -262,7 +159,8 @@ def test_killing_the_agent_mid_turn_interrupts_it_and_the_session_goes_on(
     assert "First, a warm-up" in json.dumps(last["messages"])
 
 
-def test_cancel_of_a_running_turn_reaches_the_agent(claude: LocalAgent, upstream: FakeLlmUpstream) -> None:
+def test_cancel_of_a_running_turn_reaches_the_agent(claude: LocalAgent,
+                                                    upstream: FakeLlmUpstream) -> None:  # noqa: F811 - fixtures
     session_id = new_session(claude.browser, claude.sandbox_id)
     upstream.event_delay = 1.0
     try:
@@ -279,6 +177,31 @@ def test_cancel_of_a_running_turn_reaches_the_agent(claude: LocalAgent, upstream
     order = kinds(events, posted["id"])
     assert order.index("turn.cancel_requested") < order.index("turn.failed") and "turn.completed" not in order
     assert events[-1]["data"]["cancelled"] is True
+
+
+def test_a_turn_reaches_codex_through_the_same_path(harness_stack: RunningStack, upstream: FakeLlmUpstream,  # noqa: F811
+                                                   tmp_path: Path) -> None:
+    browser, _ = sign_up(harness_stack.base_url, "codex-owner")
+    agent = LocalAgent.connected(harness_stack, browser, tmp_path, "codex")
+    upstream.tool_call = ScriptedToolCall("exec_command", {"cmd": "echo codex > out.txt && echo wrote"})
+    try:
+        session_id = new_session(browser, agent.sandbox_id)
+        posted = post_turn(browser, session_id, "Write out.txt")
+        turn = completed_answering_approvals(browser, session_id, posted["id"])
+    finally:
+        upstream.tool_call = None
+        agent.close()
+    assert turn["status"] == "completed", turn
+    events = log_of(browser, session_id)
+    check_log(events)
+    order = kinds(events, posted["id"])
+    assert order[:2] == ["turn.queued", "turn.started"] and order[-1] == "turn.completed", order
+    call = next(event for event in events if event["type"] == "tool.call")
+    result = next(event for event in events if event["type"] == "tool.result")
+    assert call["data"]["name"] == "command_execution" and "wrote" in result["data"]["output"]
+    assert any(event["type"] == "message" and event["data"]["text"] == "".join(REPLY) for event in events)
+    assert (agent.project / "out.txt").read_text() == "codex\n"
+    browser.close()
 
 
 # The server's side of the frames, with a raw tunnel peer ---------------------------------------------
@@ -316,13 +239,14 @@ def raw_event(event_id: str, kind: str = "message.delta", **data: Any) -> dict[s
     return {"id": event_id, "type": kind, "at": "2026-05-01T12:00:00.000Z", "data": data}
 
 
-def test_the_server_side_of_the_session_frames(stack: RunningStack, claude: LocalAgent) -> None:
-    browser, _, agent = registered_agent(stack.base_url, "raw")
+def test_the_server_side_of_the_session_frames(harness_stack: RunningStack,  # noqa: F811 - fixtures
+                                               claude: LocalAgent) -> None:
+    browser, _, agent = registered_agent(harness_stack.base_url, "raw")
     session_id = new_session(browser, agent["sandbox_id"])
     others = new_session(claude.browser, claude.sandbox_id)
 
     def connect() -> websockets.connect:
-        return websockets.connect(stack.ws_url, subprotocols=tunnel_subprotocols(agent["tunnel_token"]),
+        return websockets.connect(harness_stack.ws_url, subprotocols=tunnel_subprotocols(agent["tunnel_token"]),
                                   max_size=None)
 
     def sandbox() -> dict[str, Any]:
