@@ -15,9 +15,9 @@ and nothing runs while a viewer idles; a Function URL stream would have to poll 
 that runs for the whole view, capped at 15 minutes per invocation. And it is the gateway the agents'
 tunnel already uses, which the embedded stack emulates.
 
-Two seams connect this module to the session log (owned by domain/sessions.py): `SessionDirectory`
-(which workspace a session is in) and `SessionEventReader` (events after a seq). The log's append path
-calls `notify_viewers` after each append.
+This module reads the session log (domain/sessions.py) through two small interfaces, `SessionDirectory`
+(which workspace a session is in) and `SessionEventReader` (events after a seq); the log's one store calls
+`notify_viewers` after each write that logged events (dal/session_delivery.py).
 """
 
 from __future__ import annotations
@@ -90,13 +90,14 @@ class EventsPage:
 
 
 class SessionDirectory(Protocol):
-    """SEAM (the session log): which workspace a session belongs to; None when there is no such session."""
+    """The session log (dal/session_viewers.SessionLogReader): which workspace a session belongs to; None when there
+    is no such session."""
 
     def workspace_of(self, session_id: str) -> str | None: ...
 
 
 class SessionEventReader(Protocol):
-    """SEAM (the session log): events with seq > after, oldest first, at most `limit`, and the newest seq."""
+    """The session log: events with seq > after, oldest first, at most `limit`, and the newest seq."""
 
     def events_after(self, session_id: str, after: int, limit: int) -> EventsPage: ...
 
