@@ -1,17 +1,16 @@
 """Live viewing against a RunningStack: viewer connections, and the session log they watch.
 
-`SessionLogDriver` is the tests' SEAM to the session log: until the log (domain/sessions.py) is merged it
-creates sessions and appends events through the staged log (dal/staged_session_log.py), in this process
-but on the stack's own tables, and pushes each append with the product's `notify_viewers`, as the log's
-append path will. At integration, `create_session` becomes `POST /api/sandboxes/{sid}/sessions` and
-`append` an append through the real log (which then calls `notify_viewers` itself).
+`SessionLogDriver` plays an agent's side of the log: a session made through the API on an agent registered in
+the workspace, one turn posted (its `turn.queued` is seq 1) and claimed, then appends through the product's
+append path (domain append_events on the product's logged store, which pushes to the live viewers itself), in
+this process but on the stack's own tables and @connections. The real agent's path, over the tunnel, is
+tests/integration/test_session_delivery.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -21,9 +20,11 @@ import pytest
 import websockets
 
 from layers.shared.dal import aws
+from layers.shared.dal import session_delivery as delivery_dal
 from layers.shared.dal import session_viewers as viewers_dal
-from layers.shared.dal.staged_session_log import StagedSessionLog
+from layers.shared.domain import sessions
 from layers.shared.domain.session_viewers import VIEWER_SUBPROTOCOL
+from layers.shared.domain.sessions import NewEvent
 from layers.shared.settings import get_settings
 from tests.support import RunningStack
 
@@ -31,7 +32,8 @@ from tests.support import RunningStack
 @contextmanager
 def product_code_on(stack: RunningStack) -> Iterator[None]:
     """The product's data access, in this process, on the stack's tables and @connections."""
-    caches = (get_settings, aws.client, aws.queue_url, aws.management_client, viewers_dal._push_wiring)
+    caches = (get_settings, aws.client, aws.queue_url, aws.management_client, viewers_dal._push_wiring,
+              delivery_dal.session_store)
     with pytest.MonkeyPatch.context() as patch:
         for name, value in {"AWS_ENDPOINT_URL_DYNAMODB": stack.endpoints["dynamodb"],
                             "AGENTSERVER_RESOURCE_PREFIX": stack.endpoints["resource_prefix"],
@@ -51,23 +53,41 @@ def product_code_on(stack: RunningStack) -> Iterator[None]:
 class SessionLogDriver:
     def __init__(self, stack: RunningStack) -> None:
         self.stack = stack
+        self._agents: dict[str, str] = {}  # workspace id → an agent registered there
+        self._turns: dict[str, tuple[str, int]] = {}  # session id → the turn its appends run in, and its epoch
 
-    def create_session(self, workspace_id: str) -> str:
-        session_id = f"se_{uuid.uuid4().hex[:16]}"
+    def create_session(self, owner: httpx.Client, workspace_id: str) -> str:
+        """A session of the owner's workspace whose log holds its turn's `turn.queued` (seq 1)."""
+        if workspace_id not in self._agents:
+            code = owner.post(f"/api/workspaces/{workspace_id}/agent-codes").json()["code"]
+            registered = httpx.post(f"{self.stack.base_url}/api/agent/register", json={"code": code, "name": "box"})
+            assert registered.status_code == 201, registered.text
+            self._agents[workspace_id] = registered.json()["sandbox_id"]
+        agent = self._agents[workspace_id]
+        created = owner.post(f"/api/sandboxes/{agent}/sessions", json={})
+        assert created.status_code == 201, created.text
+        session_id = str(created.json()["id"])
+        posted = owner.post(f"/api/sessions/{session_id}/turns", json={"text": "watch this"})
+        assert posted.status_code == 202, posted.text
         with product_code_on(self.stack):
-            StagedSessionLog().stage_session(session_id, workspace_id)
+            [delivery] = sessions.claim_next_turn(delivery_dal.session_store(), sandbox_id=agent,
+                                                  session_id=session_id)
+        self._turns[session_id] = (delivery.turn_id, delivery.epoch)
         return session_id
 
     def append(self, session_id: str, events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Log events after the last one and push them to the live viewers; returns them with their seqs."""
+        """Log events after the last one (the product pushes them to the live viewers); returns them with seqs."""
+        turn_id, epoch = self._turns[session_id]
         with product_code_on(self.stack):
-            logged = StagedSessionLog().stage_events(session_id, events)
-            viewers_dal.notify_viewers(session_id, logged)
-        return logged
+            result = sessions.append_events(
+                delivery_dal.session_store(), session_id=session_id, turn_id=turn_id, epoch=epoch,
+                events=[NewEvent(e["id"], e["type"], e["at"], dict(e["data"])) for e in events])
+        return [{"seq": seq, **event} for seq, event in zip(result.seqs, events, strict=True)]
 
 
 def new_events(count: int, label: str = "e") -> list[dict[str, Any]]:
-    return [{"id": f"{label}-{n}", "turn_id": "tu_1", "type": "message.delta", "at": "2026-05-01T12:00:00Z",
+    name = label.replace(" ", "_")  # an event id has no spaces
+    return [{"id": f"{name}-{n}", "turn_id": "tu_1", "type": "message.delta", "at": "2026-05-01T12:00:00Z",
              "data": {"text": f"{label} {n}"}} for n in range(count)]
 
 

@@ -12,6 +12,7 @@ from layers.shared import clock
 from layers.shared.dal.connections import ApiGatewayPusher, DynamoConnectionStore
 from layers.shared.dal.operations import SqsCommandQueue
 from layers.shared.dal.sandboxes import DynamoSandboxStore
+from layers.shared.dal.session_delivery import session_delivery
 from layers.shared.dal.workspace_deletion import DynamoWorkspaceDeletion
 from layers.shared.domain import agent_connections, sandbox_lifecycle, workspace_deletion
 from layers.shared.domain.connections import ConnectionPusher, ConnectionStore, reap_lost_connections
@@ -41,7 +42,9 @@ def handler(
     moment = now()
     removed = reap_lost_connections(records, pusher, now=moment)
     silence = timedelta(seconds=settings.heartbeat_silence_seconds)
-    silenced = agent_connections.silent_agents_offline(sandboxes, records, pusher, now=moment, silence=silence)
+    delivery = session_delivery(records, pusher)  # a silent agent's turns end interrupted
+    silenced = agent_connections.silent_agents_offline(sandboxes, records, pusher, now=moment, silence=silence,
+                                                       on_agent_lost=delivery.agent_lost)
     config = config or LifecycleConfig.from_settings(settings)
     repaired = sandbox_lifecycle.repair_stuck(sandboxes, queue, now=moment, config=config)
     paused = sandbox_lifecycle.pause_idle(sandboxes, queue, now=moment, config=config)

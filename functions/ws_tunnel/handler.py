@@ -15,6 +15,7 @@ from layers.shared.dal.connections import ApiGatewayPusher, CachedConnectionStor
 from layers.shared.dal.identity import DynamoIdentityStore
 from layers.shared.dal.sandboxes import DynamoSandboxStore
 from layers.shared.dal.secrets import secret_value
+from layers.shared.dal.session_delivery import session_delivery
 from layers.shared.dal.session_viewers import DynamoViewerStore, SessionLog, session_log
 from layers.shared.domain import agent_connections, connections, session_viewers
 from layers.shared.domain.connections import ConnectionPusher, ConnectionStore
@@ -92,11 +93,14 @@ def connect(
                                                    **common)  # type: ignore[arg-type]
             logger.info("relay connected", extra={"relay_slot": slot})
         else:
+            records, pusher = store or DynamoConnectionStore(), pusher or ApiGatewayPusher()
+            delivery = session_delivery(records, pusher, sandboxes)
             sandbox = agent_connections.connect_agent(
-                sandboxes, store or DynamoConnectionStore(), pusher or ApiGatewayPusher(),
+                sandboxes, records, pusher,
                 token=handshake.credential, source_ip=request.request_context.identity.source_ip,
                 handover=(request.query_string_parameters or {}).get("handover") == "1", encoding=handshake.encoding,
-                user_agent=request.request_context.identity.user_agent, **common)  # type: ignore[arg-type]
+                user_agent=request.request_context.identity.user_agent, on_agent_lost=delivery.agent_lost,
+                **common)  # type: ignore[arg-type]
             logger.info("agent connected", extra={"sandbox_id": sandbox.sandbox_id})
     except NotAuthenticated:
         logger.info("connection refused: no valid credential", extra={"kind": handshake.kind})
@@ -137,9 +141,12 @@ def disconnect(
     viewers: ViewerStore | None = None,
 ) -> dict[str, Any]:
     request = APIGatewayProxyEvent(event)
-    sandboxes = sandboxes or DynamoSandboxStore()
-    record = agent_connections.disconnect(sandboxes, sandboxes, store or DynamoConnectionStore(),
-                                          connection_id=str(request.request_context.connection_id))
+    sandboxes, records = sandboxes or DynamoSandboxStore(), store or DynamoConnectionStore()
+    # The agent's current connection closed: its turns end interrupted (a replaced one changes nothing)
+    delivery = session_delivery(records, ApiGatewayPusher(), sandboxes)
+    record = agent_connections.disconnect(sandboxes, sandboxes, records,
+                                          connection_id=str(request.request_context.connection_id),
+                                          on_agent_lost=delivery.agent_lost)
     if record is not None and record.viewer is not None:
         session_viewers.viewer_disconnected(viewers or DynamoViewerStore(), record)
     return OK
@@ -188,10 +195,11 @@ def default(
         try:
             # Text stays text: $default reads only the frame headers out of the base64 to route it
             data = base64.b64decode(raw) if request.is_base64_encoded else raw
+            records, pusher = store or _message_senders, pusher or ApiGatewayPusher()
             agent_connections.handle_agent_frames(
-                sandboxes, store or _message_senders, pusher or ApiGatewayPusher(), _relay_lookup(sandboxes),
+                sandboxes, records, pusher, _relay_lookup(sandboxes),
                 connection_id=connection_id, management_url=_management_url(request),
-                data=data, now=utcnow())
+                data=data, now=utcnow(), sessions=session_delivery(records, pusher, sandboxes))
         except (ProtocolError, NotAuthenticated) as error:
             logger.warning("tunnel message refused", extra={"reason": str(error)[:200]})
         return OK

@@ -295,6 +295,7 @@ TOPOLOGY = Topology(
             tables=("connections", "operations", "identity", "sandboxes", "usage", "sessions", "viewers"),
             buckets=("session-payloads",),
             queues_send=("sandbox-ops",),
+            manages_connections=True,  # posts turns, cancels and answers to agents; pushes new events to viewers
             secrets=("setup-token",),
             sends_mail=True,  # address confirmations and invitations
         ),
@@ -306,9 +307,11 @@ TOPOLOGY = Topology(
             memory_mb=256,
             timeout_seconds=10,
             websocket_routes=(WebSocketRoute("$connect"),),
-            tables=("connections", "sandboxes", "sessions", "viewers"),
-            buckets=("session-payloads",),  # sessions: deliver turns, log events, interrupt turns
-            manages_connections=True,  # closes the agent's previous connection
+            # sessions: a connection replaced without a handover interrupts its turns, which viewers are told
+            # (viewers, identity: their membership)
+            tables=("connections", "sandboxes", "sessions", "viewers", "identity"),
+            buckets=("session-payloads",),
+            manages_connections=True,  # closes the agent's previous connection; pushes to viewers
             secrets=("relay-secret",),
         ),
         Function(
@@ -318,8 +321,10 @@ TOPOLOGY = Topology(
             memory_mb=256,
             timeout_seconds=10,
             websocket_routes=(WebSocketRoute("$disconnect"),),
-            tables=("connections", "sandboxes", "sessions", "viewers"),
-            buckets=("session-payloads",),  # sessions: deliver turns, log events, interrupt turns
+            # sessions: the agent's turns end interrupted, which viewers are told (viewers, identity: membership)
+            tables=("connections", "sandboxes", "sessions", "viewers", "identity"),
+            buckets=("session-payloads",),
+            manages_connections=True,  # pushes the interruption to viewers
         ),
         Function(
             name="ws_default",
@@ -328,9 +333,13 @@ TOPOLOGY = Topology(
             memory_mb=512,
             timeout_seconds=30,
             websocket_routes=(WebSocketRoute("$default"),),
-            tables=("connections", "sandboxes", "sessions"),
-            buckets=("session-payloads",),  # sessions: deliver turns, log events, interrupt turns
-            manages_connections=True,  # acknowledges heartbeats, forwards agents' frames to the relay
+            # sessions: appends the agents' events, delivers the next turns, keeps parts of large messages;
+            # viewers, identity: pushes what was logged to the live viewers (still members)
+            tables=("connections", "sandboxes", "sessions", "viewers", "identity"),
+            buckets=("session-payloads",),
+            # acknowledges heartbeats and session events, forwards agents' frames to the relay, sends turns,
+            # pushes new events to viewers
+            manages_connections=True,
         ),
         Function(
             name="ws_subscribe",
@@ -386,8 +395,9 @@ TOPOLOGY = Topology(
             memory_mb=256,
             timeout_seconds=60,
             schedule=Schedule("rate(1 minute)"),
-            tables=("connections", "sandboxes", "identity", "sessions"),  # identity: finishing workspaces' deletions;
-            # sessions: a silent agent's running turns end interrupted
+            # identity: finishing workspaces' deletions (and viewers' membership); sessions: a silent agent's
+            # running turns end interrupted, which its viewers are told (viewers)
+            tables=("connections", "sandboxes", "identity", "sessions", "viewers"),
             buckets=("session-payloads",),
             queues_send=("sandbox-ops",),
             manages_connections=True,

@@ -62,7 +62,7 @@ def viewer_items(stack: RunningStack, session_id: str) -> list[dict]:
 
 def test_a_viewer_gets_the_backlog_then_live_events_in_order(stack: RunningStack, log: SessionLogDriver,
                                                              team: Team) -> None:
-    session_id = log.create_session(team.workspace_id)
+    session_id = log.create_session(team.owner, team.workspace_id)
     log.append(session_id, new_events(3, "before"))
     issued = viewer_ticket(team.guest, session_id)
     assert issued["protocols"] == [VIEWER_SUBPROTOCOL, issued["ticket"]] and issued["ticket"] not in issued["url"]
@@ -74,19 +74,20 @@ def test_a_viewer_gets_the_backlog_then_live_events_in_order(stack: RunningStack
             wait_until(lambda: viewer_items(stack, session_id))
             for batch in range(3):  # appends of 1, 2 and 3 events, each pushed as it is logged
                 await asyncio.to_thread(log.append, session_id, new_events(batch + 1, f"live{batch}"))
-            return ws.subprotocol, backlog, live, await received_seqs(ws, until=9)
+            return ws.subprotocol, backlog, live, await received_seqs(ws, until=10)
 
     subprotocol, backlog, live, pushed = asyncio.run(scenario())
     assert subprotocol == VIEWER_SUBPROTOCOL
-    assert backlog == [1, 2, 3] and live == {"type": "live", "last_seq": 3}
-    assert pushed == [4, 5, 6, 7, 8, 9]
+    # seq 1 is the turn.queued of the turn the events belong to
+    assert backlog == [1, 2, 3, 4] and live == {"type": "live", "last_seq": 4}
+    assert pushed == [5, 6, 7, 8, 9, 10]
     # Its $disconnect removed the viewer: no push goes to a closed connection
     wait_until(lambda: viewer_items(stack, session_id) == [])
 
 
 def test_a_reconnect_after_n_continues_without_duplicates_or_gaps(stack: RunningStack, log: SessionLogDriver,
                                                                    team: Team) -> None:
-    session_id = log.create_session(team.workspace_id)
+    session_id = log.create_session(team.owner, team.workspace_id)
     log.append(session_id, new_events(4, "first"))
 
     async def first_view() -> list[int]:
@@ -94,27 +95,27 @@ def test_a_reconnect_after_n_continues_without_duplicates_or_gaps(stack: Running
             await subscribe(ws, after=0)
             backlog, _ = await received_until_live(ws)
             await asyncio.to_thread(log.append, session_id, new_events(2, "seen"))
-            return backlog + await received_seqs(ws, until=6)
+            return backlog + await received_seqs(ws, until=7)
 
     seen = asyncio.run(first_view())
     wait_until(lambda: viewer_items(stack, session_id) == [])
-    log.append(session_id, new_events(3, "while away"))  # 7..9: nobody watching
+    log.append(session_id, new_events(3, "while away"))  # 8..10: nobody watching
 
     async def second_view(after: int) -> list[int]:
         async with connect_viewer(stack, session_id, viewer_ticket(team.guest, session_id)["ticket"]) as ws:
             await subscribe(ws, after=after)
             backlog, live = await received_until_live(ws)
-            assert live["last_seq"] == 9
+            assert live["last_seq"] == 10
             await asyncio.to_thread(log.append, session_id, new_events(1, "back"))
-            return backlog + await received_seqs(ws, until=10)
+            return backlog + await received_seqs(ws, until=11)
 
     again = asyncio.run(second_view(after=seen[-1]))
-    assert seen == [1, 2, 3, 4, 5, 6] and again == [7, 8, 9, 10]
-    assert seen + again == list(range(1, 11))
+    assert seen == [1, 2, 3, 4, 5, 6, 7] and again == [8, 9, 10, 11]
+    assert seen + again == list(range(1, 12))
 
 
 def test_two_viewers_see_identical_sequences(stack: RunningStack, log: SessionLogDriver, team: Team) -> None:
-    session_id = log.create_session(team.workspace_id)
+    session_id = log.create_session(team.owner, team.workspace_id)
     log.append(session_id, new_events(2, "old"))
 
     async def scenario() -> tuple[list[int], list[int]]:
@@ -127,21 +128,21 @@ def test_two_viewers_see_identical_sequences(stack: RunningStack, log: SessionLo
                 second_seqs, _ = await received_until_live(second)
                 for n in range(5):
                     await asyncio.to_thread(log.append, session_id, new_events(1, f"both{n}"))
-                first_seqs += await received_seqs(first, until=10)
-                second_seqs += await received_seqs(second, until=10)
+                first_seqs += await received_seqs(first, until=11)
+                second_seqs += await received_seqs(second, until=11)
                 return first_seqs, second_seqs
 
     first_seqs, second_seqs = asyncio.run(scenario())
-    assert first_seqs == second_seqs == list(range(1, 11))
+    assert first_seqs == second_seqs == list(range(1, 12))
 
 
 def test_a_viewer_hears_only_its_own_session_and_ignores_what_it_is_sent(
         stack: RunningStack, log: SessionLogDriver, team: Team) -> None:
     # Another workspace, of someone else, with its own busy session
     stranger, _ = sign_up(stack.base_url, "stranger")
-    elsewhere = log.create_session(stranger.get("/api/workspaces").json()["items"][0]["id"])
-    sibling = log.create_session(team.workspace_id)
-    session_id = log.create_session(team.workspace_id)
+    elsewhere = log.create_session(stranger, stranger.get("/api/workspaces").json()["items"][0]["id"])
+    sibling = log.create_session(team.owner, team.workspace_id)
+    session_id = log.create_session(team.owner, team.workspace_id)
     # The guest can get no ticket for the stranger's session: 404, as for a session that does not exist
     refused = team.guest.post(f"/api/sessions/{elsewhere}/viewer-tickets")
     assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found"
@@ -160,14 +161,14 @@ def test_a_viewer_hears_only_its_own_session_and_ignores_what_it_is_sent(
             return [await receive(ws)]
 
     (only,) = asyncio.run(scenario())
-    assert only["type"] == "events" and [(e["seq"], e["id"]) for e in only["events"]] == [(1, "mine-0")]
+    assert only["type"] == "events" and [(e["seq"], e["id"]) for e in only["events"]] == [(2, "mine-0")]
     stranger.close()
 
 
 def test_handshakes_without_a_valid_ticket_in_the_subprotocol_are_refused(
         stack: RunningStack, log: SessionLogDriver, team: Team) -> None:
-    session_id = log.create_session(team.workspace_id)
-    other_session = log.create_session(team.workspace_id)
+    session_id = log.create_session(team.owner, team.workspace_id)
+    other_session = log.create_session(team.owner, team.workspace_id)
 
     async def status(ticket: str | None, session: str = session_id, query: str = "") -> int:
         with pytest.raises(websockets.InvalidStatus) as refused:
@@ -194,14 +195,14 @@ def test_handshakes_without_a_valid_ticket_in_the_subprotocol_are_refused(
 
 def test_a_member_removed_from_the_workspace_gets_no_further_push(stack: RunningStack, log: SessionLogDriver,
                                                                    team: Team) -> None:
-    session_id = log.create_session(team.workspace_id)
+    session_id = log.create_session(team.owner, team.workspace_id)
 
     async def scenario() -> tuple[list[int], dict, int | None]:
         async with connect_viewer(stack, session_id, viewer_ticket(team.guest, session_id)["ticket"]) as ws:
             await subscribe(ws, after=0)
             await received_until_live(ws)
             await asyncio.to_thread(log.append, session_id, new_events(1, "allowed"))
-            before = await received_seqs(ws, until=1)
+            before = await received_seqs(ws, until=2)
             removed = await asyncio.to_thread(
                 team.owner.delete, f"/api/workspaces/{team.workspace_id}/members/{team.guest_id}")
             assert removed.status_code == 204
@@ -216,7 +217,7 @@ def test_a_member_removed_from_the_workspace_gets_no_further_push(stack: Running
             return before, refusal, closed.value.rcvd.code if closed.value.rcvd else None
 
     before, refusal, _ = asyncio.run(scenario())
-    assert before == [1]
+    assert before == [2]
     assert refusal["type"] == "error" and refusal["error"]["code"] == "access_revoked"
     wait_until(lambda: viewer_items(stack, session_id) == [])
     # And no new ticket: the guest is no member any more
@@ -225,7 +226,7 @@ def test_a_member_removed_from_the_workspace_gets_no_further_push(stack: Running
 
 def test_tickets_are_refused_to_strangers_and_anonymous_callers(stack: RunningStack, log: SessionLogDriver,
                                                                 team: Team) -> None:
-    session_id = log.create_session(team.workspace_id)
+    session_id = log.create_session(team.owner, team.workspace_id)
     outsider, _ = sign_up(stack.base_url, unique_email("outsider").split("@")[0])
     assert outsider.post(f"/api/sessions/{session_id}/viewer-tickets").status_code == 404
     anonymous = Browser(base_url=stack.base_url, timeout=30)

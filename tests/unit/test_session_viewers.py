@@ -6,16 +6,17 @@ message fits API Gateway's 128 KB."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from layers.shared.dal import aws
-from layers.shared.dal.session_viewers import CachedMemberRoles, DynamoViewerStore
-from layers.shared.dal.staged_session_log import StagedSessionLog
+from layers.shared.dal.session_viewers import CachedMemberRoles, DynamoViewerStore, SessionLogReader
+from layers.shared.dal.sessions import DynamoSessionStore
 from layers.shared.domain import session_viewers
+from layers.shared.domain.agents import AgentType
 from layers.shared.domain.roles import Role
 from layers.shared.domain.session_viewers import (
     VIEWER_SUBPROTOCOL,
@@ -23,6 +24,7 @@ from layers.shared.domain.session_viewers import (
     ViewerHandshake,
     ViewerScope,
 )
+from layers.shared.domain.sessions import Event, PermissionMode, Session
 from layers.shared.domain.tokens import digest
 from layers.shared.errors import NotAuthenticated, NotFound, ValidationFailed
 from layers.shared.settings import get_settings
@@ -52,10 +54,36 @@ class Members:
         return Member(role) if role else None
 
 
+class SessionLog(SessionLogReader):
+    """The viewers' reader over the real sessions store (on moto), and the store's own write for appends."""
+
+    def __init__(self) -> None:
+        self.store = DynamoSessionStore()
+        super().__init__(self.store)
+
+    def stage_session(self, session_id: str, workspace_id: str) -> None:
+        self.store.create_session(Session(
+            id=session_id, workspace_id=workspace_id, sandbox_id="sb_1", agent_type=AgentType.opencode, title="t",
+            created_by="u_dev", created_at=NOW, model=None, permission_mode=PermissionMode.ask))
+
+    def stage_events(self, session_id: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Log the events after the last one (10 a write); returns their public form, with seqs."""
+        logged: list[Event] = []
+        for start in range(0, len(events), 10):
+            session = self.store.get_session(session_id)
+            assert session is not None
+            written = [Event(session_id, session.last_seq + n, e["id"], e["turn_id"], e["type"], e["at"], e["data"])
+                       for n, e in enumerate(events[start:start + 10], start=1)]
+            self.store.write(session, replace(session, last_seq=written[-1].seq, version=session.version + 1),
+                             events=written)
+            logged += written
+        return [event.public() for event in logged]
+
+
 @dataclass
 class World:
     viewers: DynamoViewerStore
-    log: StagedSessionLog
+    log: SessionLog
     records: MemoryConnectionStore
     pusher: RecordingPusher
     members: Members
@@ -92,7 +120,7 @@ def seqs(messages: list[dict[str, Any]]) -> list[int]:
 
 @pytest.fixture
 def world(moto_aws: None) -> World:
-    log = StagedSessionLog()
+    log = SessionLog()
     log.stage_session("se_1", "ws_a")
     log.stage_session("se_2", "ws_a")
     log.stage_session("se_b", "ws_b")
@@ -101,7 +129,7 @@ def world(moto_aws: None) -> World:
 
 
 def events(count: int, text: str = "x") -> list[dict[str, Any]]:
-    return [{"id": f"ev_{text}_{n}", "turn_id": "tu_1", "type": "message.delta", "at": NOW.isoformat(),
+    return [{"id": f"ev_{text[:20]}_{n}", "turn_id": "tu_1", "type": "message.delta", "at": NOW.isoformat(),
              "data": {"text": text}} for n in range(count)]
 
 
@@ -232,7 +260,7 @@ def test_the_viewer_is_live_before_the_backlog_is_read(world: World) -> None:
 
 
 def test_a_long_backlog_is_paged_and_bounded(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    world.log.stage_events("se_1", events(25, "z" * 2000))
+    world.log.stage_events("se_1", events(25, "z" * 4000))
     monkeypatch.setattr(session_viewers, "BACKLOG_PAGE", 10)
     world.connect(world.ticket())
     assert world.subscribe() == session_viewers.Subscribed(25, 25, True)

@@ -1,5 +1,6 @@
 """Sessions with an agent: create them, send and cancel turns, read the event log, answer approvals
-(docs/api.md, "Sessions"). Delivery to the agent is not done here: `agent_link` is told what to pass on."""
+(docs/api.md, "Sessions"). Delivery to the agent is domain/session_delivery.py's: `agent_link` is told what to
+pass on."""
 
 from __future__ import annotations
 
@@ -13,25 +14,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from functions.http_api.dependencies import Caller, Now, Store
 from functions.http_api.routers.sandboxes import Commands, Lifecycle, Sandboxes
-from layers.shared.dal.sessions import DynamoSessionStore
+from layers.shared.dal.session_delivery import session_delivery
+from layers.shared.dal.session_delivery import session_store as logged_session_store
 from layers.shared.domain import roles, sandbox_lifecycle, sessions, workspaces
 from layers.shared.domain.agents import InvalidTransition, Sandbox, SandboxKind, SandboxStatus
 from layers.shared.domain.roles import Action, Role
-from layers.shared.domain.sessions import AgentNotice, Decision, PermissionMode, Session, SessionLimits
+from layers.shared.domain.sessions import AgentNotice, Decision, PermissionMode, Session, SessionLimits, SessionStore
 from layers.shared.errors import NotFound
-from layers.shared.observability import logger
 from layers.shared.settings import get_settings
 
 router = APIRouter(tags=["sessions"])
 
 
-@lru_cache(maxsize=1)
-def _session_store() -> DynamoSessionStore:
-    return DynamoSessionStore()
-
-
-async def session_store() -> DynamoSessionStore:
-    return _session_store()
+async def session_store() -> SessionStore:
+    return logged_session_store()
 
 
 @lru_cache(maxsize=1)
@@ -48,27 +44,19 @@ async def session_limits() -> SessionLimits:
 
 
 class AgentLink(Protocol):
-    """How the API reaches agents (the tunnel side wires it): a turn waits for delivery, or a notice is due."""
+    """How the API reaches agents (domain/session_delivery.py): a turn waits for delivery, or a notice is due."""
 
-    def turns_waiting(self, sandbox_id: str, session_id: str) -> None: ...
+    def turns_waiting(self, sandbox_id: str, session_id: str) -> str | None:
+        """Deliver what the agent can take now; a delivery state that overrides the API's own, or None."""
+
     def notify(self, notice: AgentNotice) -> None: ...
 
 
-class UnlinkedAgents:
-    """Until the tunnel side is wired: turns wait in the log's queue, and claim_next_turn delivers them."""
-
-    def turns_waiting(self, sandbox_id: str, session_id: str) -> None:
-        logger.debug("turn waiting", extra={"sandbox_id": sandbox_id, "session_id": session_id})
-
-    def notify(self, notice: AgentNotice) -> None:
-        logger.debug("agent notice not sent", extra={"sandbox_id": notice.sandbox_id, "kind": notice.kind})
-
-
 async def agent_link() -> AgentLink:
-    return UnlinkedAgents()
+    return session_delivery()
 
 
-SessionStoreDep = Annotated[DynamoSessionStore, Depends(session_store)]
+SessionStoreDep = Annotated[SessionStore, Depends(session_store)]
 Limits = Annotated[SessionLimits, Depends(session_limits)]
 Link = Annotated[AgentLink, Depends(agent_link)]
 
@@ -121,9 +109,11 @@ class TurnOut(BaseModel):
     ended_at: datetime | None
     reason: str | None
     usage: dict[str, Any] | None
-    delivery: str | None = Field(default=None, description="Where a new turn stands: agent_online (delivered now), "
-                                 "waiting_for_agent (a local agent offline: delivered when it reconnects), "
-                                 "resuming_agent (a paused cloud sandbox is resuming), agent_unavailable")
+    delivery: str | None = Field(default=None, description="Where a new turn stands: agent_online (delivered now, "
+                                 "or after the session's running turn), waiting_for_agent (a local agent offline: "
+                                 "delivered when it reconnects), resuming_agent (a paused cloud sandbox is "
+                                 "resuming), agent_outdated (the agent's client takes no turns: it waits until the "
+                                 "agent is updated), agent_unavailable")
 
 
 class TurnList(BaseModel):
@@ -187,7 +177,7 @@ def _member_role(store: Store, workspace_id: str, user_id: str, action: Action, 
     return role
 
 
-def _session(sessions_store: DynamoSessionStore, store: Store, session_id: str, user_id: str,
+def _session(sessions_store: SessionStore, store: Store, session_id: str, user_id: str,
              action: Action) -> tuple[Session, Role]:
     session = sessions_store.get_session(session_id)
     if session is None:
@@ -195,7 +185,7 @@ def _session(sessions_store: DynamoSessionStore, store: Store, session_id: str, 
     return session, _member_role(store, session.workspace_id, user_id, action, "No such session.")
 
 
-def _driven_session(sessions_store: DynamoSessionStore, store: Store, sandboxes: Sandboxes, session_id: str,
+def _driven_session(sessions_store: SessionStore, store: Store, sandboxes: Sandboxes, session_id: str,
                     user_id: str, action: Action) -> tuple[Session, Sandbox]:
     """A session the caller may drive, and its agent (409 agent_deleted once the agent is gone)."""
     session, role = _session(sessions_store, store, session_id, user_id, Action.sessions_read)
@@ -274,7 +264,7 @@ def post_turn(session_id: str, body: TurnIn, caller: Caller, store: Store, sandb
     turn = sessions.post_turn(sessions_store, session_id=session.id, text=body.text, model=body.model,
                               user_id=caller.user.user_id, limits=limits, now=now)
     delivery = _delivery(agent, sandboxes, queue, config, now)
-    link.turns_waiting(agent.sandbox_id, session.id)
+    delivery = link.turns_waiting(agent.sandbox_id, session.id) or delivery
     return TurnOut(**turn.public(), delivery=delivery)
 
 

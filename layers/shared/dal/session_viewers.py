@@ -22,9 +22,11 @@ from pynamodb.exceptions import DeleteError, PutError
 from layers.shared.dal.base import BaseModel, condition_failed, get_item, table_meta
 from layers.shared.dal.connections import ApiGatewayPusher, DynamoConnectionStore
 from layers.shared.dal.identity import DynamoIdentityStore
-from layers.shared.domain import session_viewers
+from layers.shared.dal.sessions import DynamoSessionStore
+from layers.shared.domain import session_viewers, sessions
 from layers.shared.domain.relay_access import MemberRoles
 from layers.shared.domain.session_viewers import (
+    EventsPage,
     Notified,
     SessionDirectory,
     SessionEventReader,
@@ -32,6 +34,7 @@ from layers.shared.domain.session_viewers import (
     ViewerScope,
     ViewerTicket,
 )
+from layers.shared.domain.sessions import SessionStore
 
 _TICKET_SK, _VIEWER_PREFIX = "TICKET", "VIEWER#"
 
@@ -119,12 +122,24 @@ class SessionLog(SessionDirectory, SessionEventReader, Protocol):
     """Both seams to the session log, as one object."""
 
 
-def session_log() -> SessionLog:
-    """SEAM: the session log the viewers read. Until the session log lands this is the staged one
-    (dal/staged_session_log.py); the integrator returns an adapter over domain/sessions.py here."""
-    from layers.shared.dal.staged_session_log import StagedSessionLog
+class SessionLogReader:
+    """The viewers' view of the session log (domain/sessions.py)."""
 
-    return StagedSessionLog()
+    def __init__(self, store: SessionStore):
+        self._store = store
+
+    def workspace_of(self, session_id: str) -> str | None:
+        session = self._store.get_session(session_id)
+        return session.workspace_id if session is not None else None
+
+    def events_after(self, session_id: str, after: int, limit: int) -> EventsPage:
+        page = sessions.read_events(self._store, session_id=session_id, after=after, limit=limit)
+        return EventsPage([event.public() for event in page.events], page.last_seq)
+
+
+def session_log() -> SessionLog:
+    """The session log the viewers read."""
+    return SessionLogReader(DynamoSessionStore())
 
 
 @lru_cache(maxsize=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -36,6 +36,8 @@ from layers.shared.errors import Conflict
 from layers.shared.settings import get_settings
 from layers.shared.topology import SESSION_PAYLOADS
 
+# Called with a session id and the public form of events just logged in it (in seq order).
+EventsLogged = Callable[[str, list[dict[str, Any]]], None]
 SEQ_WIDTH = 12  # EVENT#<seq> zero-padded, so the sort key orders events by seq
 # What a transaction may be cancelled for when another writer got there first; anything else is a real error.
 _LOST_RACE = {"ConditionalCheckFailed", "TransactionConflict", "None", None}
@@ -180,8 +182,10 @@ def _compact(value: Any) -> str:
 class DynamoSessionStore:
     """`SessionStore` on DynamoDB: every write is one transaction conditional on the session item's version."""
 
-    def __init__(self, retention: timedelta | None = None):
+    def __init__(self, retention: timedelta | None = None, on_logged: EventsLogged | None = None):
         self.retention = retention or timedelta(days=get_settings().sessions_retention_days)
+        # Told of the events of every write that committed (their public form): the live viewers' push.
+        self.on_logged = on_logged
 
     @property
     def bucket(self) -> str:
@@ -299,6 +303,8 @@ class DynamoSessionStore:
             if error.cause_response_code == "TransactionCanceledException" and reasons <= _LOST_RACE:
                 raise SessionChanged() from error
             raise
+        if events and self.on_logged is not None:
+            self.on_logged(after.id, [event.public() for event in events])
 
     # Workspace defaults --------------------------------------------------------------------------
 

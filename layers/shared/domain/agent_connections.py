@@ -4,9 +4,10 @@ agents' stream frames to the relay that opened the stream."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from layers.shared.domain import agents, connections, relay_access
 from layers.shared.domain.agents import Sandbox, SandboxStore
@@ -17,6 +18,20 @@ from layers.shared.tunnel import codec, wire
 from layers.shared.tunnel.wire import Encoding
 
 SUBPROTOCOL = wire.TUNNEL_PROTOCOL
+
+
+# Told the sandbox id of an agent whose tunnel is gone (its running turns end interrupted: session_delivery.py).
+AgentLost = Callable[[str], None]
+
+
+class SessionFrames(Protocol):
+    """Where an agent's session frames go (domain/session_delivery.py)."""
+
+    def agent_messages(self, connection: connections.Connection, messages: Sequence[codec.ConnectionMessage], *,
+                       ready: bool, now: datetime | None = None) -> list[codec.Message]: ...
+
+
+SESSION_FRAMES = (codec.SessionEvents, codec.ControlPart)
 
 
 class SlotTaken(Conflict):
@@ -71,10 +86,13 @@ def connect_agent(
     user_agent: str | None,
     handover: bool = False,
     encoding: Encoding = Encoding.TEXT,
+    on_agent_lost: AgentLost | None = None,
 ) -> Sandbox:
     """Authenticate the agent and make this connection its tunnel. A previous connection is closed,
     unless the agent announces a handover (its planned reconnect before API Gateway's 2-hour limit):
-    then the old connection finishes its own streams and the agent closes it."""
+    then the old connection finishes its own streams and the agent closes it. A previous connection
+    replaced without a handover was lost (its $disconnect may not have come yet, and will change nothing
+    once it does): `on_agent_lost` is told, as at $disconnect."""
     sandbox = agents.authenticate_agent(sandboxes, token)
     connections.open_connection(records, connection_id=connection_id, management_url=management_url, now=now,
                                 ttl=ttl, source_ip=source_ip, user_agent=user_agent, sandbox_id=sandbox.sandbox_id,
@@ -83,6 +101,8 @@ def connect_agent(
     if replaced is not None and not handover:
         # Its $disconnect will find that it is no longer the sandbox's connection and change nothing.
         pusher.close(management_url, replaced)
+        if on_agent_lost is not None:
+            on_agent_lost(sandbox.sandbox_id)
     return running
 
 
@@ -108,14 +128,17 @@ def connect_relay(
 
 
 def disconnect(sandboxes: SandboxStore, access: RelayAccessStore, records: ConnectionStore, *,
-               connection_id: str) -> connections.Connection | None:
-    """Forgets the connection; returns its record (None if there was none) for the rest of the cleanup."""
+               connection_id: str, on_agent_lost: AgentLost | None = None) -> connections.Connection | None:
+    """Forgets the connection; returns its record (None if there was none) for the rest of the cleanup.
+    If it was its agent's current connection, the agent goes offline and `on_agent_lost` is told."""
     record = records.get(connection_id)
     records.delete(connection_id)
     if record is None:
         return None
     if record.sandbox_id is not None:
-        agents.agent_disconnected(sandboxes, record.sandbox_id, connection_id=connection_id)
+        offline = agents.agent_disconnected(sandboxes, record.sandbox_id, connection_id=connection_id)
+        if offline is not None and on_agent_lost is not None:
+            on_agent_lost(record.sandbox_id)
     if record.relay_slot is not None:
         access.release_relay_slot(record.relay_slot, connection_id)
     return record
@@ -134,12 +157,14 @@ def handle_agent_frames(
     management_url: str,
     data: bytes | str,
     now: datetime,
+    sessions: SessionFrames | None = None,
 ) -> list[codec.Message]:
     """One WebSocket message from an agent, as it came (base64 text, or binary frames): heartbeats
-    are recorded and acknowledged, agent info is stored, and stream frames go on to the relay whose
-    slot opened the stream, behind a FORWARDED_FROM naming the agent's sandbox (a stream whose relay
-    is gone is cancelled). Each peer gets its messages in the encoding its connection selected.
-    Returns what was sent back to the agent."""
+    are recorded and acknowledged, agent info is stored, session frames go to `sessions` (and an
+    AGENT_INFO with the "turns" feature tells it the agent takes turns), and stream frames go on to
+    the relay whose slot opened the stream, behind a FORWARDED_FROM naming the agent's sandbox (a
+    stream whose relay is gone is cancelled). Each peer gets its messages in the encoding its
+    connection selected. Returns what was sent back to the agent."""
     record = records.get(connection_id)
     if record is None or record.sandbox_id is None:
         raise NotAuthenticated("This connection has no agent.")
@@ -158,6 +183,8 @@ def handle_agent_frames(
     messages = codec.unpack(wire.decode(data))
     replies: list[codec.Message] = []
     by_slot: dict[int, list[codec.StreamMessage]] = {}
+    session_frames: list[codec.ConnectionMessage] = []
+    takes_turns = False
     sandbox: Sandbox | None = None
     for message in messages:
         if isinstance(message, codec.StreamMessage):
@@ -165,6 +192,9 @@ def handle_agent_frames(
             continue
         if isinstance(message, codec.ForwardedFrom):
             raise NotAuthenticated("An agent cannot send FORWARDED_FROM.")
+        if isinstance(message, SESSION_FRAMES):
+            session_frames.append(message)  # the session says whose it is: no sandbox read
+            continue
         sandbox = sandbox or sandboxes.get_sandbox(record.sandbox_id)
         if sandbox is None:
             raise NotAuthenticated("The connection's sandbox no longer exists.")
@@ -173,8 +203,10 @@ def handle_agent_frames(
             replies.append(codec.HeartbeatAck(message.sequence, message.sent_at_ms, int(now.timestamp() * 1000)))
         elif isinstance(message, codec.AgentInfo):
             info = {"hostname": message.hostname, "os": message.os, "agent_type": message.agent_type,
-                    "working_directory": message.working_directory, "versions": dict(message.versions)}
+                    "working_directory": message.working_directory, "versions": dict(message.versions),
+                    "features": list(message.features)}
             sandbox = agents.record_agent_info(sandboxes, sandbox, info)
+            takes_turns = codec.AGENT_FEATURE_TURNS in message.features
     for slot, stream_messages in by_slot.items():
         relay = _relay(records, relays, slot)
         encoding = relay.encoding if relay is not None else Encoding.TEXT
@@ -183,6 +215,8 @@ def handle_agent_frames(
         replies += _forward(pusher, relay, management_url,
                             [(message.TYPE, message.stream_id) for message in stream_messages], packed)
     _reply(records, pusher, management_url, record, replies)
+    if sessions is not None and (session_frames or takes_turns):
+        replies += sessions.agent_messages(record, session_frames, ready=takes_turns, now=now)
     return replies
 
 
@@ -210,10 +244,13 @@ def _reply(records: ConnectionStore, pusher: ConnectionPusher, management_url: s
 
 
 def silent_agents_offline(sandboxes: SandboxStore, records: ConnectionStore, pusher: ConnectionPusher, *,
-                          now: datetime, silence: timedelta) -> int:
-    """Agents that stopped sending heartbeats go offline and their half-open connections close."""
+                          now: datetime, silence: timedelta, on_agent_lost: AgentLost | None = None) -> int:
+    """Agents that stopped sending heartbeats go offline (`on_agent_lost` is told) and their half-open
+    connections close."""
     changed = agents.silent_agents_offline(sandboxes, now=now, silence=silence)
-    for _, connection_id in changed:
+    for offline, connection_id in changed:
+        if on_agent_lost is not None:
+            on_agent_lost(offline.sandbox_id)
         record = records.get(connection_id) if connection_id else None
         if record is not None:
             pusher.close(record.management_url, record.connection_id)

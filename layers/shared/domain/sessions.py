@@ -506,31 +506,36 @@ def claim_next_turn(store: SessionStore, *, sandbox_id: str, session_id: str | N
 def interrupt_running_turns(store: SessionStore, *, sandbox_id: str, now: datetime | None = None) -> list[Turn]:
     """The agent's tunnel is gone: each of its delivered or running turns ends `interrupted` (a turn.failed with
     reason "interrupted", logged by the server under a new epoch, so the agent's late writes are refused), and
-    its session goes idle. Everything logged before stays."""
+    its session goes idle. Everything logged before stays. Not run again: a turn may have had side effects."""
+    ended = [interrupt_turn(store, session_id=session_id, now=now)
+             for session_id in store.session_ids_in_state(sandbox_id, "running")]
+    return [turn for turn in ended if turn is not None]
+
+
+def interrupt_turn(store: SessionStore, *, session_id: str, epoch: int | None = None,
+                   now: datetime | None = None) -> Turn | None:
+    """The session's delivered or running turn ends `interrupted`, as in interrupt_running_turns; with `epoch`,
+    only if the session still holds it (the turn delivered under it, e.g. to a connection found gone)."""
     moment = now or utcnow()
-    ended: list[Turn] = []
-    for session_id in store.session_ids_in_state(sandbox_id, "running"):
 
-        def attempt(session_id: str = session_id) -> Turn | None:
-            session = store.get_session(session_id)
-            if session is None or session.state != SessionState.running or session.current_turn_id is None:
-                return None
-            turn = store.get_turn(session.id, session.current_turn_id)
-            seq = session.last_seq + 1
-            after = _advance(session, state=SessionState.idle, current_turn_id=None, epoch=session.epoch + 1,
-                             last_seq=seq)
-            event = _server_event(session, seq, session.current_turn_id, TURN_FAILED,
-                                  {"session_id": session.harness_session_id, "reason": INTERRUPTED,
-                                   "cancelled": False}, moment)
-            changed = replace(turn, status=TurnStatus.interrupted, ended_at=moment, reason=INTERRUPTED) if turn \
-                else None
-            store.write(session, after, events=[event], turns=[changed] if changed else [])
-            return changed
+    def attempt() -> Turn | None:
+        session = store.get_session(session_id)
+        if session is None or session.state != SessionState.running or session.current_turn_id is None:
+            return None
+        if epoch is not None and session.epoch != epoch:
+            return None
+        turn = store.get_turn(session.id, session.current_turn_id)
+        seq = session.last_seq + 1
+        after = _advance(session, state=SessionState.idle, current_turn_id=None, epoch=session.epoch + 1,
+                         last_seq=seq)
+        event = _server_event(session, seq, session.current_turn_id, TURN_FAILED,
+                              {"session_id": session.harness_session_id, "reason": INTERRUPTED,
+                               "cancelled": False}, moment)
+        changed = replace(turn, status=TurnStatus.interrupted, ended_at=moment, reason=INTERRUPTED) if turn else None
+        store.write(session, after, events=[event], turns=[changed] if changed else [])
+        return changed
 
-        turn = _retrying(attempt)
-        if turn is not None:
-            ended.append(turn)
-    return ended
+    return _retrying(attempt)
 
 
 def record_harness_session(store: SessionStore, *, session_id: str, epoch: int, harness_session_id: str) -> Session:
