@@ -80,7 +80,15 @@ class Team:
     guest: Account
     api: httpx.Client  # the developer's API client
     wid: str
-    agents: dict[str, str]  # harness type -> local agent id
+    agents: dict[str, str]  # harness type -> local agent id (shared by the tests: each makes its own sessions)
+
+    def register_agent(self, agent_type: str, name: str) -> str:
+        """A new local agent of this harness in the workspace (registered, never connected: offline)."""
+        code = self.api.post(f"/api/workspaces/{self.wid}/agent-codes").json()["code"]
+        registered = httpx.post(f"{self.api.base_url}/api/agent/register",
+                                json={"code": code, "name": name, "type": agent_type})
+        assert registered.status_code == 201, registered.text
+        return str(registered.json()["sandbox_id"])
 
     def chat_url(self, agent_type: str, session_id: str | None = None) -> str:
         base = f"/w/{self.wid}/sandboxes/{self.agents[agent_type]}/chat"
@@ -98,16 +106,11 @@ def team(console: Console) -> Iterator[Team]:
     base = console.stack.base_url
     developer, guest = new_account(base, "dev"), new_account(base, "guest")
     api = sign_in(base, developer.email)
-    wid = api.get("/api/workspaces").json()["items"][0]["id"]
-    agents = {}
+    team = Team(developer, guest, api, api.get("/api/workspaces").json()["items"][0]["id"], {})
     for agent_type in ("opencode", "claudecode", "codex"):
-        code = api.post(f"/api/workspaces/{wid}/agent-codes").json()["code"]
-        registered = httpx.post(f"{base}/api/agent/register",
-                                json={"code": code, "name": f"{agent_type}-laptop", "type": agent_type})
-        assert registered.status_code == 201, registered.text
-        agents[agent_type] = registered.json()["sandbox_id"]
-    join(api, wid, sign_in(base, guest.email), guest.email, "guest")
-    yield Team(developer, guest, api, wid, agents)
+        team.agents[agent_type] = team.register_agent(agent_type, f"{agent_type}-laptop")
+    join(api, team.wid, sign_in(base, guest.email), guest.email, "guest")
+    yield team
     api.close()
 
 
@@ -124,10 +127,11 @@ def state(page: Page) -> Any:
 
 def test_a_developer_sends_a_turn_watches_it_stream_approves_and_a_guest_reads_it(
         chromium: Browser, console: Console, team: Team) -> None:
-    agent = AgentSide(console, team.agents["claudecode"])
+    # Given a Claude Code agent's page, whose Chat has no session yet
+    laptop = team.register_agent("claudecode", "claude-laptop")
+    agent = AgentSide(console, laptop)
     page = signed_in_page(chromium, console, team.developer)
-    # Given the Claude Code agent's page, whose Chat has no session yet
-    page.goto(f"/w/{team.wid}/sandboxes/{team.agents['claudecode']}")
+    page.goto(f"/w/{team.wid}/sandboxes/{laptop}")
     page.get_by_role("link", name="Chat").click()
     expect(page.get_by_text("No sessions with this agent yet.")).to_be_visible()
 
@@ -215,7 +219,7 @@ def test_a_developer_sends_a_turn_watches_it_stream_approves_and_a_guest_reads_i
 
     # And a guest reads the same session, with the developer's name, and no way to send, cancel or answer
     guest = signed_in_page(chromium, console, team.guest)
-    guest.goto(team.chat_url("claudecode", session_id))
+    guest.goto(f"/w/{team.wid}/sandboxes/{laptop}/chat/{session_id}")
     expect(guest.locator(".reply")).to_have_text("Let me look around. The readme is fixed.")
     expect(guest.get_by_test_id("approval-answer")).to_have_text(f"Allowed by {team.developer.name}.")
     expect(guest.get_by_test_id("turn-usage")).to_contain_text("34 output")
@@ -337,3 +341,32 @@ def test_chat_on_every_harness_fits_a_phone(chromium: Browser, console: Console,
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE_375["width"]
     screenshot(page, "chat-phone")
     page.context.close()
+
+
+def test_a_turn_for_a_paused_cloud_sandbox_says_it_resumes_it(chromium: Browser, console: Console,
+                                                               team: Team) -> None:
+    # Given a paused cloud sandbox (the embedded stack runs the real opencode)
+    created = team.api.post(f"/api/workspaces/{team.wid}/sandboxes",
+                            json={"name": "napper", "type": "opencode", "cpu": 256, "memory": 512})
+    assert created.status_code in (201, 202), created.text
+    sandbox_id = created.json()["id"]
+
+    def status() -> str:
+        return str(team.api.get(f"/api/sandboxes/{sandbox_id}").json()["status"])
+
+    wait_until(lambda: status() == "running", timeout=120)
+    assert team.api.post(f"/api/sandboxes/{sandbox_id}/pause").status_code == 202
+    wait_until(lambda: status() == "paused", timeout=120)
+    session = team.api.post(f"/api/sandboxes/{sandbox_id}/sessions", json={"title": "Wake up"}).json()
+    page = signed_in_page(chromium, console, team.developer)
+    page.goto(f"/w/{team.wid}/sandboxes/{sandbox_id}/chat/{session['id']}")
+    expect(state(page)).to_have_attribute("data-state", "idle-paused")
+    # When the developer sends a turn
+    page.get_by_label("Message").fill("Are you there?")
+    page.keyboard.press("Enter")
+    # Then the state line says the sandbox resumes for it, and the sandbox does
+    expect(state(page)).to_have_attribute("data-state", "resuming")
+    expect(state(page)).to_contain_text("Cloud sandbox resuming")
+    wait_until(lambda: status() == "running", timeout=120)
+    page.context.close()
+    assert team.api.delete(f"/api/sandboxes/{sandbox_id}").status_code == 202

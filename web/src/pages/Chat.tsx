@@ -125,8 +125,8 @@ function stateOf(sandbox: Sandbox, active: TurnView | undefined, delivery: Deliv
     return { state: "queued", text: "Delivering the turn to the agent…" };
   }
   if (unavailable) return { state: "unavailable", text: `Idle. The agent is unavailable (${sandbox.status}).` };
-  if (offline) return { state: "idle-offline", text: "Idle. Agent offline: a turn you send waits until it reconnects." };
-  if (resuming) return { state: "idle-paused", text: "Idle. The sandbox is paused: a turn you send resumes it." };
+  if (offline) return { state: "idle-offline", text: "Idle. Agent offline: a turn sent now waits until it reconnects." };
+  if (resuming) return { state: "idle-paused", text: "Idle. The sandbox is paused: a turn sent now resumes it." };
   return { state: "idle", text: "Idle." };
 }
 
@@ -366,7 +366,7 @@ function SessionPane({ sessionId, sandbox, canDrive, who, onActivity }: {
         {status.status === "reconnecting" && <span className="muted small"> (reconnecting to the live stream…)</span>}
       </p>
       {status.problem && <ErrorNote error={status.problem} />}
-      <div className="chat-stream" ref={scroller} tabIndex={0} aria-label="Session"
+      <div className="chat-stream" ref={scroller} tabIndex={0} role="region" aria-label="Session events"
         onScroll={(event) => {
           const box = event.currentTarget;
           stuckToBottom.current = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
