@@ -143,3 +143,24 @@ export function clientConfig(): Promise<ClientConfig | null> {
 export function atLeast(role: Role | undefined, minimum: Role): boolean {
   return role !== undefined && ROLES.indexOf(role) >= ROLES.indexOf(minimum);
 }
+
+// Sessions (api.md, "Sessions"): a conversation with one agent, its turns and its event log.
+export type PermissionMode = "ask" | "accept-edits" | "full-auto";
+export interface ChatSession {
+  id: string; workspace_id: string; agent_id: string; agent_type: string; title: string; created_by: string;
+  created_at: string; model: string | null; permission_mode: PermissionMode; harness_session_id: string | null;
+  state: "idle" | "running"; current_turn_id: string | null; queued_turn_ids: string[]; last_seq: number;
+}
+/** Where a new turn stands: the agent has it, it waits for a local agent to reconnect, a cloud sandbox resumes for it. */
+export type Delivery = "agent_online" | "waiting_for_agent" | "resuming_agent" | "agent_unavailable";
+export interface Turn {
+  id: string; session_id: string; text: string; status: string; model: string | null; created_by: string;
+  created_at: string; ended_at: string | null; reason: string | null; usage: Record<string, number> | null;
+  delivery?: Delivery | null;
+}
+export interface SessionEvent {
+  seq: number; id: string; turn_id: string; type: string; at: string; data: Record<string, unknown>; raw?: unknown;
+  truncated?: boolean; // a live push too large for one WebSocket message: read it whole over HTTP
+}
+export interface EventPage { items: SessionEvent[]; next_cursor: string | null; last_seq: number }
+export interface ViewerTicket { ticket: string; expires_at: string; url: string; protocols: string[] }

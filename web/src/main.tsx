@@ -37,6 +37,7 @@ createRoot(document.getElementById("root")!).render(
             <Route path="w/:wid" element={<SandboxesPage />} />
             <Route path="w/:wid/connect" element={<ConnectAgentPage />} />
             <Route path="w/:wid/sandboxes/:sid" element={<SandboxDetailPage />} />
+            <Route path="w/:wid/sandboxes/:sid/chat/:sessionId?" element={<SandboxDetailPage view="chat" />} />
             <Route path="w/:wid/members" element={<MembersPage />} />
             <Route path="w/:wid/usage" element={<UsagePage />} />
             <Route path="tokens" element={<TokensPage />} />

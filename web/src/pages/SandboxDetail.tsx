@@ -1,11 +1,12 @@
 import { Fragment, useEffect, useState } from "react";
-import { Link, useNavigate, useParams } from "react-router";
+import { Link, NavLink, useNavigate, useParams } from "react-router";
 import { api, atLeast, enc, type Page, type Sandbox, type SandboxEvent, type UsageReport, type Workspace } from "../api";
 import { Ago, Empty, ErrorNote, formatNumber, isTransitional, Loading, StatusBadge } from "../components";
 import { useAction, useResource, useTitle } from "../hooks";
 import { WorkspacePage } from "../Layout";
 import { DeleteDialog, RenameDialog, SandboxButtons } from "../sandboxActions";
 import { useSession } from "../session";
+import { chatPath, ChatView } from "./Chat";
 
 function Events({ sandbox }: { sandbox: Sandbox }) {
   const events = useResource(() => api.get<Page<SandboxEvent>>(`/api/sandboxes/${enc(sandbox.id)}/events`),
@@ -91,7 +92,8 @@ function Sharing({ sandbox, workspace, userId, onChanged }: {
   );
 }
 
-function Detail({ workspace }: { workspace: Workspace }) {
+/** The agent's page: its details, or its Chat view (`view`), under the same head. */
+function Detail({ workspace, view }: { workspace: Workspace; view: "details" | "chat" }) {
   const { sid = "" } = useParams();
   const { user } = useSession();
   const navigate = useNavigate();
@@ -123,7 +125,12 @@ function Detail({ workspace }: { workspace: Workspace }) {
             <SandboxButtons sandbox={item} role={workspace.role} userId={user?.id}
               onChanged={() => void sandbox.reload()} onRename={setRenaming} onDelete={setDeleting} />
           </div>
-          <div className="columns">
+          <nav className="tabs" aria-label="Agent views">
+            <NavLink to={`/w/${workspace.id}/sandboxes/${item.id}`} end>Details</NavLink>
+            <NavLink to={chatPath(workspace.id, item.id)}>Chat</NavLink>
+          </nav>
+          {view === "chat" ? <ChatView workspace={workspace} sandbox={item} onSandboxChanged={() => void sandbox.reload()} />
+            : <div className="columns">
             <section className="card">
               <h2>Details</h2>
               <dl className="facts">
@@ -145,7 +152,7 @@ function Detail({ workspace }: { workspace: Workspace }) {
             </section>
             <Events sandbox={item} />
             <Usage sandbox={item} />
-          </div>
+          </div>}
         </>
       )}
       <RenameDialog sandbox={renaming} onClose={() => setRenaming(null)} onDone={() => void sandbox.reload()} />
@@ -154,6 +161,6 @@ function Detail({ workspace }: { workspace: Workspace }) {
   );
 }
 
-export function SandboxDetailPage() {
-  return <WorkspacePage>{(workspace) => <Detail workspace={workspace} />}</WorkspacePage>;
+export function SandboxDetailPage({ view = "details" }: { view?: "details" | "chat" }) {
+  return <WorkspacePage>{(workspace) => <Detail workspace={workspace} view={view} />}</WorkspacePage>;
 }
