@@ -2,6 +2,7 @@
 
 import typer
 
+from agent_client.commands.chat import chat, sessions
 from agent_client.commands.connect import connect
 from agent_client.commands.registrations import list_registrations, remove
 from embedded.cli import up
@@ -12,6 +13,8 @@ app.command()(up)
 app.command()(connect)
 app.command("list")(list_registrations)
 app.command()(remove)
+app.command()(chat)
+app.command()(sessions)
 
 
 @app.command()
