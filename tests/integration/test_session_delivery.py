@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from layers.shared.tunnel import codec
 from tests.fake_agent import receive_frames, send_frames, tunnel_subprotocols
 from tests.fakes.llm_upstream import FakeLlmUpstream, ScriptedToolCall
 from tests.identity_support import registered_agent, sign_up
+from tests.integration.test_agent_client_cli import agentserver
 from tests.integration.test_harnesses import REPLY, harness_stack, upstream  # noqa: F401 - fixtures
 from tests.session_support import (
     LocalAgent,
@@ -102,6 +104,33 @@ def test_a_turn_reaches_claude_code_and_its_events_stream_to_the_log_and_a_viewe
     assert resolved and resolved[0]["data"]["decision"] == "allow"
     # And the viewer received the same sequence live, in order, each event once
     assert [(event["seq"], event["id"]) for event in seen] == [(event["seq"], event["id"]) for event in events]
+
+
+def test_agentserver_chat_streams_the_reply_and_sessions_lists_the_session(
+        harness_stack: RunningStack, claude: LocalAgent, tmp_path: Path) -> None:  # noqa: F811 - fixtures
+    # A member's personal access token, in the environment (never an argument)
+    token = claude.browser.post("/api/tokens", json={"name": "terminal"}).json()["token"]
+    env = {"AGENTSERVER_TOKEN": token, "AGENTSERVER_SERVER": harness_stack.base_url}
+    first = agentserver("chat", claude.sandbox_id, "Say the words", "--permission-mode", "accept-edits",
+                        home=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "".join(REPLY) in first.stdout  # the reply on standard output, once
+    assert first.stdout.count("".join(REPLY)) == 1
+    assert "done:" in first.stderr and token not in first.stdout + first.stderr
+    session_id = re.search(r"session (ses-[0-9a-f]+)", first.stderr)[1]  # type: ignore[index]
+    # --continue sends the next turn to the same session; the log holds both turns, gapless
+    second = agentserver("chat", claude.sandbox_id, "Again", "--continue", home=tmp_path, env=env)
+    assert second.returncode == 0, second.stderr
+    assert f"session {session_id}" in second.stderr
+    events = log_of(claude.browser, session_id)
+    check_log(events)
+    assert [event["data"]["text"] for event in events if event["type"] == "turn.queued"] == ["Say the words", "Again"]
+    listed = agentserver("sessions", claude.sandbox_id, home=tmp_path, env={**env, "COLUMNS": "200"})
+    assert listed.returncode == 0 and session_id in listed.stdout, listed.stdout
+    # Without a token: a clear error, no stack trace
+    refused = agentserver("chat", claude.sandbox_id, "hi", home=tmp_path,
+                          env={"AGENTSERVER_TOKEN": "", "AGENTSERVER_SERVER": harness_stack.base_url})
+    assert refused.returncode == 1 and "AGENTSERVER_TOKEN" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_a_turn_for_an_offline_agent_waits_and_is_delivered_when_it_connects(claude: LocalAgent) -> None:
