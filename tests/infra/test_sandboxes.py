@@ -448,3 +448,14 @@ def test_a_context_image_in_ecr_is_run_and_pulled_from_its_repository(with_image
 def test_bad_sandbox_settings_are_refused(key: str, value: str) -> None:
     with pytest.raises(ValueError, match=key):
         DeploymentConfig(**{key: value})
+
+
+def test_the_sandbox_image_installs_the_three_harnesses_at_the_versions_make_install_pins() -> None:
+    dockerfile = (REPO_ROOT / "sandbox" / "Dockerfile").read_text()
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    for variable, package in (("OPENCODE_VERSION", "opencode-ai"), ("CLAUDE_CODE_VERSION", "@anthropic-ai/claude-code"),
+                              ("CODEX_VERSION", "@openai/codex")):
+        pinned = re.search(rf"^{variable} := (\S+)$", makefile, re.MULTILINE)
+        in_image = re.search(rf"^ARG {variable}=(\S+)$", dockerfile, re.MULTILINE)
+        assert pinned and in_image and pinned.group(1) == in_image.group(1), variable
+        assert f'"{package}@${{{variable}}}"' in dockerfile, package
