@@ -39,10 +39,7 @@ def upstream() -> Iterator[FakeLlmUpstream]:
 @pytest.fixture(scope="module")
 def console(console_build: Path, upstream: FakeLlmUpstream,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    env = {"ANTHROPIC_BASE_URL": upstream.anthropic_base_url, "OPENAI_BASE_URL": upstream.openai_base_url,
-           "ANTHROPIC_API_KEY": upstream.anthropic_key, "OPENAI_API_KEY": upstream.openai_key,
-           "ANTHROPIC_AUTH_TOKEN": ""}
-    with running_console(console_build, tmp_path_factory.mktemp("stack"), env=env) as started:
+    with running_console(console_build, tmp_path_factory.mktemp("stack"), env=upstream.stack_env) as started:
         yield started
 
 

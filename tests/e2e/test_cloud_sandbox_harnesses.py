@@ -23,10 +23,8 @@ PINNED = {name: re.search(rf"^{variable} := (\S+)$", (ROOT / "Makefile").read_te
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     with FakeLlmUpstream(reply_words=list(REPLY)) as upstream:
-        running = RunningStack(state_dir=tmp_path_factory.mktemp("harness-sandboxes") / "stack", env={
-            "ANTHROPIC_BASE_URL": upstream.anthropic_base_url, "OPENAI_BASE_URL": upstream.openai_base_url,
-            "ANTHROPIC_API_KEY": upstream.anthropic_key, "OPENAI_API_KEY": upstream.openai_key,
-            "ANTHROPIC_AUTH_TOKEN": ""}).start()
+        running = RunningStack(state_dir=tmp_path_factory.mktemp("harness-sandboxes") / "stack",
+                               env=upstream.stack_env).start()
         try:
             yield running
         finally:

@@ -37,9 +37,7 @@ def upstream() -> Iterator[FakeLlmUpstream]:
 def test_opencode_takes_api_turns_with_an_approved_command_then_resumes(upstream: FakeLlmUpstream,
                                                                         tmp_path: Path) -> None:
     find_opencode(ROOT)  # `make install` puts it in .tools/opencode; a missing install is a failure, not a skip
-    stack = RunningStack(state_dir=tmp_path / "stack", env={
-        "ANTHROPIC_BASE_URL": upstream.anthropic_base_url, "ANTHROPIC_API_KEY": upstream.anthropic_key,
-        "ANTHROPIC_AUTH_TOKEN": ""}).start()
+    stack = RunningStack(state_dir=tmp_path / "stack", env=upstream.stack_env).start()
     # opencode's own files in temporary folders, never the user's
     isolated = {name: str(tmp_path / "xdg" / name.lower())
                 for name in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME")}

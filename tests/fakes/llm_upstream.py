@@ -107,6 +107,13 @@ class FakeLlmUpstream:
     def openai_base_url(self) -> str:
         return f"{self.url}/openai/v1"
 
+    @property
+    def stack_env(self) -> dict[str, str]:
+        """What points a stack's LLM proxy at this fake, for both providers, with no operator token in the way."""
+        return {"ANTHROPIC_BASE_URL": self.anthropic_base_url, "OPENAI_BASE_URL": self.openai_base_url,
+                "ANTHROPIC_API_KEY": self.anthropic_key, "OPENAI_API_KEY": self.openai_key,
+                "ANTHROPIC_AUTH_TOKEN": ""}
+
     def start(self) -> FakeLlmUpstream:
         fake = self
 
