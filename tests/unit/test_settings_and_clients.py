@@ -29,6 +29,18 @@ def test_pynamodb_models_take_their_endpoint_from_the_settings(monkeypatch: pyte
     assert ConnectionRecord.Meta.host == "http://127.0.0.1:8000"
 
 
+def test_a_models_connection_follows_the_endpoint_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # PynamoDB caches one connection per model by table name; a process that serves one stack after another
+    # (same table names, another DynamoDB) must not keep talking to the first one
+    for endpoint in ("http://127.0.0.1:8000", "http://127.0.0.1:8001"):
+        monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", endpoint)
+        get_settings.cache_clear()
+        connection = ConnectionRecord._get_connection()
+        assert connection.connection.host == endpoint
+        assert ConnectionRecord._get_connection() is connection  # still one connection per endpoint
+    get_settings.cache_clear()
+
+
 def test_clients_are_created_once_per_service() -> None:
     assert aws.client("sqs") is aws.client("sqs")
 

@@ -42,6 +42,14 @@ class BaseModel(Model):
     class Meta:
         abstract = True
 
+    @classmethod
+    def _get_connection(cls) -> Any:
+        # PynamoDB keeps one connection per model and renews it only when the table name changes; the endpoint
+        # is a setting too (one process may serve several stacks in turn: tests, `agentserver up` restarts).
+        if cls._connection is not None and cls._connection.connection.host != getattr(cls.Meta, "host", None):
+            cls._connection = None
+        return super()._get_connection()
+
 
 ModelT = TypeVar("ModelT", bound=Model)
 
