@@ -413,9 +413,10 @@ class CodexTurn(Turn):
                 for event in self._parser.feed(message):
                     if event.type == APPROVAL_REQUESTED:
                         self._pending[event.data["approval_id"]] = message["id"]
-                        yield event
                         if mode_allows(self._mode, event.data["tool"], event.data["input"], self._directory):
+                            # answered before anyone sees it: its approval.resolved (queued) follows the request
                             await self._reply(event.data["approval_id"], allow=True, by="mode")
+                        yield event
                         continue
                     if event.type in TERMINAL_TYPES:
                         if self._cancelled and event.type != TURN_COMPLETED:

@@ -53,13 +53,15 @@ def proxy(harness_stack: RunningStack) -> ProxyAccess:
     return ProxyAccess(llm_base_url=registration["llm_base_url"], proxy_token=registration["proxy_token"])
 
 
-async def run_turn(harness: Any, request: TurnRequest, *, approve: bool = True) -> tuple[list[HarnessEvent], Any]:
+async def run_turn(harness: Any, request: TurnRequest, *,
+                   approve: bool | None = True) -> tuple[list[HarnessEvent], Any]:
+    """The turn's events, every approval answered `approve` (None: left to the mode)."""
     turn = await harness.start_turn(request)
     events = []
     async with asyncio.timeout(120):
         async for event in turn:
             events.append(event)
-            if event.type == "approval.requested":
+            if event.type == "approval.requested" and approve is not None:
                 await turn.answer_approval(event.data["approval_id"], allow=approve)
     return events, turn
 
@@ -158,7 +160,7 @@ def test_codex_asks_before_a_command_runs_it_when_allowed_then_resumes(
 
 
 def codex_command_turn(upstream: FakeLlmUpstream, proxy: ProxyAccess, project: Path, command: str,
-                       mode: PermissionMode, *, approve: bool) -> list[HarnessEvent]:
+                       mode: PermissionMode, *, approve: bool | None) -> list[HarnessEvent]:
     """A Codex turn in a new thread whose model runs `command`, approvals answered `approve`."""
     project.mkdir()
     harness = CodexHarness(directory=project, proxy=proxy, codex_home=project.parent / "codex-home")
@@ -170,12 +172,19 @@ def codex_command_turn(upstream: FakeLlmUpstream, proxy: ProxyAccess, project: P
     return events
 
 
-def test_codex_does_not_run_a_denied_command(upstream: FakeLlmUpstream, proxy: ProxyAccess, tmp_path: Path) -> None:
-    events = codex_command_turn(upstream, proxy, tmp_path / "project", "echo no > denied.txt && echo wrote", "ask",
-                                approve=False)
+DENIED_PATCH = "apply_patch <<'EOF'\n*** Begin Patch\n*** Add File: denied.txt\n+no\n*** End Patch\nEOF\n"
+
+
+@pytest.mark.parametrize(("command", "tool"), [("echo no > denied.txt && echo wrote", "command_execution"),
+                                               (DENIED_PATCH, "file_change")], ids=["command", "edit"])
+def test_codex_does_not_run_a_denied_command_or_edit(command: str, tool: str, upstream: FakeLlmUpstream,
+                                                     proxy: ProxyAccess, tmp_path: Path) -> None:
+    events = codex_command_turn(upstream, proxy, tmp_path / "project", command, "ask", approve=False)
     assert events[-1].type == "turn.completed", events[-1]  # the model hears the no and answers
+    requested = next(event for event in events if event.type == "approval.requested")
+    assert requested.data["tool"] == tool
     resolved = next(event for event in events if event.type == "approval.resolved")
-    assert resolved.data["allow"] is False
+    assert resolved.data == {"approval_id": requested.data["approval_id"], "allow": False, "by": "user"}
     result = next(event for event in events if event.type == "tool.result")
     assert result.data["is_error"] is True and "wrote" not in result.data["output"]
     assert not (tmp_path / "project" / "denied.txt").exists()
@@ -188,6 +197,23 @@ def test_codex_in_full_auto_asks_nothing(upstream: FakeLlmUpstream, proxy: Proxy
     check_turn(events, tool="command_execution", upstream=upstream, proxy=proxy, provider="openai")
     assert not any(event.type.startswith("approval.") for event in events)
     assert (tmp_path / "project" / "auto.txt").read_text() == "auto\n"
+
+
+def test_codex_in_accept_edits_applies_a_patch_in_the_project_without_asking(
+        upstream: FakeLlmUpstream, proxy: ProxyAccess, tmp_path: Path) -> None:
+    # Codex turns an `apply_patch` heredoc into a file change, which it asks for under the untrusted policy: the
+    # mode answers it (nobody else does here)
+    patch = "apply_patch <<'EOF'\n*** Begin Patch\n*** Add File: hello.txt\n+hello\n*** End Patch\nEOF\n"
+    events = codex_command_turn(upstream, proxy, tmp_path / "project", patch, "accept-edits", approve=None)
+    assert events[-1].type == "turn.completed", events[-1]
+    call = next(event for event in events if event.type == "tool.call")
+    assert call.data["name"] == "file_change"
+    assert call.data["input"]["changes"] == [{"path": str(tmp_path / "project" / "hello.txt"), "kind": "add"}]
+    resolved = next(event for event in events if event.type == "approval.resolved")
+    assert resolved.data["allow"] is True and resolved.data["by"] == "mode"
+    order = types(events)
+    assert order.index("approval.requested") < order.index("approval.resolved") < order.index("tool.result")
+    assert (tmp_path / "project" / "hello.txt").read_text() == "hello\n"
 
 
 def test_connect_type_claudecode_without_its_cli_fails_clearly_and_keeps_the_code(
