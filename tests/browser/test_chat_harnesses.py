@@ -1,7 +1,7 @@
 """The Chat view with the real harnesses (Chromium): a member types a request to a Claude Code, a Codex and an
 opencode agent connected with `agentserver connect`, each answering through the LLM proxy from the fake upstream
 scripted to call a tool; the reply and the folded tool call appear in the console as they are logged, approvals
-(Claude Code and opencode, in "ask" mode) are answered with the button, and the turn ends with its usage."""
+("ask" mode) are answered with the button, and the turn ends with its usage."""
 
 from __future__ import annotations
 
@@ -26,8 +26,6 @@ TOOL_CALLS = {
     "opencode": (ScriptedToolCall("bash", {"command": "echo opencode > out.txt", "description": "Write a file"}),
                  "→ bash"),
 }
-# Codex's `exec` cannot ask (docs/harnesses.md): its session runs in accept-edits; the others ask first
-MODES = {"claudecode": "ask", "codex": "accept-edits", "opencode": "ask"}
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +59,15 @@ def test_a_real_harness_answers_a_turn_typed_in_the_console(chromium: Browser, c
         expect(page.get_by_role("heading", name="Sandboxes")).to_be_visible()
         page.goto(f"/w/{agent.workspace_id}/sandboxes/{agent.sandbox_id}/chat")
         page.get_by_role("button", name="New session").click()
-        page.get_by_label("Permission mode").select_option(MODES[agent_type])
+        page.get_by_label("Permission mode").select_option("ask")
         page.get_by_role("button", name="Start session").click()
         box = page.get_by_label("Message")
         box.fill("Write out.txt")
         box.press("Enter")
-        if MODES[agent_type] == "ask":  # the harness asks before running the command: Allow, in the console
-            approval = page.get_by_role("group", name=re.compile("^Approval"))
-            approval.get_by_role("button", name="Allow").click(timeout=120_000)
-            expect(approval.get_by_test_id("approval-answer")).to_have_text("Allowed by you.")
+        # Every harness asks before running the command: Allow, in the console
+        approval = page.get_by_role("group", name=re.compile("^Approval"))
+        approval.get_by_role("button", name="Allow").click(timeout=120_000)
+        expect(approval.get_by_test_id("approval-answer")).to_have_text("Allowed by you.")
         # The reply and the tool call, folded, appear as they are logged; the turn ends with its usage
         expect(page.get_by_test_id("turn-usage")).to_contain_text("Completed", timeout=120_000)
         expect(page.locator(".reply").last).to_have_text("".join(REPLY))

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agent_client.harnesses import HarnessEvent, ProxyAccess, TurnRequest
+from agent_client.harnesses import HarnessEvent, PermissionMode, ProxyAccess, TurnRequest
 from agent_client.harnesses.claude_code import ClaudeCodeHarness
 from agent_client.harnesses.codex import CodexHarness
 from tests.fakes.llm_upstream import FakeLlmUpstream, ScriptedToolCall
@@ -53,13 +53,15 @@ def proxy(harness_stack: RunningStack) -> ProxyAccess:
     return ProxyAccess(llm_base_url=registration["llm_base_url"], proxy_token=registration["proxy_token"])
 
 
-async def run_turn(harness: Any, request: TurnRequest, *, approve: bool = True) -> tuple[list[HarnessEvent], Any]:
+async def run_turn(harness: Any, request: TurnRequest, *,
+                   approve: bool | None = True) -> tuple[list[HarnessEvent], Any]:
+    """The turn's events, every approval answered `approve` (None: left to the mode)."""
     turn = await harness.start_turn(request)
     events = []
     async with asyncio.timeout(120):
         async for event in turn:
             events.append(event)
-            if event.type == "approval.requested":
+            if event.type == "approval.requested" and approve is not None:
                 await turn.answer_approval(event.data["approval_id"], allow=approve)
     return events, turn
 
@@ -119,22 +121,32 @@ def test_claude_code_runs_a_turn_with_an_approved_tool_call_then_resumes(
     print(f"claude code turns: {first_turn:.1f} s, {second_turn:.1f} s")
 
 
-def test_codex_runs_a_turn_with_a_tool_call_then_resumes(upstream: FakeLlmUpstream, proxy: ProxyAccess,
-                                                          tmp_path: Path) -> None:
+def test_codex_asks_before_a_command_runs_it_when_allowed_then_resumes(
+        upstream: FakeLlmUpstream, proxy: ProxyAccess, tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
     harness = CodexHarness(directory=project, proxy=proxy, codex_home=tmp_path / "codex-home")
     upstream.tool_call = ScriptedToolCall("exec_command", {"cmd": "echo first > out.txt && echo wrote"})
     started = time.monotonic()
-    events, turn = asyncio.run(run_turn(harness, TurnRequest("Write out.txt", permission_mode="accept-edits")))
+    events, turn = asyncio.run(run_turn(harness, TurnRequest("Write out.txt", permission_mode="ask")))
     first_turn = time.monotonic() - started
     check_turn(events, tool="command_execution", upstream=upstream, proxy=proxy, provider="openai")
-    assert (project / "out.txt").read_text() == "first\n"  # the sandbox let it write inside the project
+    # In "ask" mode app-server asked before running the command; our answer let it run (in the project's sandbox)
+    order = types(events)
+    assert order.index("tool.call") < order.index("approval.requested") < order.index("approval.resolved") < (
+        order.index("tool.result"))
+    requested = next(event for event in events if event.type == "approval.requested")
+    assert requested.data["tool"] == "command_execution" and "echo first" in requested.data["input"]["command"]
+    resolved = next(event for event in events if event.type == "approval.resolved")
+    assert resolved.data == {"approval_id": requested.data["approval_id"], "allow": True, "by": "user"}
+    assert (project / "out.txt").read_text() == "first\n"
+    assert any(event.type == "message.delta" for event in events)
     session_id = turn.session_id
     assert session_id == events[0].data["session_id"]
     # The proxy token reached the proxy only from the environment: config.toml names the variable, not the token
     assert proxy.proxy_token not in (tmp_path / "codex-home" / "config.toml").read_text()
 
+    # The next turn resumes the thread: the upstream gets the first turn's exchange back
     upstream.tool_call = None
     started = time.monotonic()
     events, turn = asyncio.run(run_turn(harness, TurnRequest("And now?", resume=session_id)))
@@ -145,6 +157,63 @@ def test_codex_runs_a_turn_with_a_tool_call_then_resumes(upstream: FakeLlmUpstre
     history = json.dumps(last["input"])
     assert "Write out.txt" in history and "echo first" in history and "And now?" in history
     print(f"codex turns: {first_turn:.1f} s, {second_turn:.1f} s")
+
+
+def codex_command_turn(upstream: FakeLlmUpstream, proxy: ProxyAccess, project: Path, command: str,
+                       mode: PermissionMode, *, approve: bool | None) -> list[HarnessEvent]:
+    """A Codex turn in a new thread whose model runs `command`, approvals answered `approve`."""
+    project.mkdir()
+    harness = CodexHarness(directory=project, proxy=proxy, codex_home=project.parent / "codex-home")
+    upstream.tool_call = ScriptedToolCall("exec_command", {"cmd": command})
+    try:
+        events, _ = asyncio.run(run_turn(harness, TurnRequest("Run it", permission_mode=mode), approve=approve))
+    finally:
+        upstream.tool_call = None
+    return events
+
+
+DENIED_PATCH = "apply_patch <<'EOF'\n*** Begin Patch\n*** Add File: denied.txt\n+no\n*** End Patch\nEOF\n"
+
+
+@pytest.mark.parametrize(("command", "tool"), [("echo no > denied.txt && echo wrote", "command_execution"),
+                                               (DENIED_PATCH, "file_change")], ids=["command", "edit"])
+def test_codex_does_not_run_a_denied_command_or_edit(command: str, tool: str, upstream: FakeLlmUpstream,
+                                                     proxy: ProxyAccess, tmp_path: Path) -> None:
+    events = codex_command_turn(upstream, proxy, tmp_path / "project", command, "ask", approve=False)
+    assert events[-1].type == "turn.completed", events[-1]  # the model hears the no and answers
+    requested = next(event for event in events if event.type == "approval.requested")
+    assert requested.data["tool"] == tool
+    resolved = next(event for event in events if event.type == "approval.resolved")
+    assert resolved.data == {"approval_id": requested.data["approval_id"], "allow": False, "by": "user"}
+    result = next(event for event in events if event.type == "tool.result")
+    assert result.data["is_error"] is True and "wrote" not in result.data["output"]
+    assert not (tmp_path / "project" / "denied.txt").exists()
+
+
+def test_codex_in_full_auto_asks_nothing(upstream: FakeLlmUpstream, proxy: ProxyAccess, tmp_path: Path) -> None:
+    # An approval would be refused: the command only runs because nothing was asked
+    events = codex_command_turn(upstream, proxy, tmp_path / "project", "echo auto > auto.txt && echo wrote",
+                                "full-auto", approve=False)
+    check_turn(events, tool="command_execution", upstream=upstream, proxy=proxy, provider="openai")
+    assert not any(event.type.startswith("approval.") for event in events)
+    assert (tmp_path / "project" / "auto.txt").read_text() == "auto\n"
+
+
+def test_codex_in_accept_edits_applies_a_patch_in_the_project_without_asking(
+        upstream: FakeLlmUpstream, proxy: ProxyAccess, tmp_path: Path) -> None:
+    # Codex turns an `apply_patch` heredoc into a file change, which it asks for under the untrusted policy: the
+    # mode answers it (nobody else does here)
+    patch = "apply_patch <<'EOF'\n*** Begin Patch\n*** Add File: hello.txt\n+hello\n*** End Patch\nEOF\n"
+    events = codex_command_turn(upstream, proxy, tmp_path / "project", patch, "accept-edits", approve=None)
+    assert events[-1].type == "turn.completed", events[-1]
+    call = next(event for event in events if event.type == "tool.call")
+    assert call.data["name"] == "file_change"
+    assert call.data["input"]["changes"] == [{"path": str(tmp_path / "project" / "hello.txt"), "kind": "add"}]
+    resolved = next(event for event in events if event.type == "approval.resolved")
+    assert resolved.data["allow"] is True and resolved.data["by"] == "mode"
+    order = types(events)
+    assert order.index("approval.requested") < order.index("approval.resolved") < order.index("tool.result")
+    assert (tmp_path / "project" / "hello.txt").read_text() == "hello\n"
 
 
 def test_connect_type_claudecode_without_its_cli_fails_clearly_and_keeps_the_code(

@@ -228,6 +228,12 @@ def test_a_turn_reaches_codex_through_the_same_path(harness_stack: RunningStack,
     call = next(event for event in events if event["type"] == "tool.call")
     result = next(event for event in events if event["type"] == "tool.result")
     assert call["data"]["name"] == "command_execution" and "wrote" in result["data"]["output"]
+    # accept-edits still asks before a command: Codex's request came through the log and our answer went back
+    requested = next(event for event in events if event["type"] == "approval.requested")
+    assert requested["data"]["tool"] == "command_execution" and requested["data"]["call_id"] == call["data"]["call_id"]
+    resolved = next(event for event in events if event["type"] == "approval.resolved")
+    assert resolved["data"]["approval_id"] == requested["data"]["approval_id"] and resolved["data"]["allow"] is True
+    assert order.index("approval.requested") < order.index("approval.resolved") < order.index("tool.result")
     assert any(event["type"] == "message" and event["data"]["text"] == "".join(REPLY) for event in events)
     assert (agent.project / "out.txt").read_text() == "codex\n"
     browser.close()

@@ -1,5 +1,5 @@
 """Native harness events → normalised session events, over lines recorded from the real pinned CLIs
-(tests/unit/harness_samples: Claude Code 2.1.332 stream-json, Codex 0.171.0 `exec --json`, opencode 1.18.33
+(tests/unit/harness_samples: Claude Code 2.1.332 stream-json, Codex 0.171.0 `app-server`, opencode 1.18.33
 `GET /event`), each run against the fake upstream scripted to call a tool."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from agent_client.harnesses import EVENT_TYPES, HarnessError, HarnessEvent, ProxyAccess, TurnRequest
 from agent_client.harnesses.claude_code import ClaudeCodeHarness, ClaudeCodeParser
-from agent_client.harnesses.codex import CodexHarness, CodexParser, config_toml
+from agent_client.harnesses.codex import CodexHarness, CodexParser, config_toml, mode_allows
 from agent_client.harnesses.opencode import OpencodeParser, auto_answer, parse_model
 
 SAMPLES = Path(__file__).parent / "harness_samples"
@@ -60,35 +60,82 @@ def test_claude_code_api_error_fails_the_turn_with_its_reason() -> None:
     assert events[-1].data["cancelled"] is False
 
 
-def test_codex_turn_with_a_command() -> None:
-    events = parse(CodexParser(), sample("codex_tool_call.jsonl"))
-    assert kinds(events) == ["turn.started", "notice", "tool.call", "tool.result", "message", "turn.completed"]
-    started, notice, call, result, message, completed = events
-    assert started.data == {"session_id": "01a242c5-61cb-71a0-8349-056516cefb6a", "model": None}
+def test_codex_turn_with_an_approved_command() -> None:
+    events = parse(CodexParser(), sample("codex_app_server_approval.jsonl"))
+    assert kinds(events) == ["turn.started", "notice", "tool.call", "approval.requested", "tool.result", "message",
+                             "turn.completed"]
+    started, notice, call, approval, result, message, completed = (e for e in events if e.type != "message.delta")
+    thread = "01a24556-b625-7de3-8144-bcb8b35047bd"
+    assert started.data == {"session_id": thread, "model": "gpt-5.2-codex"}  # from thread/start's answer
     assert "Model metadata" in notice.data["text"]
-    assert call.data == {"call_id": "item_1", "name": "command_execution",
-                         "input": {"command": "/bin/bash -lc 'echo hi > out.txt && echo wrote'"}}
-    assert result.data == {"call_id": "item_1", "output": "wrote\n", "is_error": False}
-    assert message.data == {"message_id": "item_2", "text": "Hello from the fake upstream."}
-    assert completed.data["usage"] == {"input_tokens": 116, "output_tokens": 12, "cache_read_input_tokens": 14,
-                                       "cache_creation_input_tokens": 0}
+    command = "/bin/bash -lc 'echo hi > out.txt && echo wrote'"
+    assert call.data == {"call_id": "call_d0863a962f924cdc88cb8180", "name": "command_execution",
+                         "input": {"command": command}}
+    # The approval names the item (stable), not the JSON-RPC id (0 in every process)
+    assert approval.data == {"approval_id": "call_d0863a962f924cdc88cb8180", "call_id": call.data["call_id"],
+                             "tool": "command_execution", "input": {"command": command, "cwd": "/home/dev/project"},
+                             "description": command}
+    assert approval.raw["id"] == 0 and approval.raw["method"] == "item/commandExecution/requestApproval"
+    assert result.data["call_id"] == call.data["call_id"] and result.data["output"].endswith("wrote\n")
+    assert result.data["is_error"] is False
+    assert message.data["text"] == "Hello from the fake upstream."
+    deltas = [e for e in events if e.type == "message.delta"]
+    assert "".join(e.data["text"] for e in deltas) == message.data["text"]
+    assert all(e.data["message_id"] == message.data["message_id"] for e in deltas)
+    # usage: the thread's totals at the end (both model calls), nothing before this turn
+    assert completed.data == {"session_id": thread, "usage": {
+        "input_tokens": 72, "output_tokens": 12, "cache_read_input_tokens": 7, "cache_creation_input_tokens": 0}}
+    assert all(event.raw is not None and event.type in EVENT_TYPES for event in events)
 
 
-def test_codex_failed_command_and_api_error() -> None:
-    failed_command = {"type": "item.completed", "item": {"id": "item_3", "type": "command_execution",
-                                                         "command": "false", "aggregated_output": "",
-                                                         "exit_code": 1, "status": "failed"}}
-    call, result = CodexParser().feed(failed_command)  # completed without a started: both at once
-    assert (call.type, result.type, result.data["is_error"]) == ("tool.call", "tool.result", True)
-    events = parse(CodexParser(), sample("codex_api_error.jsonl"))
+def test_codex_resumed_turn_counts_only_its_own_usage() -> None:
+    events = parse(CodexParser(), sample("codex_app_server_resumed.jsonl"))
+    assert kinds(events) == ["turn.started", "notice", "message", "turn.completed"]
+    assert events[0].data["session_id"] == "01a24556-b625-7de3-8144-bcb8b35047bd"
+    # thread/resume replays the earlier turn's totals (72 in, 12 out): they are the baseline, not this turn's
+    assert events[-1].data["usage"] == {"input_tokens": 137 - 72, "output_tokens": 18 - 12,
+                                        "cache_read_input_tokens": 17 - 7, "cache_creation_input_tokens": 0}
+
+
+def test_codex_declined_command_api_error_and_interrupt() -> None:
+    parser = CodexParser("thread-1")
+    parser.turn_id = "turn-1"
+    declined = {"method": "item/completed", "params": {"threadId": "thread-1", "turnId": "turn-1", "item": {
+        "type": "commandExecution", "id": "call_1", "command": "rm -rf build", "aggregatedOutput": None,
+        "exitCode": None, "status": "declined"}}}
+    started, call, result = parser.feed(declined)  # completed without a started: both at once
+    assert (started.type, call.type, result.type, result.data["is_error"]) == (
+        "turn.started", "tool.call", "tool.result", True)
+    assert parser.feed({**declined, "params": {**declined["params"], "turnId": "another-turn"}}) == []
+    (interrupted,) = parser.feed({"method": "turn/completed", "params": {"threadId": "thread-1", "turn": {
+        "id": "turn-1", "status": "interrupted", "error": None}}})
+    assert interrupted.type == "turn.failed" and interrupted.data["cancelled"] is False  # not ours: the turn says
+    events = parse(CodexParser(), sample("codex_app_server_api_error.jsonl"))
     assert kinds(events) == ["turn.started", "notice", "notice", "turn.failed"]
-    assert "prompt is too long" in events[-1].data["reason"]
+    assert "prompt is too long" in events[-1].data["reason"] and events[-1].data["cancelled"] is False
 
 
-def test_codex_resumed_session_keeps_its_id() -> None:
-    parser = CodexParser("01a242c5-61cb-71a0-8349-056516cefb6a")
-    (started,) = parser.feed({"type": "turn.started"})
-    assert started.data["session_id"] == "01a242c5-61cb-71a0-8349-056516cefb6a"
+def test_codex_file_change_approval_and_who_answers_it(tmp_path: Path) -> None:
+    parser = CodexParser("thread-1")
+    parser.turn_id = "turn-1"
+    started = {"method": "item/started", "params": {"threadId": "thread-1", "turnId": "turn-1", "item": {
+        "type": "fileChange", "id": "call_2", "status": "inProgress", "changes": [
+            {"path": str(tmp_path / "a.py"), "kind": {"type": "update", "move_path": None}, "diff": "-x\n+y\n"}]}}}
+    _, call = parser.feed(started)
+    assert call.data == {"call_id": "call_2", "name": "file_change",
+                         "input": {"changes": [{"path": str(tmp_path / "a.py"), "kind": "update"}]}}
+    (asked,) = parser.feed({"method": "item/fileChange/requestApproval", "id": 4, "params": {
+        "threadId": "thread-1", "turnId": "turn-1", "itemId": "call_2", "startedAtMs": 0}})
+    assert asked.data["approval_id"] == "call_2" and asked.data["tool"] == "file_change"
+    assert asked.data["description"] == f"edit {tmp_path / 'a.py'}"
+    edit = asked.data["input"]
+    assert not mode_allows("ask", "file_change", edit, tmp_path)
+    assert mode_allows("accept-edits", "file_change", edit, tmp_path)  # inside the project
+    assert not mode_allows("accept-edits", "command_execution", {"command": "ls"}, tmp_path)
+    outside = {"changes": [{"path": "/etc/passwd", "kind": "update"}], "grant_root": None}
+    assert not mode_allows("accept-edits", "file_change", outside, tmp_path)
+    assert not mode_allows("accept-edits", "file_change", {**edit, "grant_root": "/"}, tmp_path)
+    assert mode_allows("full-auto", "command_execution", {"command": "rm -rf build"}, tmp_path)
 
 
 def test_opencode_turn_with_a_command() -> None:
@@ -156,10 +203,16 @@ def test_cli_flags_and_proxy_configuration(tmp_path: Path, monkeypatch: pytest.M
     assert environment["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1" and "OPENAI_API_KEY" not in environment
 
     codex = CodexHarness(directory=tmp_path, proxy=proxy, codex_home=tmp_path / "x", executable=Path("codex"))
-    argv = codex.argv(TurnRequest("-rf", resume="thread-1", permission_mode="ask"))
-    assert argv[1:4] == ["exec", "resume", "thread-1"] and argv[-1] == "-"  # the text goes on stdin, never a flag
-    assert 'sandbox_mode="read-only"' in argv and "--dangerously-bypass-approvals-and-sandbox" not in argv
-    assert "--dangerously-bypass-approvals-and-sandbox" in codex.argv(TurnRequest("go", permission_mode="full-auto"))
+    assert codex.argv()[1:] == ["app-server", "--listen", "stdio://"]  # the text goes in turn/start, never a flag
+    asking = codex.thread_params(TurnRequest("-rf", resume="thread-1", permission_mode="ask"))
+    assert asking == {"cwd": str(tmp_path), "approvalPolicy": "untrusted", "sandbox": "workspace-write",
+                      "threadId": "thread-1", "excludeTurns": True}
+    edits = codex.thread_params(TurnRequest("go", model="gpt-5.1-codex", permission_mode="accept-edits"))
+    assert (edits["approvalPolicy"], edits["sandbox"], edits["model"]) == ("untrusted", "workspace-write",
+                                                                           "gpt-5.1-codex")
+    assert "threadId" not in edits
+    auto = codex.thread_params(TurnRequest("go", permission_mode="full-auto"))
+    assert (auto["approvalPolicy"], auto["sandbox"]) == ("never", "danger-full-access")
     environment = codex.environment()
     assert environment["AGENTSERVER_PROXY_TOKEN"] == "asx_secret" and "OPENAI_API_KEY" not in environment
     config = config_toml(proxy)
