@@ -636,7 +636,8 @@ def append_events(store: SessionStore, *, session_id: str, turn_id: str, epoch: 
     for chunk in _chunks(checked):
         first_try = [True]
 
-        def attempt(chunk: list[NewEvent] = chunk) -> tuple[dict[str, int], list[str], int, Turn | None]:
+        def attempt(chunk: list[NewEvent] = chunk,
+                    first_try: list[bool] = first_try) -> tuple[dict[str, int], list[str], int, Turn | None]:
             session = _session(store, session_id)
             # The writer of the current turn sends new events almost always: its first try skips reading the event
             # ids (one round trip less per append). A re-sent id then fails its claim's condition in the
