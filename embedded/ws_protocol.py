@@ -8,12 +8,16 @@ ASGI app receives whole messages.
 
 from __future__ import annotations
 
+import asyncio
+
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
 
 FRAME_LIMIT_BYTES = 32 * 1024
 MESSAGE_LIMIT_BYTES = 128 * 1024
 MESSAGE_TOO_BIG = 1009
+# How long a connection closed for breaking a limit stays open for the client's close frame (and is drained)
+CLOSE_GRACE_SECONDS = 2.0
 
 
 class ApiGatewayLimitsProtocol(WebSocketsSansIOProtocol):
@@ -37,3 +41,16 @@ class ApiGatewayLimitsProtocol(WebSocketsSansIOProtocol):
         self.conn.fail(MESSAGE_TOO_BIG, f"Frame size exceeds {FRAME_LIMIT_BYTES} bytes")
         self.handle_parser_exception()
         return False
+
+    def handle_parser_exception(self) -> None:
+        """A frame or message over the limit: send the close frame, then shut only our side and drop the socket a
+        moment later. uvicorn closes the socket at once, and closing while the client's data is still unread is a
+        TCP reset, which can lose the close frame on its way (the client saw no 1009)."""
+        assert self.conn.close_sent is not None
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": self.conn.close_sent.code,
+                               "reason": self.conn.close_sent.reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(CLOSE_GRACE_SECONDS, self.transport.close)

@@ -91,7 +91,8 @@ def test_message_of_several_small_frames_passes_until_128_kb(stack: RunningStack
     # 96 KB in 16 KB frames is a valid message: the handler answers it (it is not a ping)
     answer = asyncio.run(send_fragmented(96))
     assert isinstance(answer, dict) and answer["error"]["code"] == "unknown_message"
-    # 144 KB is over the 128 KB message limit
+    # 144 KB is over the 128 KB message limit: the close frame reaches the client even though it is still sending
+    # (a gateway that dropped the socket at once reset it, and the 1009 was lost now and then)
     assert asyncio.run(send_fragmented(144)) == 1009
 
 
