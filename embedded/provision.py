@@ -34,7 +34,7 @@ def table_definition(table: Table, physical_name: str) -> dict[str, Any]:
             {
                 "IndexName": index.name,
                 "KeySchema": key_schema(index.partition, index.sort),
-                "Projection": {"ProjectionType": "ALL"},
+                "Projection": {"ProjectionType": index.projection},
             }
             for index in table.indexes
         ]

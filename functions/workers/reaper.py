@@ -1,4 +1,5 @@
-"""Scheduled repair of state that a lost trigger left behind, and idle auto-pause."""
+"""Scheduled repair of state that a lost trigger left behind (lost $disconnects, silent agents, turns left running on
+an agent that is gone, stuck sandboxes, workspaces half deleted), and idle auto-pause."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def handler(
     delivery = session_delivery(records, pusher)  # a silent agent's turns end interrupted
     silenced = agent_connections.silent_agents_offline(sandboxes, records, pusher, now=moment, silence=silence,
                                                        on_agent_lost=delivery.agent_lost)
+    # Turns left running on an agent that is gone, which its $disconnect missed
+    orphaned = delivery.interrupt_orphaned_turns(
+        now=moment, grace=timedelta(seconds=settings.sessions_orphan_grace_seconds))
     config = config or LifecycleConfig.from_settings(settings)
     repaired = sandbox_lifecycle.repair_stuck(sandboxes, queue, now=moment, config=config)
     paused = sandbox_lifecycle.pause_idle(sandboxes, queue, now=moment, config=config)
@@ -55,7 +59,9 @@ def handler(
     metrics.add_metric(name="StuckSandboxesRepaired", unit=MetricUnit.Count, value=repaired)
     metrics.add_metric(name="IdleSandboxesPaused", unit=MetricUnit.Count, value=paused)
     metrics.add_metric(name="DeletedWorkspacesRemoved", unit=MetricUnit.Count, value=workspaces_removed)
-    result = {"connections_removed": removed, "agents_offline": silenced, "sandboxes_repaired": repaired,
+    metrics.add_metric(name="OrphanedTurnsInterrupted", unit=MetricUnit.Count, value=len(orphaned))
+    result = {"connections_removed": removed, "agents_offline": silenced, "turns_interrupted": len(orphaned),
+              "sandboxes_repaired": repaired,
               "sandboxes_paused": paused, "workspaces_removed": workspaces_removed}
     logger.info("reaper done", extra=result)
     return result

@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     sessions_default_model: str = Field(default="", max_length=128, alias="AGENTSERVER_SESSIONS_DEFAULT_MODEL")
     sessions_default_permission_mode: str = Field(default="ask", pattern="^(ask|accept-edits|full-auto)$",
                                                   alias="AGENTSERVER_SESSIONS_DEFAULT_PERMISSION_MODE")
+    # The reaper ends a turn `interrupted` when its agent is gone (offline, or reconnected over a new tunnel) and it
+    # was delivered longer ago than this: the backstop for a $disconnect that missed it (docs/sessions-live.md).
+    sessions_orphan_grace_seconds: float = Field(default=120, ge=10, le=3600,
+                                                 alias="AGENTSERVER_SESSIONS_ORPHAN_GRACE_SECONDS")
     # The bucket for event payloads over DynamoDB's item limit: set by the CDK stack (CloudFormation names it);
     # unset, the resource prefix + "session-payloads" (the embedded stack's).
     session_payload_bucket: str = Field(default="", alias="AGENTSERVER_BUCKET_SESSION_PAYLOADS")

@@ -24,6 +24,9 @@ class GlobalIndex:
     name: str
     partition: Key
     sort: Key | None = None
+    # ALL answers every query; KEYS_ONLY for an index whose items change often but whose keys rarely do: DynamoDB
+    # writes such an index only when the keys change, not on every write of the item.
+    projection: Literal["ALL", "KEYS_ONLY"] = "ALL"
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,10 @@ SESSIONS = Table(
         # Sparse: a session that waits (idle, a turn queued) or runs carries `agent_state` = <agent>#waiting or
         # <agent>#running, so delivery and interruption find an agent's sessions by a query.
         GlobalIndex("by_agent_state", partition=Key("agent_state"), sort=Key("gsi1sk")),
+        # Sparse: a session whose turn is delivered or runs carries `active` = "turn" and `active_since` (when that
+        # turn was delivered), so the reaper finds turns left running on a lost agent by a query. Keys only: an
+        # append rewrites the session item, and only a turn's start and end change these keys.
+        GlobalIndex("by_active_turn", partition=Key("active"), sort=Key("active_since"), projection="KEYS_ONLY"),
     ),
     ttl_attribute="expires_at",  # events and their id claims: AGENTSERVER_SESSIONS_RETENTION_DAYS
 )

@@ -43,6 +43,8 @@ def test_every_topology_table_exists_with_its_keys_indexes_and_ttl(synthesized: 
     assert declared == table.key_attributes
     indexes = {index["IndexName"]: index["KeySchema"] for index in props.get("GlobalSecondaryIndexes", [])}
     assert indexes == _expected_indexes(table)
+    projections = {index["IndexName"]: index["Projection"] for index in props.get("GlobalSecondaryIndexes", [])}
+    assert projections == {index.name: {"ProjectionType": index.projection} for index in table.indexes}
     if table.ttl_attribute:
         assert props["TimeToLiveSpecification"] == {"AttributeName": table.ttl_attribute, "Enabled": True}
     else:

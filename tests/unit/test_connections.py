@@ -195,7 +195,8 @@ def test_reaper_handler_reports_what_it_removed(moto_aws) -> None:
     open_connection(store, connection_id="lost", management_url=URL, now=NOW - timedelta(hours=5),
                     ttl=timedelta(hours=2))
     result = reaper.handler({}, CONTEXT, store=store, pusher=RecordingPusher(alive=set()))
-    assert result == {"connections_removed": 1, "agents_offline": 0, "sandboxes_repaired": 0, "sandboxes_paused": 0,
+    assert result == {"connections_removed": 1, "agents_offline": 0, "turns_interrupted": 0, "sandboxes_repaired": 0,
+                      "sandboxes_paused": 0,
                       "workspaces_removed": 0}
 
 

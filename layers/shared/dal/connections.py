@@ -40,6 +40,7 @@ class ConnectionRecord(BaseModel):
     sandbox_id = UnicodeAttribute(null=True)
     relay_slot = NumberAttribute(null=True)
     tunnel_encoding = UnicodeAttribute(null=True)  # absent on records from before the negotiation: binary
+    tunnel_id = UnicodeAttribute(null=True)  # an agent's connection that continues another's tunnel (a handover)
     # A viewer connection: the session it watches, for which member of which workspace
     viewer_session_id = UnicodeAttribute(null=True)
     viewer_workspace_id = UnicodeAttribute(null=True)
@@ -63,6 +64,7 @@ class DynamoConnectionStore:
             sandbox_id=connection.sandbox_id,
             relay_slot=connection.relay_slot,
             tunnel_encoding=connection.encoding.value,
+            tunnel_id=connection.tunnel_id,
             viewer_session_id=connection.viewer.session_id if connection.viewer else None,
             viewer_workspace_id=connection.viewer.workspace_id if connection.viewer else None,
             viewer_user_id=connection.viewer.user_id if connection.viewer else None,
@@ -83,6 +85,7 @@ class DynamoConnectionStore:
             sandbox_id=record.sandbox_id,
             relay_slot=int(record.relay_slot) if record.relay_slot is not None else None,
             encoding=Encoding(record.tunnel_encoding) if record.tunnel_encoding else Encoding.BINARY,
+            tunnel_id=record.tunnel_id,
             viewer=_viewer_scope(record),
         )
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
 from pynamodb.exceptions import PutError, TransactWriteError
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.transactions import TransactWrite
 
 from layers.shared.dal.aws import client
@@ -70,6 +70,18 @@ class SessionsByAgentState(GlobalSecondaryIndex["SessionItem"]):
     gsi1sk = UnicodeAttribute(range_key=True)
 
 
+class SessionsByActiveTurn(GlobalSecondaryIndex["SessionItem"]):
+    class Meta:
+        index_name = "by_active_turn"
+        projection = KeysOnlyProjection()
+
+    active = UnicodeAttribute(hash_key=True)
+    active_since = UnicodeAttribute(range_key=True)
+
+
+ACTIVE_TURN_KEY = "turn"  # the one value of `active`: the index holds only sessions whose turn is delivered or runs
+
+
 class SessionItem(BaseModel):
     Meta = table_meta("sessions")
 
@@ -80,6 +92,8 @@ class SessionItem(BaseModel):
     gsi2pk = UnicodeAttribute(null=True)
     gsi2sk = UnicodeAttribute(null=True)
     agent_state = UnicodeAttribute(null=True)  # sparse: <agent>#waiting or <agent>#running
+    active = UnicodeAttribute(null=True)  # sparse: ACTIVE_TURN_KEY while a turn is delivered or runs
+    active_since = UnicodeAttribute(null=True)  # then: when it was delivered (sortable)
     expires_at = NumberAttribute(null=True)
     # Sessions
     session_id = UnicodeAttribute(null=True)
@@ -99,6 +113,8 @@ class SessionItem(BaseModel):
     queue = UnicodeAttribute(null=True)  # queued turn ids, oldest first, space separated
     turn_count = NumberAttribute(null=True)
     version = NumberAttribute(null=True)
+    delivered_at = UTCDateTimeAttribute(null=True)
+    delivered_over = UnicodeAttribute(null=True)
     # Turns
     turn_id = UnicodeAttribute(null=True)
     text = UnicodeAttribute(null=True)
@@ -118,6 +134,7 @@ class SessionItem(BaseModel):
     gsi1 = SessionsByAgent()
     gsi2 = SessionsByWorkspace()
     by_agent_state = SessionsByAgentState()
+    by_active_turn = SessionsByActiveTurn()
 
 
 def _pk(session_id: str) -> str:
@@ -131,16 +148,20 @@ def _event_sk(seq: int) -> str:
 def _session_item(session: Session) -> SessionItem:
     listed = f"{sortable(session.created_at)}#{session.id}"
     state = "running" if session.state == SessionState.running else "waiting" if session.waiting else None
+    running = session.state == SessionState.running
+    active_since = sortable(session.delivered_at or session.created_at) if running else None
     return SessionItem(
         _pk(session.id), "META", gsi1pk=f"AGENT#{session.sandbox_id}", gsi1sk=listed,
         gsi2pk=f"WS#{session.workspace_id}", gsi2sk=listed,
         agent_state=f"{session.sandbox_id}#{state}" if state else None,
+        active=ACTIVE_TURN_KEY if running else None, active_since=active_since,
         session_id=session.id, workspace_id=session.workspace_id, sandbox_id=session.sandbox_id,
         agent_type=session.agent_type.value, title=session.title, created_by=session.created_by,
         created_at=session.created_at, model=session.model, permission_mode=session.permission_mode.value,
         harness_session_id=session.harness_session_id, epoch=session.epoch, last_seq=session.last_seq,
         state=session.state.value, current_turn_id=session.current_turn_id,
         queue=" ".join(session.queued_turn_ids) or None, turn_count=session.turn_count, version=session.version,
+        delivered_at=session.delivered_at, delivered_over=session.delivered_over,
     )
 
 
@@ -152,7 +173,7 @@ def _to_session(item: SessionItem) -> Session:
         harness_session_id=item.harness_session_id, epoch=int(item.epoch or 0), last_seq=int(item.last_seq or 0),
         state=SessionState(item.state), current_turn_id=item.current_turn_id,
         queued_turn_ids=tuple((item.queue or "").split()), turn_count=int(item.turn_count or 0),
-        version=int(item.version or 0),
+        version=int(item.version or 0), delivered_at=item.delivered_at, delivered_over=item.delivered_over,
     )
 
 
@@ -222,6 +243,10 @@ class DynamoSessionStore:
 
     def session_ids_in_state(self, sandbox_id: str, state: Literal["waiting", "running"]) -> list[str]:
         return [item.session_id for item in SessionItem.by_agent_state.query(f"{sandbox_id}#{state}")]
+
+    def sessions_active_since(self, before: datetime) -> list[str]:
+        results = SessionItem.by_active_turn.query(ACTIVE_TURN_KEY, SessionItem.active_since < sortable(before))
+        return [item.pk.removeprefix("SESSION#") for item in results]
 
     # Turns and approvals -------------------------------------------------------------------------
 

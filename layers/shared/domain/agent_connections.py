@@ -94,9 +94,11 @@ def connect_agent(
     replaced without a handover was lost (its $disconnect may not have come yet, and will change nothing
     once it does): `on_agent_lost` is told, as at $disconnect."""
     sandbox = agents.authenticate_agent(sandboxes, token)
+    # A handover continues the tunnel of the connection it takes over (its running turns go on over this one)
+    previous = records.get(sandbox.connection_id) if handover and sandbox.connection_id else None
     connections.open_connection(records, connection_id=connection_id, management_url=management_url, now=now,
                                 ttl=ttl, source_ip=source_ip, user_agent=user_agent, sandbox_id=sandbox.sandbox_id,
-                                encoding=encoding)
+                                encoding=encoding, tunnel_id=previous.tunnel if previous is not None else None)
     running, replaced = agents.agent_connected(sandboxes, sandbox, connection_id=connection_id, now=now)
     if replaced is not None and not handover:
         # Its $disconnect will find that it is no longer the sandbox's connection and change nothing.

@@ -31,6 +31,14 @@ class Connection:
     # How tunnel frames travel to and from it, as selected at $connect. A record from before the
     # negotiation existed belongs to a client that sent binary frames.
     encoding: Encoding = Encoding.BINARY
+    # An agent's connection taken over in a handover continues the same tunnel (its turns go on): the first
+    # connection's id, carried from one to the next. None: this connection began its own.
+    tunnel_id: str | None = None
+
+    @property
+    def tunnel(self) -> str:
+        """The agent's tunnel this connection carries: a turn delivered over it runs while the tunnel lasts."""
+        return self.tunnel_id or self.connection_id
 
 
 class ConnectionStore(Protocol):
@@ -62,9 +70,11 @@ def open_connection(
     relay_slot: int | None = None,
     viewer: ViewerScope | None = None,
     encoding: Encoding = Encoding.TEXT,
+    tunnel_id: str | None = None,
 ) -> Connection:
     connection = Connection(
         encoding=encoding,
+        tunnel_id=tunnel_id,
         connection_id=connection_id,
         connected_at=now,
         management_url=management_url,

@@ -6,7 +6,7 @@ Who calls what:
 - the HTTP API, after it queued a turn or logged a cancel or an answer: `turns_waiting`, `notify` (the AgentLink);
 - `$default`, for each agent message holding session frames or an AGENT_INFO: `agent_messages`;
 - `$connect` (a replaced connection that was no handover), `$disconnect` of the agent's current connection and the
-  reaper (a silent agent): `agent_lost`.
+  reaper (a silent agent): `agent_lost`; the reaper, every minute: `interrupt_orphaned_turns` (what agent_lost missed).
 
 A turn goes only to an agent whose AGENT_INFO lists the "turns" feature (an older one drops a message holding a
 frame type it does not know, so the turn would be lost on the way): for another agent it waits, and the API says
@@ -20,14 +20,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from layers.shared.clock import utcnow
 from layers.shared.domain import sessions
 from layers.shared.domain.agents import Sandbox, SandboxStatus, SandboxStore
 from layers.shared.domain.connections import Connection, ConnectionPusher, ConnectionStore
-from layers.shared.domain.sessions import AgentNotice, NewEvent, SessionStore, StaleEpoch, TurnDelivery
+from layers.shared.domain.sessions import (
+    AgentNotice,
+    NewEvent,
+    SessionState,
+    SessionStore,
+    StaleEpoch,
+    Turn,
+    TurnDelivery,
+)
 from layers.shared.errors import AppError, NotFound
 from layers.shared.tunnel import codec, wire
 
@@ -90,7 +98,7 @@ class SessionDelivery:
         if not takes_turns(sandbox):
             return AGENT_OUTDATED
         self.deliver(connection, sessions.claim_next_turn(self.sessions, sandbox_id=sandbox_id,
-                                                          session_id=session_id))
+                                                          session_id=session_id, tunnel=connection.tunnel))
         return None
 
     def notify(self, notice: AgentNotice) -> None:
@@ -121,11 +129,11 @@ class SessionDelivery:
                 replies += acknowledged
                 if ended:
                     deliveries += sessions.claim_next_turn(self.sessions, sandbox_id=sandbox_id,
-                                                           session_id=message.session_id)
+                                                           session_id=message.session_id, tunnel=connection.tunnel)
             else:
                 logger.warning("agent sent a server's frame", extra={"type": message.TYPE.name})
         if ready:
-            deliveries += sessions.claim_next_turn(self.sessions, sandbox_id=sandbox_id)
+            deliveries += sessions.claim_next_turn(self.sessions, sandbox_id=sandbox_id, tunnel=connection.tunnel)
         # Acknowledgements first: the agent forgets the ended turn's events before the next turn starts.
         sent = replies + [frame for delivery in deliveries for frame in turn_start_frames(delivery)]
         return sent if self._send(connection, sent, deliveries) else []
@@ -223,3 +231,29 @@ class SessionDelivery:
         ended = sessions.interrupt_running_turns(self.sessions, sandbox_id=sandbox_id)
         if ended:
             logger.info("turns interrupted", extra={"sandbox_id": sandbox_id, "turns": [t.id for t in ended]})
+
+    def interrupt_orphaned_turns(self, *, now: datetime, grace: timedelta) -> list[Turn]:
+        """The reaper's backstop for agent_lost, which finds an agent's running sessions through an eventually
+        consistent index (a turn claimed just before the tunnel dropped can be missed): each turn delivered more
+        than `grace` ago whose agent is not connected, or is connected over another tunnel than the one the turn
+        went over (a reconnect that was no handover), ends interrupted, fenced by the epoch it was read with."""
+        tunnels: dict[str, str | None] = {}  # each agent's current tunnel, read once per sweep
+        ended = []
+        for session_id in self.sessions.sessions_active_since(now - grace):
+            session = self.sessions.get_session(session_id)
+            if (session is None or session.state != SessionState.running
+                    or (session.delivered_at is not None and session.delivered_at > now - grace)):
+                continue  # ended, or a newer turn since the index was written
+            if session.sandbox_id not in tunnels:
+                link = self._link(session.sandbox_id)
+                tunnels[session.sandbox_id] = link[1].tunnel if link is not None else None
+            tunnel = tunnels[session.sandbox_id]
+            # A turn delivered before tunnels were recorded is checked only against the agent being connected
+            if tunnel is not None and session.delivered_over in (None, tunnel):
+                continue
+            turn = sessions.interrupt_turn(self.sessions, session_id=session.id, epoch=session.epoch, now=now)
+            if turn is not None:
+                ended.append(turn)
+        if ended:
+            logger.info("orphaned turns interrupted", extra={"turns": [t.id for t in ended]})
+        return ended

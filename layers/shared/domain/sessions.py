@@ -140,6 +140,10 @@ class Session:
     queued_turn_ids: tuple[str, ...] = ()  # oldest first; bounded by SessionLimits.max_queued_turns
     turn_count: int = 0
     version: int = 0  # every write is conditional on it
+    # When the latest turn was delivered, and over which of the agent's tunnels (Connection.tunnel): what the
+    # reaper checks a running turn against (SessionDelivery.interrupt_orphaned_turns).
+    delivered_at: datetime | None = None
+    delivered_over: str | None = None
 
     @property
     def waiting(self) -> bool:
@@ -283,6 +287,10 @@ class SessionStore(Protocol):
                               cursor: str | None) -> tuple[list[Session], str | None]: ...
     def session_ids_in_state(self, sandbox_id: str, state: Literal["waiting", "running"]) -> list[str]:
         """Sessions of the agent that are waiting (idle, a turn queued) or running (eventually consistent)."""
+
+    def sessions_active_since(self, before: datetime) -> list[str]:
+        """Sessions whose turn was delivered before `before` and is still delivered or running (eventually
+        consistent)."""
 
     def get_turn(self, session_id: str, turn_id: str) -> Turn | None: ...
     def list_turns(self, session_id: str, limit: int, cursor: str | None) -> tuple[list[Turn], str | None]: ...
@@ -473,11 +481,12 @@ def cancel_turn(store: SessionStore, *, session_id: str, turn_id: str, user_id: 
     return _retrying(attempt)
 
 
-def claim_next_turn(store: SessionStore, *, sandbox_id: str, session_id: str | None = None,
+def claim_next_turn(store: SessionStore, *, sandbox_id: str, session_id: str | None = None, tunnel: str | None = None,
                     now: datetime | None = None) -> list[TurnDelivery]:
     """For each idle session of the agent with a queued turn: its oldest queued turn, now `delivered` under a new
-    epoch (the one its events must carry). `session_id` adds that session to the candidates with a consistent
-    read (the index that finds waiting sessions lags a write a little)."""
+    epoch (the one its events must carry), over `tunnel` (the agent's connection's). `session_id` adds that
+    session to the candidates with a consistent read (the index that finds waiting sessions lags a write a little)."""
+    moment = now or utcnow()
     candidates = list(dict.fromkeys([*([session_id] if session_id else []),
                                      *store.session_ids_in_state(sandbox_id, "waiting")]))
     deliveries = []
@@ -491,7 +500,8 @@ def claim_next_turn(store: SessionStore, *, sandbox_id: str, session_id: str | N
             if turn is None:  # cannot happen: queue and turns are written together
                 raise RuntimeError(f"session {session.id} queues a turn that does not exist")
             after = _advance(session, state=SessionState.running, current_turn_id=turn.id,
-                             queued_turn_ids=session.queued_turn_ids[1:], epoch=session.epoch + 1)
+                             queued_turn_ids=session.queued_turn_ids[1:], epoch=session.epoch + 1,
+                             delivered_at=moment, delivered_over=tunnel)
             store.write(session, after, turns=[replace(turn, status=TurnStatus.delivered)])
             return TurnDelivery(session_id=session.id, turn_id=turn.id, epoch=after.epoch, text=turn.text,
                                 model=turn.model or session.model, permission_mode=session.permission_mode.value,
