@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import uuid
 from collections.abc import AsyncIterator
@@ -38,9 +39,15 @@ from agent_client.harnesses import (
 from agent_client.harnesses.process import JsonLinesProcess
 
 # Our modes as Claude Code's --permission-mode. In "ask" every prompt comes to us; full-auto skips them all
-# (Claude Code refuses that as root outside a sandbox: the turn then fails with its message).
+# (which Claude Code refuses as root outside a sandbox: full_auto_refusal).
 PERMISSION_MODES: dict[PermissionMode, str] = {"ask": "default", "accept-edits": "acceptEdits",
                                                "full-auto": "bypassPermissions"}
+# The variables by which Claude Code lets root skip its prompts: the machine is a deliberate sandbox.
+SANDBOX_VARIABLE, BUBBLEWRAP_VARIABLE = "IS_SANDBOX", "CLAUDE_CODE_BUBBLEWRAP"
+FULL_AUTO_AS_ROOT = (
+    "Claude Code does not run full-auto as root: it would skip every permission prompt with root's privileges. "
+    "Run `agentserver connect` as a regular user, or set this session to ask or accept-edits. If this machine "
+    "is itself a disposable sandbox (a container or VM), start the agent with IS_SANDBOX=1 (docs/harnesses.md).")
 # Documented switches: no auto-update, telemetry, error reports or other non-essential traffic; the CLI then
 # talks only to ANTHROPIC_BASE_URL (our proxy).
 OFFLINE_ENVIRONMENT = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
@@ -126,6 +133,19 @@ class ClaudeCodeParser:
         return []
 
 
+def full_auto_refusal(mode: PermissionMode, *, uid: int | None, environment: dict[str, str]) -> str | None:
+    """Why a turn cannot run, before Claude Code is started: in bypassPermissions as root (uid 0) on Linux or macOS,
+    unless IS_SANDBOX=1 or CLAUDE_CODE_BUBBLEWRAP is set, Claude Code 2.1.332 prints that it "cannot be used with
+    root/sudo privileges" and exits 1 (isRootOutsideDeliberateSandbox in its bundle). The turn fails at once with
+    what to do instead. IS_SANDBOX reaches it only from the agent's own environment: whoever starts the agent
+    declares the machine a sandbox, never agentserver on their behalf."""
+    if mode != "full-auto" or uid != 0:
+        return None
+    if environment.get(SANDBOX_VARIABLE) == "1" or environment.get(BUBBLEWRAP_VARIABLE):
+        return None
+    return FULL_AUTO_AS_ROOT
+
+
 class ClaudeCodeHarness(Harness):
     name = "claudecode"
 
@@ -156,8 +176,13 @@ class ClaudeCodeHarness(Harness):
         return await cli_version(self.executable)
 
     async def start_turn(self, request: TurnRequest) -> Turn:
+        environment = self.environment()
+        refusal = full_auto_refusal(request.permission_mode, uid=os.getuid() if hasattr(os, "getuid") else None,
+                                    environment=environment)
+        if refusal is not None:
+            raise HarnessError(refusal)  # the turn fails with it: turn.failed, shown in the console
         self.config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        process = JsonLinesProcess(self.argv(request), cwd=self.directory, env=self.environment())
+        process = JsonLinesProcess(self.argv(request), cwd=self.directory, env=environment)
         try:
             await process.start()
         except OSError as error:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sys
 import time
@@ -17,9 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from agent_client.harnesses import HarnessEvent, PermissionMode, ProxyAccess, TurnRequest
+from agent_client.harnesses import HarnessError, HarnessEvent, PermissionMode, ProxyAccess, TurnRequest
 from agent_client.harnesses.claude_code import ClaudeCodeHarness
 from agent_client.harnesses.codex import CodexHarness
+from agent_client.harnesses.process import JsonLinesProcess
 from tests.fakes.llm_upstream import FakeLlmUpstream, ScriptedToolCall
 from tests.identity_support import registered_agent
 from tests.integration.test_agent_client_cli import agentserver, interrupt, new_code, registered_sandbox, start_connect
@@ -119,6 +121,37 @@ def test_claude_code_runs_a_turn_with_an_approved_tool_call_then_resumes(
     history = json.dumps(last["messages"])
     assert "Write out.txt" in history and "echo first" in history and "And now?" in history
     print(f"claude code turns: {first_turn:.1f} s, {second_turn:.1f} s")
+
+
+def test_claude_code_in_full_auto_runs_a_tool_without_asking_and_as_root_only_in_a_declared_sandbox(
+        upstream: FakeLlmUpstream, proxy: ProxyAccess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    harness = ClaudeCodeHarness(directory=project, proxy=proxy, config_dir=tmp_path / "claude-config")
+    request = TurnRequest("Write auto.txt", permission_mode="full-auto")
+    monkeypatch.delenv("IS_SANDBOX", raising=False)
+    if os.getuid() == 0:
+        # What the adapter's refusal mirrors: the pinned CLI itself will not skip prompts as root (it exits 1)...
+        async def refused_by_the_cli() -> tuple[int, str]:
+            process = JsonLinesProcess(harness.argv(request), cwd=project, env=harness.environment())
+            await process.start()
+            process.close_stdin()
+            return await process.wait(), process.stderr_tail()
+
+        code, stderr = asyncio.run(refused_by_the_cli())
+        assert code == 1 and "cannot be used with root/sudo privileges" in stderr, (code, stderr)
+        # ...so the adapter fails the turn before starting it, saying what to do
+        with pytest.raises(HarnessError, match="does not run full-auto as root"):
+            asyncio.run(harness.start_turn(request))
+        # and an agent started with IS_SANDBOX=1 (a machine that is itself a sandbox) runs it
+        monkeypatch.setenv("IS_SANDBOX", "1")
+    upstream.tool_call = ScriptedToolCall("Bash", {"command": "echo auto > auto.txt && echo wrote",
+                                                   "description": "Write a file"})
+    # An approval would be refused: the command only runs because nothing was asked
+    events, _ = asyncio.run(run_turn(harness, request, approve=False))
+    check_turn(events, tool="Bash", upstream=upstream, proxy=proxy, provider="anthropic")
+    assert not any(event.type.startswith("approval.") for event in events)
+    assert (project / "auto.txt").read_text() == "auto\n"
 
 
 def test_codex_asks_before_a_command_runs_it_when_allowed_then_resumes(

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,12 @@ from typing import Any
 import pytest
 
 from agent_client.harnesses import EVENT_TYPES, HarnessError, HarnessEvent, ProxyAccess, TurnRequest
-from agent_client.harnesses.claude_code import ClaudeCodeHarness, ClaudeCodeParser
+from agent_client.harnesses.claude_code import (
+    FULL_AUTO_AS_ROOT,
+    ClaudeCodeHarness,
+    ClaudeCodeParser,
+    full_auto_refusal,
+)
 from agent_client.harnesses.codex import CodexHarness, CodexParser, config_toml, mode_allows
 from agent_client.harnesses.opencode import OpencodeParser, auto_answer, parse_model
 
@@ -218,3 +224,37 @@ def test_cli_flags_and_proxy_configuration(tmp_path: Path, monkeypatch: pytest.M
     config = config_toml(proxy)
     assert 'base_url = "http://127.0.0.1:9000/llm/v1"' in config and 'wire_api = "responses"' in config
     assert "asx_secret" not in config and "check_for_update_on_startup = false" in config
+
+
+def test_claude_code_full_auto_as_root_is_refused_before_it_starts_unless_the_machine_is_a_sandbox() -> None:
+    # Only full-auto as root outside a declared sandbox: what Claude Code itself refuses
+    assert full_auto_refusal("full-auto", uid=0, environment={}) == FULL_AUTO_AS_ROOT
+    assert full_auto_refusal("full-auto", uid=0, environment={"IS_SANDBOX": "0"}) == FULL_AUTO_AS_ROOT
+    assert full_auto_refusal("full-auto", uid=0, environment={"IS_SANDBOX": "1"}) is None
+    assert full_auto_refusal("full-auto", uid=0, environment={"CLAUDE_CODE_BUBBLEWRAP": "1"}) is None
+    assert full_auto_refusal("full-auto", uid=1000, environment={}) is None
+    assert full_auto_refusal("full-auto", uid=None, environment={}) is None  # Windows: no such check
+    assert full_auto_refusal("accept-edits", uid=0, environment={}) is None
+    assert full_auto_refusal("ask", uid=0, environment={}) is None
+    # The reason says what to do, and fits the turn's reason (500 characters)
+    assert "regular user" in FULL_AUTO_AS_ROOT and "IS_SANDBOX=1" in FULL_AUTO_AS_ROOT and len(FULL_AUTO_AS_ROOT) < 500
+
+
+def test_claude_code_turn_in_full_auto_as_root_fails_at_once_with_what_to_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = ProxyAccess(llm_base_url="http://127.0.0.1:9/llm/", proxy_token="asx_secret")
+    claude = ClaudeCodeHarness(directory=tmp_path, proxy=proxy, config_dir=tmp_path / "c",
+                               executable=tmp_path / "no-such-claude")
+    monkeypatch.setattr("os.getuid", lambda: 0)
+    monkeypatch.delenv("IS_SANDBOX", raising=False)
+    monkeypatch.delenv("CLAUDE_CODE_BUBBLEWRAP", raising=False)
+    # Refused before any process is started (this executable does not exist: starting it would fail otherwise)
+    with pytest.raises(HarnessError) as refused:
+        asyncio.run(claude.start_turn(TurnRequest("go", permission_mode="full-auto")))
+    assert str(refused.value) == FULL_AUTO_AS_ROOT
+    # Another mode, or the agent started with IS_SANDBOX=1, goes on to start the CLI
+    with pytest.raises(HarnessError, match="could not start"):
+        asyncio.run(claude.start_turn(TurnRequest("go", permission_mode="accept-edits")))
+    monkeypatch.setenv("IS_SANDBOX", "1")
+    with pytest.raises(HarnessError, match="could not start"):
+        asyncio.run(claude.start_turn(TurnRequest("go", permission_mode="full-auto")))
