@@ -11,6 +11,8 @@ a plain store and pushes with the product's `notify_viewers` itself.
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from layers.shared.dal import session_delivery as delivery_dal
 from layers.shared.dal import session_viewers as viewers_dal
@@ -312,6 +314,134 @@ def test_the_live_stream_keeps_order_across_crossed_repeated_pushes_and_a_droppe
     page.reload()
     expect(page.locator(".turn-end").nth(1)).to_contain_text("Interrupted")
     expect(page.locator(".reply").nth(1)).to_have_text("Half")
+    page.context.close()
+
+
+def delivered_turn(console: Console, team: Team, agent_type: str, title: str,
+                   text: str) -> tuple[AgentSide, str, sessions.TurnDelivery]:
+    """A new session of the team's agent of this type with a turn sent and claimed by the agent."""
+    agent = AgentSide(console, team.agents[agent_type])
+    session_id = team.new_session(agent_type, title)
+    assert team.api.post(f"/api/sessions/{session_id}/turns", json={"text": text}).status_code == 202
+    return agent, session_id, agent.claim(session_id)
+
+
+def test_a_connection_closed_by_the_server_continues_after_the_last_seq_without_gaps_or_duplicates(
+        chromium: Browser, console: Console, team: Team) -> None:
+    # Given a running turn whose first words a developer watches live
+    agent, session_id, delivery = delivered_turn(console, team, "opencode", "Reconnect", "Spell it")
+    page = signed_in_page(chromium, console, team.developer)
+    subscribes: list[dict[str, Any]] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda frame: subscribes.append(json.loads(frame))
+                                          if '"subscribe"' in str(frame) else None))
+    page.goto(team.chat_url("opencode", session_id))
+    [*_, seen] = agent.log(delivery, event("turn.started", session_id="oc-r", model=None),
+                           event("message.delta", message_id="m", text="alpha "))
+    expect(page.locator(".reply")).to_have_text("alpha")
+    assert [s["after"] for s in subscribes] == [0]
+    # And the next viewer ticket is held, so the console stays disconnected while the agent goes on
+    held: list[Route] = []
+    page.route("**/viewer-tickets", lambda route: held.append(route))
+
+    # When the server closes the viewer's connection (as API Gateway does after 10 idle minutes, or 2 hours)
+    [first] = agent.viewer_connections(session_id)
+    console.stack.management().delete_connection(ConnectionId=first)
+    wait_until(lambda: bool(page.evaluate("1") and held), timeout=15)  # the console asks for a new ticket
+    # and the agent logs more before the console is back
+    agent.log(delivery, event("message.delta", message_id="m", text="beta "),
+              event("message.delta", message_id="m", text="gamma"))
+    held[0].continue_()
+    page.unroute("**/viewer-tickets")
+
+    # Then the console subscribes after the last seq it had, and shows every word once, in order
+    expect(page.locator(".reply")).to_have_text("alpha beta gamma")
+    assert [s["after"] for s in subscribes] == [0, seen["seq"]]
+    expect(state(page)).to_have_attribute("data-state", "running")
+    # And what is logged after the reconnect arrives live, once
+    agent.log(delivery, event("message", message_id="m", text="alpha beta gamma."),
+              event("turn.completed", session_id="oc-r", usage={"input_tokens": 1, "output_tokens": 3}))
+    expect(page.locator(".reply")).to_have_text("alpha beta gamma.")
+    expect(page.locator(".reply")).to_have_count(1)
+    expect(page.get_by_test_id("turn-usage")).to_be_visible()
+    page.context.close()
+
+
+def test_an_agent_reply_renders_as_markdown_and_runs_no_html_from_it(
+        chromium: Browser, console: Console, team: Team) -> None:
+    # Given an agent whose reply mixes Markdown with HTML and links meant to run script or load things
+    agent, session_id, delivery = delivered_turn(console, team, "claudecode", "Markdown", "Summarise")
+    reply = "\n".join([
+        "Here is **the plan**:",
+        "",
+        "- read `setup.py`",
+        "- fix the tests",
+        "",
+        "```python",
+        "print('<b>not bold</b>')",
+        "```",
+        "",
+        "<img src=x onerror=\"window.__pwned = 'img'\">",
+        "",
+        "Inline <script>window.__pwned = 'script'</script> and <b onclick=\"window.__pwned = 'b'\">tag</b>.",
+        "",
+        "[docs](https://example.com/docs) [run](javascript:window.__pwned='link') ![track](http://127.0.0.1:9/t.png)",
+    ])
+    agent.log(delivery, event("turn.started", session_id="cc-md", model=None),
+              event("message", message_id="m", text=reply),
+              event("turn.completed", session_id="cc-md", usage={"input_tokens": 1, "output_tokens": 1}))
+    page = signed_in_page(chromium, console, team.developer)
+    page.goto(team.chat_url("claudecode", session_id))
+    rendered = page.locator(".reply")
+
+    # Then the Markdown is rendered: emphasis, a list, a code block with its text as written
+    expect(rendered.locator("strong")).to_have_text("the plan")
+    expect(rendered.locator("ul > li")).to_have_text(["read setup.py", "fix the tests"])
+    expect(rendered.locator("ul code")).to_have_text("setup.py")
+    expect(rendered.locator("pre code")).to_have_text("print('<b>not bold</b>')")
+    # And the HTML in it is shown as text, not made into elements
+    expect(rendered).to_contain_text("<img src=x onerror=\"window.__pwned = 'img'\">")
+    expect(rendered).to_contain_text("<script>window.__pwned = 'script'</script>")
+    for tag in ("img", "script", "b", "[onerror]", "[onclick]"):
+        expect(rendered.locator(tag)).to_have_count(0)
+    # And links: an http one opens apart from the console; a javascript: one is no link; an image is only a link
+    docs = rendered.get_by_role("link", name="docs")
+    expect(docs).to_have_attribute("href", "https://example.com/docs")
+    expect(docs).to_have_attribute("rel", "noopener noreferrer nofollow")
+    expect(rendered.locator("a", has_text="run")).not_to_have_attribute("href", re.compile("javascript", re.I))
+    expect(rendered.get_by_role("link", name="track")).to_have_attribute("href", "http://127.0.0.1:9/t.png")
+    # And nothing ran
+    assert page.evaluate("window.__pwned") is None
+    screenshot(page, "chat-markdown")
+    page.context.close()
+
+
+def test_the_session_list_shows_more_than_a_page_with_more_sessions(
+        chromium: Browser, console: Console, team: Team) -> None:
+    # Given an agent with more sessions than one page holds (50)
+    laptop = team.register_agent("opencode", "busy-laptop")
+    titles = [f"Session {number:02d}" for number in range(53)]
+    for title in titles:
+        assert team.api.post(f"/api/sandboxes/{laptop}/sessions", json={"title": title}).status_code == 201
+    page = signed_in_page(chromium, console, team.developer)
+    page.goto(f"/w/{team.wid}/sandboxes/{laptop}/chat")
+    links = page.get_by_role("navigation", name="Sessions of this agent").get_by_role("link")
+    # Then the newest 50 show, with a way to the rest
+    expect(links).to_have_count(50)
+    expect(links.first).to_contain_text("Session 52")
+    # When the developer asks for more
+    page.get_by_role("button", name="More sessions").click()
+    # Then the older ones follow, oldest last, each once, and there is nothing more to ask for
+    expect(links).to_have_count(53)
+    expect(links.last).to_contain_text("Session 00")
+    expect(page.get_by_role("button", name="More sessions")).to_have_count(0)
+    # And a new session (the list reloads its first page) keeps the older ones, each once
+    page.get_by_role("button", name="New session").click()
+    page.get_by_label("Title (optional)").fill("Session 53")
+    page.get_by_role("button", name="Start session").click()
+    expect(page.get_by_role("heading", name="Session 53")).to_be_visible()
+    expect(links).to_have_count(54)
+    expect(links.first).to_contain_text("Session 53")
+    expect(links.last).to_contain_text("Session 00")
     page.context.close()
 
 

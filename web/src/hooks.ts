@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useRef, useState } from "react";
-import { ApiError } from "./api";
+import { api, ApiError, enc, type Page } from "./api";
 
 export interface Resource<T> {
   data: T | undefined;
@@ -89,4 +89,40 @@ export function useTitle(title: string): void {
   useEffect(() => {
     document.title = title ? `${title} · agentserver` : "agentserver";
   }, [title]);
+}
+
+/** A list read page by page (next_cursor), newest first, that grows with "More". A reload reads the first page
+ * again and keeps everything shown after it: what the new first page pushed out comes right after it. */
+export function usePaged<T extends { id: string }>(path: string) {
+  const [extra, setExtra] = useState<T[]>([]); // what is shown after the first page, in order
+  const [cursor, setCursor] = useState<string | null | undefined>(undefined);
+  const extended = useRef(false); // a later page is loaded: its cursor, not the first page's, reads on
+  const head = useRef<T[]>([]);
+  const first = useResource(async () => {
+    const page = await api.get<Page<T>>(path);
+    if (extended.current) setExtra((items) => uniqueById([...head.current, ...items]));
+    else setCursor(page.next_cursor);
+    return page.items;
+  }, path);
+  head.current = first.data ?? [];
+  useEffect(() => {
+    extended.current = false;
+    setExtra([]);
+    setCursor(undefined);
+  }, [path]);
+  const more = useAction();
+  const loadMore = () => more.run(async () => {
+    const page = await api.get<Page<T>>(`${path}${path.includes("?") ? "&" : "?"}cursor=${enc(cursor ?? "")}`);
+    extended.current = true;
+    setExtra((items) => uniqueById([...items, ...page.items]));
+    setCursor(page.next_cursor);
+  });
+  const shown = new Set(head.current.map((item) => item.id));
+  return { first, items: [...head.current, ...extra.filter((item) => !shown.has(item.id))], hasMore: Boolean(cursor),
+    loadMore, more };
+}
+
+function uniqueById<T extends { id: string }>(items: T[]): T[] {
+  const seen = new Set<string>();
+  return items.filter((item) => !seen.has(item.id) && Boolean(seen.add(item.id)));
 }

@@ -1,7 +1,7 @@
 import { type FormEvent, useState } from "react";
 import { api, enc, type Page, type Sandbox } from "../api";
 import { Ago, ErrorNote, Loading } from "../components";
-import { useAction, useResource, useTitle } from "../hooks";
+import { useAction, usePaged, useResource, useTitle } from "../hooks";
 import { useSession } from "../session";
 
 interface AdminUser { id: string; email: string; name: string; role: "user" | "admin"; created_at: string }
@@ -19,25 +19,6 @@ const QUOTA_FIELDS: { key: keyof Quotas; label: string; min: number }[] = [
   { key: "max_workspace_cpu", label: "CPU units per workspace (1024 = 1 vCPU)", min: 0 },
   { key: "max_workspace_memory", label: "Memory per workspace (MiB)", min: 0 },
 ];
-
-/** A paged list that grows with "Show more" (the admin lists follow next_cursor). */
-function usePaged<T>(path: string) {
-  const [extra, setExtra] = useState<T[]>([]);
-  const [cursor, setCursor] = useState<string | null | undefined>(undefined);
-  const first = useResource(async () => {
-    const page = await api.get<Page<T>>(path);
-    setExtra([]);
-    setCursor(page.next_cursor);
-    return page.items;
-  }, path);
-  const more = useAction();
-  const loadMore = () => more.run(async () => {
-    const page = await api.get<Page<T>>(`${path}${path.includes("?") ? "&" : "?"}cursor=${enc(cursor ?? "")}`);
-    setExtra((items) => [...items, ...page.items]);
-    setCursor(page.next_cursor);
-  });
-  return { first, items: [...(first.data ?? []), ...extra], hasMore: Boolean(cursor), loadMore, more };
-}
 
 function UserRow({ user, self, onChanged }: { user: AdminUser; self: boolean; onChanged: () => void }) {
   const action = useAction();

@@ -9,7 +9,8 @@ import {
 } from "../api";
 import { type Approval, ChatLog, ENDED, type Item, type ToolCall, toolSummary, type TurnView } from "../chatLog";
 import { Ago, Dialog, Empty, ErrorNote, formatNumber, Loading } from "../components";
-import { useAction, useResource } from "../hooks";
+import { useAction, usePaged, useResource } from "../hooks";
+import { Markdown } from "../markdown";
 import { useSession } from "../session";
 import { SessionStream, type StreamStatus } from "../sessionStream";
 
@@ -72,9 +73,9 @@ function NewSessionDialog({ sandbox, open, onClose, onCreated }: {
   );
 }
 
-function SessionList({ workspace, sandbox, sessions, current, canStart, onNew }: {
+function SessionList({ workspace, sandbox, sessions, current, canStart, onNew, more }: {
   workspace: Workspace; sandbox: Sandbox; sessions: ChatSession[]; current: string | undefined; canStart: boolean;
-  onNew: () => void;
+  onNew: () => void; more: { shown: boolean; busy: boolean; error: string | null; load: () => void };
 }) {
   return (
     <aside className="chat-sessions" aria-labelledby="sessions-heading">
@@ -97,6 +98,12 @@ function SessionList({ workspace, sandbox, sessions, current, canStart, onNew }:
           ))}
         </ul>
       </nav>
+      {more.shown && (
+        <button type="button" className="chat-sessions-more" onClick={more.load} disabled={more.busy}>
+          {more.busy ? "Loading…" : "More sessions"}
+        </button>
+      )}
+      <ErrorNote error={more.error} />
     </aside>
   );
 }
@@ -227,7 +234,7 @@ function ItemRow({ item, turn, canAnswer, who, onAnswer }: {
 }) {
   switch (item.kind) {
     case "reply":
-      return <div className="reply" data-streaming={item.streaming || undefined}>{item.text}</div>;
+      return <Markdown className="reply" text={item.text} streaming={item.streaming} />;
     case "tool":
       return <ToolRow tool={item} />;
     case "approval":
@@ -413,8 +420,9 @@ export function ChatView({ workspace, sandbox, onSandboxChanged }: {
   const { user } = useSession();
   const navigate = useNavigate();
   const [creating, setCreating] = useState(false);
-  const sessions = useResource(
-    () => api.get<Page<ChatSession>>(`/api/sandboxes/${enc(sandbox.id)}/sessions`), sandbox.id);
+  // Newest first, 50 a page; "More sessions" reads on (next_cursor)
+  const paged = usePaged<ChatSession>(`/api/sandboxes/${enc(sandbox.id)}/sessions`);
+  const sessions = paged.first;
   const members = useResource(() => api.get<Page<Member>>(`/api/workspaces/${enc(workspace.id)}/members`),
     workspace.id);
   const canDrive = mayDrive(workspace.role, sandbox, user?.id);
@@ -422,7 +430,7 @@ export function ChatView({ workspace, sandbox, onSandboxChanged }: {
     [members.data]);
   const who = useCallback((id: string) => (id === user?.id ? "you" : names.get(id) ?? "a former member"),
     [names, user?.id]);
-  const list = sessions.data?.items;
+  const list = sessions.data && paged.items;
   const reloadSessions = sessions.reload;
   const sandboxChanged = useRef(onSandboxChanged);
   sandboxChanged.current = onSandboxChanged;
@@ -439,7 +447,9 @@ export function ChatView({ workspace, sandbox, onSandboxChanged }: {
   return (
     <div className="chat">
       <SessionList workspace={workspace} sandbox={sandbox} sessions={list ?? []} current={sessionId}
-        canStart={canDrive} onNew={() => setCreating(true)} />
+        canStart={canDrive} onNew={() => setCreating(true)}
+        more={{ shown: paged.hasMore, busy: paged.more.busy, error: paged.more.error,
+          load: () => void paged.loadMore() }} />
       <div className="chat-main">
         {sessions.loading && <Loading label="Loading sessions…" />}
         <ErrorNote error={sessions.error} onRetry={sessions.reload} />
