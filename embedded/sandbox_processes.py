@@ -117,6 +117,11 @@ class LocalSandboxBackend:
             "PYTHONPATH": str(PROJECT_ROOT),  # sandbox/ runs from the project, as the image copies it
             **spec.environment,
         })
+        if self.isolated:
+            # Claude Code's own signal that it runs inside bubblewrap, which it is: a stack run as root runs its
+            # sandboxes as root in their namespaces, and Claude Code skips its prompts (full-auto) as root only in
+            # a declared sandbox (docs/harnesses.md, "Full-auto as root"). Not for trusted, unisolated sandboxes.
+            environment["CLAUDE_CODE_BUBBLEWRAP"] = "1"
         process = self._spawner.submit(self._spawn, folder, environment, self._command(folder)).result()
         with self._lock:
             self._processes[spec.sandbox_id] = process

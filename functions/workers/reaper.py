@@ -61,7 +61,6 @@ def handler(
     metrics.add_metric(name="DeletedWorkspacesRemoved", unit=MetricUnit.Count, value=workspaces_removed)
     metrics.add_metric(name="OrphanedTurnsInterrupted", unit=MetricUnit.Count, value=len(orphaned))
     result = {"connections_removed": removed, "agents_offline": silenced, "turns_interrupted": len(orphaned),
-              "sandboxes_repaired": repaired,
-              "sandboxes_paused": paused, "workspaces_removed": workspaces_removed}
+              "sandboxes_repaired": repaired, "sandboxes_paused": paused, "workspaces_removed": workspaces_removed}
     logger.info("reaper done", extra=result)
     return result

@@ -23,6 +23,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect
 
+from agent_client.harnesses import failed
+from agent_client.harnesses.claude_code import FULL_AUTO_AS_ROOT
 from layers.shared.dal import session_delivery as delivery_dal
 from layers.shared.dal import session_viewers as viewers_dal
 from layers.shared.dal.sessions import DynamoSessionStore
@@ -412,6 +414,21 @@ def test_an_agent_reply_renders_as_markdown_and_runs_no_html_from_it(
     # And nothing ran
     assert page.evaluate("window.__pwned") is None
     screenshot(page, "chat-markdown")
+    page.context.close()
+
+
+def test_a_full_auto_turn_refused_on_a_root_agent_says_what_to_do(chromium: Browser, console: Console,
+                                                                     team: Team) -> None:
+    # Given a Claude Code agent run as root, whose adapter refuses a full-auto turn before starting the CLI
+    agent, session_id, delivery = delivered_turn(console, team, "claudecode", "As root", "Clean up")
+    refused = failed(FULL_AUTO_AS_ROOT, session_id=None)
+    agent.log(delivery, event(refused.type, **refused.data))
+    # When a member looks at the session
+    page = signed_in_page(chromium, console, team.developer)
+    page.goto(team.chat_url("claudecode", session_id))
+    # Then the turn says why it failed and what to do
+    expect(page.locator(".turn-end")).to_have_text(f"Failed: {FULL_AUTO_AS_ROOT}")
+    expect(page.locator(".turn-end")).to_contain_text("Run `agentserver connect` as a regular user")
     page.context.close()
 
 

@@ -144,6 +144,8 @@ def test_a_sandbox_sees_nothing_of_the_stack_and_still_reaches_tunnel_and_llm_pr
     assert SERVER_SECRET not in environment and upstream.anthropic_key not in environment
     assert not [name for name in report["environ"] if name.startswith(("AWS_", "ANTHROPIC_", "OPENAI_"))]
     assert report["environ"]["HOME"] == str(folder / "home")
+    # And it is declared a bubblewrap sandbox to Claude Code (full-auto then runs even when the stack runs as root)
+    assert report["environ"]["CLAUDE_CODE_BUBBLEWRAP"] == "1"
     # Nor the server's processes: its own PID namespace, with the sandbox's programs only
     assert report["server_environ"] is None
     assert len(report["pids"]) < 12 and max(report["pids"]) < 100, report["cmdlines"]
