@@ -7,11 +7,14 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from layers.shared.domain.roles import Action, Role, authorize
 from layers.shared.domain.tokens import digest, new_id, new_secret
 from layers.shared.errors import Conflict, Forbidden, NotAuthenticated, ValidationFailed
+
+if TYPE_CHECKING:
+    from layers.shared.domain.cards import CardEdits
 
 CODE_TTL = timedelta(minutes=10)
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud and typed by hand
@@ -75,6 +78,8 @@ class Sandbox:
     backend_ref: str | None = None  # the backend's handle (ECS task ARN, local process id)
     # Local agents only: whether members other than the one who connected it may open it.
     shared: bool = False
+    # What developers wrote on the agent's card (domain/cards.py); None until someone does.
+    card: CardEdits | None = None
 
     def public(self) -> dict[str, Any]:
         return {
