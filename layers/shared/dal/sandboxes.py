@@ -84,6 +84,7 @@ LISTED_STATUSES = [status for status in SandboxStatus if status != SandboxStatus
 EVENT_RETENTION = timedelta(days=90)
 
 
+# PynamoDB's stubs type a ListAttribute's `of` as its elements' Python type, so lists of strings need the ignore.
 class CardSkill(MapAttribute[str, Any]):
     """One skill of an agent's card (domain/cards.py Skill)."""
 
