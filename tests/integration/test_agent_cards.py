@@ -67,9 +67,10 @@ def team(stack: RunningStack) -> Team:
     return Team(wid, owner, members["developer"], members["guest"], laptop, desktop)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def connected_laptop(stack: RunningStack, team: Team) -> Iterator[AgentThread]:
-    """The developer's laptop agent, connected, having reported where it runs and its versions."""
+    """The developer's laptop agent, connected once for the module, having reported where it runs and its
+    versions."""
     with AgentThread(stack.ws_url, team.laptop["tunnel_token"], serve_nothing) as agent:
         info = codec.AgentInfo(hostname="laptop-7", os="Linux-6.8.0-x86_64", agent_type="claudecode",
                                working_directory="/home/dev/app",
@@ -186,7 +187,8 @@ def test_limits_answer_a_clear_4xx(team: Team, body: dict, status: int, said: st
 
 
 @pytest.mark.parametrize("query", [{"status": "asleep"}, {"kind": "moon"}, {"harness": "emacs"},
-                                   {"q": "x" * 201}, {"tag": "t" * 41}, {"limit": 0}, {"limit": 201},
+                                   {"q": "x" * 201}, {"skill": "s" * 101}, {"tag": "t" * 41}, {"limit": 0},
+                                   {"limit": 201},
                                    {"cursor": "not-a-cursor"}])
 def test_bad_discovery_queries_are_refused(team: Team, query: dict) -> None:
     answer = team.guest.get(f"/api/workspaces/{team.wid}/agents", params=query)

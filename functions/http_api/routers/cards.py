@@ -76,7 +76,7 @@ class CardList(BaseModel):
 
 @router.get("/api/workspaces/{workspace_id}/agents", response_model=CardList)
 def list_agents(workspace_id: str, caller: Caller, store: Store, sandboxes: Sandboxes,
-                skill: str | None = Query(default=None, max_length=cards.MAX_TAG * 4),
+                skill: str | None = Query(default=None, max_length=cards.MAX_SKILL_NAME),
                 tag: str | None = Query(default=None, max_length=cards.MAX_TAG),
                 status: SandboxStatus | None = None, kind: SandboxKind | None = None,
                 harness: AgentType | None = None,

@@ -270,7 +270,8 @@ class AgentQuery:
     words: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
-        for name, value, limit in (("skill", self.skill, 64), ("tag", self.tag, MAX_TAG), ("q", self.text, MAX_QUERY)):
+        for name, value, limit in (("skill", self.skill, MAX_SKILL_NAME), ("tag", self.tag, MAX_TAG),
+                                   ("q", self.text, MAX_QUERY)):
             if value is not None and len(value) > limit:
                 raise ValidationFailed(f"{name} has at most {limit} characters.")
         object.__setattr__(self, "words", tuple((self.text or "").lower().split()))
