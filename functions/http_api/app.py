@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from functions.http_api.routers import (
     admin,
     auth,
+    cards,
     health,
     invitations,
     llm,
@@ -66,6 +67,7 @@ def create_app() -> FastAPI:
     for module in (health, auth, oidc, tokens, workspaces, invitations, sandboxes, sessions, session_viewers, llm,
                    admin):
         app.include_router(module.router)
+    app.include_router(cards.router)
     _install_error_handlers(app)
     return app
 

@@ -95,6 +95,37 @@ def test_a_heartbeat_in_flight_does_not_keep_a_closed_tunnel_running(store: Dyna
     assert (current.status, current.connection_id) == (SandboxStatus.running, "c3")
 
 
+class DisconnectBeforeConnect(DynamoSandboxStore):
+    """The previous connection's $disconnect is written between a reconnect's read of the sandbox and its write."""
+
+    def __init__(self, previous: str) -> None:
+        super().__init__()
+        self.previous: str | None = previous
+
+    def update_sandbox(self, sandbox, **changes):  # type: ignore[no-untyped-def]
+        if self.previous is not None and changes.get("status") == SandboxStatus.running:
+            self.previous, previous = None, self.previous
+            assert agents.agent_disconnected(DynamoSandboxStore(), sandbox.sandbox_id, connection_id=previous)
+        return super().update_sandbox(sandbox, **changes)
+
+
+def test_a_reconnect_racing_the_previous_disconnect_still_connects(store: DynamoSandboxStore) -> None:
+    # Given an agent on connection c1, and a reconnect (c2) that read the sandbox while c1 was still its connection
+    code, _ = agents.create_code(store, workspace_id="ws_1", created_by="u_1", now=NOW)
+    sandbox = agents.authenticate_agent(store, register(store, code).tunnel_token)
+    running, _ = agents.agent_connected(store, sandbox, connection_id="c1", now=NOW)
+    # When c1's $disconnect is written before c2's connect
+    connected, replaced = agents.agent_connected(DisconnectBeforeConnect("c1"), running, connection_id="c2", now=NOW)
+    # Then the agent runs on c2 (read again and retried), and nothing is left to close
+    current = store.get_sandbox(sandbox.sandbox_id)
+    assert (current.status, current.connection_id, replaced) == (SandboxStatus.running, "c2", None)
+    assert connected.version == current.version
+    # While a state that cannot take its agent is still refused, without retrying
+    agents.mark_deleted(store, current)
+    with pytest.raises(InvalidTransition):
+        agents.agent_connected(store, store.get_sandbox(sandbox.sandbox_id), connection_id="c3", now=NOW)
+
+
 def test_stale_versions_are_refused_and_deleted_sandboxes_lose_their_tokens(store: DynamoSandboxStore) -> None:
     code, _ = agents.create_code(store, workspace_id="ws_1", created_by="u_1", now=NOW)
     registration = register(store, code)

@@ -109,6 +109,7 @@ export function Layout() {
         <nav id="site-nav" aria-label="Main" className={menuOpen ? "open" : ""} onClick={() => setMenuOpen(false)}>
           {wid && <>
             <NavLink to={`/w/${wid}`} end>Sandboxes</NavLink>
+            <NavLink to={`/w/${wid}/agents`}>Agents</NavLink>
             <NavLink to={`/w/${wid}/members`}>Members</NavLink>
             <NavLink to={`/w/${wid}/usage`}>LLM usage</NavLink>
           </>}

@@ -164,3 +164,13 @@ export interface SessionEvent {
 }
 export interface EventPage { items: SessionEvent[]; next_cursor: string | null; last_seq: number }
 export interface ViewerTicket { ticket: string; expires_at: string; url: string; protocols: string[] }
+
+// Agent cards (api.md, "Agent cards"): what an agent reports plus what developers write; discovery by them.
+export interface AgentSkill { id: string; name: string; description: string; tags: string[]; examples: string[] }
+export interface AgentCard {
+  id: string; workspace_id: string; name: string; description: string; summary: string; harness: string;
+  harness_version: string | null; client_version: string | null; kind: "cloud" | "local"; host: string | null;
+  os: string | null; status: string; status_reason: string | null; owner: string; shared: boolean;
+  last_heartbeat_at: string | null; created_at: string; skills: AgentSkill[]; tags: string[];
+  updated_by: string | null; updated_at: string | null;
+}

@@ -3,6 +3,7 @@ import { createRoot } from "react-dom/client";
 import { BrowserRouter, Link, Route, Routes } from "react-router";
 import { Home, Layout } from "./Layout";
 import { AdminPage } from "./pages/Admin";
+import { AgentsPage } from "./pages/Agents";
 import { ConnectAgentPage } from "./pages/ConnectAgent";
 import { MembersPage } from "./pages/Members";
 import { SandboxDetailPage } from "./pages/SandboxDetail";
@@ -39,6 +40,7 @@ createRoot(document.getElementById("root")!).render(
             <Route path="w/:wid/sandboxes/:sid" element={<SandboxDetailPage />} />
             <Route path="w/:wid/sandboxes/:sid/chat/:sessionId?" element={<SandboxDetailPage view="chat" />} />
             <Route path="w/:wid/members" element={<MembersPage />} />
+            <Route path="w/:wid/agents" element={<AgentsPage />} />
             <Route path="w/:wid/usage" element={<UsagePage />} />
             <Route path="tokens" element={<TokensPage />} />
             <Route path="invitations" element={<InvitationsPage />} />

@@ -9,6 +9,7 @@ from typing import Any
 
 from pynamodb.attributes import (
     BooleanAttribute,
+    ListAttribute,
     MapAttribute,
     NumberAttribute,
     UnicodeAttribute,
@@ -29,6 +30,7 @@ from layers.shared.domain.agents import (
     SandboxKind,
     SandboxStatus,
 )
+from layers.shared.domain.cards import CardEdits, Skill
 from layers.shared.domain.relay_access import RelaySession
 from layers.shared.domain.sandbox_lifecycle import (
     SandboxEvent,
@@ -82,6 +84,17 @@ LISTED_STATUSES = [status for status in SandboxStatus if status != SandboxStatus
 EVENT_RETENTION = timedelta(days=90)
 
 
+# PynamoDB's stubs type a ListAttribute's `of` as its elements' Python type, so lists of strings need the ignore.
+class CardSkill(MapAttribute[str, Any]):
+    """One skill of an agent's card (domain/cards.py Skill)."""
+
+    id = UnicodeAttribute()
+    name = UnicodeAttribute()
+    description = UnicodeAttribute()
+    tags: ListAttribute[str] = ListAttribute(of=UnicodeAttribute, default=list)  # type: ignore[arg-type]
+    examples: ListAttribute[str] = ListAttribute(of=UnicodeAttribute, default=list)  # type: ignore[arg-type]
+
+
 class SandboxItem(BaseModel):
     Meta = table_meta("sandboxes")
 
@@ -119,6 +132,12 @@ class SandboxItem(BaseModel):
     proxy_hash = UnicodeAttribute(null=True)
     due = UnicodeAttribute(null=True)  # "idle" or "transition" (sparse index by_due), absent otherwise
     due_at = UnicodeAttribute(null=True)
+    # The agent's card: what developers wrote (domain/cards.py CardEdits); absent until someone does
+    card_description = UnicodeAttribute(null=True)
+    card_skills: ListAttribute[CardSkill] = ListAttribute(of=CardSkill, null=True)
+    card_tags: ListAttribute[str] = ListAttribute(of=UnicodeAttribute, null=True)  # type: ignore[arg-type]
+    card_updated_by = UnicodeAttribute(null=True)
+    card_updated_at = UTCDateTimeAttribute(null=True)
     # Lifecycle events
     phase = UnicodeAttribute(null=True)
     # A workspace's record (usage, and whether it is closed: being deleted or gone)
@@ -153,8 +172,17 @@ def _to_sandbox(item: SandboxItem) -> Sandbox:
         agent_info=item.agent_info.as_dict() if item.agent_info else {}, status_reason=item.status_reason,
         cpu=_int(item.cpu), memory=_int(item.memory), idle_timeout_seconds=_int(item.idle_timeout_seconds),
         deadline_at=item.deadline_at, operation_id=item.operation_id, attempts=int(item.attempts or 0),
-        backend_ref=item.backend_ref, shared=bool(item.shared),
+        backend_ref=item.backend_ref, shared=bool(item.shared), card=_card_edits(item),
     )
+
+
+def _card_edits(item: SandboxItem) -> CardEdits | None:
+    if item.card_updated_at is None:
+        return None
+    skills = tuple(Skill(id=skill.id, name=skill.name, description=skill.description, tags=tuple(skill.tags or ()),
+                         examples=tuple(skill.examples or ())) for skill in item.card_skills or ())
+    return CardEdits(description=item.card_description or "", skills=skills, tags=tuple(item.card_tags or ()),
+                     updated_by=item.card_updated_by, updated_at=item.card_updated_at)
 
 
 def _relay_session(item: SandboxItem) -> RelaySession:
@@ -478,6 +506,29 @@ class DynamoSandboxStore:
                 raise InvalidTransition("The sandbox changed meanwhile; reload and try again.") from error
             raise
         return updated
+
+    def update_card(self, sandbox: Sandbox, edits: CardEdits) -> Sandbox:
+        """The card's written part, replaced whole (last writer wins). Not a change of state, so no new version:
+        a heartbeat or a transition written meanwhile neither refuses it nor is refused by it, and they never
+        write these attributes."""
+        if edits.updated_by is None or edits.updated_at is None:
+            raise ValueError("a card's edits say who wrote them and when")
+        skills = [CardSkill(id=skill.id, name=skill.name, description=skill.description, tags=list(skill.tags),
+                            examples=list(skill.examples)) for skill in edits.skills]
+        actions: list[Action] = [
+            SandboxItem.card_description.set(edits.description) if edits.description
+            else SandboxItem.card_description.remove(),
+            SandboxItem.card_skills.set(skills), SandboxItem.card_tags.set(list(edits.tags)),
+            SandboxItem.card_updated_by.set(edits.updated_by), SandboxItem.card_updated_at.set(edits.updated_at),
+        ]
+        condition = SandboxItem.pk.exists() & (SandboxItem.status != SandboxStatus.deleted.value)
+        try:
+            SandboxItem(*_meta_key(sandbox.sandbox_id)).update(actions=actions, condition=condition)
+        except UpdateError as error:
+            if condition_failed(error):
+                raise InvalidTransition("The agent was deleted meanwhile.") from error
+            raise
+        return Sandbox(**{**sandbox.__dict__, "card": edits})
 
     def add_event(self, sandbox: Sandbox, phase: str, reason: str | None, at: datetime) -> None:
         _event_item(sandbox, phase, reason, at).save()

@@ -7,11 +7,14 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from layers.shared.domain.roles import Action, Role, authorize
 from layers.shared.domain.tokens import digest, new_id, new_secret
 from layers.shared.errors import Conflict, Forbidden, NotAuthenticated, ValidationFailed
+
+if TYPE_CHECKING:
+    from layers.shared.domain.cards import CardEdits
 
 CODE_TTL = timedelta(minutes=10)
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud and typed by hand
@@ -75,6 +78,8 @@ class Sandbox:
     backend_ref: str | None = None  # the backend's handle (ECS task ARN, local process id)
     # Local agents only: whether members other than the one who connected it may open it.
     shared: bool = False
+    # What developers wrote on the agent's card (domain/cards.py); None until someone does.
+    card: CardEdits | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -186,9 +191,29 @@ def authenticate_agent(store: SandboxStore, tunnel_token: str | None) -> Sandbox
     return sandbox
 
 
+CONNECT_ATTEMPTS = 5
+
+
 def agent_connected(store: SandboxStore, sandbox: Sandbox, *, connection_id: str,
                     now: datetime) -> tuple[Sandbox, str | None]:
-    """The agent dialed home: it is running, on this connection. Returns the replaced connection."""
+    """The agent dialed home: it is running, on this connection. Returns the replaced connection.
+
+    A reconnect often lands while its previous connection's $disconnect (or last heartbeat) is being
+    written: the sandbox's version moved since it was read, so it is read again and the connect retried,
+    rather than refusing the agent (409) and leaving it to back off."""
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            return _connect(store, sandbox, connection_id=connection_id, now=now)
+        except InvalidTransition:
+            current = store.get_sandbox(sandbox.sandbox_id)
+            if attempt == CONNECT_ATTEMPTS or current is None or current.version == sandbox.version:
+                raise  # not a write meanwhile: a state that cannot take its agent
+            sandbox = current
+    raise AssertionError("unreachable")
+
+
+def _connect(store: SandboxStore, sandbox: Sandbox, *, connection_id: str,
+             now: datetime) -> tuple[Sandbox, str | None]:
     if sandbox.status not in LIVE_FROM:
         raise InvalidTransition(f"A {sandbox.status.value} sandbox cannot accept its agent.")
     previous = sandbox.connection_id

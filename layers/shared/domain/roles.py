@@ -64,6 +64,8 @@ class Action(StrEnum):
     turn_cancel = "turn.cancel"
     approval_answer = "approval.answer"
     session_defaults_set = "session_defaults.set"
+    cards_read = "cards.read"
+    card_edit = "card.edit"
 
 
 # The minimum workspace role for each action (api.md, "Workspaces and members").
@@ -103,6 +105,10 @@ POLICY: dict[Action, Role] = {
     Action.turn_cancel: Role.developer,
     Action.approval_answer: Role.developer,
     Action.session_defaults_set: Role.maintainer,
+    # Agent cards: guests discover; developers write (another member's unshared local agent: only its owner,
+    # domain/cards.py authorize_edit).
+    Action.cards_read: Role.guest,
+    Action.card_edit: Role.developer,
 }
 
 # The roles each role may hand out when adding a member (a maintainer may add developers and guests).
@@ -159,6 +165,11 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
                             "sending",
     Action.session_defaults_set: "Set the workspace's default model and permission mode for new sessions "
                                  "(PUT /api/workspaces/{wid}/session-defaults)",
+    Action.cards_read: "Discover the workspace's agents and read their cards, also as A2A JSON "
+                       "(GET /api/workspaces/{wid}/agents, /api/sandboxes/{sid}/card, "
+                       "/api/sandboxes/{sid}/agent-card.json)",
+    Action.card_edit: "Edit an agent's card: description, skills, tags (PUT /api/sandboxes/{sid}/card); another "
+                      "member's local agent only when it is shared",
 }
 
 # Actions that belong to the invitee, not to a workspace role: allowed only to an account whose

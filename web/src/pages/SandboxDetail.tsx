@@ -1,5 +1,6 @@
 import { Fragment, useEffect, useState } from "react";
 import { Link, NavLink, useNavigate, useParams } from "react-router";
+import { CardSection } from "../agentCards";
 import { api, atLeast, enc, type Page, type Sandbox, type SandboxEvent, type UsageReport, type Workspace } from "../api";
 import { Ago, Empty, ErrorNote, formatNumber, isTransitional, Loading, StatusBadge } from "../components";
 import { useAction, useResource, useTitle } from "../hooks";
@@ -150,6 +151,7 @@ function Detail({ workspace, view }: { workspace: Workspace; view: "details" | "
                 <dt>Id</dt><dd><code>{item.id}</code></dd>
               </dl>
             </section>
+            <CardSection sandbox={item} workspace={workspace} userId={user?.id} />
             <Events sandbox={item} />
             <Usage sandbox={item} />
           </div>}
