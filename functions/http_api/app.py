@@ -15,6 +15,7 @@ from functions.http_api.routers import (
     health,
     invitations,
     llm,
+    mailboxes,
     oidc,
     sandboxes,
     session_viewers,
@@ -66,6 +67,7 @@ def create_app() -> FastAPI:
     for module in (health, auth, oidc, tokens, workspaces, invitations, sandboxes, sessions, session_viewers, llm,
                    admin):
         app.include_router(module.router)
+    app.include_router(mailboxes.router)
     _install_error_handlers(app)
     return app
 

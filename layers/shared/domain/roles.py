@@ -64,6 +64,10 @@ class Action(StrEnum):
     turn_cancel = "turn.cancel"
     approval_answer = "approval.answer"
     session_defaults_set = "session_defaults.set"
+    message_send = "message.send"
+    inbox_read = "inbox.read"
+    inbox_ack = "inbox.ack"
+    agent_inbox_read = "agent_inbox.read"
 
 
 # The minimum workspace role for each action (api.md, "Workspaces and members").
@@ -103,6 +107,12 @@ POLICY: dict[Action, Role] = {
     Action.turn_cancel: Role.developer,
     Action.approval_answer: Role.developer,
     Action.session_defaults_set: Role.maintainer,
+    # Mailboxes: a message to an agent drives it (it becomes a turn), so sending is a developer's; each member reads
+    # and acks their own inbox; agents' mailboxes are read like sessions.
+    Action.message_send: Role.developer,
+    Action.inbox_read: Role.guest,
+    Action.inbox_ack: Role.guest,
+    Action.agent_inbox_read: Role.guest,
 }
 
 # The roles each role may hand out when adding a member (a maintainer may add developers and guests).
@@ -159,6 +169,12 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
                             "sending",
     Action.session_defaults_set: "Set the workspace's default model and permission mode for new sessions "
                                  "(PUT /api/workspaces/{wid}/session-defaults)",
+    Action.message_send: "Send a message to a member or an agent (POST /api/workspaces/{wid}/messages); to another "
+                         "member's local agent only when it is shared",
+    Action.inbox_read: "Read one's own inbox and the messages one sent (GET /api/workspaces/{wid}/inbox, "
+                       "/api/workspaces/{wid}/messages...)",
+    Action.inbox_ack: "Acknowledge messages in one's own inbox (POST /api/workspaces/{wid}/inbox/ack)",
+    Action.agent_inbox_read: "See an agent's mailbox (GET /api/sandboxes/{sid}/inbox)",
 }
 
 # Actions that belong to the invitee, not to a workspace role: allowed only to an account whose

@@ -17,6 +17,7 @@ again if they want).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ from datetime import datetime
 from typing import Protocol
 
 from layers.shared.clock import utcnow
-from layers.shared.domain import sessions
-from layers.shared.domain.agents import Sandbox, SandboxStatus, SandboxStore
+from layers.shared.domain import sandbox_lifecycle, sessions
+from layers.shared.domain.agents import InvalidTransition, Sandbox, SandboxKind, SandboxStatus, SandboxStore
 from layers.shared.domain.connections import Connection, ConnectionPusher, ConnectionStore
+from layers.shared.domain.sandbox_lifecycle import CommandQueue, LifecycleConfig, LifecycleStore
 from layers.shared.domain.sessions import AgentNotice, NewEvent, SessionStore, StaleEpoch, TurnDelivery
 from layers.shared.errors import AppError, NotFound
 from layers.shared.tunnel import codec, wire
@@ -223,3 +225,23 @@ class SessionDelivery:
         ended = sessions.interrupt_running_turns(self.sessions, sandbox_id=sandbox_id)
         if ended:
             logger.info("turns interrupted", extra={"sandbox_id": sandbox_id, "turns": [t.id for t in ended]})
+
+
+# Where a turn stands ------------------------------------------------------------------------------
+
+
+def reach_agent(agent: Sandbox, sandboxes: LifecycleStore, queue: CommandQueue, config: LifecycleConfig,
+                now: datetime, *, reason: str = "a turn was sent to it") -> str:
+    """Where a turn for this agent stands (docs/api.md, "Sessions": `delivery`); a paused cloud sandbox is resumed
+    for it."""
+    if agent.status == SandboxStatus.running:
+        return "agent_online"
+    if agent.kind == SandboxKind.cloud and agent.status == SandboxStatus.paused:
+        with contextlib.suppress(InvalidTransition):  # resumed meanwhile by someone else
+            sandbox_lifecycle.request_resume(sandboxes, queue, agent, reason=reason, now=now, config=config)
+        return "resuming_agent"
+    if agent.kind == SandboxKind.cloud and agent.status in (SandboxStatus.creating, SandboxStatus.resuming):
+        return "resuming_agent"
+    if agent.status == SandboxStatus.offline:
+        return "waiting_for_agent"
+    return "agent_unavailable"
