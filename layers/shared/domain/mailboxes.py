@@ -343,9 +343,11 @@ def ack(store: MailboxStore, *, workspace_id: str, owner: Principal, message_ids
             message = store.get_message(workspace_id, owner, seq)
             if message is None:
                 continue
-            if message.state in OPEN_STATES and store.move(message, MessageState.acked, acked_at=now,
-                                                           retention_days=retention_days):
-                message = replace(message, state=MessageState.acked, acked_at=now)
+            if message.state in OPEN_STATES:
+                if store.move(message, MessageState.acked, acked_at=now, retention_days=retention_days):
+                    message = replace(message, state=MessageState.acked, acked_at=now)
+                else:  # it moved meanwhile (a concurrent ack): as it is now
+                    message = store.get_message(workspace_id, owner, seq) or message
             if message.state == MessageState.acked:
                 acked.append(message)
     return acked
