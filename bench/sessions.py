@@ -254,18 +254,21 @@ def append_rates(browser: Browser, stack: RunningStack, sandbox_id: str,
 
 
 @contextmanager
-def counted_requests() -> Iterator[Counter[str]]:
-    """Every DynamoDB request botocore makes meanwhile, by operation; a transaction counts its actions too."""
+def counted_requests(services: tuple[str, ...] = ("dynamodb",)) -> Iterator[Counter[str]]:
+    """Every request botocore makes meanwhile to these services, by operation (prefixed with the service when
+    several are counted); a transaction counts its actions too."""
     counts: Counter[str] = Counter()
     original = BaseClient._make_api_call
     lock = threading.Lock()
 
     def counting(self: BaseClient, operation: str, params: dict[str, Any]) -> Any:
-        if self.meta.service_model.service_name == "dynamodb":
+        service = self.meta.service_model.service_name
+        if service in services:
             with lock:
-                counts[operation] += 1
+                counts[f"{service} {operation}" if len(services) > 1 else operation] += 1
                 if operation == "TransactWriteItems":
-                    counts["TransactWriteItems actions"] += len(params.get("TransactItems", []))
+                    prefix = f"{service} " if len(services) > 1 else ""
+                    counts[f"{prefix}TransactWriteItems actions"] += len(params.get("TransactItems", []))
         return original(self, operation, params)
 
     BaseClient._make_api_call = counting  # type: ignore[method-assign]

@@ -24,6 +24,7 @@ from layers.shared.dal.operations import SqsCommandQueue
 from layers.shared.dal.sandboxes import DynamoSandboxStore
 from layers.shared.dal.session_delivery import session_delivery, session_store
 from layers.shared.domain import mailboxes
+from layers.shared.domain.agents import Sandbox, SandboxStatus
 from layers.shared.domain.mailboxes import AgentReach, MailboxLimits, MailboxStore
 from layers.shared.domain.principals import parse
 from layers.shared.domain.sandbox_lifecycle import CommandQueue, LifecycleConfig, LifecycleStore
@@ -57,11 +58,12 @@ class WorkerReach:
     queue: CommandQueue
     config: LifecycleConfig
 
-    def turns_waiting(self, sandbox_id: str, session_id: str) -> str | None:
-        agent = self.sandboxes.get_sandbox(sandbox_id)
-        state = reach_agent(agent, self.sandboxes, self.queue, self.config, clock.utcnow(),
-                            reason="a message was sent to it") if agent else None
-        return self.delivery.turns_waiting(sandbox_id, session_id) or state
+    def turns_waiting(self, agent: Sandbox, session_id: str) -> None:
+        if agent.status == SandboxStatus.running:
+            self.delivery.turns_waiting(agent.sandbox_id, session_id)
+        else:  # offline: delivered when it connects; paused: resumed now, delivered when it dials home
+            reach_agent(agent, self.sandboxes, self.queue, self.config, clock.utcnow(),
+                        reason="a message was sent to it")
 
 
 def make_record_handler(store: MailboxStore, sessions: SessionStore, sandboxes: LifecycleStore, reach: AgentReach,

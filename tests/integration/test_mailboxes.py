@@ -150,8 +150,8 @@ def test_a_worker_that_crashes_mid_batch_makes_no_second_turn_when_the_batch_com
             return agent if sandbox_id == agent.sandbox_id else None
 
     class Offline:
-        def turns_waiting(self, sandbox_id: str, session_id: str) -> str | None:
-            return None
+        def turns_waiting(self, agent: Sandbox, session_id: str) -> None:
+            pass
 
     # When the worker dies right after making the second message's turn
     with pytest.raises(Crash):

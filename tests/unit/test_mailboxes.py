@@ -47,9 +47,8 @@ class RecordingQueue:
 class RecordingReach:
     poked: list[tuple[str, str]] = field(default_factory=list)
 
-    def turns_waiting(self, sandbox_id: str, session_id: str) -> str | None:
-        self.poked.append((sandbox_id, session_id))
-        return None
+    def turns_waiting(self, agent: Sandbox, session_id: str) -> None:
+        self.poked.append((agent.sandbox_id, session_id))
 
 
 @dataclass
@@ -319,3 +318,19 @@ def test_the_worker_reports_only_the_records_that_failed(world: World) -> None:
     session_id = mailboxes.context_session_id(WS, AGENT.sandbox_id, "ctx-1")
     turns, _ = sessions.list_turns(world.sessions, session_id=session_id)
     assert len(turns) == 1 and reach.poked == [(AGENT.sandbox_id, session_id)] * 2
+
+
+def test_the_senders_view_catches_up_with_a_turn_whose_change_the_message_missed(world: World) -> None:
+    # Given a turn that completed through a store without the hook (a function that died after its write)
+    world.send(to=TO_AGENT)
+    turn = world.deliver(1).turn
+    assert turn is not None
+    unhooked = DynamoSessionStore()
+    [delivery] = sessions.claim_next_turn(unhooked, sandbox_id=AGENT.sandbox_id)
+    sessions.append_events(unhooked, session_id=turn.session_id, turn_id=turn.id, epoch=delivery.epoch,
+                           events=[NewEvent("e1", "turn.completed", "2026-05-01T12:00:00Z", {})])
+    assert world.message(TO_AGENT, 1).state == MessageState.queued
+    # When the sender looks, Then the message follows its turn first
+    seen = mailboxes.message_status(world.mail, workspace_id=WS, sender=ALICE, message_id="m-1",
+                                    turns=world.sessions, queue=world.queue, limits=LIMITS, now=NOW)
+    assert seen.state == MessageState.acked and world.mail.last_seq_and_unacked(WS, TO_AGENT) == (1, 0)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from functions.http_api.dependencies import Caller, Now, Store
 from functions.http_api.routers.sandboxes import Sandboxes
 from layers.shared.dal.mailboxes import DynamoMailboxStore, SqsDeliveryQueue, mailbox_limits
+from layers.shared.dal.session_delivery import session_store
 from layers.shared.domain import mailboxes, principals, workspaces
 from layers.shared.domain.agents import SandboxStatus
 from layers.shared.domain.mailboxes import Message
@@ -144,11 +145,13 @@ def sent_messages(workspace_id: str, caller: Caller, store: Store, mail: Mailbox
 
 @router.get("/api/workspaces/{workspace_id}/messages/{message_id}", response_model=MessageOut,
             response_model_by_alias=True)
-def message_status(workspace_id: str, message_id: str, caller: Caller, store: Store, mail: Mailboxes) -> MessageOut:
+def message_status(workspace_id: str, message_id: str, caller: Caller, store: Store, mail: Mailboxes,
+                   queue: DeliveryQueue, now: Now) -> MessageOut:
     """The sender's view of one message they sent (ids over 64 characters: `GET .../messages?message_id=`)."""
     workspaces.membership(store, workspace_id, caller.user.user_id, Action.inbox_read)
     return _out(mailboxes.message_status(mail, workspace_id=workspace_id, sender=Principal.member(caller.user.user_id),
-                                         message_id=message_id))
+                                         message_id=message_id, turns=session_store(), queue=queue,
+                                         limits=mailbox_limits(), now=now))
 
 
 @router.get("/api/workspaces/{workspace_id}/inbox", response_model=MessageList, response_model_by_alias=True)

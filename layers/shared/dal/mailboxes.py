@@ -31,6 +31,7 @@ from layers.shared.domain.mailboxes import (
     MailboxLimits,
     Message,
     MessageState,
+    SourceMessage,
     StoreChanged,
     follow_turn,
 )
@@ -220,8 +221,9 @@ class DynamoMailboxStore:
 
     # State ---------------------------------------------------------------------------------------
 
-    def move(self, message: Message, state: MessageState, *, from_states: frozenset[MessageState] | None = None,
-             if_attempts: Sequence[int] | None = None, retention_days: int, **fields: Any) -> bool:
+    def move(self, message: Message | SourceMessage, state: MessageState, *,
+             from_states: frozenset[MessageState] | None = None, if_attempts: Sequence[int] | None = None,
+             retention_days: int, **fields: Any) -> bool:
         unknown = set(fields) - _SETTABLE
         if unknown:
             raise ValueError(f"not a message field one may set: {sorted(unknown)}")
@@ -243,7 +245,12 @@ class DynamoMailboxStore:
                 raise
             return True
         # Leaving the open states: the mailbox's count goes down and the retention starts, for the message and for
-        # the items that point at it.
+        # the items that point at it (named by its id and sender).
+        if not isinstance(message, Message):
+            found = self.get_message(message.workspace_id, message.to, message.seq)
+            if found is None:
+                return False
+            message = found
         expires = MailboxItem.expires_at.set(int((utcnow() + timedelta(days=retention_days)).timestamp()))
         mailbox = _mailbox(message.workspace_id, message.to)
         for attempt in range(WRITE_ATTEMPTS):

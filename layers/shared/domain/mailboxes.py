@@ -180,12 +180,13 @@ class MailboxStore(Protocol):
 
     def sent_by(self, workspace_id: str, sender: Principal, limit: int,
                 cursor: str | None) -> tuple[list[Message], str | None]: ...
-    def move(self, message: Message, state: MessageState, *, from_states: frozenset[MessageState] | None = None,
-             if_attempts: Sequence[int] | None = None, retention_days: int, **fields: Any) -> bool:
-        """Set the state (and fields: any of Message's) if the stored state is one of `from_states` (by default
-        those REACHED_FROM allows) and, given `if_attempts`, the stored attempts is one of them. Leaving the open
-        states frees the message's place in the mailbox and starts its retention. False when the condition did
-        not hold."""
+    def move(self, message: Message | SourceMessage, state: MessageState, *,
+             from_states: frozenset[MessageState] | None = None, if_attempts: Sequence[int] | None = None,
+             retention_days: int, **fields: Any) -> bool:
+        """Set the state (and fields: any of Message's) of the message (or the one a turn names) if the stored state
+        is one of `from_states` (by default those REACHED_FROM allows) and, given `if_attempts`, the stored attempts
+        is one of them. Leaving the open states frees the message's place in the mailbox and starts its retention.
+        False when the condition did not hold."""
 
     def record_session(self, workspace_id: str, to: Principal, context_id: str, session_id: str) -> None: ...
 
@@ -353,12 +354,22 @@ def ack(store: MailboxStore, *, workspace_id: str, owner: Principal, message_ids
     return acked
 
 
-def message_status(store: MailboxStore, *, workspace_id: str, sender: Principal, message_id: str) -> Message:
-    """The sender's view of a message they sent (its state); 404 for anyone else's."""
+def message_status(store: MailboxStore, *, workspace_id: str, sender: Principal, message_id: str,
+                   turns: SessionStore | None = None, queue: DeliveryQueue | None = None,
+                   limits: MailboxLimits | None = None, now: datetime | None = None) -> Message:
+    """The sender's view of a message they sent (its state); 404 for anyone else's. Given the sessions store and the
+    queue, an open message to an agent first catches up with its turn (a function that died between a turn's
+    change and the message's would otherwise leave it behind until the turn changes again)."""
     check_key(message_id, "message_id")
     message = store.find_sent(workspace_id, sender, message_id)
     if message is None:
         raise NotFound("No such message.")
+    if turns is not None and queue is not None and message.state in OPEN_STATES and message.turn_id \
+            and message.session_id:
+        turn = turns.get_turn(message.session_id, message.turn_id)
+        if turn is not None and follow_turn(store, queue, turn, limits=limits or MailboxLimits(),
+                                            now=now or utcnow()) is not None:
+            message = store.find_sent(workspace_id, sender, message_id) or message
     return message
 
 
@@ -372,8 +383,8 @@ def sent_messages(store: MailboxStore, *, workspace_id: str, sender: Principal, 
 
 
 class AgentReach(Protocol):
-    def turns_waiting(self, sandbox_id: str, session_id: str) -> str | None:
-        """Deliver what the agent can take now (domain/session_delivery.py)."""
+    def turns_waiting(self, agent: Sandbox, session_id: str) -> None:
+        """Deliver what the agent can take now (domain/session_delivery.py), or resume it."""
 
 
 def context_session_id(workspace_id: str, agent_id: str, context_id: str) -> str:
@@ -419,19 +430,27 @@ def deliver_to_agent(store: MailboxStore, session_store: SessionStore, agents: C
         return Delivered("failed", message)
     source = SourceMessage(workspace_id, to, seq, message.attempts + (0 if message.turn_id else 1))
     session_id = context_session_id(workspace_id, agent.sandbox_id, message.context_id)
-    if session_store.get_session(session_id) is None:
-        title = f"Messages: {message.context_id}"
-        with contextlib.suppress(Conflict):  # a concurrent delivery created it
-            sessions.create_session(session_store, agent=agent, user_id=str(message.sender), title=title, model=None,
-                                    permission_mode=None, limits=session_limits, now=now, session_id=session_id)
+
+    def post() -> Turn:
+        return sessions.post_turn(session_store, session_id=session_id, text=render(message), model=None,
+                                  user_id=str(message.sender), limits=session_limits, now=now,
+                                  source_message=str(source))
+
+    try:
+        turn = post()
+    except NotFound:  # the context's first message: its session is made now
+        with contextlib.suppress(Conflict):  # a concurrent delivery made it
+            sessions.create_session(session_store, agent=agent, user_id=str(message.sender),
+                                    title=f"Messages: {message.context_id}", model=None, permission_mode=None,
+                                    limits=session_limits, now=now, session_id=session_id)
         store.record_session(workspace_id, to, message.context_id, session_id)
-    turn = sessions.post_turn(session_store, session_id=session_id, text=render(message), model=None,
-                              user_id=str(message.sender), limits=session_limits, now=now,
-                              source_message=str(source))
+        turn = post()
+    reach.turns_waiting(agent, session_id)
+    # After the delivery, off its path: when the agent took the turn, the message followed it already (delivered,
+    # with the turn), and this finds it no longer queued; for an agent that waits, the message names its turn now.
     store.move(message, MessageState.queued, from_states=frozenset({MessageState.queued}),
                if_attempts=(source.attempt - 1, source.attempt), turn_id=turn.id, session_id=session_id,
                attempts=source.attempt, retention_days=limits.retention_days)
-    reach.turns_waiting(agent.sandbox_id, session_id)
     return Delivered("turn", message, turn)
 
 
@@ -453,19 +472,19 @@ def follow_turn(store: MailboxStore, queue: DeliveryQueue, turn: Turn, *, limits
     source = SourceMessage.parse(turn.source_message or "")
     if source is None:
         return None
-    message = store.get_message(source.workspace_id, source.to, source.seq)
-    if message is None:
-        return None
     # The worker may not have recorded its attempt yet: the previous count is this attempt's too.
     common: dict[str, Any] = {"if_attempts": (source.attempt - 1, source.attempt), "turn_id": turn.id,
                               "session_id": turn.session_id, "attempts": source.attempt,
                               "retention_days": limits.retention_days}
     state = _FOLLOWS.get(turn.status)
-    if state is not None:
+    if state is not None:  # by key: no read on the way of a turn's delivery
         stamp = {MessageState.delivered: "delivered_at", MessageState.read: "read_at",
                  MessageState.acked: "acked_at"}[state]
-        return state if store.move(message, state, **{**common, stamp: now}) else None
+        return state if store.move(source, state, **{**common, stamp: now}) else None
     if turn.status in (TurnStatus.failed, TurnStatus.interrupted, TurnStatus.cancelled):
+        message = store.get_message(source.workspace_id, source.to, source.seq)
+        if message is None:
+            return None
         reason = turn.reason or turn.status.value
         if turn.status == TurnStatus.cancelled or source.attempt >= limits.max_deliveries:
             failed = store.move(message, MessageState.failed, reason=f"{reason} (turn {turn.id})"[:500], **common)
