@@ -38,14 +38,15 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent_client.agent_info import AgentInfoSource  # noqa: E402
-from agent_client.agent_runner import NO_LOCAL_APP  # noqa: E402
 from agent_client.harnesses import Turn, TurnRequest  # noqa: E402
-from agent_client.local_app import LocalApp  # noqa: E402
-from agent_client.tunnel import TunnelClient  # noqa: E402
-from agent_client.turns import TurnRunner  # noqa: E402
-from bench.sessions import counted_requests, http_round_trips, new_agent, percentile, stack_environment  # noqa: E402
-from layers.shared.tunnel import codec  # noqa: E402
+from bench.sessions import (  # noqa: E402
+    connected_agent,
+    counted_requests,
+    http_round_trips,
+    new_agent,
+    percentile,
+    stack_environment,
+)
 from tests.identity_support import Browser, join, sign_up  # noqa: E402
 from tests.support import RunningStack, wait_until  # noqa: E402
 from tests.turn_support import ScriptedHarness  # noqa: E402
@@ -67,20 +68,8 @@ class StampingHarness(ScriptedHarness):
 
 
 async def send_to_turn(stack: RunningStack, browser: Browser, workspace_id: str, count: int) -> list[float]:
-    registration = new_agent(stack, browser, workspace_id, "bench-mail-agent")
     harness = StampingHarness()
-    info = AgentInfoSource(agent_type="claudecode", working_directory=str(ROOT), features=(codec.AGENT_FEATURE_TURNS,))
-    tunnel = TunnelClient(tunnel_url=registration["tunnel_url"], token=registration["tunnel_token"],
-                          app=LocalApp(NO_LOCAL_APP), info=info, label="bench",
-                          turns=TurnRunner(lambda: harness, agent_type="claudecode"))
-    agent_task = asyncio.create_task(tunnel.run())
-    sandbox_id = registration["sandbox_id"]
-
-    def takes_turns() -> bool:
-        sandbox = browser.get(f"/api/sandboxes/{sandbox_id}").json()
-        return bool(sandbox["status"] == "running" and "turns" in sandbox["agent_info"].get("features", []))
-
-    await asyncio.to_thread(wait_until, takes_turns, 60)
+    sandbox_id, agent_task = await connected_agent(stack, browser, workspace_id, "bench-mail-agent", harness)
     latencies: list[float] = []
     url = f"/api/workspaces/{workspace_id}/messages"
     try:

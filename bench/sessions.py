@@ -81,23 +81,31 @@ def new_session(browser: Browser, sandbox_id: str) -> str:
 # 1. Event → viewer ----------------------------------------------------------------------------------------
 
 
-async def event_to_viewer(stack: RunningStack, browser: Browser, workspace_id: str, events: int,
-                          interval: float) -> dict[str, list[float]]:
-    registration = new_agent(stack, browser, workspace_id, "bench-agent")
-    harness = ScriptedHarness()
+async def connected_agent(stack: RunningStack, browser: Browser, workspace_id: str, name: str,
+                          harness: ScriptedHarness) -> tuple[str, asyncio.Task[None]]:
+    """A new local agent, connected by the real client (in this process) taking turns on `harness`: its sandbox id
+    and the client's task (cancel it to disconnect)."""
+    registration = new_agent(stack, browser, workspace_id, name)
     info = AgentInfoSource(agent_type="claudecode", working_directory=str(ROOT),
                            features=(codec.AGENT_FEATURE_TURNS,))
     tunnel = TunnelClient(tunnel_url=registration["tunnel_url"], token=registration["tunnel_token"],
                           app=LocalApp(NO_LOCAL_APP), info=info, label="bench",
                           turns=TurnRunner(lambda: harness, agent_type="claudecode"))
     agent_task = asyncio.create_task(tunnel.run())
-    sandbox_id = registration["sandbox_id"]
+    sandbox_id = str(registration["sandbox_id"])
 
     def takes_turns() -> bool:
         sandbox = browser.get(f"/api/sandboxes/{sandbox_id}").json()
         return bool(sandbox["status"] == "running" and "turns" in sandbox["agent_info"].get("features", []))
 
     await asyncio.to_thread(wait_until, takes_turns, 60)
+    return sandbox_id, agent_task
+
+
+async def event_to_viewer(stack: RunningStack, browser: Browser, workspace_id: str, events: int,
+                          interval: float) -> dict[str, list[float]]:
+    harness = ScriptedHarness()
+    sandbox_id, agent_task = await connected_agent(stack, browser, workspace_id, "bench-agent", harness)
     session_id = new_session(browser, sandbox_id)
     ticket = browser.post(f"/api/sessions/{session_id}/viewer-tickets").json()
     results: dict[str, list[float]] = {}
