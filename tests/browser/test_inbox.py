@@ -29,9 +29,10 @@ def test_a_developer_messages_an_agent_and_reads_their_inbox(console: Console, p
         wait_until(lambda: api.get(f"/api/sandboxes/{sid}").json()["status"] == "running", timeout=30)
         # When they write a message on the agent's Inbox tab
         page.goto(f"/w/{wid}/sandboxes/{sid}")
-        page.get_by_role("link", name="Inbox").last.click()
+        page.get_by_role("navigation", name="Agent views").get_by_role("link", name="Inbox").click()
+        screenshot(page, "agent-inbox-empty")
         page.get_by_label("Message to mail-laptop").fill("Please run the integration suite")
-        page.get_by_role("button", name="Send").click()
+        page.get_by_role("button", name="Send", exact=True).click()
         # Then they watch its state reach acked: the agent ran it as a turn
         expect(page.get_by_test_id("sent-state").locator("[data-status]")).to_have_attribute(
             "data-status", "acked", timeout=30_000)

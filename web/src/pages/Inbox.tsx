@@ -110,9 +110,9 @@ function Compose({ workspace, sandbox }: { workspace: Workspace; sandbox: Sandbo
   });
   const message = status.data;
   return (
-    <section className="card">
+    <section className="card compose">
       <h2>Message</h2>
-      <form onSubmit={(event) => { event.preventDefault(); if (text.trim()) send(); }}>
+      <form className="stack" onSubmit={(event) => { event.preventDefault(); if (text.trim()) send(); }}>
         <label>Message to {sandbox.name}
           <textarea value={text} onChange={(event) => setText(event.target.value)} rows={3} required
             maxLength={60000} />
