@@ -60,7 +60,7 @@ class WorkerReach:
 
     def turns_waiting(self, agent: Sandbox, session_id: str) -> None:
         if agent.status == SandboxStatus.running:
-            self.delivery.turns_waiting(agent.sandbox_id, session_id)
+            self.delivery.turns_waiting(agent.sandbox_id, session_id, agent)
         else:  # offline: delivered when it connects; paused: resumed now, delivered when it dials home
             reach_agent(agent, self.sandboxes, self.queue, self.config, clock.utcnow(),
                         reason="a message was sent to it")

@@ -163,7 +163,7 @@ class DynamoMailboxStore:
             return 0, 0
         return int(meta.last_seq or 0), int(meta.unacked or 0)
 
-    def append(self, message: Message, *, last_seq: int, retention_days: int) -> None:
+    def append(self, message: Message, *, last_seq: int, max_unacked: int) -> None:
         mailbox = _mailbox(message.workspace_id, message.to)
         fresh = MailboxItem.pk.does_not_exist()
         try:
@@ -173,7 +173,10 @@ class DynamoMailboxStore:
                     actions=[MailboxItem.last_seq.set(message.seq), MailboxItem.unacked.add(1),
                              MailboxItem.workspace_id.set(message.workspace_id),
                              MailboxItem.owner.set(str(message.to))],
-                    condition=(MailboxItem.last_seq == last_seq) if last_seq else fresh)
+                    # The seq read (so it stays gapless) and the cap, which the read already passed: a concurrent
+                    # send moves the seq, so the cap holds exactly.
+                    condition=((MailboxItem.last_seq == last_seq) & (MailboxItem.unacked < max_unacked)) if last_seq
+                    else fresh)
                 transaction.save(_message_item(message), condition=fresh)
                 # The mailbox's index of message ids (an ack names message ids)
                 transaction.save(MailboxItem(mailbox, f"MSGID#{message.message_id}#{message.sender}",

@@ -167,9 +167,10 @@ class MailboxStore(Protocol):
         """Count one send in the sender's window (epoch minute); False, counting nothing, when it holds `limit`."""
 
     def last_seq_and_unacked(self, workspace_id: str, to: Principal) -> tuple[int, int]: ...
-    def append(self, message: Message, *, last_seq: int, retention_days: int) -> None:
-        """All at once: the mailbox's seq from `last_seq` to `message.seq` (StoreChanged otherwise), its unacked
-        count + 1, the message, and the sender's claim of its id (DuplicateMessage if claimed)."""
+    def append(self, message: Message, *, last_seq: int, max_unacked: int) -> None:
+        """All at once: the mailbox's seq from `last_seq` to `message.seq` and its unacked count + 1 while below
+        `max_unacked` (StoreChanged otherwise: read again), the message, and the sender's claim of its id
+        (DuplicateMessage if claimed)."""
 
     def get_message(self, workspace_id: str, to: Principal, seq: int) -> Message | None: ...
     def seqs_of(self, workspace_id: str, to: Principal, message_id: str) -> list[int]:
@@ -281,7 +282,7 @@ def send_message(store: MailboxStore, queue: DeliveryQueue, *, workspace_id: str
         message = Message(workspace_id=workspace_id, to=to, seq=last_seq + 1, message_id=message_id, sender=sender,
                           context_id=context_id, parts=checked, sent_at=now, task_id=task_id)
         try:
-            store.append(message, last_seq=last_seq, retention_days=limits.retention_days)
+            store.append(message, last_seq=last_seq, max_unacked=limits.max_unacked)
         except DuplicateMessage:
             found = store.find_sent(workspace_id, sender, message_id)
             if found is None:  # cannot happen: the claim and the message are written together

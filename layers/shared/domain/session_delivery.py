@@ -82,10 +82,11 @@ class SessionDelivery:
 
     # The HTTP API's AgentLink ------------------------------------------------------------------------
 
-    def turns_waiting(self, sandbox_id: str, session_id: str) -> str | None:
+    def turns_waiting(self, sandbox_id: str, session_id: str, sandbox: Sandbox | None = None) -> str | None:
         """A turn was queued: deliver what the agent can take now. Returns AGENT_OUTDATED when the agent is
-        connected but takes no turns, else None (the API's own delivery state stands)."""
-        link = self._link(sandbox_id)
+        connected but takes no turns, else None (the API's own delivery state stands). `sandbox`: the agent as the
+        caller just read it (one read less)."""
+        link = self._link(sandbox_id, sandbox)
         if link is None:
             return None  # offline: delivered when it connects (its AGENT_INFO)
         sandbox, connection = link
@@ -198,8 +199,8 @@ class SessionDelivery:
         self._send(connection, [frame for delivery in deliveries for frame in turn_start_frames(delivery)],
                    deliveries)
 
-    def _link(self, sandbox_id: str) -> tuple[Sandbox, Connection] | None:
-        sandbox = self.sandboxes.get_sandbox(sandbox_id)
+    def _link(self, sandbox_id: str, sandbox: Sandbox | None = None) -> tuple[Sandbox, Connection] | None:
+        sandbox = sandbox or self.sandboxes.get_sandbox(sandbox_id)
         if sandbox is None or sandbox.status != SandboxStatus.running or sandbox.connection_id is None:
             return None
         connection = self.records.get(sandbox.connection_id)

@@ -431,10 +431,14 @@ def post_turn(store: SessionStore, *, session_id: str, text: str, model: str | N
     check_model(model)
 
     queued_id = _source_event_id(source_message)
+    first_try = [True]
 
     def attempt() -> Turn:
         session = _session(store, session_id)
-        made = _turn_logged_as(store, session_id, queued_id) if queued_id else None
+        # A turn from a message is new almost always: the first try skips looking for it (one round trip less); if it
+        # was made before, the claim of its turn.queued event id fails in the write and the retry finds it.
+        made = _turn_logged_as(store, session_id, queued_id) if queued_id and not first_try[0] else None
+        first_try[0] = False
         if made is not None:
             return made
         if len(session.queued_turn_ids) >= limits.max_queued_turns:
