@@ -99,6 +99,10 @@ def _message_sk(seq: int) -> str:
     return f"MSG#{seq:0{SEQ_WIDTH}d}"
 
 
+def _open_sk(seq: int) -> str:
+    return f"OPEN#{seq:0{SEQ_WIDTH}d}"
+
+
 def _sent(workspace_id: str, sender: Principal) -> str:
     return f"SENT#{workspace_id}#{sender}"
 
@@ -178,6 +182,8 @@ class DynamoMailboxStore:
                     condition=((MailboxItem.last_seq == last_seq) & (MailboxItem.unacked < max_unacked)) if last_seq
                     else fresh)
                 transaction.save(_message_item(message), condition=fresh)
+                # While it is open, the message is listed under OPEN#: an inbox reads those, never the ended ones
+                transaction.save(MailboxItem(mailbox, _open_sk(message.seq), seq=message.seq))
                 # The mailbox's index of message ids (an ack names message ids)
                 transaction.save(MailboxItem(mailbox, f"MSGID#{message.message_id}#{message.sender}",
                                              seq=message.seq))
@@ -187,7 +193,7 @@ class DynamoMailboxStore:
                                  condition=fresh)
         except TransactWriteError as error:
             reasons = error.cancellation_reasons or []
-            if len(reasons) == 4 and getattr(reasons[3], "code", None) == "ConditionalCheckFailed":
+            if reasons and getattr(reasons[-1], "code", None) == "ConditionalCheckFailed":  # the claim: last item
                 raise DuplicateMessage() from error
             if _lost_race(error):
                 raise StoreChanged() from error
@@ -208,12 +214,14 @@ class DynamoMailboxStore:
         return [int(item.seq) for item in items]
 
     def open_messages(self, workspace_id: str, to: Principal, after: int, limit: int) -> list[Message]:
-        items = MailboxItem.query(
-            _mailbox(workspace_id, to),
-            MailboxItem.sk.between(_message_sk(after + 1), _message_sk(10**SEQ_WIDTH - 1)),
-            filter_condition=MailboxItem.state.is_in(*[state.value for state in OPEN_STATES]),
-            consistent_read=True, page_size=max(limit, 100))
-        return [_to_message(item) for item in islice(items, limit)]
+        # The open list, then those messages: two round trips, however many messages the mailbox ended before.
+        mailbox = _mailbox(workspace_id, to)
+        listed = MailboxItem.query(mailbox, MailboxItem.sk.between(_open_sk(after + 1), _open_sk(10**SEQ_WIDTH - 1)),
+                                   consistent_read=True, limit=limit)
+        keys = [(mailbox, _message_sk(int(item.seq))) for item in islice(listed, limit)]
+        found = [_to_message(item) for item in MailboxItem.batch_get(keys, consistent_read=True)]
+        # A message that ended between the two reads is no longer open
+        return sorted((m for m in found if m.state in OPEN_STATES), key=lambda m: m.seq)
 
     def sent_by(self, workspace_id: str, sender: Principal, limit: int,
                 cursor: str | None) -> tuple[list[Message], str | None]:
@@ -261,6 +269,7 @@ class DynamoMailboxStore:
                 with TransactWrite(connection=transaction_connection()) as transaction:
                     transaction.update(item, actions=[*actions, expires], condition=condition)
                     transaction.update(MailboxItem(mailbox, "META"), actions=[MailboxItem.unacked.add(-1)])
+                    transaction.delete(MailboxItem(mailbox, _open_sk(message.seq)))
                     transaction.update(MailboxItem(mailbox, f"MSGID#{message.message_id}#{message.sender}"),
                                        actions=[expires])
                     transaction.update(MailboxItem(_sent(message.workspace_id, message.sender),
