@@ -334,3 +334,35 @@ def test_the_senders_view_catches_up_with_a_turn_whose_change_the_message_missed
     seen = mailboxes.message_status(world.mail, workspace_id=WS, sender=ALICE, message_id="m-1",
                                     turns=world.sessions, queue=world.queue, limits=LIMITS, now=NOW)
     assert seen.state == MessageState.acked and world.mail.last_seq_and_unacked(WS, TO_AGENT) == (1, 0)
+
+
+def test_a_message_to_a_paused_cloud_sandbox_resumes_it(world: World) -> None:
+    from layers.shared.dal.sandboxes import DynamoSandboxStore
+    from layers.shared.domain import sandbox_lifecycle
+    from layers.shared.domain.session_delivery import SessionDelivery
+    from tests.unit.fakes import MemoryConnectionStore, RecordingPusher
+    from tests.unit.test_sandbox_lifecycle import CONFIG, MemoryQueue, RecordingBackend, create, dial_home, run_worker
+
+    # Given a cloud sandbox that ran and was paused
+    sandboxes, commands, backend = DynamoSandboxStore(), MemoryQueue(), RecordingBackend()
+    sandbox = create(sandboxes, commands, workspace=WS)
+    run_worker(sandboxes, backend, commands.sent[-1])
+    running = dial_home(sandboxes, sandbox.sandbox_id, NOW)
+    sandbox_lifecycle.request_pause(sandboxes, commands, running, reason="idle", now=NOW, config=CONFIG)
+    run_worker(sandboxes, backend, commands.sent[-1])
+    paused = sandboxes.get_sandbox(sandbox.sandbox_id)
+    assert paused is not None and paused.status == SandboxStatus.paused
+    # When a message to it is delivered by the worker's reach
+    to = Principal.agent(sandbox.sandbox_id)
+    world.send(to=to)
+    delivery = SessionDelivery(sessions=world.sessions, sandboxes=sandboxes, records=MemoryConnectionStore(),
+                               pusher=RecordingPusher(), parts=None)  # type: ignore[arg-type]
+    reach = mail_delivery.WorkerReach(delivery, sandboxes, commands, CONFIG)
+    made = mailboxes.deliver_to_agent(world.mail, world.sessions, sandboxes.get_sandbox, reach, workspace_id=WS,
+                                      to=to, seq=1, session_limits=SESSION_LIMITS, limits=LIMITS, now=NOW)
+    # Then the turn waits in its session and the sandbox is resuming for it (delivered when its agent dials home)
+    assert made.turn is not None and made.turn.status == TurnStatus.queued
+    resumed = sandboxes.get_sandbox(sandbox.sandbox_id)
+    assert resumed is not None and resumed.status == SandboxStatus.resuming
+    assert commands.sent[-1].kind == "sandbox.start"
+    assert world.message(to, 1).turn_id == made.turn.id
