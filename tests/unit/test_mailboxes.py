@@ -366,3 +366,16 @@ def test_a_message_to_a_paused_cloud_sandbox_resumes_it(world: World) -> None:
     assert resumed is not None and resumed.status == SandboxStatus.resuming
     assert commands.sent[-1].kind == "sandbox.start"
     assert world.message(to, 1).turn_id == made.turn.id
+
+
+def test_only_stored_messages_count_against_the_rate(world: World) -> None:
+    limits = replace(LIMITS, sends_per_minute=2, max_unacked=1)
+    world.send(message_id="m-1", limits=limits)
+    with pytest.raises(MailboxFull):  # refused: not counted
+        world.send(message_id="m-2", limits=limits)
+    mailboxes.ack(world.mail, workspace_id=WS, owner=BOB, message_ids=["m-1"], now=NOW)
+    assert world.send(message_id="m-2", limits=limits).message.seq == 2
+    mailboxes.ack(world.mail, workspace_id=WS, owner=BOB, message_ids=["m-2"], now=NOW)
+    with pytest.raises(RateLimited):
+        world.send(message_id="m-3", limits=limits)
+    assert world.mail.last_seq_and_unacked(WS, BOB) == (2, 0)

@@ -31,6 +31,7 @@ from layers.shared.domain.mailboxes import (
     MailboxLimits,
     Message,
     MessageState,
+    OverRate,
     SourceMessage,
     StoreChanged,
     follow_turn,
@@ -42,6 +43,10 @@ from layers.shared.settings import get_settings
 from layers.shared.topology import MAIL_DELIVERY
 
 SEQ_WIDTH = 12
+# A send's transaction as PynamoDB sends it (condition checks, deletes, puts, updates, each in call order): the
+# message, OPEN#, the MSGID# index, the sender's claim; META, the sender's minute (RATE#). The cancellation reasons
+# come in that order.
+_APPEND_ITEMS, _CLAIM_ITEM, _RATE_ITEM = 6, 3, 5
 TERMINAL = frozenset({MessageState.acked, MessageState.failed})
 # A transaction cancelled because another writer got there first; anything else is a real error.
 _LOST_RACE = {"ConditionalCheckFailed", "TransactionConflict", "None", None}
@@ -149,17 +154,6 @@ class DynamoMailboxStore:
             return None
         return self.get_message(workspace_id, parse(claim.owner), int(claim.seq))
 
-    def admit_send(self, workspace_id: str, sender: Principal, window: int, limit: int) -> bool:
-        counter = MailboxItem(f"RATE#{workspace_id}#{sender}", f"W#{window}")
-        try:
-            counter.update(actions=[MailboxItem.sends.add(1), MailboxItem.expires_at.set((window + 2) * 60)],
-                           condition=MailboxItem.sends.does_not_exist() | (MailboxItem.sends < limit))
-        except UpdateError as error:
-            if error.cause_response_code == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
-
     def last_seq_and_unacked(self, workspace_id: str, to: Principal) -> tuple[int, int]:
         try:
             meta = MailboxItem.get(_mailbox(workspace_id, to), "META", consistent_read=True)
@@ -167,7 +161,16 @@ class DynamoMailboxStore:
             return 0, 0
         return int(meta.last_seq or 0), int(meta.unacked or 0)
 
-    def append(self, message: Message, *, last_seq: int, max_unacked: int) -> None:
+    def send_view(self, workspace_id: str, sender: Principal, message_id: str,
+                  to: Principal) -> tuple[Message | None, int, int]:
+        claim_key = (_sent(workspace_id, sender), f"MSGID#{message_id}")
+        items = {(item.pk, item.sk): item for item in MailboxItem.batch_get(
+            [claim_key, (_mailbox(workspace_id, to), "META")], consistent_read=True)}
+        claim, meta = items.get(claim_key), items.get((_mailbox(workspace_id, to), "META"))
+        existing = self.get_message(workspace_id, parse(claim.owner), int(claim.seq)) if claim else None
+        return existing, int(meta.last_seq or 0) if meta else 0, int(meta.unacked or 0) if meta else 0
+
+    def append(self, message: Message, *, last_seq: int, max_unacked: int, window: int, max_sends: int) -> None:
         mailbox = _mailbox(message.workspace_id, message.to)
         fresh = MailboxItem.pk.does_not_exist()
         try:
@@ -187,14 +190,21 @@ class DynamoMailboxStore:
                 # The mailbox's index of message ids (an ack names message ids)
                 transaction.save(MailboxItem(mailbox, f"MSGID#{message.message_id}#{message.sender}",
                                              seq=message.seq))
+                # The sender's count in this minute: only messages stored count (not refused ones, nor re-sends)
+                transaction.update(
+                    MailboxItem(f"RATE#{message.workspace_id}#{message.sender}", f"W#{window}"),
+                    actions=[MailboxItem.sends.add(1), MailboxItem.expires_at.set((window + 2) * 60)],
+                    condition=MailboxItem.sends.does_not_exist() | (MailboxItem.sends < max_sends))
                 # The sender's claim of the id: a re-send finds it
                 transaction.save(MailboxItem(_sent(message.workspace_id, message.sender),
                                              f"MSGID#{message.message_id}", owner=str(message.to), seq=message.seq),
                                  condition=fresh)
         except TransactWriteError as error:
-            reasons = error.cancellation_reasons or []
-            if reasons and getattr(reasons[-1], "code", None) == "ConditionalCheckFailed":  # the claim: last item
+            codes = [getattr(reason, "code", None) for reason in error.cancellation_reasons or []]
+            if len(codes) == _APPEND_ITEMS and codes[_CLAIM_ITEM] == "ConditionalCheckFailed":
                 raise DuplicateMessage() from error
+            if len(codes) == _APPEND_ITEMS and codes[_RATE_ITEM] == "ConditionalCheckFailed":
+                raise OverRate() from error
             if _lost_race(error):
                 raise StoreChanged() from error
             raise

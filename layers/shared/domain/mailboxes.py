@@ -161,15 +161,21 @@ class DuplicateMessage(Exception):
     """The sender's message_id is claimed already (by a concurrent re-send)."""
 
 
+class OverRate(Exception):
+    """The sender sent as many messages in the current window as they may."""
+
+
 class MailboxStore(Protocol):
     def find_sent(self, workspace_id: str, sender: Principal, message_id: str) -> Message | None: ...
-    def admit_send(self, workspace_id: str, sender: Principal, window: int, limit: int) -> bool:
-        """Count one send in the sender's window (epoch minute); False, counting nothing, when it holds `limit`."""
-
     def last_seq_and_unacked(self, workspace_id: str, to: Principal) -> tuple[int, int]: ...
-    def append(self, message: Message, *, last_seq: int, max_unacked: int) -> None:
+    def send_view(self, workspace_id: str, sender: Principal, message_id: str,
+                  to: Principal) -> tuple[Message | None, int, int]:
+        """In one read: the message the sender stored under this id, if any, and `to`'s last seq and unacked count."""
+
+    def append(self, message: Message, *, last_seq: int, max_unacked: int, window: int, max_sends: int) -> None:
         """All at once: the mailbox's seq from `last_seq` to `message.seq` and its unacked count + 1 while below
-        `max_unacked` (StoreChanged otherwise: read again), the message, and the sender's claim of its id
+        `max_unacked` (StoreChanged otherwise: read again), the message, the sender's count in `window` (epoch
+        minute) + 1 while below `max_sends` (OverRate otherwise), and the sender's claim of its id
         (DuplicateMessage if claimed)."""
 
     def get_message(self, workspace_id: str, to: Principal, seq: int) -> Message | None: ...
@@ -266,23 +272,23 @@ def send_message(store: MailboxStore, queue: DeliveryQueue, *, workspace_id: str
     context_id = check_key(context_id, "context_id") or str(uuid.uuid4())
     check_key(task_id, "task_id")
     checked = check_parts(parts)
-    existing = store.find_sent(workspace_id, sender, message_id)
-    if existing is not None:
-        return _resent(queue, existing, to)
     window = int(now.timestamp()) // RATE_WINDOW_SECONDS
-    if not store.admit_send(workspace_id, sender, window, limits.sends_per_minute):
-        retry = (window + 1) * RATE_WINDOW_SECONDS - int(now.timestamp())
-        raise RateLimited(f"At most {limits.sends_per_minute} messages a minute per sender.",
-                          retry_after_seconds=retry)
 
     def attempt() -> SendResult:
-        last_seq, unacked = store.last_seq_and_unacked(workspace_id, to)
+        existing, last_seq, unacked = store.send_view(workspace_id, sender, message_id, to)
+        if existing is not None:  # a re-send: nothing more is stored or counted
+            return _resent(queue, existing, to)
         if unacked >= limits.max_unacked:
             raise MailboxFull(f"{to} has {limits.max_unacked} unacknowledged messages; it must ack some first.")
         message = Message(workspace_id=workspace_id, to=to, seq=last_seq + 1, message_id=message_id, sender=sender,
                           context_id=context_id, parts=checked, sent_at=now, task_id=task_id)
         try:
-            store.append(message, last_seq=last_seq, max_unacked=limits.max_unacked)
+            store.append(message, last_seq=last_seq, max_unacked=limits.max_unacked, window=window,
+                         max_sends=limits.sends_per_minute)
+        except OverRate:
+            retry = (window + 1) * RATE_WINDOW_SECONDS - int(now.timestamp())
+            raise RateLimited(f"At most {limits.sends_per_minute} messages a minute per sender.",
+                              retry_after_seconds=retry) from None
         except DuplicateMessage:
             found = store.find_sent(workspace_id, sender, message_id)
             if found is None:  # cannot happen: the claim and the message are written together
