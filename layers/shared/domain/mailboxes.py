@@ -337,14 +337,15 @@ def _marked_read(store: MailboxStore, message: Message, now: datetime, retention
     return message
 
 
-def ack(store: MailboxStore, *, workspace_id: str, owner: Principal, message_ids: Sequence[str], now: datetime,
-        retention_days: int = 30) -> list[Message]:
+def ack(store: MailboxStore, *, workspace_id: str, owner: Principal, message_ids: Sequence[str],
+        now: datetime | None = None, retention_days: int = 30) -> list[Message]:
     """Acknowledge messages of the owner's mailbox by message_id (all senders' messages with that id); acking twice
     changes nothing. Returns the messages now acked. Unknown ids are ignored."""
     if not message_ids or len(message_ids) > MAX_ACK:
         raise ValidationFailed(f"Acknowledge 1 to {MAX_ACK} message ids at once.")
     for message_id in message_ids:
         check_key(message_id, "message_id")
+    now = now or utcnow()
     acked = []
     for message_id in dict.fromkeys(message_ids):
         for seq in store.seqs_of(workspace_id, owner, message_id):
