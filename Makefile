@@ -124,6 +124,7 @@ bench: install
 	$(PY) bench/tunnel.py
 	$(PY) bench/sandboxes.py
 	$(PY) bench/llm_proxy.py
+	$(PY) bench/mailboxes.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -81,23 +81,31 @@ def new_session(browser: Browser, sandbox_id: str) -> str:
 # 1. Event → viewer ----------------------------------------------------------------------------------------
 
 
-async def event_to_viewer(stack: RunningStack, browser: Browser, workspace_id: str, events: int,
-                          interval: float) -> dict[str, list[float]]:
-    registration = new_agent(stack, browser, workspace_id, "bench-agent")
-    harness = ScriptedHarness()
+async def connected_agent(stack: RunningStack, browser: Browser, workspace_id: str, name: str,
+                          harness: ScriptedHarness) -> tuple[str, asyncio.Task[None]]:
+    """A new local agent, connected by the real client (in this process) taking turns on `harness`: its sandbox id
+    and the client's task (cancel it to disconnect)."""
+    registration = new_agent(stack, browser, workspace_id, name)
     info = AgentInfoSource(agent_type="claudecode", working_directory=str(ROOT),
                            features=(codec.AGENT_FEATURE_TURNS,))
     tunnel = TunnelClient(tunnel_url=registration["tunnel_url"], token=registration["tunnel_token"],
                           app=LocalApp(NO_LOCAL_APP), info=info, label="bench",
                           turns=TurnRunner(lambda: harness, agent_type="claudecode"))
     agent_task = asyncio.create_task(tunnel.run())
-    sandbox_id = registration["sandbox_id"]
+    sandbox_id = str(registration["sandbox_id"])
 
     def takes_turns() -> bool:
         sandbox = browser.get(f"/api/sandboxes/{sandbox_id}").json()
         return bool(sandbox["status"] == "running" and "turns" in sandbox["agent_info"].get("features", []))
 
     await asyncio.to_thread(wait_until, takes_turns, 60)
+    return sandbox_id, agent_task
+
+
+async def event_to_viewer(stack: RunningStack, browser: Browser, workspace_id: str, events: int,
+                          interval: float) -> dict[str, list[float]]:
+    harness = ScriptedHarness()
+    sandbox_id, agent_task = await connected_agent(stack, browser, workspace_id, "bench-agent", harness)
     session_id = new_session(browser, sandbox_id)
     ticket = browser.post(f"/api/sessions/{session_id}/viewer-tickets").json()
     results: dict[str, list[float]] = {}
@@ -254,18 +262,21 @@ def append_rates(browser: Browser, stack: RunningStack, sandbox_id: str,
 
 
 @contextmanager
-def counted_requests() -> Iterator[Counter[str]]:
-    """Every DynamoDB request botocore makes meanwhile, by operation; a transaction counts its actions too."""
+def counted_requests(services: tuple[str, ...] = ("dynamodb",)) -> Iterator[Counter[str]]:
+    """Every request botocore makes meanwhile to these services, by operation (prefixed with the service when
+    several are counted); a transaction counts its actions too."""
     counts: Counter[str] = Counter()
     original = BaseClient._make_api_call
     lock = threading.Lock()
 
     def counting(self: BaseClient, operation: str, params: dict[str, Any]) -> Any:
-        if self.meta.service_model.service_name == "dynamodb":
+        service = self.meta.service_model.service_name
+        if service in services:
             with lock:
-                counts[operation] += 1
+                counts[f"{service} {operation}" if len(services) > 1 else operation] += 1
                 if operation == "TransactWriteItems":
-                    counts["TransactWriteItems actions"] += len(params.get("TransactItems", []))
+                    prefix = f"{service} " if len(services) > 1 else ""
+                    counts[f"{prefix}TransactWriteItems actions"] += len(params.get("TransactItems", []))
         return original(self, operation, params)
 
     BaseClient._make_api_call = counting  # type: ignore[method-assign]

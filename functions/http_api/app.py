@@ -16,6 +16,7 @@ from functions.http_api.routers import (
     health,
     invitations,
     llm,
+    mailboxes,
     oidc,
     sandboxes,
     session_viewers,
@@ -68,6 +69,7 @@ def create_app() -> FastAPI:
                    admin):
         app.include_router(module.router)
     app.include_router(cards.router)
+    app.include_router(mailboxes.router)
     _install_error_handlers(app)
     return app
 

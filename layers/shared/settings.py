@@ -139,6 +139,16 @@ class Settings(BaseSettings):
     # unset, the resource prefix + "session-payloads" (the embedded stack's).
     session_payload_bucket: str = Field(default="", alias="AGENTSERVER_BUCKET_SESSION_PAYLOADS")
 
+    # Mailboxes (docs/api.md, "Mailboxes"; docs/security.md)
+    # How long acked and failed messages (and the message-id claims: the window of dedupe) are kept
+    mailbox_retention_days: int = Field(default=30, ge=1, le=365, alias="AGENTSERVER_MAILBOX_RETENTION_DAYS")
+    # Unacknowledged messages a mailbox may hold; one more is refused with 409 mailbox_full
+    mailbox_max_unacked: int = Field(default=1000, ge=1, le=100_000, alias="AGENTSERVER_MAILBOX_MAX_UNACKED")
+    # Messages one sender may send a minute (per workspace); more get 429 rate_limited with Retry-After
+    mailbox_sends_per_minute: int = Field(default=60, ge=1, le=100_000, alias="AGENTSERVER_MAILBOX_SENDS_PER_MINUTE")
+    # Turns one message to an agent may take (a failed or interrupted turn delivers it again) before it is failed
+    mailbox_max_deliveries: int = Field(default=3, ge=1, le=10, alias="AGENTSERVER_MAILBOX_MAX_DELIVERIES")
+
     # LLM proxy (docs/llm-proxy.md)
     llm_default_max_rpd: int = Field(default=0, ge=0, alias="LLMPROXY_DEFAULT_MAX_RPD")  # 0 = unlimited
     anthropic_base_url: str = Field(default="https://api.anthropic.com", alias="ANTHROPIC_BASE_URL")

@@ -277,9 +277,23 @@ VIEWERS = Table(
 
 SANDBOX_OPS = Queue(name="sandbox-ops", visibility_timeout_seconds=60, max_receive_count=3)
 
+MAILBOXES = Table(
+    # Mailboxes (docs/api.md, "Mailboxes"): each mailbox's counter (gapless seq, unacked count), its messages, the
+    # senders' message-id claims, the agent session of each context, per-sender send counters; docs/data-model.md.
+    name="mailboxes",
+    partition=Key("pk"),
+    sort=Key("sk"),
+    indexes=(GlobalIndex("gsi1", partition=Key("gsi1pk"), sort=Key("gsi1sk")),),  # what a sender sent, newest first
+    ttl_attribute="expires_at",  # acked and failed messages: AGENTSERVER_MAILBOX_RETENTION_DAYS; send counters
+)
+
+# Messages to agents, handed to the worker that makes them turns. A record is retried while the agent's session has
+# no room for another turn (turn_queue_full), so it may be received more often than sandbox-ops' commands.
+MAIL_DELIVERY = Queue(name="mail-delivery", visibility_timeout_seconds=60, max_receive_count=10)
+
 TOPOLOGY = Topology(
-    tables=(CONNECTIONS, OPERATIONS, IDENTITY, SANDBOXES, USAGE, SESSIONS, VIEWERS),
-    queues=(SANDBOX_OPS,),
+    tables=(CONNECTIONS, OPERATIONS, IDENTITY, SANDBOXES, USAGE, SESSIONS, VIEWERS, MAILBOXES),
+    queues=(SANDBOX_OPS, MAIL_DELIVERY),
     buckets=(Bucket("console"), SESSION_PAYLOADS),
     secrets=(
         Secret("anthropic-api-key", "Anthropic API key used by the LLM proxy", seed_env="ANTHROPIC_API_KEY"),
@@ -299,9 +313,10 @@ TOPOLOGY = Topology(
             memory_mb=1024,
             timeout_seconds=29,  # just under the HTTP API's 30 s integration limit
             http_routes=(HttpRoute("ANY", "/api/{proxy+}"),),
-            tables=("connections", "operations", "identity", "sandboxes", "usage", "sessions", "viewers"),
+            tables=("connections", "operations", "identity", "sandboxes", "usage", "sessions", "viewers",
+                    "mailboxes"),
             buckets=("session-payloads",),
-            queues_send=("sandbox-ops",),
+            queues_send=("sandbox-ops", "mail-delivery"),
             manages_connections=True,  # posts turns, cancels and answers to agents; pushes new events to viewers
             secrets=("setup-token",),
             sends_mail=True,  # address confirmations and invitations
@@ -316,8 +331,9 @@ TOPOLOGY = Topology(
             websocket_routes=(WebSocketRoute("$connect"),),
             # sessions: a connection replaced without a handover interrupts its turns, which viewers are told
             # (viewers, identity: their membership)
-            tables=("connections", "sandboxes", "sessions", "viewers", "identity"),
+            tables=("connections", "sandboxes", "sessions", "viewers", "identity", "mailboxes"),
             buckets=("session-payloads",),
+            queues_send=("mail-delivery",),  # a turn made from a message ended: the message follows it (mailboxes)
             manages_connections=True,  # closes the agent's previous connection; pushes to viewers
             secrets=("relay-secret",),
         ),
@@ -329,8 +345,9 @@ TOPOLOGY = Topology(
             timeout_seconds=10,
             websocket_routes=(WebSocketRoute("$disconnect"),),
             # sessions: the agent's turns end interrupted, which viewers are told (viewers, identity: membership)
-            tables=("connections", "sandboxes", "sessions", "viewers", "identity"),
+            tables=("connections", "sandboxes", "sessions", "viewers", "identity", "mailboxes"),
             buckets=("session-payloads",),
+            queues_send=("mail-delivery",),  # a turn made from a message ended: the message follows it (mailboxes)
             manages_connections=True,  # pushes the interruption to viewers
         ),
         Function(
@@ -342,8 +359,9 @@ TOPOLOGY = Topology(
             websocket_routes=(WebSocketRoute("$default"),),
             # sessions: appends the agents' events, delivers the next turns, keeps parts of large messages;
             # viewers, identity: pushes what was logged to the live viewers (still members)
-            tables=("connections", "sandboxes", "sessions", "viewers", "identity"),
+            tables=("connections", "sandboxes", "sessions", "viewers", "identity", "mailboxes"),
             buckets=("session-payloads",),
+            queues_send=("mail-delivery",),  # a turn made from a message ended: the message follows it (mailboxes)
             # acknowledges heartbeats and session events, forwards agents' frames to the relay, sends turns,
             # pushes new events to viewers
             manages_connections=True,
@@ -404,10 +422,26 @@ TOPOLOGY = Topology(
             schedule=Schedule("rate(1 minute)"),
             # identity: finishing workspaces' deletions (and viewers' membership); sessions: a silent agent's
             # running turns end interrupted, which its viewers are told (viewers)
-            tables=("connections", "sandboxes", "identity", "sessions", "viewers"),
+            tables=("connections", "sandboxes", "identity", "sessions", "viewers", "mailboxes"),
             buckets=("session-payloads",),
-            queues_send=("sandbox-ops",),
+            queues_send=("sandbox-ops", "mail-delivery"),
             manages_connections=True,
+        ),
+        Function(
+            name="mail_delivery_worker",
+            handler="functions.workers.mail_delivery.handler",
+            description="Consumes mail-delivery: a message to an agent becomes a turn in its session for the "
+                        "message's context (partial batch failures, idempotent by message)",
+            memory_mb=512,
+            timeout_seconds=50,  # below the queue's visibility timeout
+            sqs=SqsTrigger(queue="mail-delivery", batch_size=10),
+            # sessions (+ viewers, identity, session-payloads: what it logs is pushed to live viewers); sandboxes
+            # and connections: the agent's tunnel. Idempotency needs no table of its own: the session log's event-id
+            # claim of the turn's turn.queued event is keyed by the message.
+            tables=("mailboxes", "sessions", "viewers", "identity", "sandboxes", "connections"),
+            buckets=("session-payloads",),
+            queues_send=("sandbox-ops", "mail-delivery"),  # resumes a paused sandbox; re-queues a failed delivery
+            manages_connections=True,  # sends TURN_START to a connected agent
         ),
     ),
 )

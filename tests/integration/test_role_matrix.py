@@ -8,6 +8,7 @@ nothing; if one wrongly did, that caller's case fails), so cases do not depend o
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,6 +167,15 @@ def login(world: World, caller: str, target: dict[str, str]) -> httpx.Response:
 def register_with_a_fresh_code(world: World, caller: str, target: dict[str, str]) -> httpx.Response:
     code = world.clients["developer"].post(f"/api/workspaces/{target['wid']}/agent-codes").json()["code"]
     return world.client(caller).post("/api/agent/register", json={"code": code, "name": "box", "type": "codex"})
+
+
+def send_message(to: str) -> Request:
+    """A message (a fresh message_id each time: a re-send would answer 200) to the principal `to` names."""
+    def run(world: World, caller: str, target: dict[str, str]) -> httpx.Response:
+        return world.client(caller).post(f"/api/workspaces/{target['wid']}/messages", json={
+            "to": to.format(**target), "message_id": f"matrix-{uuid.uuid4().hex}",
+            "parts": [{"kind": "text", "text": "hello"}]})
+    return run
 
 
 ALL_USERS_OK = statuses(200, 200, 200, 200, 200, 200)
@@ -342,6 +352,25 @@ ROWS = [
     Row("GET /api/admin/quotas", call("GET", "/api/admin/quotas"), statuses(403, 403, 403, 403, 403, 200)),
     Row("PUT /api/admin/quotas", call("PUT", "/api/admin/quotas", lambda w: {"max_workspaces_per_user": 1000}),
         statuses(403, 403, 403, 403, 403, 200)),
+    # Mailboxes: developers send (to an agent: as for its turns); every member reads and acks their own inbox
+    Row("POST /api/workspaces/{wid}/messages (to a member)",
+        send_message("member:{subject}"), statuses(201, 201, 201, 403, 404, 404)),
+    Row("POST /api/workspaces/{wid}/messages (to a developer's own local agent)",
+        send_message("agent:{sid}"), statuses(403, 403, 201, 403, 404, 404)),
+    Row("POST /api/workspaces/{wid}/messages (to another member's shared local agent)",
+        send_message("agent:{sid_shared}"), statuses(201, 201, 201, 403, 404, 404)),
+    Row("GET /api/workspaces/{wid}/messages", call("GET", "/api/workspaces/{wid}/messages"),
+        statuses(200, 200, 200, 200, 404, 404)),
+    # Only the sender sees a message's status; nobody here sent this one
+    Row("GET /api/workspaces/{wid}/messages/{mid}", call("GET", "/api/workspaces/{wid}/messages/m-none"),
+        statuses(404, 404, 404, 404, 404, 404)),
+    Row("GET /api/workspaces/{wid}/inbox", call("GET", "/api/workspaces/{wid}/inbox"),
+        statuses(200, 200, 200, 200, 404, 404)),
+    Row("POST /api/workspaces/{wid}/inbox/ack",
+        call("POST", "/api/workspaces/{wid}/inbox/ack", lambda w: {"message_ids": ["m-none"]}),
+        statuses(200, 200, 200, 200, 404, 404)),
+    Row("GET /api/sandboxes/{sid}/inbox", call("GET", "/api/sandboxes/{sid}/inbox"),
+        statuses(200, 200, 200, 200, 404, 404)),
 ]
 
 

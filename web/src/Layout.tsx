@@ -112,6 +112,7 @@ export function Layout() {
             <NavLink to={`/w/${wid}/agents`}>Agents</NavLink>
             <NavLink to={`/w/${wid}/members`}>Members</NavLink>
             <NavLink to={`/w/${wid}/usage`}>LLM usage</NavLink>
+            <NavLink to={`/w/${wid}/inbox`}>Inbox</NavLink>
           </>}
           <NavLink to="/invitations">Invitations<InvitationCount /></NavLink>
           <NavLink to="/tokens">Tokens</NavLink>

@@ -9,6 +9,7 @@ import { MembersPage } from "./pages/Members";
 import { SandboxDetailPage } from "./pages/SandboxDetail";
 import { SandboxesPage } from "./pages/Sandboxes";
 import { InvitationsPage } from "./pages/Invitations";
+import { InboxPage } from "./pages/Inbox";
 import { AuthPage } from "./pages/SignIn";
 import { VerifyPage } from "./pages/Verify";
 import { TokensPage } from "./pages/Tokens";
@@ -39,6 +40,8 @@ createRoot(document.getElementById("root")!).render(
             <Route path="w/:wid/connect" element={<ConnectAgentPage />} />
             <Route path="w/:wid/sandboxes/:sid" element={<SandboxDetailPage />} />
             <Route path="w/:wid/sandboxes/:sid/chat/:sessionId?" element={<SandboxDetailPage view="chat" />} />
+            <Route path="w/:wid/sandboxes/:sid/inbox" element={<SandboxDetailPage view="inbox" />} />
+            <Route path="w/:wid/inbox" element={<InboxPage />} />
             <Route path="w/:wid/members" element={<MembersPage />} />
             <Route path="w/:wid/agents" element={<AgentsPage />} />
             <Route path="w/:wid/usage" element={<UsagePage />} />

@@ -4,7 +4,6 @@ pass on."""
 
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Any, Protocol
@@ -16,9 +15,10 @@ from functions.http_api.dependencies import Caller, Now, Store
 from functions.http_api.routers.sandboxes import Commands, Lifecycle, Sandboxes
 from layers.shared.dal.session_delivery import session_delivery
 from layers.shared.dal.session_delivery import session_store as logged_session_store
-from layers.shared.domain import roles, sandbox_lifecycle, sessions, workspaces
-from layers.shared.domain.agents import InvalidTransition, Sandbox, SandboxKind, SandboxStatus
+from layers.shared.domain import roles, sessions, workspaces
+from layers.shared.domain.agents import Sandbox, SandboxStatus
 from layers.shared.domain.roles import Action, Role
+from layers.shared.domain.session_delivery import reach_agent as session_delivery_state
 from layers.shared.domain.sessions import AgentNotice, Decision, PermissionMode, Session, SessionLimits, SessionStore
 from layers.shared.errors import NotFound
 from layers.shared.settings import get_settings
@@ -109,6 +109,8 @@ class TurnOut(BaseModel):
     ended_at: datetime | None
     reason: str | None
     usage: dict[str, Any] | None
+    source_message: str | None = Field(default=None, description="A turn made from a mailbox message: "
+                                       "<workspace id>/<mailbox principal>/<seq>/<attempt> (docs/api.md, Mailboxes)")
     delivery: str | None = Field(default=None, description="Where a new turn stands: agent_online (delivered now, "
                                  "or after the session's running turn), waiting_for_agent (a local agent offline: "
                                  "delivered when it reconnects), resuming_agent (a paused cloud sandbox is "
@@ -197,22 +199,6 @@ def _driven_session(sessions_store: SessionStore, store: Store, sandboxes: Sandb
     return session, agent
 
 
-def _delivery(agent: Sandbox, sandboxes: Sandboxes, queue: Commands, config: Lifecycle, now: datetime) -> str:
-    """Where a turn for this agent stands; a paused cloud sandbox is resumed for it."""
-    if agent.status == SandboxStatus.running:
-        return "agent_online"
-    if agent.kind == SandboxKind.cloud and agent.status == SandboxStatus.paused:
-        with contextlib.suppress(InvalidTransition):  # resumed meanwhile by someone else
-            sandbox_lifecycle.request_resume(sandboxes, queue, agent, reason="a turn was sent to it", now=now,
-                                             config=config)
-        return "resuming_agent"
-    if agent.kind == SandboxKind.cloud and agent.status in (SandboxStatus.creating, SandboxStatus.resuming):
-        return "resuming_agent"
-    if agent.status == SandboxStatus.offline:
-        return "waiting_for_agent"
-    return "agent_unavailable"
-
-
 @router.post("/api/sandboxes/{sandbox_id}/sessions", status_code=status.HTTP_201_CREATED, response_model=SessionOut)
 def create_session(sandbox_id: str, body: SessionIn, caller: Caller, store: Store, sandboxes: Sandboxes,
                    sessions_store: SessionStoreDep, limits: Limits, now: Now) -> SessionOut:
@@ -263,7 +249,7 @@ def post_turn(session_id: str, body: TurnIn, caller: Caller, store: Store, sandb
                                      Action.turn_post)
     turn = sessions.post_turn(sessions_store, session_id=session.id, text=body.text, model=body.model,
                               user_id=caller.user.user_id, limits=limits, now=now)
-    delivery = _delivery(agent, sandboxes, queue, config, now)
+    delivery = session_delivery_state(agent, sandboxes, queue, config, now)
     delivery = link.turns_waiting(agent.sandbox_id, session.id) or delivery
     return TurnOut(**turn.public(), delivery=delivery)
 

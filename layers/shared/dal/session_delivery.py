@@ -1,6 +1,6 @@
 """The session log and its delivery to agents, wired to AWS: the one sessions store every function appends through
-(each committed write pushes its events to the live viewers), and the domain's SessionDelivery over DynamoDB and
-@connections."""
+(each committed write pushes its events to the live viewers, and the messages whose turns it changed follow them),
+and the domain's SessionDelivery over DynamoDB and @connections."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from functools import lru_cache
 from typing import Any
 
 from layers.shared.dal.connections import ApiGatewayPusher, DynamoConnectionStore
+from layers.shared.dal.mailboxes import follow_message_turns
 from layers.shared.dal.sandboxes import DynamoSandboxStore
 from layers.shared.dal.session_parts import DynamoPartStore
 from layers.shared.dal.session_viewers import notify_viewers
@@ -28,7 +29,7 @@ def _push_to_viewers(session_id: str, events: list[dict[str, Any]]) -> None:
 @lru_cache(maxsize=1)
 def session_store() -> DynamoSessionStore:
     """The sessions store, telling the live viewers of every event it logs."""
-    return DynamoSessionStore(on_logged=_push_to_viewers)
+    return DynamoSessionStore(on_logged=_push_to_viewers, on_message_turns=follow_message_turns)
 
 
 def session_delivery(records: ConnectionStore | None = None, pusher: ConnectionPusher | None = None,

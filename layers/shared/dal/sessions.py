@@ -38,6 +38,8 @@ from layers.shared.topology import SESSION_PAYLOADS
 
 # Called with a session id and the public form of events just logged in it (in seq order).
 EventsLogged = Callable[[str, list[dict[str, Any]]], None]
+# Called with the turns a committed write changed that were made from mailbox messages (their state follows).
+MessageTurnsChanged = Callable[[list[Turn]], None]
 SEQ_WIDTH = 12  # EVENT#<seq> zero-padded, so the sort key orders events by seq
 # What a transaction may be cancelled for when another writer got there first; anything else is a real error.
 _LOST_RACE = {"ConditionalCheckFailed", "TransactionConflict", "None", None}
@@ -122,6 +124,7 @@ class SessionItem(BaseModel):
     ended_at = UTCDateTimeAttribute(null=True)
     reason = UnicodeAttribute(null=True)
     usage = UnicodeAttribute(null=True)  # JSON
+    source_message = UnicodeAttribute(null=True)  # a turn made from a mailbox message
     # Events (and their id claims: `seq`), approvals
     seq = NumberAttribute(null=True)
     event_id = UnicodeAttribute(null=True)
@@ -181,13 +184,15 @@ def _turn_item(turn: Turn) -> SessionItem:
     return SessionItem(_pk(turn.session_id), f"TURN#{turn.id}", session_id=turn.session_id, turn_id=turn.id,
                        text=turn.text, status=turn.status.value, created_by=turn.created_by,
                        created_at=turn.created_at, model=turn.model, ended_at=turn.ended_at, reason=turn.reason,
-                       usage=json.dumps(turn.usage) if turn.usage is not None else None)
+                       usage=json.dumps(turn.usage) if turn.usage is not None else None,
+                       source_message=turn.source_message)
 
 
 def _to_turn(item: SessionItem) -> Turn:
     return Turn(id=item.turn_id, session_id=item.session_id, text=item.text, status=TurnStatus(item.status),
                 created_by=item.created_by, created_at=item.created_at, model=item.model, ended_at=item.ended_at,
-                reason=item.reason, usage=json.loads(item.usage) if item.usage else None)
+                reason=item.reason, usage=json.loads(item.usage) if item.usage else None,
+                source_message=item.source_message)
 
 
 def _approval_item(approval: Approval) -> SessionItem:
@@ -203,10 +208,12 @@ def _compact(value: Any) -> str:
 class DynamoSessionStore:
     """`SessionStore` on DynamoDB: every write is one transaction conditional on the session item's version."""
 
-    def __init__(self, retention: timedelta | None = None, on_logged: EventsLogged | None = None):
+    def __init__(self, retention: timedelta | None = None, on_logged: EventsLogged | None = None,
+                 on_message_turns: MessageTurnsChanged | None = None):
         self.retention = retention or timedelta(days=get_settings().sessions_retention_days)
         # Told of the events of every write that committed (their public form): the live viewers' push.
         self.on_logged = on_logged
+        self.on_message_turns = on_message_turns
 
     @property
     def bucket(self) -> str:
@@ -330,6 +337,9 @@ class DynamoSessionStore:
             raise
         if events and self.on_logged is not None:
             self.on_logged(after.id, [event.public() for event in events])
+        message_turns = [turn for turn in turns if turn.source_message]
+        if message_turns and self.on_message_turns is not None:
+            self.on_message_turns(message_turns)
 
     # Workspace defaults --------------------------------------------------------------------------
 

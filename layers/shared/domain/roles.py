@@ -66,6 +66,10 @@ class Action(StrEnum):
     session_defaults_set = "session_defaults.set"
     cards_read = "cards.read"
     card_edit = "card.edit"
+    message_send = "message.send"
+    inbox_read = "inbox.read"
+    inbox_ack = "inbox.ack"
+    agent_inbox_read = "agent_inbox.read"
 
 
 # The minimum workspace role for each action (api.md, "Workspaces and members").
@@ -109,6 +113,12 @@ POLICY: dict[Action, Role] = {
     # domain/cards.py authorize_edit).
     Action.cards_read: Role.guest,
     Action.card_edit: Role.developer,
+    # Mailboxes: a message to an agent drives it (it becomes a turn), so sending is a developer's; each member reads
+    # and acks their own inbox; agents' mailboxes are read like sessions.
+    Action.message_send: Role.developer,
+    Action.inbox_read: Role.guest,
+    Action.inbox_ack: Role.guest,
+    Action.agent_inbox_read: Role.guest,
 }
 
 # The roles each role may hand out when adding a member (a maintainer may add developers and guests).
@@ -170,6 +180,12 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
                        "/api/sandboxes/{sid}/agent-card.json)",
     Action.card_edit: "Edit an agent's card: description, skills, tags (PUT /api/sandboxes/{sid}/card); another "
                       "member's local agent only when it is shared",
+    Action.message_send: "Send a message to a member or an agent (POST /api/workspaces/{wid}/messages); to another "
+                         "member's local agent only when it is shared",
+    Action.inbox_read: "Read one's own inbox and the messages one sent (GET /api/workspaces/{wid}/inbox, "
+                       "/api/workspaces/{wid}/messages...)",
+    Action.inbox_ack: "Acknowledge messages in one's own inbox (POST /api/workspaces/{wid}/inbox/ack)",
+    Action.agent_inbox_read: "See an agent's mailbox (GET /api/sandboxes/{sid}/inbox)",
 }
 
 # Actions that belong to the invitee, not to a workspace role: allowed only to an account whose

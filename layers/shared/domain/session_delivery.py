@@ -17,6 +17,7 @@ again if they want).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from layers.shared.clock import utcnow
-from layers.shared.domain import sessions
-from layers.shared.domain.agents import Sandbox, SandboxStatus, SandboxStore
+from layers.shared.domain import sandbox_lifecycle, sessions
+from layers.shared.domain.agents import InvalidTransition, Sandbox, SandboxKind, SandboxStatus, SandboxStore
 from layers.shared.domain.connections import Connection, ConnectionPusher, ConnectionStore
+from layers.shared.domain.sandbox_lifecycle import CommandQueue, LifecycleConfig, LifecycleStore
 from layers.shared.domain.sessions import (
     AgentNotice,
     NewEvent,
@@ -88,10 +90,11 @@ class SessionDelivery:
 
     # The HTTP API's AgentLink ------------------------------------------------------------------------
 
-    def turns_waiting(self, sandbox_id: str, session_id: str) -> str | None:
+    def turns_waiting(self, sandbox_id: str, session_id: str, sandbox: Sandbox | None = None) -> str | None:
         """A turn was queued: deliver what the agent can take now. Returns AGENT_OUTDATED when the agent is
-        connected but takes no turns, else None (the API's own delivery state stands)."""
-        link = self._link(sandbox_id)
+        connected but takes no turns, else None (the API's own delivery state stands). `sandbox`: the agent as the
+        caller just read it (one read less)."""
+        link = self._link(sandbox_id, sandbox)
         if link is None:
             return None  # offline: delivered when it connects (its AGENT_INFO)
         sandbox, connection = link
@@ -204,8 +207,8 @@ class SessionDelivery:
         self._send(connection, [frame for delivery in deliveries for frame in turn_start_frames(delivery)],
                    deliveries)
 
-    def _link(self, sandbox_id: str) -> tuple[Sandbox, Connection] | None:
-        sandbox = self.sandboxes.get_sandbox(sandbox_id)
+    def _link(self, sandbox_id: str, sandbox: Sandbox | None = None) -> tuple[Sandbox, Connection] | None:
+        sandbox = sandbox or self.sandboxes.get_sandbox(sandbox_id)
         if sandbox is None or sandbox.status != SandboxStatus.running or sandbox.connection_id is None:
             return None
         connection = self.records.get(sandbox.connection_id)
@@ -257,3 +260,22 @@ class SessionDelivery:
         if ended:
             logger.info("orphaned turns interrupted", extra={"turns": [t.id for t in ended]})
         return ended
+
+# Where a turn stands ------------------------------------------------------------------------------
+
+
+def reach_agent(agent: Sandbox, sandboxes: LifecycleStore, queue: CommandQueue, config: LifecycleConfig,
+                now: datetime, *, reason: str = "a turn was sent to it") -> str:
+    """Where a turn for this agent stands (docs/api.md, "Sessions": `delivery`); a paused cloud sandbox is resumed
+    for it."""
+    if agent.status == SandboxStatus.running:
+        return "agent_online"
+    if agent.kind == SandboxKind.cloud and agent.status == SandboxStatus.paused:
+        with contextlib.suppress(InvalidTransition):  # resumed meanwhile by someone else
+            sandbox_lifecycle.request_resume(sandboxes, queue, agent, reason=reason, now=now, config=config)
+        return "resuming_agent"
+    if agent.kind == SandboxKind.cloud and agent.status in (SandboxStatus.creating, SandboxStatus.resuming):
+        return "resuming_agent"
+    if agent.status == SandboxStatus.offline:
+        return "waiting_for_agent"
+    return "agent_unavailable"

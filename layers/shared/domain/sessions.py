@@ -171,11 +171,13 @@ class Turn:
     ended_at: datetime | None = None
     reason: str | None = None
     usage: dict[str, Any] | None = None
+    source_message: str | None = None  # the mailbox message it was made from (domain/mailboxes.py SourceMessage)
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "session_id": self.session_id, "text": self.text, "status": self.status.value,
                 "model": self.model, "created_by": self.created_by, "created_at": self.created_at,
-                "ended_at": self.ended_at, "reason": self.reason, "usage": self.usage}
+                "ended_at": self.ended_at, "reason": self.reason, "usage": self.usage,
+                "source_message": self.source_message}
 
 
 @dataclass(frozen=True)
@@ -369,13 +371,15 @@ def check_model(model: str | None) -> str | None:
 
 
 def create_session(store: SessionStore, *, agent: Sandbox, user_id: str, title: str | None, model: str | None,
-                   permission_mode: PermissionMode | None, limits: SessionLimits, now: datetime) -> Session:
+                   permission_mode: PermissionMode | None, limits: SessionLimits, now: datetime,
+                   session_id: str | None = None) -> Session:
     """A new, idle session on the agent. Model and permission mode: as given, else the workspace's defaults,
-    else the server's settings."""
+    else the server's settings. `session_id`: a chosen id (mailboxes derive one per agent and context; Conflict
+    if it exists)."""
     title = " ".join((title or "").split())[:MAX_TITLE] or "New session"
     defaults = store.get_defaults(agent.workspace_id)
     session = Session(
-        id=new_id("ses-"), workspace_id=agent.workspace_id, sandbox_id=agent.sandbox_id,
+        id=session_id or new_id("ses-"), workspace_id=agent.workspace_id, sandbox_id=agent.sandbox_id,
         agent_type=agent.agent_type, title=title, created_by=user_id, created_at=now,
         model=check_model(model) or defaults.model or limits.default_model,
         permission_mode=permission_mode or defaults.permission_mode or limits.default_permission_mode,
@@ -423,31 +427,64 @@ def read_events(store: SessionStore, *, session_id: str, after: int = 0, limit: 
 
 
 def post_turn(store: SessionStore, *, session_id: str, text: str, model: str | None, user_id: str,
-              limits: SessionLimits, now: datetime) -> Turn:
+              limits: SessionLimits, now: datetime, source_message: str | None = None) -> Turn:
     """Queue a turn. It waits behind the running one (and others queued, up to the bound: then 409); the
-    caller then lets the delivery side know (claim_next_turn delivers it once the agent can take it)."""
+    caller then lets the delivery side know (claim_next_turn delivers it once the agent can take it).
+    `source_message`: the mailbox message (and delivery attempt) it is made from; its turn.queued event id is
+    derived from it, so a repeated call answers the turn made the first time instead of queueing a second."""
     if len(text.encode()) > limits.max_turn_text_bytes:
         raise PayloadTooLarge(f"A turn's text is limited to {limits.max_turn_text_bytes} bytes.")
     if not text.strip():
         raise ValidationFailed("A turn needs some text.")
     check_model(model)
 
+    queued_id = _source_event_id(source_message)
+    first_try = [True]
+
     def attempt() -> Turn:
         session = _session(store, session_id)
+        # A turn from a message is new almost always: the first try skips looking for it (one round trip less); if it
+        # was made before, the claim of its turn.queued event id fails in the write and the retry finds it.
+        made = _turn_logged_as(store, session_id, queued_id) if queued_id and not first_try[0] else None
+        first_try[0] = False
+        if made is not None:
+            return made
         if len(session.queued_turn_ids) >= limits.max_queued_turns:
             raise TurnQueueFull(f"The session already has {limits.max_queued_turns} turns waiting; "
                                 "wait for one to start or cancel one.")
         number = session.turn_count + 1
         turn = Turn(id=f"tn-{number:08d}-{uuid.uuid4().hex[:6]}", session_id=session.id, text=text,
-                    status=TurnStatus.queued, created_by=user_id, created_at=now, model=model)
+                    status=TurnStatus.queued, created_by=user_id, created_at=now, model=model,
+                    source_message=source_message)
         after = _advance(session, turn_count=number, queued_turn_ids=(*session.queued_turn_ids, turn.id),
                          last_seq=session.last_seq + 1)
         queued = _server_event(session, after.last_seq, turn.id, TURN_QUEUED,
                                {"text": text, "model": model, "by": user_id}, now)
-        store.write(session, after, events=[queued], turns=[turn])
+        store.write(session, after, events=[replace(queued, id=queued_id) if queued_id else queued], turns=[turn])
         return turn
 
     return _retrying(attempt)
+
+
+def _source_event_id(source_message: str | None) -> str | None:
+    """The turn.queued event id of a turn made from a mailbox message: `mail.<seq>.<attempt>` (a session holds one
+    mailbox's messages of one context, so seq and attempt name the message's turn in it)."""
+    if source_message is None:
+        return None
+    seq, attempt = source_message.rsplit("/", 2)[-2:]
+    event_id = f"mail.{seq}.{attempt}"
+    if not _EVENT_ID.fullmatch(event_id):
+        raise ValidationFailed("A source message ends /<seq>/<attempt>.")
+    return event_id
+
+
+def _turn_logged_as(store: SessionStore, session_id: str, event_id: str) -> Turn | None:
+    """The turn whose turn.queued event has this id, if it was logged."""
+    seq = store.seqs_of(session_id, [event_id]).get(event_id)
+    if seq is None:
+        return None
+    logged = store.read_events(session_id, seq - 1, 1)
+    return store.get_turn(session_id, logged[0].turn_id) if logged else None
 
 
 def cancel_turn(store: SessionStore, *, session_id: str, turn_id: str, user_id: str,

@@ -8,6 +8,9 @@ import { WorkspacePage } from "../Layout";
 import { DeleteDialog, RenameDialog, SandboxButtons } from "../sandboxActions";
 import { useSession } from "../session";
 import { chatPath, ChatView } from "./Chat";
+import { AgentInboxView } from "./Inbox";
+
+type AgentView = "details" | "chat" | "inbox";
 
 function Events({ sandbox }: { sandbox: Sandbox }) {
   const events = useResource(() => api.get<Page<SandboxEvent>>(`/api/sandboxes/${enc(sandbox.id)}/events`),
@@ -94,7 +97,7 @@ function Sharing({ sandbox, workspace, userId, onChanged }: {
 }
 
 /** The agent's page: its details, or its Chat view (`view`), under the same head. */
-function Detail({ workspace, view }: { workspace: Workspace; view: "details" | "chat" }) {
+function Detail({ workspace, view }: { workspace: Workspace; view: AgentView }) {
   const { sid = "" } = useParams();
   const { user } = useSession();
   const navigate = useNavigate();
@@ -129,8 +132,10 @@ function Detail({ workspace, view }: { workspace: Workspace; view: "details" | "
           <nav className="tabs" aria-label="Agent views">
             <NavLink to={`/w/${workspace.id}/sandboxes/${item.id}`} end>Details</NavLink>
             <NavLink to={chatPath(workspace.id, item.id)}>Chat</NavLink>
+            <NavLink to={`/w/${workspace.id}/sandboxes/${item.id}/inbox`}>Inbox</NavLink>
           </nav>
-          {view === "chat" ? <ChatView workspace={workspace} sandbox={item} onSandboxChanged={() => void sandbox.reload()} />
+          {view === "inbox" ? <AgentInboxView workspace={workspace} sandbox={item} />
+            : view === "chat" ? <ChatView workspace={workspace} sandbox={item} onSandboxChanged={() => void sandbox.reload()} />
             : <div className="columns">
             <section className="card">
               <h2>Details</h2>
@@ -163,6 +168,6 @@ function Detail({ workspace, view }: { workspace: Workspace; view: "details" | "
   );
 }
 
-export function SandboxDetailPage({ view = "details" }: { view?: "details" | "chat" }) {
+export function SandboxDetailPage({ view = "details" }: { view?: AgentView }) {
   return <WorkspacePage>{(workspace) => <Detail workspace={workspace} view={view} />}</WorkspacePage>;
 }
