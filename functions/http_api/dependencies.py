@@ -114,7 +114,7 @@ class Principal:
     session: Session | None  # None when the caller used a personal access token
 
 
-def _bearer(request: Request) -> str | None:
+def bearer_token(request: Request) -> str | None:
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
 
@@ -122,7 +122,7 @@ def _bearer(request: Request) -> str | None:
 def optional_principal(request: Request, response: Response, users: Store, policy: Policy,
                        now: Now) -> Principal | None:
     """The caller from a bearer token or the session cookie; CSRF is checked for the cookie."""
-    bearer = _bearer(request)
+    bearer = bearer_token(request)
     if bearer is not None:
         token = identity.resolve_access_token(users, policy, bearer, now)
         if token is None:

@@ -70,6 +70,10 @@ class Action(StrEnum):
     inbox_read = "inbox.read"
     inbox_ack = "inbox.ack"
     agent_inbox_read = "agent_inbox.read"
+    task_create = "task.create"
+    tasks_read = "tasks.read"
+    task_cancel = "task.cancel"
+    interactions_read = "interactions.read"
 
 
 # The minimum workspace role for each action (api.md, "Workspaces and members").
@@ -119,7 +123,21 @@ POLICY: dict[Action, Role] = {
     Action.inbox_read: Role.guest,
     Action.inbox_ack: Role.guest,
     Action.agent_inbox_read: Role.guest,
+    # Delegation: a task drives its assignee as a message does, so asking is a developer's; the requester (or a
+    # developer) cancels; everyone in the workspace reads tasks and the interaction record (the audit trail).
+    Action.task_create: Role.developer,
+    Action.tasks_read: Role.guest,
+    Action.task_cancel: Role.developer,
+    Action.interactions_read: Role.guest,
 }
+
+# What an agent may do with its own credential (its proxy token, on the /api/agent/... routes), always inside its
+# own workspace: discover, message, read and ack its own mailbox, delegate, follow and cancel its own tasks. Nothing
+# else: an agent never manages members, sandboxes, quotas or other agents' cards.
+AGENT_ACTIONS: frozenset[Action] = frozenset({
+    Action.cards_read, Action.message_send, Action.inbox_read, Action.inbox_ack,
+    Action.task_create, Action.tasks_read, Action.task_cancel,
+})
 
 # The roles each role may hand out when adding a member (a maintainer may add developers and guests).
 ASSIGNABLE: dict[Role, frozenset[Role]] = {
@@ -186,6 +204,13 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
                        "/api/workspaces/{wid}/messages...)",
     Action.inbox_ack: "Acknowledge messages in one's own inbox (POST /api/workspaces/{wid}/inbox/ack)",
     Action.agent_inbox_read: "See an agent's mailbox (GET /api/sandboxes/{sid}/inbox)",
+    Action.task_create: "Delegate a task to an agent (POST /api/workspaces/{wid}/tasks; an agent: POST "
+                        "/api/agent/tasks); to another member's local agent only when it is shared",
+    Action.tasks_read: "See the workspace's tasks and their state (GET /api/workspaces/{wid}/tasks...; an agent: "
+                       "its own, GET /api/agent/tasks/{tid})",
+    Action.task_cancel: "Cancel a task (POST /api/workspaces/{wid}/tasks/{tid}/cancel; an agent: its own)",
+    Action.interactions_read: "Read the workspace's interaction record: sends, delegations, state changes "
+                              "(GET /api/workspaces/{wid}/interactions)",
 }
 
 # Actions that belong to the invitee, not to a workspace role: allowed only to an account whose
@@ -210,6 +235,12 @@ def authorize(role: Role | None, action: Action, *, on_self: bool = False) -> Ro
     raise Forbidden(f"A {role.value} may not do that; it needs the {POLICY[action].value} role.")
 
 
+def authorize_agent(action: Action) -> None:
+    """An agent acting with its own credential may take only the actions of AGENT_ACTIONS."""
+    if action not in AGENT_ACTIONS:
+        raise Forbidden("An agent may not do that.")
+
+
 def delete_action(*, own: bool) -> Action:
     """Deleting a sandbox one created needs less than deleting someone else's."""
     return Action.sandbox_delete_own if own else Action.sandbox_delete_any
@@ -231,11 +262,15 @@ def render_markdown() -> str:
         "Roles, lowest to highest: " + " < ".join(f"`{role.value}`" for role in roles) + ".",
         "Callers who are not members get 404 for everything under a workspace.",
         "",
-        "| Action | " + " | ".join(role.value for role in roles) + " |",
-        "|---|" + "---|" * len(roles),
+        "The `agent` column: what an agent may do with its own credential (its proxy token, on the "
+        "`/api/agent/...` routes), only inside its own workspace.",
+        "",
+        "| Action | " + " | ".join(role.value for role in roles) + " | agent |",
+        "|---|" + "---|" * (len(roles) + 1),
     ]
     for action in Action:
         marks = ["yes" if allowed(role, action) else "no" for role in roles]
+        marks.append("yes" if action in AGENT_ACTIONS else "no")
         lines.append(f"| {ACTION_DESCRIPTIONS[action]} | " + " | ".join(marks) + " |")
     lines += ["", "Roles each role may give when adding a member:", ""]
     for role in roles:
