@@ -17,6 +17,14 @@ app.command()(chat)
 app.command()(sessions)
 
 
+@app.command("mcp")
+def mcp_server() -> None:
+    """Serve this agent's tools to its harness over MCP (stdio): the harness starts it (docs/mcp.md)."""
+    from agent_client.mcp_server import main
+
+    raise typer.Exit(main())
+
+
 @app.command()
 def version() -> None:
     """Print the version."""

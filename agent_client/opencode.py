@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from agent_client.harnesses.agent_tools import SERVER_NAME, AgentTools
 from agent_client.processes import die_with_parent, stop_group
 from agent_client.registry import Registration, agentserver_home
 
@@ -46,13 +47,15 @@ def find_opencode(directory: Path) -> Path:
 
 def config_content(registration: Registration, model: str = DEFAULT_MODEL) -> str:
     """OPENCODE_CONFIG_CONTENT: opencode's Anthropic provider goes through the server's LLM proxy,
-    which knows the sandbox by its proxy token (sent by opencode as `x-api-key`)."""
+    which knows the sandbox by its proxy token (sent by opencode as `x-api-key`); and the agent's own tools, a
+    local MCP server whose variables (the token) opencode passes on from its environment, not from here."""
     base_url = registration.llm_base_url.rstrip("/")
     if not base_url.endswith("/v1"):
         base_url += "/v1"  # the Anthropic SDK appends /messages to its base URL
     return json.dumps({
         "provider": {"anthropic": {"options": {"baseURL": base_url, "apiKey": registration.proxy_token}}},
         "model": model,
+        "mcp": {SERVER_NAME: {"type": "local", "command": AgentTools.of(registration).command(), "enabled": True}},
     })
 
 
@@ -81,8 +84,9 @@ class OpencodeServer:
 
     async def start(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
         self.log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # One opencode serves every turn: no turn id for the tools (the server finds the agent's running turn).
         environment = {**os.environ, "OPENCODE_CONFIG_CONTENT": config_content(self.registration),
-                       **OFFLINE_ENVIRONMENT}
+                       **OFFLINE_ENVIRONMENT, **AgentTools.of(self.registration).environment()}
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 [str(self.executable), "serve", "--port", str(self.port), "--hostname", "127.0.0.1"],

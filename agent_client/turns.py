@@ -308,7 +308,8 @@ class TurnRunner:
             if self._harness is None:
                 self._harness = self._harness_factory()
             request = TurnRequest(start.text, resume=start.harness_session_id, model=start.model,
-                                  permission_mode=start.permission_mode)  # type: ignore[arg-type]  # checked by the codec
+                                  permission_mode=start.permission_mode,  # type: ignore[arg-type]  # the codec's
+                                  turn_id=start.turn_id)
             turn = await self._harness.start_turn(request)
         except HarnessError as error:
             await self._emit(state, failed(str(error), session_id=start.harness_session_id))

@@ -55,6 +55,7 @@ class TurnRequest:
     resume: str | None = None  # the harness session id a previous turn reported (Turn.session_id)
     model: str | None = None  # the harness's model name; None: the harness's configured default
     permission_mode: PermissionMode = "ask"
+    turn_id: str | None = None  # the server's id of this turn: the agent's tools name it (delegation's chain)
 
     def __post_init__(self) -> None:
         if not self.text.strip():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import uuid
@@ -36,6 +37,7 @@ from agent_client.harnesses import (
     find_cli,
     usage,
 )
+from agent_client.harnesses.agent_tools import SERVER_NAME, AgentTools
 from agent_client.harnesses.process import JsonLinesProcess
 
 # Our modes as Claude Code's --permission-mode. In "ask" every prompt comes to us; full-auto skips them all
@@ -149,9 +151,11 @@ def full_auto_refusal(mode: PermissionMode, *, uid: int | None, environment: dic
 class ClaudeCodeHarness(Harness):
     name = "claudecode"
 
-    def __init__(self, *, directory: Path, proxy: ProxyAccess, config_dir: Path, executable: Path | None = None):
+    def __init__(self, *, directory: Path, proxy: ProxyAccess, config_dir: Path, executable: Path | None = None,
+                 tools: AgentTools | None = None):
         self.directory = directory
         self.proxy = proxy
+        self.tools = tools
         # Its own CLAUDE_CONFIG_DIR: sessions (for --resume) and settings apart from the user's ~/.claude, and no
         # login of the user's is ever used: the proxy token is the only credential.
         self.config_dir = config_dir
@@ -166,17 +170,28 @@ class ClaudeCodeHarness(Harness):
             argv += ["--model", request.model]
         if request.resume:
             argv += ["--resume", request.resume]
+        if self.tools is not None:
+            # The agent's tools: the server's command only (its variables come from our environment, which Claude
+            # Code passes on to the stdio servers it starts); allowed in every mode, as the agent's own credential
+            # bounds what they do (docs/mcp.md).
+            command, *args = self.tools.command()
+            # alwaysLoad: its seven tools are offered to the model at once, not deferred behind tool search.
+            config = {"mcpServers": {SERVER_NAME: {"type": "stdio", "command": command, "args": args,
+                                                   "alwaysLoad": True}}}
+            argv += ["--mcp-config", json.dumps(config), "--allowedTools", f"mcp__{SERVER_NAME}"]
         return argv
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, request: TurnRequest | None = None) -> dict[str, str]:
+        tools = self.tools.environment(request.turn_id if request else None) if self.tools else {}
         return clean_environment(**OFFLINE_ENVIRONMENT, ANTHROPIC_BASE_URL=self.proxy.anthropic_base_url,
-                                 ANTHROPIC_API_KEY=self.proxy.proxy_token, CLAUDE_CONFIG_DIR=str(self.config_dir))
+                                 ANTHROPIC_API_KEY=self.proxy.proxy_token, CLAUDE_CONFIG_DIR=str(self.config_dir),
+                                 **tools)
 
     async def version(self) -> str | None:
         return await cli_version(self.executable)
 
     async def start_turn(self, request: TurnRequest) -> Turn:
-        environment = self.environment()
+        environment = self.environment(request)
         refusal = full_auto_refusal(request.permission_mode, uid=os.getuid() if hasattr(os, "getuid") else None,
                                     environment=environment)
         if refusal is not None:

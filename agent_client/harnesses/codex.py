@@ -38,6 +38,7 @@ from agent_client.harnesses import (
     find_cli,
     usage,
 )
+from agent_client.harnesses.agent_tools import SERVER_NAME, VARIABLES, AgentTools
 from agent_client.harnesses.process import JsonLinesProcess
 
 PROVIDER_ID = "agentserver"
@@ -68,9 +69,12 @@ def toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-def config_toml(proxy: ProxyAccess) -> str:
+def config_toml(proxy: ProxyAccess, tools: AgentTools | None = None) -> str:
     """CODEX_HOME/config.toml: the proxy as the only model provider; no update check, analytics or feedback. The
-    approval policy and sandbox come with each thread/start or thread/resume (the turn's mode)."""
+    approval policy and sandbox come with each thread/start or thread/resume (the turn's mode). With the agent's
+    tools, their MCP server: its command, and the names of the variables Codex passes on to it from its own
+    environment (`env_vars`: the token is never written here); its tools run without asking, as the agent's own
+    credential bounds what they do (docs/mcp.md)."""
     return "\n".join([
         f"model_provider = {toml_string(PROVIDER_ID)}",
         f"model = {toml_string(DEFAULT_MODEL)}",
@@ -90,7 +94,21 @@ def config_toml(proxy: ProxyAccess) -> str:
         f"env_key = {toml_string(TOKEN_VARIABLE)}",
         'wire_api = "responses"',
         "",
+        *(_mcp_server_toml(tools) if tools is not None else []),
     ])
+
+
+def _mcp_server_toml(tools: AgentTools) -> list[str]:
+    command, *args = tools.command()
+    return [
+        f"[mcp_servers.{SERVER_NAME}]",
+        f"command = {toml_string(command)}",
+        f"args = [{', '.join(map(toml_string, args))}]",
+        f"env_vars = [{', '.join(map(toml_string, VARIABLES))}]",
+        'default_tools_approval_mode = "approve"',
+        "startup_timeout_sec = 30",
+        "",
+    ]
 
 
 def is_server_request(message: dict[str, Any]) -> bool:
@@ -315,9 +333,11 @@ def mode_allows(mode: PermissionMode, tool: str, tool_input: dict[str, Any], dir
 class CodexHarness(Harness):
     name = "codex"
 
-    def __init__(self, *, directory: Path, proxy: ProxyAccess, codex_home: Path, executable: Path | None = None):
+    def __init__(self, *, directory: Path, proxy: ProxyAccess, codex_home: Path, executable: Path | None = None,
+                 tools: AgentTools | None = None):
         self.directory = directory
         self.proxy = proxy
+        self.tools = tools
         self.codex_home = codex_home  # holds the threads thread/resume reads: keep it across turns
         self.executable = executable or find_cli("codex", "codex", "`npm install -g @openai/codex`")
 
@@ -335,11 +355,12 @@ class CodexHarness(Harness):
             params.update(threadId=request.resume, excludeTurns=True)  # the history stays in Codex
         return params
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, request: TurnRequest | None = None) -> dict[str, str]:
         # Codex refuses to put its sandbox helpers under the temporary folder, so CODEX_HOME must not be inside
         # TMPDIR (tests keep it under /tmp): its own TMPDIR inside CODEX_HOME satisfies that anywhere.
+        tools = self.tools.environment(request.turn_id if request else None) if self.tools else {}
         return clean_environment(CODEX_HOME=str(self.codex_home), TMPDIR=str(self.codex_home / "tmp"),
-                                 **{TOKEN_VARIABLE: self.proxy.proxy_token})
+                                 **{TOKEN_VARIABLE: self.proxy.proxy_token}, **tools)
 
     async def version(self) -> str | None:
         return await cli_version(self.executable)
@@ -347,9 +368,9 @@ class CodexHarness(Harness):
     async def start_turn(self, request: TurnRequest) -> Turn:
         (self.codex_home / "tmp").mkdir(mode=0o700, parents=True, exist_ok=True)
         config = self.codex_home / "config.toml"
-        config.write_text(config_toml(self.proxy))
+        config.write_text(config_toml(self.proxy, self.tools))
         config.chmod(0o600)
-        process = JsonLinesProcess(self.argv(), cwd=self.directory, env=self.environment())
+        process = JsonLinesProcess(self.argv(), cwd=self.directory, env=self.environment(request))
         try:
             await process.start()
         except OSError as error:

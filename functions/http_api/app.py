@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from functions.http_api.routers import (
     admin,
+    agent_api,
     auth,
     cards,
     health,
@@ -70,6 +71,7 @@ def create_app() -> FastAPI:
         app.include_router(module.router)
     app.include_router(cards.router)
     app.include_router(mailboxes.router)
+    app.include_router(agent_api.router)
     _install_error_handlers(app)
     return app
 

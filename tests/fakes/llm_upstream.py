@@ -75,6 +75,23 @@ class ScriptedToolCall:
     arguments: dict[str, Any]
 
 
+def offered_tools(payload: dict[str, Any]) -> dict[str, tuple[str | None, str]]:
+    """The tools a request offers, by full name → (namespace, name). Codex offers an MCP server's tools in a
+    Responses `namespace` (`mcp__<server>`, each tool by its own name); their full name is Claude Code's
+    `mcp__<server>__<tool>`, and a call of one names both."""
+    offered: dict[str, tuple[str | None, str]] = {}
+    for tool in payload.get("tools") or []:
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            continue
+        if tool.get("type") == "namespace":
+            for inner in tool.get("tools") or []:
+                if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+                    offered[f"{tool['name']}__{inner['name']}"] = (tool["name"], inner["name"])
+        else:
+            offered[tool["name"]] = (None, tool["name"])
+    return offered
+
+
 @dataclass
 class FakeLlmUpstream:
     anthropic_key: str = "sk-ant-fake-upstream-key"
@@ -143,8 +160,7 @@ class FakeLlmUpstream:
     def wants_tool_call(self, payload: dict[str, Any]) -> ScriptedToolCall | None:
         """The scripted tool call, when this request offers the tool and its last input is the user's text."""
         call = self.tool_call
-        if call is None or call.name not in {tool.get("name") for tool in payload.get("tools") or []
-                                             if isinstance(tool, dict)}:
+        if call is None or call.name not in offered_tools(payload):
             return None
         items = payload.get("messages") if "messages" in payload else payload.get("input")
         if not isinstance(items, list):
@@ -442,8 +458,10 @@ class _Handler(BaseHTTPRequestHandler):
         tool_call = fake.wants_tool_call(payload)
         if tool_call is not None:
             arguments = json.dumps(tool_call.arguments)
+            namespace, name = offered_tools(payload)[tool_call.name]
             call = {"id": f"fc_{uuid.uuid4().hex[:24]}", "type": "function_call", "status": "completed",
-                    "call_id": f"call_{uuid.uuid4().hex[:24]}", "name": tool_call.name, "arguments": arguments}
+                    "call_id": f"call_{uuid.uuid4().hex[:24]}", "name": name, "arguments": arguments,
+                    **({"namespace": namespace} if namespace else {})}
             event("response.output_item.added", {"output_index": 0, "item": {**call, "status": "in_progress",
                                                                               "arguments": ""}})
             event("response.function_call_arguments.delta", {"item_id": call["id"], "output_index": 0,

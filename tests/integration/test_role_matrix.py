@@ -179,6 +179,14 @@ def send_message(to: str) -> Request:
 
 
 ALL_USERS_OK = statuses(200, 200, 200, 200, 200, 200)
+NO_MEMBER_CREDENTIAL = statuses(401, 401, 401, 401, 401, 401)
+AGENT_ROUTES: list[tuple[str, str, Callable[[World], Any] | None]] = [
+    ("GET", "/api/agent/me", None), ("GET", "/api/agent/agents", None),
+    ("POST", "/api/agent/messages", lambda w: {"to": "member:{subject}", "message_id": "m-1",
+                                               "parts": [{"kind": "text", "text": "hi"}]}),
+    ("GET", "/api/agent/messages/m-none", None), ("GET", "/api/agent/inbox", None),
+    ("POST", "/api/agent/inbox/ack", lambda w: {"message_ids": ["m-none"]}),
+]
 ROWS = [
     Row("POST /api/auth/register", register, statuses(201, 201, 201, 201, 201, 201, anonymous=201)),
     Row("POST /api/auth/login", login, statuses(200, 200, 200, 200, 200, 200, anonymous=200)),
@@ -371,6 +379,9 @@ ROWS = [
         statuses(200, 200, 200, 200, 404, 404)),
     Row("GET /api/sandboxes/{sid}/inbox", call("GET", "/api/sandboxes/{sid}/inbox"),
         statuses(200, 200, 200, 200, 404, 404)),
+    # The agent API takes an agent's own token only (tests/integration/test_agent_api.py): no member's credential
+    *[Row(f"{method} {path} (a member's session)", call(method, path, body), NO_MEMBER_CREDENTIAL)
+      for method, path, body in AGENT_ROUTES],
 ]
 
 

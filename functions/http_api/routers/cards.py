@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions.http_api.dependencies import Caller, Now, Store
 from functions.http_api.routers.sandboxes import Sandboxes, _sandbox_with_role
+from layers.shared.dal.sandboxes import DynamoSandboxStore
 from layers.shared.domain import cards, workspaces
 from layers.shared.domain.agents import AgentType, SandboxKind, SandboxStatus
 from layers.shared.domain.roles import Action
@@ -74,21 +76,34 @@ class CardList(BaseModel):
     next_cursor: str | None = None
 
 
+@dataclass
+class DirectoryQuery:
+    """The directory's filters and page, as query parameters (the member's and the agent's routes alike)."""
+
+    skill: str | None = Query(default=None, max_length=cards.MAX_SKILL_NAME)
+    tag: str | None = Query(default=None, max_length=cards.MAX_TAG)
+    status: SandboxStatus | None = None
+    kind: SandboxKind | None = None
+    harness: AgentType | None = None
+    q: str | None = Query(default=None, max_length=cards.MAX_QUERY)
+    limit: int = Query(default=DEFAULT_PAGE, ge=1, le=MAX_PAGE)
+    cursor: str | None = Query(default=None, max_length=200)
+
+    def page(self, sandboxes: DynamoSandboxStore, workspace_id: str) -> CardList:
+        found = cards.find_agents(sandboxes, workspace_id=workspace_id, skill=self.skill, tag=self.tag,
+                                  status=self.status, kind=self.kind, harness=self.harness, text=self.q)
+        chosen, next_cursor = cards.page(found, limit=self.limit, cursor=self.cursor)
+        return CardList(items=[CardOut(**card.public()) for card in chosen], next_cursor=next_cursor)
+
+
+Directory = Annotated[DirectoryQuery, Depends()]
+
+
 @router.get("/api/workspaces/{workspace_id}/agents", response_model=CardList)
-def list_agents(workspace_id: str, caller: Caller, store: Store, sandboxes: Sandboxes,
-                skill: str | None = Query(default=None, max_length=cards.MAX_SKILL_NAME),
-                tag: str | None = Query(default=None, max_length=cards.MAX_TAG),
-                status: SandboxStatus | None = None, kind: SandboxKind | None = None,
-                harness: AgentType | None = None,
-                q: str | None = Query(default=None, max_length=cards.MAX_QUERY),
-                limit: int = Query(default=DEFAULT_PAGE, ge=1, le=MAX_PAGE),
-                cursor: str | None = Query(default=None, max_length=200)) -> CardList:
+def list_agents(workspace_id: str, caller: Caller, store: Store, sandboxes: Sandboxes, query: Directory) -> CardList:
     """The workspace's agents and their cards, newest first, filtered by every parameter given."""
     workspaces.membership(store, workspace_id, caller.user.user_id, Action.cards_read)
-    found = cards.find_agents(sandboxes, workspace_id=workspace_id, skill=skill, tag=tag, status=status, kind=kind,
-                              harness=harness, text=q)
-    chosen, next_cursor = cards.page(found, limit=limit, cursor=cursor)
-    return CardList(items=[CardOut(**card.public()) for card in chosen], next_cursor=next_cursor)
+    return query.page(sandboxes, workspace_id)
 
 
 @router.get("/api/sandboxes/{sandbox_id}/card", response_model=CardOut)

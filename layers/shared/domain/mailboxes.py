@@ -31,12 +31,12 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from layers.shared.clock import utcnow
 from layers.shared.domain import roles, sessions
-from layers.shared.domain.agents import Sandbox, SandboxStatus
+from layers.shared.domain.agents import Sandbox, SandboxKind, SandboxStatus
 from layers.shared.domain.principals import Principal
 from layers.shared.domain.principals import parse as parse_principal
 from layers.shared.domain.roles import Action, Role
 from layers.shared.domain.sessions import SessionLimits, SessionStore, Turn, TurnStatus
-from layers.shared.errors import AppError, Conflict, NotFound, PayloadTooLarge, RateLimited, ValidationFailed
+from layers.shared.errors import AppError, Conflict, Forbidden, NotFound, PayloadTooLarge, RateLimited, ValidationFailed
 
 
 class MessageState(StrEnum):
@@ -56,6 +56,8 @@ REACHED_FROM: dict[MessageState, frozenset[MessageState]] = {
     MessageState.failed: OPEN_STATES,
     MessageState.queued: OPEN_STATES,  # a retry of a failed turn
 }
+
+AGENT_READABLE = frozenset({MessageState.delivered})  # what an agent's own read marks `read`
 
 # Limits (docs/security.md, "Mailboxes"); the cap, rate and retention come from the settings (MailboxLimits).
 MAX_PARTS = 20
@@ -253,12 +255,34 @@ def authorize_send(*, role: Role | None, user_id: str, to: Principal, agent: San
     A recipient outside the workspace does not exist (404)."""
     roles.authorize(role, Action.message_send)
     if to.is_agent:
-        if agent is None or agent.workspace_id != workspace_id or agent.status in (SandboxStatus.deleted,
-                                                                                   SandboxStatus.deleting):
-            raise NotFound("No such agent in this workspace.")
-        sessions.authorize_drive(agent, user_id, role, Action.turn_post)
+        sessions.authorize_drive(_recipient_agent(agent, workspace_id), user_id, role, Action.turn_post)
     elif not recipient_is_member:
         raise NotFound("No such member in this workspace.")
+
+
+def authorize_agent_send(*, sender: Sandbox, to: Principal, agent: Sandbox | None, recipient_is_member: bool) -> None:
+    """An agent acting with its own credential may send (`message.send`, in AGENT_ACTIONS) to a member of its
+    workspace, or to another of its agents that the member who connected it could drive without asking: a cloud
+    agent, a shared local agent, or a local agent of that same member. Never to itself (its message would be its
+    own next turn, a loop); another member's unshared local agent is refused as it is to members."""
+    roles.authorize_agent(Action.message_send)
+    if to.is_agent:
+        recipient = _recipient_agent(agent, sender.workspace_id)
+        if recipient.sandbox_id == sender.sandbox_id:
+            raise ValidationFailed("An agent cannot send a message to itself.")
+        if recipient.kind == SandboxKind.local and recipient.created_by != sender.created_by and not recipient.shared:
+            raise Forbidden("This local agent runs on another member's machine and is not shared with the "
+                            "workspace; only its owner may drive it.")
+    elif not recipient_is_member:
+        raise NotFound("No such member in this workspace.")
+
+
+def _recipient_agent(agent: Sandbox | None, workspace_id: str) -> Sandbox:
+    """The agent a message goes to, when it lives in the workspace; an agent outside it does not exist (404)."""
+    if agent is None or agent.workspace_id != workspace_id or agent.status in (SandboxStatus.deleted,
+                                                                               SandboxStatus.deleting):
+        raise NotFound("No such agent in this workspace.")
+    return agent
 
 
 def send_message(store: MailboxStore, queue: DeliveryQueue, *, workspace_id: str, sender: Principal, to: Principal,
@@ -330,9 +354,12 @@ def read_inbox(store: MailboxStore, *, workspace_id: str, owner: Principal, afte
 
 
 def _marked_read(store: MailboxStore, message: Message, now: datetime, retention_days: int) -> Message:
-    if message.state not in REACHED_FROM[MessageState.read]:
+    # An agent reading its own mailbox (the agent API) marks only what already became a turn: a queued message
+    # marked read would never be delivered.
+    readable = AGENT_READABLE if message.to.is_agent else REACHED_FROM[MessageState.read]
+    if message.state not in readable:
         return message
-    if store.move(message, MessageState.read, read_at=now, retention_days=retention_days):
+    if store.move(message, MessageState.read, from_states=readable, read_at=now, retention_days=retention_days):
         return replace(message, state=MessageState.read, read_at=now)
     return message
 
