@@ -82,11 +82,14 @@ class OpencodeServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.version: str | None = None
 
+    def environment(self) -> dict[str, str]:
+        # One opencode serves every turn: no turn id for the tools (the server finds the agent's running turn).
+        return {**os.environ, "OPENCODE_CONFIG_CONTENT": config_content(self.registration), **OFFLINE_ENVIRONMENT,
+                **AgentTools.of(self.registration).environment()}
+
     async def start(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
         self.log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # One opencode serves every turn: no turn id for the tools (the server finds the agent's running turn).
-        environment = {**os.environ, "OPENCODE_CONFIG_CONTENT": config_content(self.registration),
-                       **OFFLINE_ENVIRONMENT, **AgentTools.of(self.registration).environment()}
+        environment = self.environment()
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 [str(self.executable), "serve", "--port", str(self.port), "--hostname", "127.0.0.1"],

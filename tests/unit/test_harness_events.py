@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent_client.harnesses import EVENT_TYPES, HarnessError, HarnessEvent, ProxyAccess, TurnRequest
+from agent_client.harnesses.agent_tools import AgentTools
 from agent_client.harnesses.claude_code import (
     FULL_AUTO_AS_ROOT,
     ClaudeCodeHarness,
@@ -20,6 +23,9 @@ from agent_client.harnesses.claude_code import (
 )
 from agent_client.harnesses.codex import CodexHarness, CodexParser, config_toml, mode_allows
 from agent_client.harnesses.opencode import OpencodeParser, auto_answer, parse_model
+from agent_client.mcp_server import AgentApi, ConfigurationMissing
+from agent_client.opencode import OpencodeServer
+from agent_client.registry import Registration
 
 SAMPLES = Path(__file__).parent / "harness_samples"
 
@@ -224,6 +230,56 @@ def test_cli_flags_and_proxy_configuration(tmp_path: Path, monkeypatch: pytest.M
     config = config_toml(proxy)
     assert 'base_url = "http://127.0.0.1:9000/llm/v1"' in config and 'wire_api = "responses"' in config
     assert "asx_secret" not in config and "check_for_update_on_startup = false" in config
+    assert "mcp_servers" not in config
+
+
+def test_each_harness_starts_the_agents_tools_with_the_token_only_in_its_environment(tmp_path: Path) -> None:
+    proxy = ProxyAccess(llm_base_url="http://127.0.0.1:9000/llm", proxy_token="asx_secret")
+    tools = AgentTools(api_url="http://127.0.0.1:9000/", token="asx_secret")
+    request = TurnRequest("hi", turn_id="turn-7")
+    expected = {"AGENTSERVER_API_URL": "http://127.0.0.1:9000", "AGENTSERVER_AGENT_TOKEN": "asx_secret",
+                "AGENTSERVER_TURN_ID": "turn-7"}
+    # Claude Code: --mcp-config names the command (this interpreter, `python -m agent_client.mcp_server`) and its
+    # tools are allowed; the variables are in the CLI's environment, which it passes on to the server
+    claude = ClaudeCodeHarness(directory=tmp_path, proxy=proxy, config_dir=tmp_path / "c", executable=Path("claude"),
+                               tools=tools)
+    argv = claude.argv(request)
+    config = json.loads(argv[argv.index("--mcp-config") + 1])
+    assert config == {"mcpServers": {"agentserver": {"type": "stdio", "command": sys.executable,
+                                                     "args": ["-m", "agent_client.mcp_server"], "alwaysLoad": True}}}
+    assert argv[argv.index("--allowedTools") + 1] == "mcp__agentserver"
+    assert "asx_secret" not in " ".join(argv)
+    assert expected.items() <= claude.environment(request).items()
+    # Codex: config.toml names the server and the variables it passes on, never their values
+    codex = CodexHarness(directory=tmp_path, proxy=proxy, codex_home=tmp_path / "x", executable=Path("codex"),
+                         tools=tools)
+    toml = tomllib.loads(config_toml(proxy, tools))
+    assert toml["mcp_servers"]["agentserver"] == {
+        "command": sys.executable, "args": ["-m", "agent_client.mcp_server"],
+        "env_vars": ["AGENTSERVER_API_URL", "AGENTSERVER_AGENT_TOKEN", "AGENTSERVER_TURN_ID"],
+        "default_tools_approval_mode": "approve", "startup_timeout_sec": 30}
+    assert "asx_secret" not in config_toml(proxy, tools) and "asx_secret" not in " ".join(codex.argv())
+    assert expected.items() <= codex.environment(request).items()
+    # opencode: its config names the local server; the variables are in `opencode serve`'s environment
+    registration = Registration(server="http://127.0.0.1:9000/", workspace_id="ws", sandbox_id="sb", name="oc",
+                                agent_type="opencode", directory=str(tmp_path), tunnel_url="ws://x",
+                                llm_base_url="http://127.0.0.1:9000/llm", tunnel_token="ast_t",
+                                proxy_token="asx_secret")
+    served = OpencodeServer(registration, executable=Path("opencode"))
+    mcp = json.loads(served.environment()["OPENCODE_CONFIG_CONTENT"])["mcp"]
+    assert mcp == {"agentserver": {"type": "local", "command": [sys.executable, "-m", "agent_client.mcp_server"],
+                                   "enabled": True}}
+    assert {key: served.environment()[key] for key in ("AGENTSERVER_API_URL", "AGENTSERVER_AGENT_TOKEN")} == {
+        "AGENTSERVER_API_URL": "http://127.0.0.1:9000", "AGENTSERVER_AGENT_TOKEN": "asx_secret"}
+    # Without tools (a harness built by hand), nothing of them
+    assert "--mcp-config" not in ClaudeCodeHarness(directory=tmp_path, proxy=proxy, config_dir=tmp_path / "c",
+                                                   executable=Path("claude")).argv(request)
+    # The server itself refuses to start without its token, naming what is missing and nothing else
+    with pytest.raises(ConfigurationMissing, match="AGENTSERVER_AGENT_TOKEN"):
+        AgentApi.from_environment({"AGENTSERVER_API_URL": "http://x"})
+    api = AgentApi.from_environment(expected)
+    assert api.headers() == {"Authorization": "Bearer asx_secret", "X-Agentserver-Turn": "turn-7"}
+    assert "asx_secret" not in repr(api) and "asx_secret" not in repr(tools)
 
 
 def test_claude_code_full_auto_as_root_is_refused_before_it_starts_unless_the_machine_is_a_sandbox() -> None:

@@ -209,6 +209,40 @@ def test_who_may_send() -> None:
     check(Role.developer, TO_AGENT, agent=replace(AGENT, shared=True), user="u-bob")
 
 
+def test_who_an_agent_may_send_to_with_its_own_token() -> None:
+    cloud = replace(AGENT, sandbox_id="sb-cloud", kind=SandboxKind.cloud, created_by="u-carol")
+    bobs_laptop = replace(AGENT, sandbox_id="sb-bob", created_by="u-bob")
+
+    def check(to: Principal, agent: Sandbox | None, sender: Sandbox = AGENT, member: bool = True) -> None:
+        mailboxes.authorize_agent_send(sender=sender, to=to, agent=agent, recipient_is_member=member)
+
+    check(BOB, None)  # a member of its workspace
+    check(Principal.agent(cloud.sandbox_id), cloud)  # a cloud agent
+    check(TO_AGENT, AGENT, sender=replace(AGENT, sandbox_id="sb-alices-other"))  # a laptop of the same member
+    check(Principal.agent(bobs_laptop.sandbox_id), replace(bobs_laptop, shared=True))  # a shared laptop
+    with pytest.raises(Forbidden):  # another member's unshared laptop
+        check(Principal.agent(bobs_laptop.sandbox_id), bobs_laptop)
+    with pytest.raises(ValidationFailed):  # itself: its message would be its own next turn
+        check(TO_AGENT, AGENT)
+    with pytest.raises(NotFound):  # nobody outside its workspace, nor a deleted agent
+        check(BOB, None, member=False)
+    with pytest.raises(NotFound):
+        check(Principal.agent(cloud.sandbox_id), replace(cloud, workspace_id="ws-other"))
+    with pytest.raises(NotFound):
+        check(Principal.agent(cloud.sandbox_id), replace(cloud, status=SandboxStatus.deleting))
+
+
+def test_an_agent_reading_its_own_mailbox_leaves_what_waits_for_its_turn_queued(world: World) -> None:
+    world.send(to=TO_AGENT)
+    [waiting] = mailboxes.read_inbox(world.mail, workspace_id=WS, owner=TO_AGENT, now=NOW).messages
+    assert waiting.state == MessageState.queued  # marked read, it would never become a turn
+    assert world.deliver(1).outcome == "turn"
+    sessions.claim_next_turn(world.sessions, sandbox_id=AGENT.sandbox_id)
+    assert world.message(TO_AGENT, 1).state == MessageState.delivered
+    [delivered] = mailboxes.read_inbox(world.mail, workspace_id=WS, owner=TO_AGENT, now=NOW).messages
+    assert delivered.state == MessageState.read and world.message(TO_AGENT, 1).read_at == NOW
+
+
 # Agents: a message becomes a turn ---------------------------------------------------------------
 
 
