@@ -21,6 +21,7 @@ from functions.http_api.routers import (
     sandboxes,
     session_viewers,
     sessions,
+    tasks,
     tokens,
     workspaces,
 )
@@ -70,6 +71,7 @@ def create_app() -> FastAPI:
         app.include_router(module.router)
     app.include_router(cards.router)
     app.include_router(mailboxes.router)
+    app.include_router(tasks.router)
     _install_error_handlers(app)
     return app
 
