@@ -22,6 +22,7 @@ from functions.http_api.routers import (
     sandboxes,
     session_viewers,
     sessions,
+    tasks,
     tokens,
     workspaces,
 )
@@ -72,6 +73,7 @@ def create_app() -> FastAPI:
     app.include_router(cards.router)
     app.include_router(mailboxes.router)
     app.include_router(agent_api.router)
+    app.include_router(tasks.router)
     _install_error_handlers(app)
     return app
 

@@ -1,5 +1,6 @@
 """Scheduled repair of state that a lost trigger left behind (lost $disconnects, silent agents, turns left running on
-an agent that is gone, stuck sandboxes, workspaces half deleted), and idle auto-pause."""
+an agent that is gone, stuck sandboxes, workspaces half deleted), idle auto-pause, and delegated tasks past their
+deadline (they fail with reason `timeout`)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from layers.shared import clock
 from layers.shared.dal.connections import ApiGatewayPusher, DynamoConnectionStore
 from layers.shared.dal.operations import SqsCommandQueue
 from layers.shared.dal.sandboxes import DynamoSandboxStore
-from layers.shared.dal.session_delivery import session_delivery
+from layers.shared.dal.session_delivery import session_delivery, session_store
+from layers.shared.dal.tasks import followers
 from layers.shared.dal.workspace_deletion import DynamoWorkspaceDeletion
-from layers.shared.domain import agent_connections, sandbox_lifecycle, workspace_deletion
+from layers.shared.domain import agent_connections, sandbox_lifecycle, tasks, workspace_deletion
 from layers.shared.domain.connections import ConnectionPusher, ConnectionStore, reap_lost_connections
 from layers.shared.domain.sandbox_lifecycle import CommandQueue, LifecycleConfig, LifecycleStore
 from layers.shared.domain.workspace_deletion import DeletionStore
@@ -54,13 +56,17 @@ def handler(
     paused = sandbox_lifecycle.pause_idle(sandboxes, queue, now=moment, config=config)
     workspaces_removed = workspace_deletion.repair(workspaces or DynamoWorkspaceDeletion(), sandboxes, queue,
                                                    records, pusher, now=moment, config=config)
+    # Tasks past their deadline fail (timeout) and their turns stop; ended tasks' results not sent yet go out
+    tasks_swept = tasks.sweep(followers(session_store()), now=moment, notify=delivery.notify)
     metrics.add_metric(name="LostConnectionsRemoved", unit=MetricUnit.Count, value=removed)
     metrics.add_metric(name="SilentAgentsOffline", unit=MetricUnit.Count, value=silenced)
     metrics.add_metric(name="StuckSandboxesRepaired", unit=MetricUnit.Count, value=repaired)
     metrics.add_metric(name="IdleSandboxesPaused", unit=MetricUnit.Count, value=paused)
     metrics.add_metric(name="DeletedWorkspacesRemoved", unit=MetricUnit.Count, value=workspaces_removed)
     metrics.add_metric(name="OrphanedTurnsInterrupted", unit=MetricUnit.Count, value=len(orphaned))
+    metrics.add_metric(name="TasksSwept", unit=MetricUnit.Count, value=tasks_swept)
     result = {"connections_removed": removed, "agents_offline": silenced, "turns_interrupted": len(orphaned),
-              "sandboxes_repaired": repaired, "sandboxes_paused": paused, "workspaces_removed": workspaces_removed}
+              "sandboxes_repaired": repaired, "sandboxes_paused": paused, "workspaces_removed": workspaces_removed,
+              "tasks_swept": tasks_swept}
     logger.info("reaper done", extra=result)
     return result

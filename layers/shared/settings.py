@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     # Turns one message to an agent may take (a failed or interrupted turn delivers it again) before it is failed
     mailbox_max_deliveries: int = Field(default=3, ge=1, le=10, alias="AGENTSERVER_MAILBOX_MAX_DELIVERIES")
 
+    # Delegation (docs/api.md, "Tasks"): how deep a chain of tasks may go (a member's task is 1 deep)
+    task_max_depth: int = Field(default=3, ge=1, le=10, alias="AGENTSERVER_TASK_MAX_DEPTH")
+
     # LLM proxy (docs/llm-proxy.md)
     llm_default_max_rpd: int = Field(default=0, ge=0, alias="LLMPROXY_DEFAULT_MAX_RPD")  # 0 = unlimited
     anthropic_base_url: str = Field(default="https://api.anthropic.com", alias="ANTHROPIC_BASE_URL")

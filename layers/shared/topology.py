@@ -291,8 +291,25 @@ MAILBOXES = Table(
 # no room for another turn (turn_queue_full), so it may be received more often than sandbox-ops' commands.
 MAIL_DELIVERY = Queue(name="mail-delivery", visibility_timeout_seconds=60, max_receive_count=10)
 
+TASKS = Table(
+    # Delegation (docs/api.md, "Tasks"): tasks, the turn each one runs as, and the workspace's interaction record
+    # (sends, delegations, state changes); docs/data-model.md lists the items.
+    name="tasks",
+    partition=Key("pk"),
+    sort=Key("sk"),
+    indexes=(
+        GlobalIndex("gsi1", partition=Key("gsi1pk"), sort=Key("gsi1sk")),  # a workspace's tasks; a task's records
+        GlobalIndex("gsi2", partition=Key("gsi2pk"), sort=Key("gsi2sk")),  # the tasks a principal asked for
+        GlobalIndex("gsi3", partition=Key("gsi3pk"), sort=Key("gsi3sk")),  # the tasks assigned to an agent
+        # Sparse: a task that is open (until its deadline) or whose result is not sent yet carries `due` and
+        # `due_at`, so the sweep finds overdue tasks by a query.
+        GlobalIndex("by_due", partition=Key("due"), sort=Key("due_at")),
+    ),
+    ttl_attribute="expires_at",  # interaction records and ended tasks: AGENTSERVER_MAILBOX_RETENTION_DAYS
+)
+
 TOPOLOGY = Topology(
-    tables=(CONNECTIONS, OPERATIONS, IDENTITY, SANDBOXES, USAGE, SESSIONS, VIEWERS, MAILBOXES),
+    tables=(CONNECTIONS, OPERATIONS, IDENTITY, SANDBOXES, USAGE, SESSIONS, VIEWERS, MAILBOXES, TASKS),
     queues=(SANDBOX_OPS, MAIL_DELIVERY),
     buckets=(Bucket("console"), SESSION_PAYLOADS),
     secrets=(
@@ -314,7 +331,7 @@ TOPOLOGY = Topology(
             timeout_seconds=29,  # just under the HTTP API's 30 s integration limit
             http_routes=(HttpRoute("ANY", "/api/{proxy+}"),),
             tables=("connections", "operations", "identity", "sandboxes", "usage", "sessions", "viewers",
-                    "mailboxes"),
+                    "mailboxes", "tasks"),
             buckets=("session-payloads",),
             queues_send=("sandbox-ops", "mail-delivery"),
             manages_connections=True,  # posts turns, cancels and answers to agents; pushes new events to viewers
@@ -331,7 +348,7 @@ TOPOLOGY = Topology(
             websocket_routes=(WebSocketRoute("$connect"),),
             # sessions: a connection replaced without a handover interrupts its turns, which viewers are told
             # (viewers, identity: their membership)
-            tables=("connections", "sandboxes", "sessions", "viewers", "identity", "mailboxes"),
+            tables=("connections", "sandboxes", "sessions", "viewers", "identity", "mailboxes", "tasks"),
             buckets=("session-payloads",),
             queues_send=("mail-delivery",),  # a turn made from a message ended: the message follows it (mailboxes)
             manages_connections=True,  # closes the agent's previous connection; pushes to viewers
@@ -345,7 +362,7 @@ TOPOLOGY = Topology(
             timeout_seconds=10,
             websocket_routes=(WebSocketRoute("$disconnect"),),
             # sessions: the agent's turns end interrupted, which viewers are told (viewers, identity: membership)
-            tables=("connections", "sandboxes", "sessions", "viewers", "identity", "mailboxes"),
+            tables=("connections", "sandboxes", "sessions", "viewers", "identity", "mailboxes", "tasks"),
             buckets=("session-payloads",),
             queues_send=("mail-delivery",),  # a turn made from a message ended: the message follows it (mailboxes)
             manages_connections=True,  # pushes the interruption to viewers
@@ -359,7 +376,7 @@ TOPOLOGY = Topology(
             websocket_routes=(WebSocketRoute("$default"),),
             # sessions: appends the agents' events, delivers the next turns, keeps parts of large messages;
             # viewers, identity: pushes what was logged to the live viewers (still members)
-            tables=("connections", "sandboxes", "sessions", "viewers", "identity", "mailboxes"),
+            tables=("connections", "sandboxes", "sessions", "viewers", "identity", "mailboxes", "tasks"),
             buckets=("session-payloads",),
             queues_send=("mail-delivery",),  # a turn made from a message ended: the message follows it (mailboxes)
             # acknowledges heartbeats and session events, forwards agents' frames to the relay, sends turns,
@@ -416,13 +433,13 @@ TOPOLOGY = Topology(
         Function(
             name="reaper",
             handler="functions.workers.reaper.handler",
-            description="Scheduled repair: lost $disconnects, silent agents, idle and stuck sandboxes",
+            description="Scheduled repair: lost $disconnects, silent agents, idle and stuck sandboxes, overdue tasks",
             memory_mb=256,
             timeout_seconds=60,
             schedule=Schedule("rate(1 minute)"),
             # identity: finishing workspaces' deletions (and viewers' membership); sessions: a silent agent's
             # running turns end interrupted, which its viewers are told (viewers)
-            tables=("connections", "sandboxes", "identity", "sessions", "viewers", "mailboxes"),
+            tables=("connections", "sandboxes", "identity", "sessions", "viewers", "mailboxes", "tasks"),
             buckets=("session-payloads",),
             queues_send=("sandbox-ops", "mail-delivery"),
             manages_connections=True,
@@ -438,7 +455,7 @@ TOPOLOGY = Topology(
             # sessions (+ viewers, identity, session-payloads: what it logs is pushed to live viewers); sandboxes
             # and connections: the agent's tunnel. Idempotency needs no table of its own: the session log's event-id
             # claim of the turn's turn.queued event is keyed by the message.
-            tables=("mailboxes", "sessions", "viewers", "identity", "sandboxes", "connections"),
+            tables=("mailboxes", "tasks", "sessions", "viewers", "identity", "sandboxes", "connections"),
             buckets=("session-payloads",),
             queues_send=("sandbox-ops", "mail-delivery"),  # resumes a paused sandbox; re-queues a failed delivery
             manages_connections=True,  # sends TURN_START to a connected agent

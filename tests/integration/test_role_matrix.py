@@ -178,6 +178,25 @@ def send_message(to: str) -> Request:
     return run
 
 
+def delegate(to: str) -> Request:
+    """A task (a fresh task_id each time: a re-send would answer 200) to the agent `to` names."""
+    def run(world: World, caller: str, target: dict[str, str]) -> httpx.Response:
+        return world.client(caller).post(f"/api/workspaces/{target['wid']}/tasks", json={
+            "to": to.format(**target), "task_id": f"matrix-{uuid.uuid4().hex}", "text": "hello"})
+    return run
+
+
+def on_a_fresh_task(method: str, suffix: str = "") -> Request:
+    """The maintainer delegates a task to the shared agent; the caller reads or cancels it."""
+    def run(world: World, caller: str, target: dict[str, str]) -> httpx.Response:
+        made = world.clients["maintainer"].post(f"/api/workspaces/{target['wid']}/tasks", json={
+            "to": f"agent:{target['sid_shared']}", "text": "hello"})
+        assert made.status_code == 201, made.text
+        url = f"/api/workspaces/{target['wid']}/tasks/{made.json()['task_id']}{suffix}"
+        return world.client(caller).request(method, url)
+    return run
+
+
 ALL_USERS_OK = statuses(200, 200, 200, 200, 200, 200)
 NO_MEMBER_CREDENTIAL = statuses(401, 401, 401, 401, 401, 401)
 AGENT_ROUTES: list[tuple[str, str, Callable[[World], Any] | None]] = [
@@ -186,6 +205,8 @@ AGENT_ROUTES: list[tuple[str, str, Callable[[World], Any] | None]] = [
                                                "parts": [{"kind": "text", "text": "hi"}]}),
     ("GET", "/api/agent/messages/m-none", None), ("GET", "/api/agent/inbox", None),
     ("POST", "/api/agent/inbox/ack", lambda w: {"message_ids": ["m-none"]}),
+    ("POST", "/api/agent/tasks", lambda w: {"to": "agent:sb-none", "text": "hi"}), ("GET", "/api/agent/tasks", None),
+    ("GET", "/api/agent/tasks/t-none", None), ("POST", "/api/agent/tasks/t-none/cancel", None),
 ]
 ROWS = [
     Row("POST /api/auth/register", register, statuses(201, 201, 201, 201, 201, 201, anonymous=201)),
@@ -378,6 +399,18 @@ ROWS = [
         call("POST", "/api/workspaces/{wid}/inbox/ack", lambda w: {"message_ids": ["m-none"]}),
         statuses(200, 200, 200, 200, 404, 404)),
     Row("GET /api/sandboxes/{sid}/inbox", call("GET", "/api/sandboxes/{sid}/inbox"),
+        statuses(200, 200, 200, 200, 404, 404)),
+    # Delegation: developers delegate (to an agent: as for its turns); every member reads tasks and the record
+    Row("POST /api/workspaces/{wid}/tasks (to a developer's own local agent)",
+        delegate("agent:{sid}"), statuses(403, 403, 201, 403, 404, 404)),
+    Row("POST /api/workspaces/{wid}/tasks (to another member's shared local agent)",
+        delegate("agent:{sid_shared}"), statuses(201, 201, 201, 403, 404, 404)),
+    Row("GET /api/workspaces/{wid}/tasks", call("GET", "/api/workspaces/{wid}/tasks?state=submitted"),
+        statuses(200, 200, 200, 200, 404, 404)),
+    Row("GET /api/workspaces/{wid}/tasks/{tid}", on_a_fresh_task("GET"), statuses(200, 200, 200, 200, 404, 404)),
+    Row("POST /api/workspaces/{wid}/tasks/{tid}/cancel", on_a_fresh_task("POST", "/cancel"),
+        statuses(200, 200, 200, 403, 404, 404)),
+    Row("GET /api/workspaces/{wid}/interactions", call("GET", "/api/workspaces/{wid}/interactions?order=desc"),
         statuses(200, 200, 200, 200, 404, 404)),
     # The agent API takes an agent's own token only (tests/integration/test_agent_api.py): no member's credential
     *[Row(f"{method} {path} (a member's session)", call(method, path, body), NO_MEMBER_CREDENTIAL)

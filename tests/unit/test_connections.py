@@ -196,7 +196,7 @@ def test_reaper_handler_reports_what_it_removed(moto_aws) -> None:
                     ttl=timedelta(hours=2))
     result = reaper.handler({}, CONTEXT, store=store, pusher=RecordingPusher(alive=set()))
     assert result == {"connections_removed": 1, "agents_offline": 0, "turns_interrupted": 0, "sandboxes_repaired": 0,
-                      "sandboxes_paused": 0, "workspaces_removed": 0}
+                      "sandboxes_paused": 0, "workspaces_removed": 0, "tasks_swept": 0}
 
 
 def test_dynamo_store_keeps_the_agent_of_a_connection(moto_aws) -> None:

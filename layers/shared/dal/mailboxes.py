@@ -8,6 +8,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from itertools import islice
@@ -22,6 +23,8 @@ from layers.shared.clock import utcnow
 from layers.shared.dal.aws import client, queue_url
 from layers.shared.dal.base import BaseModel, table_meta, transaction_connection
 from layers.shared.dal.identity import decode_cursor, encode_cursor
+from layers.shared.dal.interactions import DynamoInteractionLog
+from layers.shared.domain.interactions import Interaction, InteractionLog
 from layers.shared.domain.mailboxes import (
     OPEN_STATES,
     REACHED_FROM,
@@ -145,6 +148,9 @@ def _lost_race(error: TransactWriteError) -> bool:
 class DynamoMailboxStore:
     """`MailboxStore` on DynamoDB: a send is one transaction conditional on the mailbox's last seq."""
 
+    def __init__(self, interactions: InteractionLog | None = None):
+        self.interactions = interactions or DynamoInteractionLog(mailbox_limits().retention_days)
+
     # Sending ------------------------------------------------------------------------------------
 
     def find_sent(self, workspace_id: str, sender: Principal, message_id: str) -> Message | None:
@@ -244,7 +250,7 @@ class DynamoMailboxStore:
 
     def move(self, message: Message | SourceMessage, state: MessageState, *,
              from_states: frozenset[MessageState] | None = None, if_attempts: Sequence[int] | None = None,
-             retention_days: int, **fields: Any) -> bool:
+             retention_days: int, **fields: Any) -> Message | None:
         unknown = set(fields) - _SETTABLE
         if unknown:
             raise ValueError(f"not a message field one may set: {sorted(unknown)}")
@@ -262,15 +268,15 @@ class DynamoMailboxStore:
                 item.update(actions=actions, condition=condition)
             except UpdateError as error:
                 if error.cause_response_code == "ConditionalCheckFailedException":
-                    return False
+                    return None
                 raise
-            return True
+            return _to_message(item)  # the update answers the item as it is now
         # Leaving the open states: the mailbox's count goes down and the retention starts, for the message and for
         # the items that point at it (named by its id and sender).
         if not isinstance(message, Message):
             found = self.get_message(message.workspace_id, message.to, message.seq)
             if found is None:
-                return False
+                return None
             message = found
         expires = MailboxItem.expires_at.set(int((utcnow() + timedelta(days=retention_days)).timestamp()))
         mailbox = _mailbox(message.workspace_id, message.to)
@@ -284,11 +290,11 @@ class DynamoMailboxStore:
                                        actions=[expires])
                     transaction.update(MailboxItem(_sent(message.workspace_id, message.sender),
                                                    f"MSGID#{message.message_id}"), actions=[expires])
-                return True
+                return replace(message, state=state, **fields)
             except TransactWriteError as error:
                 codes = {getattr(reason, "code", None) for reason in error.cancellation_reasons or []}
                 if "ConditionalCheckFailed" in codes:
-                    return False
+                    return None
                 if not _lost_race(error):
                     raise
                 # Another transaction held the mailbox's counter at that moment: try again.
@@ -298,6 +304,9 @@ class DynamoMailboxStore:
     def record_session(self, workspace_id: str, to: Principal, context_id: str, session_id: str) -> None:
         MailboxItem(_mailbox(workspace_id, to), f"CTX#{context_id}", workspace_id=workspace_id, owner=str(to),
                     context_id=context_id, session_id=session_id).save()
+
+    def record(self, interaction: Interaction) -> None:
+        self.interactions.record(interaction)
 
 
 class SqsDeliveryQueue:

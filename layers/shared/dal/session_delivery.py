@@ -1,6 +1,6 @@
 """The session log and its delivery to agents, wired to AWS: the one sessions store every function appends through
-(each committed write pushes its events to the live viewers, and the messages whose turns it changed follow them),
-and the domain's SessionDelivery over DynamoDB and @connections."""
+(each committed write pushes its events to the live viewers, and the messages and tasks whose turns it changed follow
+them), and the domain's SessionDelivery over DynamoDB and @connections."""
 
 from __future__ import annotations
 
@@ -13,10 +13,17 @@ from layers.shared.dal.sandboxes import DynamoSandboxStore
 from layers.shared.dal.session_parts import DynamoPartStore
 from layers.shared.dal.session_viewers import notify_viewers
 from layers.shared.dal.sessions import DynamoSessionStore
+from layers.shared.dal.tasks import follow_task_turns
 from layers.shared.domain.agents import SandboxStore
 from layers.shared.domain.connections import ConnectionPusher, ConnectionStore
 from layers.shared.domain.session_delivery import SessionDelivery
+from layers.shared.domain.sessions import Turn
 from layers.shared.observability import logger
+
+
+def _follow_message_turns(turns: list[Turn]) -> None:
+    follow_message_turns(turns)  # first the messages, so a task sees its message's new state
+    follow_task_turns(turns)
 
 
 def _push_to_viewers(session_id: str, events: list[dict[str, Any]]) -> None:
@@ -29,7 +36,7 @@ def _push_to_viewers(session_id: str, events: list[dict[str, Any]]) -> None:
 @lru_cache(maxsize=1)
 def session_store() -> DynamoSessionStore:
     """The sessions store, telling the live viewers of every event it logs."""
-    return DynamoSessionStore(on_logged=_push_to_viewers, on_message_turns=follow_message_turns)
+    return DynamoSessionStore(on_logged=_push_to_viewers, on_message_turns=_follow_message_turns)
 
 
 def session_delivery(records: ConnectionStore | None = None, pusher: ConnectionPusher | None = None,

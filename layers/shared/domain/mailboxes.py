@@ -32,6 +32,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from layers.shared.clock import utcnow
 from layers.shared.domain import roles, sessions
 from layers.shared.domain.agents import Sandbox, SandboxKind, SandboxStatus
+from layers.shared.domain.interactions import SYSTEM_ACTOR, Interaction, InteractionKind, interaction
 from layers.shared.domain.principals import Principal
 from layers.shared.domain.principals import parse as parse_principal
 from layers.shared.domain.roles import Action, Role
@@ -191,13 +192,15 @@ class MailboxStore(Protocol):
                 cursor: str | None) -> tuple[list[Message], str | None]: ...
     def move(self, message: Message | SourceMessage, state: MessageState, *,
              from_states: frozenset[MessageState] | None = None, if_attempts: Sequence[int] | None = None,
-             retention_days: int, **fields: Any) -> bool:
+             retention_days: int, **fields: Any) -> Message | None:
         """Set the state (and fields: any of Message's) of the message (or the one a turn names) if the stored state
         is one of `from_states` (by default those REACHED_FROM allows) and, given `if_attempts`, the stored attempts
         is one of them. Leaving the open states frees the message's place in the mailbox and starts its retention.
-        False when the condition did not hold."""
+        The message as it is now; None when the condition did not hold."""
 
     def record_session(self, workspace_id: str, to: Principal, context_id: str, session_id: str) -> None: ...
+    def record(self, interaction: Interaction) -> None:
+        """Add to the workspace's interaction record (domain/interactions.py)."""
 
 
 class DeliveryQueue(Protocol):
@@ -206,6 +209,18 @@ class DeliveryQueue(Protocol):
 
 
 T = TypeVar("T")
+
+
+def move(store: MailboxStore, message: Message | SourceMessage, state: MessageState, *, actor: str,
+         **conditions_and_fields: Any) -> Message | None:
+    """`store.move`, and the change goes into the interaction record: every state change of a message passes here."""
+    moved = store.move(message, state, **conditions_and_fields)
+    if moved is not None:
+        store.record(interaction(at=utcnow(), workspace_id=moved.workspace_id, actor=actor,
+                                 kind=InteractionKind.message_state, sender=str(moved.sender), to=str(moved.to),
+                                 message_id=moved.message_id, task_id=moved.task_id, state=state.value,
+                                 detail=moved.reason if state in (MessageState.failed, MessageState.queued) else None))
+    return moved
 
 
 def _retrying(attempt: Callable[[], T]) -> T:
@@ -318,6 +333,9 @@ def send_message(store: MailboxStore, queue: DeliveryQueue, *, workspace_id: str
             if found is None:  # cannot happen: the claim and the message are written together
                 raise StoreChanged() from None
             return _resent(queue, found, to)
+        store.record(interaction(at=now, workspace_id=workspace_id, actor=str(sender),
+                                 kind=InteractionKind.message_sent, sender=str(sender), to=str(to),
+                                 message_id=message_id, task_id=task_id, state=MessageState.queued.value))
         if to.is_agent:
             queue.send(workspace_id, to, message_id, message.seq)
         return SendResult(message, duplicate=False)
@@ -359,7 +377,8 @@ def _marked_read(store: MailboxStore, message: Message, now: datetime, retention
     readable = AGENT_READABLE if message.to.is_agent else REACHED_FROM[MessageState.read]
     if message.state not in readable:
         return message
-    if store.move(message, MessageState.read, from_states=readable, read_at=now, retention_days=retention_days):
+    if move(store, message, MessageState.read, actor=str(message.to), from_states=readable, read_at=now,
+            retention_days=retention_days):
         return replace(message, state=MessageState.read, read_at=now)
     return message
 
@@ -380,7 +399,8 @@ def ack(store: MailboxStore, *, workspace_id: str, owner: Principal, message_ids
             if message is None:
                 continue
             if message.state in OPEN_STATES:
-                if store.move(message, MessageState.acked, acked_at=now, retention_days=retention_days):
+                if move(store, message, MessageState.acked, actor=str(owner), acked_at=now,
+                        retention_days=retention_days):
                     message = replace(message, state=MessageState.acked, acked_at=now)
                 else:  # it moved meanwhile (a concurrent ack): as it is now
                     message = store.get_message(workspace_id, owner, seq) or message
@@ -461,7 +481,8 @@ def deliver_to_agent(store: MailboxStore, session_store: SessionStore, agents: C
     agent = agents(to.id)
     if agent is None or agent.workspace_id != workspace_id or agent.status in (SandboxStatus.deleted,
                                                                                SandboxStatus.deleting):
-        store.move(message, MessageState.failed, reason="agent_deleted", retention_days=limits.retention_days)
+        move(store, message, MessageState.failed, actor=SYSTEM_ACTOR, reason="agent_deleted",
+             retention_days=limits.retention_days)
         return Delivered("failed", message)
     source = SourceMessage(workspace_id, to, seq, message.attempts + (0 if message.turn_id else 1))
     session_id = context_session_id(workspace_id, agent.sandbox_id, message.context_id)
@@ -515,16 +536,19 @@ def follow_turn(store: MailboxStore, queue: DeliveryQueue, turn: Turn, *, limits
     if state is not None:  # by key: no read on the way of a turn's delivery
         stamp = {MessageState.delivered: "delivered_at", MessageState.read: "read_at",
                  MessageState.acked: "acked_at"}[state]
-        return state if store.move(source, state, **{**common, stamp: now}) else None
+        actor = SYSTEM_ACTOR if state == MessageState.delivered else str(source.to)
+        return state if move(store, source, state, actor=actor, **{**common, stamp: now}) else None
     if turn.status in (TurnStatus.failed, TurnStatus.interrupted, TurnStatus.cancelled):
         message = store.get_message(source.workspace_id, source.to, source.seq)
         if message is None:
             return None
         reason = turn.reason or turn.status.value
         if turn.status == TurnStatus.cancelled or source.attempt >= limits.max_deliveries:
-            failed = store.move(message, MessageState.failed, reason=f"{reason} (turn {turn.id})"[:500], **common)
+            failed = move(store, message, MessageState.failed, actor=SYSTEM_ACTOR,
+                          reason=f"{reason} (turn {turn.id})"[:500], **common)
             return MessageState.failed if failed else None
-        if store.move(message, MessageState.queued, reason=reason[:500], **{**common, "turn_id": None}):
+        if move(store, message, MessageState.queued, actor=SYSTEM_ACTOR, reason=reason[:500],
+                **{**common, "turn_id": None}):
             queue.send(message.workspace_id, message.to, message.message_id, message.seq)
             return MessageState.queued
     return None
