@@ -73,6 +73,7 @@ class ScriptedToolCall:
 
     name: str
     arguments: dict[str, Any]
+    when: str | None = None  # only for a user message that contains this (a later turn of the session: no call)
 
 
 def offered_tools(payload: dict[str, Any]) -> dict[str, tuple[str | None, str]]:
@@ -99,6 +100,8 @@ class FakeLlmUpstream:
     anthropic_auth_token: str | None = None  # when set, Anthropic requests must carry it as a bearer instead
     event_delay: float = 0.0  # seconds between stream events
     reply_words: list[str] = field(default_factory=lambda: list(REPLY_WORDS))
+    # Another reply for one provider ("anthropic", "openai"): two harnesses in one test tell their answers apart
+    reply_words_of: dict[str, list[str]] = field(default_factory=dict)
     seen: list[SeenRequest] = field(default_factory=list)
     fail_next: list[ScriptedError] = field(default_factory=list)
     record: bool = True  # benchmarks turn recording off
@@ -157,14 +160,18 @@ class FakeLlmUpstream:
     def requests_to(self, provider: str, path_prefix: str = "") -> list[SeenRequest]:
         return [seen for seen in list(self.seen) if seen.provider == provider and seen.path.startswith(path_prefix)]
 
+    def words(self, provider: str) -> list[str]:
+        return self.reply_words_of.get(provider, self.reply_words)
+
     def wants_tool_call(self, payload: dict[str, Any]) -> ScriptedToolCall | None:
-        """The scripted tool call, when this request offers the tool and its last input is the user's text."""
+        """The scripted tool call, when this request offers the tool and its last input is the user's text (which
+        contains the call's `when`, if it has one)."""
         call = self.tool_call
         if call is None or call.name not in offered_tools(payload):
             return None
         items = payload.get("messages") if "messages" in payload else payload.get("input")
         if not isinstance(items, list):
-            return call  # a plain string input is the user's text
+            return call if call.when is None or call.when in str(items) else None  # a string is the user's text
         for item in reversed(items):
             if not isinstance(item, dict):
                 continue
@@ -173,8 +180,11 @@ class FakeLlmUpstream:
             if item.get("role") == "user":
                 content = item.get("content")
                 blocks = content if isinstance(content, list) else []
-                return None if any(isinstance(block, dict) and block.get("type") == "tool_result"
-                                   for block in blocks) else call
+                if any(isinstance(block, dict) and block.get("type") == "tool_result" for block in blocks):
+                    return None
+                text = content if isinstance(content, str) else "".join(
+                    str(block.get("text", "")) for block in blocks if isinstance(block, dict))
+                return call if call.when is None or call.when in text else None
         return None
 
     def usage_for(self, text: str) -> dict[str, int]:
@@ -311,7 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not payload.get("stream"):
             self._json(200, {
                 "id": message_id, "type": "message", "role": "assistant", "model": ANTHROPIC_MODEL,
-                "content": [{"type": "text", "text": "".join(fake.reply_words)}], "stop_reason": "end_turn",
+                "content": [{"type": "text", "text": "".join(fake.words("anthropic"))}], "stop_reason": "end_turn",
                 "stop_sequence": None, "usage": {**usage, "service_tier": "standard"},
             })
             return
@@ -345,7 +355,7 @@ class _Handler(BaseHTTPRequestHandler):
         event("content_block_start", {"type": "content_block_start", "index": 0,
                                       "content_block": {"type": "text", "text": ""}})
         event("ping", {"type": "ping"})
-        for word in fake.reply_words:
+        for word in fake.words("anthropic"):
             event("content_block_delta", {"type": "content_block_delta", "index": 0,
                                           "delta": {"type": "text_delta", "text": word}})
         event("content_block_stop", {"type": "content_block_stop", "index": 0})
@@ -397,7 +407,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {"id": completion_id, "object": "chat.completion", "created": created,
                              "model": OPENAI_MODEL, "system_fingerprint": "fp_fake",
                              "choices": [{"index": 0, "message": {"role": "assistant",
-                                                                  "content": "".join(fake.reply_words),
+                                                                  "content": "".join(fake.words("openai")),
                                                                   "refusal": None},
                                           "logprobs": None, "finish_reason": "stop"}],
                              "usage": usage})
@@ -415,7 +425,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._event(f"data: {json.dumps(document)}\n\n".encode())
 
         chunk({"role": "assistant", "content": "", "refusal": None})
-        for word in fake.reply_words:
+        for word in fake.words("openai"):
             chunk({"content": word})
         chunk({}, "stop")
         if include_usage:
@@ -427,7 +437,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _responses(self, payload: dict[str, Any], prompt: int, cached: int, completion: int) -> None:
         fake = self.upstream
-        text = "".join(fake.reply_words)
+        text = "".join(fake.words("openai"))
         response_id, item_id = f"resp_{uuid.uuid4().hex[:24]}", f"msg_{uuid.uuid4().hex[:24]}"
         usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
                  "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
@@ -476,7 +486,7 @@ class _Handler(BaseHTTPRequestHandler):
                                                                           "content": []}})
         event("response.content_part.added", {"item_id": item_id, "output_index": 0, "content_index": 0,
                                               "part": {"type": "output_text", "text": "", "annotations": []}})
-        for word in fake.reply_words:
+        for word in fake.words("openai"):
             event("response.output_text.delta", {"item_id": item_id, "output_index": 0, "content_index": 0,
                                                  "delta": word})
         event("response.output_text.done", {"item_id": item_id, "output_index": 0, "content_index": 0, "text": text})
