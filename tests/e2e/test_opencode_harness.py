@@ -1,7 +1,7 @@
 """The opencode harness adapter drives a real `opencode serve` (started as `agentserver connect --auto-start` starts
 it, pointed at the embedded stack's LLM proxy with the agent's proxy token) against the fake upstream scripted to
 call `bash`: the turn asks before the command, the approval is answered, the command runs, the reply streams, the
-turn completes with usage; a second turn resumes the opencode session."""
+turn completes with usage; a second turn resumes the opencode session; a third calls the agent's own MCP tool."""
 
 from __future__ import annotations
 
@@ -82,6 +82,16 @@ def test_opencode_turn_with_an_approved_command_then_resume(tmp_path: Path, monk
         history = json.dumps(last["messages"])
         assert "Write out.txt" in history and "echo first" in history and "And now?" in history
         print(f"opencode turns: {first_turn:.1f} s, {second_turn:.1f} s")
+
+        # The agent's own tools (agentserver mcp, from opencode's config): the model lists the workspace's agents,
+        # with no approval asked, the server reached with the token opencode passed on from its environment
+        upstream.tool_call = ScriptedToolCall("agentserver_list_agents", {})
+        events, _ = asyncio.run(run_turn(harness, TurnRequest("Who else is here?", resume=session_id)))
+        call = next(event for event in events if event.type == "tool.call")
+        result = next(event for event in events if event.type == "tool.result")
+        assert call.data["name"] == "agentserver_list_agents" and not result.data["is_error"], result.data
+        assert f"agent:{answer['sandbox_id']}" in result.data["output"]
+        assert not any(event.type.startswith("approval.") for event in events)
         for seen in upstream.requests_to("anthropic"):
             assert answer["proxy_token"] not in json.dumps(seen.headers) + seen.body.decode()
     finally:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from agent_client.harnesses import HarnessError, HarnessEvent, PermissionMode, ProxyAccess, TurnRequest
+from agent_client.harnesses.agent_tools import AgentTools
 from agent_client.harnesses.claude_code import ClaudeCodeHarness
 from agent_client.harnesses.codex import CodexHarness
 from agent_client.harnesses.process import JsonLinesProcess
@@ -323,3 +324,29 @@ def test_cancel_ends_a_running_turn_as_cancelled(kind: str, upstream: FakeLlmUps
     assert events[-1].data["cancelled"] is True and events[-1].data["reason"] == "cancelled"
     assert not any(event.type == "turn.completed" for event in events)
     assert stopped_in < 8, stopped_in
+
+
+@pytest.mark.parametrize("kind", ["claudecode", "codex"])
+def test_the_model_calls_the_agents_own_tools_in_ask_mode_without_an_approval(
+        kind: str, upstream: FakeLlmUpstream, harness_stack: RunningStack, tmp_path: Path) -> None:
+    _, _, registration = registered_agent(harness_stack.base_url, f"tools-{kind}")
+    proxy = ProxyAccess(llm_base_url=registration["llm_base_url"], proxy_token=registration["proxy_token"])
+    tools = AgentTools(api_url=harness_stack.base_url, token=registration["proxy_token"])
+    project = tmp_path / "project"
+    project.mkdir()
+    harness: ClaudeCodeHarness | CodexHarness = (
+        ClaudeCodeHarness(directory=project, proxy=proxy, config_dir=tmp_path / "claude-config", tools=tools)
+        if kind == "claudecode" else CodexHarness(directory=project, proxy=proxy, codex_home=tmp_path / "codex-home",
+                                                  tools=tools))
+    upstream.tool_call = ScriptedToolCall("mcp__agentserver__list_agents", {})
+    # An approval would be refused: the tool only runs because nothing was asked
+    events, _ = asyncio.run(run_turn(harness, TurnRequest("Who else is here?", permission_mode="ask",
+                                                          turn_id="turn-tools"), approve=False))
+    assert events[-1].type == "turn.completed", events[-1]
+    assert not any(event.type.startswith("approval.") for event in events)
+    call = next(event for event in events if event.type == "tool.call")
+    result = next(event for event in events if event.type == "tool.result")
+    assert call.data["name"] == ("mcp__agentserver__list_agents" if kind == "claudecode"
+                                 else "agentserver.list_agents")
+    assert not result.data["is_error"] and f"agent:{registration['sandbox_id']}" in result.data["output"], result.data
+
