@@ -164,6 +164,11 @@ def test_a_claude_code_agent_delegates_to_an_offline_codex_agent_and_gets_its_an
                     if turn.get("source_message") and answer in turn["text"]]
     assert len(result_turns) == 1, result_turns
     assert f"agent:{reviewer.sandbox_id}" in result_turns[0]["text"]  # who it is from
+    # The workspace's record shows the hand-off: the delegation by the lead, and the result sent to its mailbox
+    record = owner.get(f"/api/workspaces/{wid}/interactions", params={"task_id": task["task_id"]}).json()["items"]
+    assert any(item["kind"] == "task.created" and item["actor"] == f"agent:{lead.sandbox_id}" for item in record)
+    assert any(item["kind"] == "message.sent" and item["message_id"] == done["result_message_id"]
+               and item["to"] == f"agent:{lead.sandbox_id}" for item in record), record
     # It ran once: the scripted delegation did not repeat on the result's turn (one task in all)
     assert len(tasks_of(owner, wid)) == 1
     # The agents' tokens never showed in what their clients printed
