@@ -57,7 +57,7 @@ MAX_RESULT_TEXT = 32 * 1024  # characters of the turn's final text kept as the r
 TIMEOUT = "timeout"
 CANCELED = "canceled"
 _ID_ROOM = 128  # a message id's length limit (domain/mailboxes.py)
-_EVENT_WINDOW = 500  # how far back in its session's log a finished turn's text is looked for
+_EVENT_WINDOW = 200  # how far back in its session's log a finished turn's text is looked for (its end is the last)
 
 
 class DelegationTooDeep(Conflict):
@@ -363,7 +363,7 @@ def follow_turn(world: Followers, turn: Turn, *, now: datetime) -> Task | None:
     """A turn made from a message changed: if the message is a task's request, the task follows the turn. Late and
     repeated calls change nothing (an ended task stays as it ended). Returns the task as changed, or None."""
     source = SourceMessage.parse(turn.source_message or "")
-    if source is None:
+    if source is None or turn.status == TurnStatus.queued:  # a task is submitted until its turn is delivered
         return None
     message = world.mail.get_message(source.workspace_id, source.to, source.seq)
     if message is None or message.task_id is None or message.message_id != request_message_id(message.task_id):
