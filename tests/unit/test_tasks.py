@@ -227,6 +227,18 @@ def test_cancel_stops_a_waiting_task_and_tells_the_requester(world: World) -> No
     tasks.cancel(world.followers, world.task("t-d"), by="member:u-alice", now=NOW)
     assert world.mail.find_sent(WS, ALICE, "task:t-d").state == MessageState.failed  # type: ignore[union-attr]
     assert world.deliver_all() == []
+    # The worker made the turn but had not recorded it on the message yet: cancel finds the turn and stops it
+    task = world.delegate(task_id="t-e").task
+    message = world.mail.find_sent(WS, ALICE, "task:t-e")
+    assert message is not None and task.session_id is not None
+    sessions.create_session(world.sessions, agent=B, user_id="member:u-alice", title=None, model=None,
+                            permission_mode=None, limits=SESSION_LIMITS, now=NOW, session_id=task.session_id)
+    early = sessions.post_turn(world.sessions, session_id=task.session_id, text="x", model=None, user_id="x",
+                               limits=SESSION_LIMITS, now=NOW,
+                               source_message=str(mailboxes.SourceMessage(WS, message.to, message.seq, 1)))
+    tasks.cancel(world.followers, task, by="member:u-alice", now=NOW)
+    stopped = world.sessions.get_turn(task.session_id, early.id)
+    assert stopped is not None and stopped.status == sessions.TurnStatus.cancelled
 
 
 def test_past_its_deadline_a_running_task_fails_with_timeout_and_its_turn_is_asked_to_stop(world: World) -> None:

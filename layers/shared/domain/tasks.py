@@ -500,18 +500,26 @@ def _stop_work(world: Followers, task: Task, *, by: str, now: datetime) -> Agent
     message = world.mail.find_sent(task.workspace_id, task.requester, task.request_message_id)
     if message is None or message.state not in mailboxes.OPEN_STATES:
         return None
-    if message.turn_id is None:
+    turn_id, session_id = message.turn_id, message.session_id
+    if turn_id is None:
         stopped = mailboxes.move(world.mail, message, MessageState.failed, actor=by, reason=task.reason,
                                  from_states=frozenset({MessageState.queued}),
                                  retention_days=world.settings.mail.retention_days)
         if stopped is not None and stopped.turn_id is None:
-            return None
-        message = world.mail.find_sent(task.workspace_id, task.requester, task.request_message_id) or message
-    if message.turn_id is None or message.session_id is None:
+            # Never delivered now; but the worker may have made its turn just before (and not recorded it yet)
+            session_id = task.session_id
+            source = SourceMessage(task.workspace_id, task.assignee, message.seq, message.attempts + 1)
+            made = sessions.turn_made_from(world.sessions, session_id=session_id or "",
+                                           source_message=str(source)) if session_id else None
+            turn_id = made.id if made is not None else None
+        else:
+            found = world.mail.find_sent(task.workspace_id, task.requester, task.request_message_id) or message
+            turn_id, session_id = found.turn_id, found.session_id
+    if turn_id is None or session_id is None:
         return None
     try:
-        _, notice = sessions.cancel_turn(world.sessions, session_id=message.session_id, turn_id=message.turn_id,
-                                         user_id=by, now=now)
+        _, notice = sessions.cancel_turn(world.sessions, session_id=session_id, turn_id=turn_id, user_id=by,
+                                         now=now)
     except (sessions.TurnNotActive, NotFound):
         return None
     return notice
