@@ -227,6 +227,18 @@ def test_cancel_stops_a_waiting_task_and_tells_the_requester(world: World) -> No
     tasks.cancel(world.followers, world.task("t-d"), by="member:u-alice", now=NOW)
     assert world.mail.find_sent(WS, ALICE, "task:t-d").state == MessageState.failed  # type: ignore[union-attr]
     assert world.deliver_all() == []
+    # The worker made the turn but had not recorded it on the message yet: cancel finds the turn and stops it
+    task = world.delegate(task_id="t-e").task
+    message = world.mail.find_sent(WS, ALICE, "task:t-e")
+    assert message is not None and task.session_id is not None
+    sessions.create_session(world.sessions, agent=B, user_id="member:u-alice", title=None, model=None,
+                            permission_mode=None, limits=SESSION_LIMITS, now=NOW, session_id=task.session_id)
+    early = sessions.post_turn(world.sessions, session_id=task.session_id, text="x", model=None, user_id="x",
+                               limits=SESSION_LIMITS, now=NOW,
+                               source_message=str(mailboxes.SourceMessage(WS, message.to, message.seq, 1)))
+    tasks.cancel(world.followers, task, by="member:u-alice", now=NOW)
+    stopped = world.sessions.get_turn(task.session_id, early.id)
+    assert stopped is not None and stopped.status == sessions.TurnStatus.cancelled
 
 
 def test_past_its_deadline_a_running_task_fails_with_timeout_and_its_turn_is_asked_to_stop(world: World) -> None:
@@ -305,3 +317,30 @@ def test_long_task_ids_get_message_ids_within_the_limit() -> None:
     long_id = "t" * 128
     assert len(tasks.request_message_id(long_id)) <= 128 and len(tasks.result_message_id(long_id)) <= 128
     assert tasks.request_message_id(long_id) != tasks.request_message_id("t" * 127 + "u")
+
+
+def test_the_interaction_record_pages_in_time_order_either_way(moto_aws: None) -> None:
+    log = DynamoInteractionLog(30)
+    for number in range(5):
+        log.record(interactions.interaction(
+            at=NOW + timedelta(seconds=number), workspace_id=WS, actor="member:u-alice",
+            kind=interactions.InteractionKind.message_sent, sender="member:u-alice", to="agent:sb-b",
+            message_id=f"m-{number}", task_id="t-x" if number % 2 else None, state="queued"))
+    log.record(interactions.interaction(at=NOW, workspace_id="ws-other", actor="member:u-eve",
+                                        kind=interactions.InteractionKind.message_sent, sender="member:u-eve",
+                                        to="member:u-eve", message_id="elsewhere"))
+
+    def read(**options: object) -> list[str]:
+        seen, cursor = [], None
+        while True:
+            page = interactions.list_interactions(log, workspace_id=WS, after=cursor, limit=2, **options)  # type: ignore[arg-type]
+            seen += [item.message_id or "" for item in page.items]
+            if page.next_cursor is None:
+                return seen
+            cursor = page.next_cursor
+
+    assert read() == ["m-0", "m-1", "m-2", "m-3", "m-4"]
+    assert read(order="desc") == ["m-4", "m-3", "m-2", "m-1", "m-0"]
+    assert read(task_id="t-x") == ["m-1", "m-3"]
+    with pytest.raises(ValidationFailed):
+        interactions.list_interactions(log, workspace_id=WS, after="bad cursor/../")

@@ -113,6 +113,8 @@ export function Layout() {
             <NavLink to={`/w/${wid}/members`}>Members</NavLink>
             <NavLink to={`/w/${wid}/usage`}>LLM usage</NavLink>
             <NavLink to={`/w/${wid}/inbox`}>Inbox</NavLink>
+            <NavLink to={`/w/${wid}/tasks`}>Tasks</NavLink>
+            <NavLink to={`/w/${wid}/activity`}>Activity</NavLink>
           </>}
           <NavLink to="/invitations">Invitations<InvitationCount /></NavLink>
           <NavLink to="/tokens">Tokens</NavLink>

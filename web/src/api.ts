@@ -174,3 +174,24 @@ export interface AgentCard {
   last_heartbeat_at: string | null; created_at: string; skills: AgentSkill[]; tags: string[];
   updated_by: string | null; updated_at: string | null;
 }
+
+/** A delegated task (docs/api.md, "Tasks"). */
+export type TaskState = "submitted" | "working" | "input-required" | "auth-required" | "completed" | "failed"
+  | "canceled" | "rejected";
+export const TASK_STATES: TaskState[] = ["submitted", "working", "input-required", "auth-required", "completed",
+  "failed", "canceled", "rejected"];
+export const OPEN_TASK_STATES: TaskState[] = ["submitted", "working", "input-required", "auth-required"];
+export interface Task {
+  task_id: string; workspace_id: string; context_id: string; requester: string; assignee: string; state: TaskState;
+  text: string; parts: ({ kind: "text"; text: string } | { kind: "data"; data: Record<string, unknown> })[];
+  created_at: string; updated_at: string; deadline: string; session_id: string | null; turn_id: string | null;
+  request_message_id: string; parent_task_id: string | null; depth: number; chain: string[];
+  result: { text: string; artifacts: { artifact_id: string; name: string; parts: unknown[] }[] } | null;
+  reason: string | null; result_message_id: string | null;
+}
+/** One record of the workspace's interaction record (docs/api.md, "Interactions"). */
+export interface Interaction {
+  id: string; at: string; workspace_id: string; actor: string;
+  kind: "message.sent" | "message.state" | "task.created" | "task.state"; from: string; to: string;
+  message_id: string | null; task_id: string | null; state: string | null; detail: string | null;
+}

@@ -14,6 +14,7 @@ import { AuthPage } from "./pages/SignIn";
 import { VerifyPage } from "./pages/Verify";
 import { TokensPage } from "./pages/Tokens";
 import { UsagePage } from "./pages/Usage";
+import { ActivityPage, TaskDetailPage, TasksPage } from "./pages/Tasks";
 import { RequireUser, SessionProvider } from "./session";
 import "./styles.css";
 
@@ -44,6 +45,9 @@ createRoot(document.getElementById("root")!).render(
             <Route path="w/:wid/inbox" element={<InboxPage />} />
             <Route path="w/:wid/members" element={<MembersPage />} />
             <Route path="w/:wid/agents" element={<AgentsPage />} />
+            <Route path="w/:wid/tasks" element={<TasksPage />} />
+            <Route path="w/:wid/tasks/:tid" element={<TaskDetailPage />} />
+            <Route path="w/:wid/activity" element={<ActivityPage />} />
             <Route path="w/:wid/usage" element={<UsagePage />} />
             <Route path="tokens" element={<TokensPage />} />
             <Route path="invitations" element={<InvitationsPage />} />

@@ -478,6 +478,11 @@ def _source_event_id(source_message: str | None) -> str | None:
     return event_id
 
 
+def turn_made_from(store: SessionStore, *, session_id: str, source_message: str) -> Turn | None:
+    """The turn made from this mailbox message and attempt, if one was."""
+    return _turn_logged_as(store, session_id, _source_event_id(source_message) or "")
+
+
 def _turn_logged_as(store: SessionStore, session_id: str, event_id: str) -> Turn | None:
     """The turn whose turn.queued event has this id, if it was logged."""
     seq = store.seqs_of(session_id, [event_id]).get(event_id)

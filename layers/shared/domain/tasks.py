@@ -57,7 +57,7 @@ MAX_RESULT_TEXT = 32 * 1024  # characters of the turn's final text kept as the r
 TIMEOUT = "timeout"
 CANCELED = "canceled"
 _ID_ROOM = 128  # a message id's length limit (domain/mailboxes.py)
-_EVENT_WINDOW = 500  # how far back in its session's log a finished turn's text is looked for
+_EVENT_WINDOW = 200  # how far back in its session's log a finished turn's text is looked for (its end is the last)
 
 
 class DelegationTooDeep(Conflict):
@@ -363,7 +363,7 @@ def follow_turn(world: Followers, turn: Turn, *, now: datetime) -> Task | None:
     """A turn made from a message changed: if the message is a task's request, the task follows the turn. Late and
     repeated calls change nothing (an ended task stays as it ended). Returns the task as changed, or None."""
     source = SourceMessage.parse(turn.source_message or "")
-    if source is None:
+    if source is None or turn.status == TurnStatus.queued:  # a task is submitted until its turn is delivered
         return None
     message = world.mail.get_message(source.workspace_id, source.to, source.seq)
     if message is None or message.task_id is None or message.message_id != request_message_id(message.task_id):
@@ -500,18 +500,26 @@ def _stop_work(world: Followers, task: Task, *, by: str, now: datetime) -> Agent
     message = world.mail.find_sent(task.workspace_id, task.requester, task.request_message_id)
     if message is None or message.state not in mailboxes.OPEN_STATES:
         return None
-    if message.turn_id is None:
+    turn_id, session_id = message.turn_id, message.session_id
+    if turn_id is None:
         stopped = mailboxes.move(world.mail, message, MessageState.failed, actor=by, reason=task.reason,
                                  from_states=frozenset({MessageState.queued}),
                                  retention_days=world.settings.mail.retention_days)
         if stopped is not None and stopped.turn_id is None:
-            return None
-        message = world.mail.find_sent(task.workspace_id, task.requester, task.request_message_id) or message
-    if message.turn_id is None or message.session_id is None:
+            # Never delivered now; but the worker may have made its turn just before (and not recorded it yet)
+            session_id = task.session_id
+            source = SourceMessage(task.workspace_id, task.assignee, message.seq, message.attempts + 1)
+            made = sessions.turn_made_from(world.sessions, session_id=session_id or "",
+                                           source_message=str(source)) if session_id else None
+            turn_id = made.id if made is not None else None
+        else:
+            found = world.mail.find_sent(task.workspace_id, task.requester, task.request_message_id) or message
+            turn_id, session_id = found.turn_id, found.session_id
+    if turn_id is None or session_id is None:
         return None
     try:
-        _, notice = sessions.cancel_turn(world.sessions, session_id=message.session_id, turn_id=message.turn_id,
-                                         user_id=by, now=now)
+        _, notice = sessions.cancel_turn(world.sessions, session_id=session_id, turn_id=turn_id, user_id=by,
+                                         now=now)
     except (sessions.TurnNotActive, NotFound):
         return None
     return notice

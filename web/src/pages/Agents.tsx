@@ -1,6 +1,6 @@
 import { useState } from "react";
 import { Link } from "react-router";
-import { api, enc, type AgentCard, type Page, type Workspace } from "../api";
+import { api, atLeast, enc, type AgentCard, type Page, type Workspace } from "../api";
 import { HARNESS_NAMES, SkillList, TagList } from "../agentCards";
 import { Ago, Empty, ErrorNote, Loading, StatusBadge } from "../components";
 import { useResource, useTitle } from "../hooks";
@@ -77,6 +77,9 @@ function Directory({ workspace }: { workspace: Workspace }) {
             <p>{card.summary}</p>
             <TagList tags={card.tags} label={`Tags of ${card.name}`} />
             {card.skills.length > 0 && <SkillList skills={card.skills} />}
+            {atLeast(workspace.role, "developer") && (
+              <p><Link to={`/w/${workspace.id}/tasks?to=${encodeURIComponent(`agent:${card.id}`)}`}>Delegate a task</Link></p>
+            )}
           </article>
         ))}
       </div>

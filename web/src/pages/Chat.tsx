@@ -290,7 +290,8 @@ function Composer({ onSend, onCancel, cancelling, cancellable }: {
   );
 }
 
-function SessionPane({ sessionId, sandbox, canDrive, who, onActivity }: {
+/** One session's stream, live (also the Tasks page's view of a task's session). */
+export function SessionPane({ sessionId, sandbox, canDrive, who, onActivity }: {
   sessionId: string; sandbox: Sandbox; canDrive: boolean; who: (id: string) => string; onActivity: () => void;
 }) {
   const session = useResource(() => api.get<ChatSession>(`/api/sessions/${enc(sessionId)}`), sessionId);

@@ -7,8 +7,9 @@ import { useAction, useResource, useTitle } from "../hooks";
 import { WorkspacePage } from "../Layout";
 import { DeleteDialog, RenameDialog, SandboxButtons } from "../sandboxActions";
 import { useSession } from "../session";
-import { chatPath, ChatView } from "./Chat";
+import { chatPath, ChatView, mayDrive } from "./Chat";
 import { AgentInboxView } from "./Inbox";
+import { DelegateForm } from "./Tasks";
 
 type AgentView = "details" | "chat" | "inbox";
 
@@ -157,6 +158,9 @@ function Detail({ workspace, view }: { workspace: Workspace; view: AgentView }) 
               </dl>
             </section>
             <CardSection sandbox={item} workspace={workspace} userId={user?.id} />
+            {mayDrive(workspace.role, item, user?.id) && (
+              <DelegateForm workspace={workspace} assignee={{ principal: `agent:${item.id}`, name: item.name }} />
+            )}
             <Events sandbox={item} />
             <Usage sandbox={item} />
           </div>}
