@@ -195,14 +195,15 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
                                  "(PUT /api/workspaces/{wid}/session-defaults)",
     Action.cards_read: "Discover the workspace's agents and read their cards, also as A2A JSON "
                        "(GET /api/workspaces/{wid}/agents, /api/sandboxes/{sid}/card, "
-                       "/api/sandboxes/{sid}/agent-card.json)",
+                       "/api/sandboxes/{sid}/agent-card.json; an agent: GET /api/agent/agents)",
     Action.card_edit: "Edit an agent's card: description, skills, tags (PUT /api/sandboxes/{sid}/card); another "
                       "member's local agent only when it is shared",
-    Action.message_send: "Send a message to a member or an agent (POST /api/workspaces/{wid}/messages); to another "
-                         "member's local agent only when it is shared",
+    Action.message_send: "Send a message to a member or an agent (POST /api/workspaces/{wid}/messages; an agent: "
+                         "POST /api/agent/messages); to another member's local agent only when it is shared",
     Action.inbox_read: "Read one's own inbox and the messages one sent (GET /api/workspaces/{wid}/inbox, "
-                       "/api/workspaces/{wid}/messages...)",
-    Action.inbox_ack: "Acknowledge messages in one's own inbox (POST /api/workspaces/{wid}/inbox/ack)",
+                       "/api/workspaces/{wid}/messages...; an agent: GET /api/agent/inbox, /api/agent/messages/{mid})",
+    Action.inbox_ack: "Acknowledge messages in one's own inbox (POST /api/workspaces/{wid}/inbox/ack; an agent: "
+                      "POST /api/agent/inbox/ack)",
     Action.agent_inbox_read: "See an agent's mailbox (GET /api/sandboxes/{sid}/inbox)",
     Action.task_create: "Delegate a task to an agent (POST /api/workspaces/{wid}/tasks; an agent: POST "
                         "/api/agent/tasks); to another member's local agent only when it is shared",
