@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from functions.http_api.routers import (
+    a2a,
     admin,
     auth,
     cards,
@@ -72,6 +73,7 @@ def create_app() -> FastAPI:
     app.include_router(cards.router)
     app.include_router(mailboxes.router)
     app.include_router(tasks.router)
+    app.include_router(a2a.router)
     _install_error_handlers(app)
     return app
 
