@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from functions.http_api.routers import (
+    a2a,
     admin,
     agent_api,
     auth,
@@ -74,6 +75,7 @@ def create_app() -> FastAPI:
     app.include_router(mailboxes.router)
     app.include_router(agent_api.router)
     app.include_router(tasks.router)
+    app.include_router(a2a.router)
     _install_error_handlers(app)
     return app
 

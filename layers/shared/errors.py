@@ -17,9 +17,14 @@ class AppError(Exception):
         super().__init__(message or self.default_message)
         self.message = message or self.default_message
         self.headers = headers or {}
+        # Machine-readable detail a protocol asks for (A2A's google.rpc.ErrorInfo), beside our code and message.
+        self.details: list[dict[str, Any]] = []
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.code, self.message)
+        body = error_body(self.code, self.message)
+        if self.details:
+            body["error"]["details"] = self.details
+        return body
 
 
 class ValidationFailed(AppError):

@@ -186,15 +186,25 @@ def delegate(to: str) -> Request:
     return run
 
 
-def on_a_fresh_task(method: str, suffix: str = "") -> Request:
-    """The maintainer delegates a task to the shared agent; the caller reads or cancels it."""
+def on_a_fresh_task(method: str, suffix: str = "", under: str = "/api/workspaces/{wid}/tasks") -> Request:
+    """The maintainer delegates a task to the shared agent; the caller reads or cancels it (under the member routes,
+    or the agent's A2A URL)."""
     def run(world: World, caller: str, target: dict[str, str]) -> httpx.Response:
         made = world.clients["maintainer"].post(f"/api/workspaces/{target['wid']}/tasks", json={
             "to": f"agent:{target['sid_shared']}", "text": "hello"})
         assert made.status_code == 201, made.text
-        url = f"/api/workspaces/{target['wid']}/tasks/{made.json()['task_id']}{suffix}"
+        url = f"{under.format(**target)}/{made.json()['task_id']}{suffix}"
         return world.client(caller).request(method, url)
     return run
+
+
+A2A_TASKS = "/api/sandboxes/{sid_shared}/a2a/tasks"
+
+
+def a2a_send(world: World, caller: str, target: dict[str, str]) -> httpx.Response:
+    """A2A's SendMessage to the shared agent (a fresh messageId: a re-send answers the same task)."""
+    return world.client(caller).post(f"/api/sandboxes/{target['sid_shared']}/a2a/message:send", json={
+        "message": {"messageId": uuid.uuid4().hex, "role": "ROLE_USER", "parts": [{"text": "hello"}]}})
 
 
 ALL_USERS_OK = statuses(200, 200, 200, 200, 200, 200)
@@ -415,6 +425,12 @@ ROWS = [
     # The agent API takes an agent's own token only (tests/integration/test_agent_api.py): no member's credential
     *[Row(f"{method} {path} (a member's session)", call(method, path, body), NO_MEMBER_CREDENTIAL)
       for method, path, body in AGENT_ROUTES],
+    # A2A at the card's URL: the member task routes' rules
+    Row("POST /api/sandboxes/{sid}/a2a/message:send", a2a_send, statuses(200, 200, 200, 403, 404, 404)),
+    Row("GET /api/sandboxes/{sid}/a2a/tasks/{tid}", on_a_fresh_task("GET", under=A2A_TASKS),
+        statuses(200, 200, 200, 200, 404, 404)),
+    Row("POST /api/sandboxes/{sid}/a2a/tasks/{tid}:cancel", on_a_fresh_task("POST", ":cancel", under=A2A_TASKS),
+        statuses(200, 200, 200, 403, 404, 404)),
 ]
 
 

@@ -6,6 +6,7 @@ workspaces or past what an agent may see."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,10 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from a2a.client import ClientConfig, ClientFactory
+from a2a.types import AgentCard, CancelTaskRequest, GetTaskRequest, Message, Part, Role, SendMessageRequest, TaskState
+from a2a.utils.errors import TaskNotCancelableError, TaskNotFoundError, UnsupportedOperationError
+from google.protobuf.json_format import ParseDict
 
 from layers.shared.clock import utcnow
 from layers.shared.dal import aws
@@ -251,4 +256,72 @@ def test_nothing_crosses_workspaces(task_stack: RunningStack, team: Team) -> Non
         assert api.get("/api/agent/tasks", params={"role": "assigned"}).json()["items"] == []
     # Without an agent token: 401
     assert httpx.get(f"{base}/api/agent/tasks").status_code == 401
+    stranger.close()
+
+
+def test_an_a2a_client_delegates_to_an_agent_through_its_card(task_stack: RunningStack, team: Team) -> None:
+    """The real `a2a-sdk` client, over the HTTP+JSON binding the card names, with a member's personal access token:
+    send makes a task that runs as the agent's turn, get follows it to its result, cancel stops one, a retried send
+    finds the same task, and what we do not support is a clear 400."""
+    token = team.owner.post("/api/tokens", json={"name": "a2a", "expires_in_days": 1}).json()["token"]
+    bearer = {"authorization": f"Bearer {token}"}
+    card_json = httpx.get(f"{task_stack.base_url}/api/sandboxes/{team.a.sandbox_id}/agent-card.json",
+                          headers=bearer).json()
+    card = ParseDict(card_json, AgentCard(), ignore_unknown_fields=True)
+    assert card.supported_interfaces[0].url.endswith(f"/api/sandboxes/{team.a.sandbox_id}/a2a")
+
+    async def conversation() -> None:
+        http = httpx.AsyncClient(headers=bearer, timeout=30)
+        client = ClientFactory(ClientConfig(streaming=False, polling=True, httpx_client=http,
+                                            supported_protocol_bindings=["HTTP+JSON"])).create(card)
+
+        async def send(text: str, message_id: str, **fields: str):  # type: ignore[no-untyped-def]
+            request = SendMessageRequest(message=Message(message_id=message_id, role=Role.ROLE_USER,
+                                                         parts=[Part(text=text)], **fields))
+            return [answer async for answer in client.send_message(request)][0].task
+
+        async def reaches(task_id: str, state: int):  # type: ignore[no-untyped-def]
+            for _ in range(600):
+                task = await client.get_task(GetTaskRequest(id=task_id))
+                if task.status.state == state:
+                    return task
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"{task_id} never reached {state}: {task}")
+
+        sent = await send("run the tests", "m-1", context_id="ctx-a2a")
+        assert sent.status.state == TaskState.TASK_STATE_SUBMITTED and sent.context_id == "ctx-a2a"
+        assert sent.history[0].parts[0].text == "run the tests"
+        done = await reaches(sent.id, TaskState.TASK_STATE_COMPLETED)
+        assert done.artifacts[0].parts[0].text == "on it"
+        assert (await send("run the tests", "m-1", context_id="ctx-a2a")).id == sent.id  # a retried send
+        held = await send("hold until cancelled", "m-2")
+        await reaches(held.id, TaskState.TASK_STATE_WORKING)
+        cancelled = await client.cancel_task(CancelTaskRequest(id=held.id))
+        assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+        with pytest.raises(TaskNotCancelableError):
+            await client.cancel_task(CancelTaskRequest(id=held.id))
+        with pytest.raises(UnsupportedOperationError, match="Continuing a task"):
+            await send("more", "m-3", task_id=sent.id)
+        with pytest.raises(TaskNotFoundError):  # only this agent's tasks: B's endpoint does not know A's task
+            other = ClientFactory(ClientConfig(streaming=False, httpx_client=http,
+                                               supported_protocol_bindings=["HTTP+JSON"]))
+            card_b = AgentCard()
+            card_b.CopyFrom(card)
+            card_b.supported_interfaces[0].url = card.supported_interfaces[0].url.replace(team.a.sandbox_id,
+                                                                                           team.b.sandbox_id)
+            await other.create(card_b).get_task(GetTaskRequest(id=sent.id))
+        await http.aclose()
+
+    asyncio.run(conversation())
+    # Through the member routes it is the same task, requested by the token's member
+    listed = team.owner.get(f"/api/workspaces/{team.wid}/tasks").json()["items"]
+    assert {t["state"] for t in listed if t["task_id"].startswith("a2a-")} == {"completed", "canceled"}
+    assert all(t["requester"] == f"member:{team.owner_id}" for t in listed)
+    # A stranger's token finds no such agent
+    stranger, _, _ = registered_agent(task_stack.base_url, f"a2a-out-{uuid.uuid4().hex[:6]}")
+    foreign = stranger.post("/api/tokens", json={"name": "x", "expires_in_days": 1}).json()["token"]
+    refused = httpx.post(f"{task_stack.base_url}/api/sandboxes/{team.a.sandbox_id}/a2a/message:send",
+                         headers={"authorization": f"Bearer {foreign}"},
+                         json={"message": {"messageId": "x", "role": "ROLE_USER", "parts": [{"text": "hi"}]}})
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found"
     stranger.close()

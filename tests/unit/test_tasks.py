@@ -138,6 +138,7 @@ def test_a_task_runs_as_a_turn_of_its_assignee_and_its_result_reaches_the_reques
     # The request is a message to the assignee carrying the task id, and becomes a turn in its context's session
     [turn] = world.deliver_all()
     assert turn.session_id == task.session_id and "task_id t-1" in turn.text and "run the tests" in turn.text
+    assert "your final answer is the task's result" in turn.text
     assert world.task("t-1").state == TaskState.submitted
     world.run(B)
     done = world.task("t-1")
@@ -173,6 +174,7 @@ def test_an_agents_result_goes_to_its_mailbox_to_become_its_next_turn(world: Wor
     [turn] = world.deliver_all()
     assert turn.session_id == mailboxes.context_session_id(WS, A.sandbox_id, "ctx-a")
     assert "Message from agent:sb-b" in turn.text and "done: see PR 7" in turn.text and "task_id t-a" in turn.text
+    assert "the result of a task you delegated" in turn.text
     # A's turn for the result is not taken for the task's own turn
     world.run(A, answer="thanks")
     assert world.task("t-a").result == {"text": "done: see PR 7", "artifacts": []}

@@ -43,7 +43,7 @@ async def task_store() -> DynamoTaskStore:
 Tasks = Annotated[DynamoTaskStore, Depends(task_store)]
 
 
-def _world(tasks_store: DynamoTaskStore, mail: Mailboxes, queue: DeliveryQueue) -> Followers:
+def followers(tasks_store: DynamoTaskStore, mail: Mailboxes, queue: DeliveryQueue) -> Followers:
     # The logged sessions store: a turn cancelled here is pushed to its viewers, and its message follows it.
     return Followers(tasks=tasks_store, mail=mail, queue=queue, sessions=session_store(), settings=task_settings())
 
@@ -170,7 +170,7 @@ def get_task(workspace_id: str, task_id: str, caller: Caller, store: Store, task
     """One task, caught up with its turn."""
     workspaces.membership(store, workspace_id, caller.user.user_id, Action.tasks_read)
     task = tasks.get_task(tasks_store, workspace_id=workspace_id, task_id=task_id)
-    return _out(tasks.catch_up(_world(tasks_store, mail, queue), task, now=now))
+    return _out(tasks.catch_up(followers(tasks_store, mail, queue), task, now=now))
 
 
 @router.post("/api/workspaces/{workspace_id}/tasks/{task_id}/cancel", response_model=TaskOut)
@@ -184,7 +184,7 @@ def cancel_task(workspace_id: str, task_id: str, caller: Caller, store: Store, s
     agent = sandboxes.get_sandbox(task.assignee.id)
     if agent is not None and task.requester != Principal.member(user_id):  # as for cancelling its turn
         sessions.authorize_drive(agent, user_id, role, Action.turn_cancel)
-    ended, notice = tasks.cancel(_world(tasks_store, mail, queue), task, by=str(Principal.member(user_id)), now=now)
+    ended, notice = tasks.cancel(followers(tasks_store, mail, queue), task, by=str(Principal.member(user_id)), now=now)
     if notice is not None:
         link.notify(notice)
     return _out(ended)
@@ -251,7 +251,7 @@ def agent_task(task_id: str, agent: AgentCaller, tasks_store: Tasks, mail: Mailb
     """A task the agent asked for or is assigned, caught up with its turn."""
     roles.authorize_agent(Action.tasks_read)
     task = tasks.get_agents_task(tasks_store, workspace_id=agent.workspace_id, agent=agent.principal, task_id=task_id)
-    return _out(tasks.catch_up(_world(tasks_store, mail, queue), task, now=now))
+    return _out(tasks.catch_up(followers(tasks_store, mail, queue), task, now=now))
 
 
 @router.post("/api/agent/tasks/{task_id}/cancel", response_model=TaskOut)
@@ -262,7 +262,7 @@ def agent_cancel(task_id: str, agent: AgentCaller, tasks_store: Tasks, mail: Mai
     task = tasks.get_agents_task(tasks_store, workspace_id=agent.workspace_id, agent=agent.principal, task_id=task_id)
     if task.requester != agent.principal:
         raise Forbidden("Only the task's requester may cancel it.")
-    ended, notice = tasks.cancel(_world(tasks_store, mail, queue), task, by=str(agent.principal), now=now)
+    ended, notice = tasks.cancel(followers(tasks_store, mail, queue), task, by=str(agent.principal), now=now)
     if notice is not None:
         link.notify(notice)
     return _out(ended)

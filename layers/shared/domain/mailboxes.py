@@ -448,10 +448,19 @@ def context_session_id(workspace_id: str, agent_id: str, context_id: str) -> str
     return f"ses-{digest[:16]}"
 
 
+# The message ids of a task's request and its result (domain/tasks.py): the turn's text says what each one is.
+TASK_REQUEST_PREFIX, TASK_RESULT_PREFIX = "task", "task-result"
+
+
 def render(message: Message) -> str:
     """The turn's text: who it is from, the thread, and the parts."""
     head = f"Message from {message.sender} (message_id {message.message_id}, context_id {message.context_id}"
     head += f", task_id {message.task_id})" if message.task_id else ")"
+    if message.message_id.startswith(TASK_REQUEST_PREFIX + ":"):
+        head += (f". It is a task delegated to you: do it, and end with your answer; your final answer is the task's "
+                 f"result and goes back to {message.sender}")
+    elif message.message_id.startswith(TASK_RESULT_PREFIX + ":"):
+        head += ". It is the result of a task you delegated"
     body = []
     for part in message.parts:
         if part["kind"] == "text":

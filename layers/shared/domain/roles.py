@@ -206,10 +206,12 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
                       "POST /api/agent/inbox/ack)",
     Action.agent_inbox_read: "See an agent's mailbox (GET /api/sandboxes/{sid}/inbox)",
     Action.task_create: "Delegate a task to an agent (POST /api/workspaces/{wid}/tasks; an agent: POST "
-                        "/api/agent/tasks); to another member's local agent only when it is shared",
+                        "/api/agent/tasks; A2A: POST /api/sandboxes/{sid}/a2a/message:send); to another member's "
+                        "local agent only when it is shared",
     Action.tasks_read: "See the workspace's tasks and their state (GET /api/workspaces/{wid}/tasks...; an agent: "
-                       "its own, GET /api/agent/tasks/{tid})",
-    Action.task_cancel: "Cancel a task (POST /api/workspaces/{wid}/tasks/{tid}/cancel; an agent: its own)",
+                       "its own, GET /api/agent/tasks/{tid}; A2A: GET /api/sandboxes/{sid}/a2a/tasks/{tid})",
+    Action.task_cancel: "Cancel a task (POST /api/workspaces/{wid}/tasks/{tid}/cancel; an agent: its own; A2A: "
+                        "POST /api/sandboxes/{sid}/a2a/tasks/{tid}:cancel)",
     Action.interactions_read: "Read the workspace's interaction record: sends, delegations, state changes "
                               "(GET /api/workspaces/{wid}/interactions)",
 }

@@ -172,11 +172,11 @@ class TaskStore(Protocol):
 
 
 def request_message_id(task_id: str) -> str:
-    return _derived_id("task", task_id)
+    return _derived_id(mailboxes.TASK_REQUEST_PREFIX, task_id)
 
 
 def result_message_id(task_id: str) -> str:
-    return _derived_id("task-result", task_id)
+    return _derived_id(mailboxes.TASK_RESULT_PREFIX, task_id)
 
 
 def _derived_id(prefix: str, task_id: str) -> str:
