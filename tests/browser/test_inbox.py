@@ -50,6 +50,7 @@ def test_a_developer_messages_an_agent_and_reads_their_inbox(console: Console, p
     expect(page.get_by_role("heading", name="Inbox")).to_be_visible()
     inbox_item = page.locator("[data-testid=message][data-message-id=note-1]").first
     expect(inbox_item).to_contain_text("Standup moved to 10")
+    expect(inbox_item.locator(".message-head strong")).to_have_text(account.name)  # who sent it, by name
     screenshot(page, "inbox")
     inbox_item.get_by_role("button", name="Acknowledge").click()
     expect(page.get_by_text("No messages waiting for you.")).to_be_visible()

@@ -74,6 +74,14 @@ class ScriptedToolCall:
     name: str
     arguments: dict[str, Any]
     when: str | None = None  # only for a user message that contains this (a later turn of the session: no call)
+    then: ScriptedToolCall | None = None  # the call the model makes next, once this one's result is back
+
+    def after(self, results: int) -> ScriptedToolCall | None:
+        """The call due once `results` tool results came back after the user's text: this one, then its chain."""
+        step: ScriptedToolCall | None = self
+        for _ in range(results):
+            step = step.then if step is not None else None
+        return step
 
 
 def offered_tools(payload: dict[str, Any]) -> dict[str, tuple[str | None, str]]:
@@ -167,24 +175,31 @@ class FakeLlmUpstream:
         """The scripted tool call, when this request offers the tool and its last input is the user's text (which
         contains the call's `when`, if it has one)."""
         call = self.tool_call
-        if call is None or call.name not in offered_tools(payload):
+        if call is None:
             return None
+        offered = offered_tools(payload)
         items = payload.get("messages") if "messages" in payload else payload.get("input")
-        if not isinstance(items, list):
-            return call if call.when is None or call.when in str(items) else None  # a string is the user's text
+        if not isinstance(items, list):  # a string is the user's text
+            return call if call.name in offered and (call.when is None or call.when in str(items)) else None
+        results = 0  # tool results back since the user's text: the chain's next call is due, or the answer
         for item in reversed(items):
             if not isinstance(item, dict):
                 continue
-            if item.get("type") == "function_call_output":  # Responses: the tool's result is back
-                return None
+            if item.get("type") == "function_call_output":  # Responses: a tool's result is back
+                results += 1
+                continue
             if item.get("role") == "user":
                 content = item.get("content")
                 blocks = content if isinstance(content, list) else []
                 if any(isinstance(block, dict) and block.get("type") == "tool_result" for block in blocks):
-                    return None
+                    results += 1
+                    continue
                 text = content if isinstance(content, str) else "".join(
                     str(block.get("text", "")) for block in blocks if isinstance(block, dict))
-                return call if call.when is None or call.when in text else None
+                if call.when is not None and call.when not in text:
+                    return None
+                due = call.after(results)
+                return due if due is not None and due.name in offered else None
         return None
 
     def usage_for(self, text: str) -> dict[str, int]:

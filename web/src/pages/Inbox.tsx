@@ -4,6 +4,7 @@ import { api, atLeast, enc, type Page, type Sandbox, type Workspace } from "../a
 import { Ago, Empty, ErrorNote, Loading, StatusBadge } from "../components";
 import { useAction, useResource, useTitle } from "../hooks";
 import { WorkspacePage } from "../Layout";
+import { Principal } from "../principals";
 
 /** A mailbox message (docs/api.md, "Mailboxes"). */
 export interface MailMessage {
@@ -26,8 +27,9 @@ function Parts({ message }: { message: MailMessage }) {
   );
 }
 
-function MessageList({ messages, who, onAck, busy }: {
-  messages: MailMessage[]; who: "from" | "to"; onAck?: (message: MailMessage) => void; busy?: boolean;
+function MessageList({ workspaceId, messages, who, onAck, busy }: {
+  workspaceId: string; messages: MailMessage[]; who: "from" | "to"; onAck?: (message: MailMessage) => void;
+  busy?: boolean;
 }) {
   return (
     <ul className="messages">
@@ -35,7 +37,8 @@ function MessageList({ messages, who, onAck, busy }: {
         <li key={`${message.to}:${message.seq}`} className="card message" data-testid="message"
           data-message-id={message.message_id}>
           <div className="message-head">
-            <strong>{who === "from" ? message.from : `to ${message.to}`}</strong>{" "}
+            <strong>{who === "from" ? <Principal workspaceId={workspaceId} principal={message.from} />
+              : <>to <Principal workspaceId={workspaceId} principal={message.to} /></>}</strong>{" "}
             <StatusBadge status={message.state} reason={message.reason} />{" "}
             <span className="muted small">thread <code>{message.context_id}</code> · <Ago iso={message.sent_at} /></span>
             {onAck && <button type="button" className="secondary" disabled={busy}
@@ -75,12 +78,12 @@ function Inbox({ workspace }: { workspace: Workspace }) {
       {inbox.loading && <Loading label="Loading your inbox…" />}
       <ErrorNote error={inbox.error} onRetry={inbox.reload} />
       {inbox.data && !items.length && <Empty title="No messages waiting for you." />}
-      {items.length > 0 && <MessageList messages={items} who="from" busy={action.busy}
+      {items.length > 0 && <MessageList workspaceId={workspace.id} messages={items} who="from" busy={action.busy}
         onAck={(message) => ack([message.message_id])} />}
       <h2>Sent</h2>
       <ErrorNote error={sent.error} onRetry={sent.reload} />
       {sent.data && !sent.data.items.length && <Empty title="You have sent no messages here." />}
-      {sent.data && sent.data.items.length > 0 && <MessageList messages={sent.data.items} who="to" />}
+      {sent.data && sent.data.items.length > 0 && <MessageList workspaceId={workspace.id} messages={sent.data.items} who="to" />}
     </section>
   );
 }
@@ -149,7 +152,7 @@ export function AgentInboxView({ workspace, sandbox }: { workspace: Workspace; s
         {inbox.loading && <Loading label="Loading the agent's mailbox…" />}
         <ErrorNote error={inbox.error} onRetry={inbox.reload} />
         {inbox.data && !items.length && <Empty title="Nothing waiting for this agent." />}
-        {items.length > 0 && <MessageList messages={items} who="from" />}
+        {items.length > 0 && <MessageList workspaceId={workspace.id} messages={items} who="from" />}
       </section>
     </div>
   );

@@ -11,6 +11,7 @@ import { Ago, Countdown, Empty, ErrorNote, Loading, StatusBadge } from "../compo
 import { useAction, usePaged, useResource, useTitle } from "../hooks";
 import { WorkspacePage } from "../Layout";
 import { useSession } from "../session";
+import { Principal } from "../principals";
 import { mayDrive, SessionPane } from "./Chat";
 
 const TIMEOUTS = [{ seconds: 600, label: "10 minutes" }, { seconds: 3600, label: "1 hour" },
@@ -21,11 +22,9 @@ export const tasksPath = (workspaceId: string, taskId?: string) =>
 
 const agentId = (principal: string) => principal.startsWith("agent:") ? principal.slice("agent:".length) : null;
 
-/** A principal as a link: an agent to its page; a member as written. */
+/** A principal by name: an agent links to its page. */
 function Who({ workspace, principal }: { workspace: Workspace; principal: string }) {
-  const agent = agentId(principal);
-  return agent ? <Link to={`/w/${workspace.id}/sandboxes/${agent}`}><code>{principal}</code></Link>
-    : <code>{principal}</code>;
+  return <Principal workspaceId={workspace.id} principal={principal} />;
 }
 
 /** Ask an agent for work: the task becomes a turn in the agent's session; its result comes to your inbox. */
