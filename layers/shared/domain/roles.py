@@ -202,7 +202,9 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
                          "member's local agent only when it is shared",
     Action.inbox_read: "Read one's own inbox and the messages one sent (GET /api/workspaces/{wid}/inbox, "
                        "/api/workspaces/{wid}/messages...)",
-    Action.inbox_ack: "Acknowledge messages in one's own inbox (POST /api/workspaces/{wid}/inbox/ack)",
+    Action.inbox_ack: "Acknowledge messages in one's own inbox (POST /api/workspaces/{wid}/inbox/ack; an agent: "
+                      "/api/agent/inbox/ack, and its running turn takes in the messages queued behind it, "
+                      "POST /api/agent/turns/{turn_id}/mail)",
     Action.agent_inbox_read: "See an agent's mailbox (GET /api/sandboxes/{sid}/inbox)",
     Action.task_create: "Delegate a task to an agent (POST /api/workspaces/{wid}/tasks; an agent: POST "
                         "/api/agent/tasks); to another member's local agent only when it is shared",
