@@ -5,6 +5,7 @@ harness gets them in its own environment and passes them on to the server it sta
 
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -36,6 +37,11 @@ class AgentTools:
     def command(self) -> list[str]:
         """`agentserver mcp`, run by this very interpreter (a laptop's venv or the sandbox image's alike)."""
         return [sys.executable, "-m", "agent_client.mcp_server"]
+
+    def mail_hook_command(self, harness: str) -> str:
+        """The after-tool hook's shell command (harnesses run hooks through a shell): `agentserver mail-hook`, by
+        this interpreter (agent_client/mail_hook.py); it reads the same variables as the MCP server."""
+        return shlex.join([sys.executable, "-m", "agent_client.mail_hook", harness])
 
     def environment(self, turn_id: str | None = None) -> dict[str, str]:
         """The variables the harness process gets, and passes on to the MCP server; the turn's id only where the

@@ -55,6 +55,7 @@ FULL_AUTO_AS_ROOT = (
 OFFLINE_ENVIRONMENT = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
                        "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1", "DISABLE_BUG_COMMAND": "1"}
 INTERRUPT_GRACE_SECONDS = 5.0
+MAIL_HOOK_TIMEOUT_SECONDS = 10  # the hook's own HTTP timeout is shorter (agent_client/mail_hook.py)
 
 
 def _text_of(content: Any) -> str:
@@ -179,6 +180,10 @@ class ClaudeCodeHarness(Harness):
             config = {"mcpServers": {SERVER_NAME: {"type": "stdio", "command": command, "args": args,
                                                    "alwaysLoad": True}}}
             argv += ["--mcp-config", json.dumps(config), "--allowedTools", f"mcp__{SERVER_NAME}"]
+            # Mail between tool calls: after each tool, the hook hands the model what was sent to it meanwhile.
+            hook = {"type": "command", "command": self.tools.mail_hook_command(self.name),
+                    "timeout": MAIL_HOOK_TIMEOUT_SECONDS}
+            argv += ["--settings", json.dumps({"hooks": {"PostToolUse": [{"matcher": "*", "hooks": [hook]}]}})]
         return argv
 
     def environment(self, request: TurnRequest | None = None) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import sys
 import tomllib
 from pathlib import Path
@@ -248,6 +249,11 @@ def test_each_harness_starts_the_agents_tools_with_the_token_only_in_its_environ
     assert config == {"mcpServers": {"agentserver": {"type": "stdio", "command": sys.executable,
                                                      "args": ["-m", "agent_client.mcp_server"], "alwaysLoad": True}}}
     assert argv[argv.index("--allowedTools") + 1] == "mcp__agentserver"
+    # and its PostToolUse hook (`agentserver mail-hook`) hands the model the mail that came meanwhile
+    hooks = json.loads(argv[argv.index("--settings") + 1])["hooks"]
+    assert hooks == {"PostToolUse": [{"matcher": "*", "hooks": [{
+        "type": "command", "command": f"{shlex.quote(sys.executable)} -m agent_client.mail_hook claudecode",
+        "timeout": 10}]}]}
     assert "asx_secret" not in " ".join(argv)
     assert expected.items() <= claude.environment(request).items()
     # Codex: config.toml names the server and the variables it passes on, never their values
