@@ -18,6 +18,7 @@ TOKEN_VARIABLE = "AGENTSERVER_AGENT_TOKEN"
 TURN_VARIABLE = "AGENTSERVER_TURN_ID"
 VARIABLES = (API_URL_VARIABLE, TOKEN_VARIABLE, TURN_VARIABLE)
 SERVER_NAME = "agentserver"  # the tools' prefix: Claude Code mcp__agentserver__<tool>, Codex and opencode alike
+MAIL_HOOK_TIMEOUT_SECONDS = 10  # what the harness grants the after-tool hook; its own HTTP timeout is shorter
 TOOLS = ("list_agents", "send_message", "read_inbox", "ack_messages", "delegate_task", "get_task", "cancel_task")
 
 

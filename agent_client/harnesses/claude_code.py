@@ -37,7 +37,7 @@ from agent_client.harnesses import (
     find_cli,
     usage,
 )
-from agent_client.harnesses.agent_tools import SERVER_NAME, AgentTools
+from agent_client.harnesses.agent_tools import MAIL_HOOK_TIMEOUT_SECONDS, SERVER_NAME, AgentTools
 from agent_client.harnesses.process import JsonLinesProcess
 
 # Our modes as Claude Code's --permission-mode. In "ask" every prompt comes to us; full-auto skips them all
@@ -55,7 +55,6 @@ FULL_AUTO_AS_ROOT = (
 OFFLINE_ENVIRONMENT = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
                        "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1", "DISABLE_BUG_COMMAND": "1"}
 INTERRUPT_GRACE_SECONDS = 5.0
-MAIL_HOOK_TIMEOUT_SECONDS = 10  # the hook's own HTTP timeout is shorter (agent_client/mail_hook.py)
 
 
 def _text_of(content: Any) -> str:
