@@ -13,33 +13,35 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
+import urllib.request
 from collections.abc import Mapping
 from typing import IO
-
-import httpx
 
 from agent_client.harnesses.agent_tools import API_URL_VARIABLE, TOKEN_VARIABLE, TURN_VARIABLE
 
 TIMEOUT_SECONDS = 5.0  # the tool's result waits for it: short
 HARNESSES = ("claudecode", "codex")  # both read {"hookSpecificOutput": {"hookEventName", "additionalContext"}}
+# urllib, not httpx: this runs after every tool call, and its import is a fifth of httpx's. No proxy from the
+# environment (the agent API is reached directly, as the MCP server does: trust_env=False).
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+TURN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PREAMBLE = ("While you worked, new messages arrived in your agentserver mailbox. They are already acknowledged; "
             "take them into account in what you are doing, and answer with send_message where one asks for it.")
 
 
-def absorbed_text(environ: Mapping[str, str], *, client: httpx.Client | None = None) -> str:
+def absorbed_text(environ: Mapping[str, str]) -> str:
     """The rendered messages the running turn took in; "" when none (or when anything went wrong)."""
     api_url, token, turn_id = (environ.get(name, "") for name in (API_URL_VARIABLE, TOKEN_VARIABLE, TURN_VARIABLE))
-    if not (api_url and token and turn_id) or "/" in turn_id:
+    if not (api_url and token and turn_id) or not TURN_ID.fullmatch(turn_id):
         return ""
-    url = f"{api_url.rstrip('/')}/api/agent/turns/{turn_id}/mail"
+    request = urllib.request.Request(f"{api_url.rstrip('/')}/api/agent/turns/{turn_id}/mail", method="POST",
+                                     headers={"Authorization": f"Bearer {token}"})
     try:
-        with client or httpx.Client(timeout=TIMEOUT_SECONDS, trust_env=False) as http:
-            response = http.post(url, headers={"Authorization": f"Bearer {token}"})
-        if response.status_code != 200:
-            return ""
-        text = response.json().get("text")
-    except (httpx.HTTPError, ValueError, AttributeError):
+        with DIRECT.open(request, timeout=TIMEOUT_SECONDS) as response:
+            text = json.load(response).get("text")
+    except (OSError, ValueError, AttributeError):  # URLError and HTTPError are OSErrors
         return ""
     return text if isinstance(text, str) else ""
 
