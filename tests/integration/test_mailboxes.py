@@ -177,6 +177,54 @@ def test_a_worker_that_crashes_mid_batch_makes_no_second_turn_when_the_batch_com
         assert message.turn_id == made[f"{WS}/agent:sb-crash/{seq}/1"].id
 
 
+def test_concurrent_calls_of_a_running_turn_hand_out_each_message_once(dynamodb_tables: str) -> None:
+    # Given an agent's running turn with 12 messages queued behind it in its session (on DynamoDB Local)
+    store, queue = DynamoMailboxStore(), CountingQueue([])
+    limits = MailboxLimits(max_unacked=1000, sends_per_minute=10_000)
+    agent = Sandbox(sandbox_id="sb-busy", workspace_id=WS, name="laptop", kind=SandboxKind.local,
+                    agent_type=AgentType.claudecode, status=SandboxStatus.running, created_by="u-1", created_at=NOW)
+    to = Principal.agent(agent.sandbox_id)
+
+    def follow(turns: list[sessions.Turn]) -> None:  # the hook dal/session_delivery.py installs
+        for turn in turns:
+            mailboxes.follow_turn(store, queue, turn, limits=limits, now=NOW)
+
+    session_store = DynamoSessionStore(on_message_turns=follow)
+
+    class Offline:
+        def turns_waiting(self, agent: Sandbox, session_id: str) -> None:
+            pass
+
+    session_limits = sessions.SessionLimits(max_turn_text_bytes=200_000, max_queued_turns=20)
+    for number in range(13):
+        mailboxes.send_message(store, queue, workspace_id=WS, sender=Principal.member("u-1"), to=to,
+                               message_id=f"busy-{number}", context_id="c-busy", task_id=None,
+                               parts=[{"kind": "text", "text": f"note {number}"}], now=NOW, limits=limits)
+        made = mailboxes.deliver_to_agent(store, session_store, {agent.sandbox_id: agent}.get, Offline(),
+                                          workspace_id=WS, to=to, seq=number + 1, session_limits=session_limits,
+                                          limits=limits, now=NOW)
+        if number == 0:
+            [running] = sessions.claim_next_turn(session_store, sandbox_id=agent.sandbox_id,
+                                                 session_id=made.turn.session_id)  # type: ignore[union-attr]
+
+    # When 8 calls of that turn run at once
+    def absorb(_: int) -> list[str]:
+        return [message.message_id for message in mailboxes.absorb_into_turn(
+            store, session_store, workspace_id=WS, agent_id=agent.sandbox_id, turn_id=running.turn_id, limits=limits,
+            now=NOW)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        handed = [message_id for batch in pool.map(absorb, range(8)) for message_id in batch]
+    # Then each queued message went to exactly one of them, all acked, and the session's queue is empty
+    assert Counter(handed) == Counter(f"busy-{number}" for number in range(1, 13))
+    for seq in range(2, 14):
+        message = store.get_message(WS, to, seq)
+        assert message is not None and message.state == mailboxes.MessageState.acked
+        assert message.turn_id == running.turn_id
+    session = session_store.get_session(running.session_id)
+    assert session is not None and session.queued_turn_ids == () and session.current_turn_id == running.turn_id
+
+
 # End to end on the embedded stack -------------------------------------------------------------------
 
 
