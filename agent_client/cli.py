@@ -25,6 +25,14 @@ def mcp_server() -> None:
     raise typer.Exit(main())
 
 
+@app.command("mail-hook")
+def mail_hook(harness: str) -> None:
+    """The harness's after-tool hook: hand the running turn the messages sent to it meanwhile (docs/mcp.md)."""
+    from agent_client.mail_hook import main
+
+    raise typer.Exit(main([harness]))
+
+
 @app.command()
 def version() -> None:
     """Print the version."""

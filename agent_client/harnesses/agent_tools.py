@@ -5,6 +5,7 @@ harness gets them in its own environment and passes them on to the server it sta
 
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ TOKEN_VARIABLE = "AGENTSERVER_AGENT_TOKEN"
 TURN_VARIABLE = "AGENTSERVER_TURN_ID"
 VARIABLES = (API_URL_VARIABLE, TOKEN_VARIABLE, TURN_VARIABLE)
 SERVER_NAME = "agentserver"  # the tools' prefix: Claude Code mcp__agentserver__<tool>, Codex and opencode alike
+MAIL_HOOK_TIMEOUT_SECONDS = 10  # what the harness grants the after-tool hook; its own HTTP timeout is shorter
 TOOLS = ("list_agents", "send_message", "read_inbox", "ack_messages", "delegate_task", "get_task", "cancel_task")
 
 
@@ -36,6 +38,11 @@ class AgentTools:
     def command(self) -> list[str]:
         """`agentserver mcp`, run by this very interpreter (a laptop's venv or the sandbox image's alike)."""
         return [sys.executable, "-m", "agent_client.mcp_server"]
+
+    def mail_hook_command(self, harness: str) -> str:
+        """The after-tool hook's shell command (harnesses run hooks through a shell): `agentserver mail-hook`, by
+        this interpreter (agent_client/mail_hook.py); it reads the same variables as the MCP server."""
+        return shlex.join([sys.executable, "-m", "agent_client.mail_hook", harness])
 
     def environment(self, turn_id: str | None = None) -> dict[str, str]:
         """The variables the harness process gets, and passes on to the MCP server; the turn's id only where the

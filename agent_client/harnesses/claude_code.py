@@ -37,7 +37,7 @@ from agent_client.harnesses import (
     find_cli,
     usage,
 )
-from agent_client.harnesses.agent_tools import SERVER_NAME, AgentTools
+from agent_client.harnesses.agent_tools import MAIL_HOOK_TIMEOUT_SECONDS, SERVER_NAME, AgentTools
 from agent_client.harnesses.process import JsonLinesProcess
 
 # Our modes as Claude Code's --permission-mode. In "ask" every prompt comes to us; full-auto skips them all
@@ -179,6 +179,10 @@ class ClaudeCodeHarness(Harness):
             config = {"mcpServers": {SERVER_NAME: {"type": "stdio", "command": command, "args": args,
                                                    "alwaysLoad": True}}}
             argv += ["--mcp-config", json.dumps(config), "--allowedTools", f"mcp__{SERVER_NAME}"]
+            # Mail between tool calls: after each tool, the hook hands the model what was sent to it meanwhile.
+            hook = {"type": "command", "command": self.tools.mail_hook_command(self.name),
+                    "timeout": MAIL_HOOK_TIMEOUT_SECONDS}
+            argv += ["--settings", json.dumps({"hooks": {"PostToolUse": [{"matcher": "*", "hooks": [hook]}]}})]
         return argv
 
     def environment(self, request: TurnRequest | None = None) -> dict[str, str]:

@@ -38,7 +38,7 @@ from agent_client.harnesses import (
     find_cli,
     usage,
 )
-from agent_client.harnesses.agent_tools import SERVER_NAME, VARIABLES, AgentTools
+from agent_client.harnesses.agent_tools import MAIL_HOOK_TIMEOUT_SECONDS, SERVER_NAME, VARIABLES, AgentTools
 from agent_client.harnesses.process import JsonLinesProcess
 
 PROVIDER_ID = "agentserver"
@@ -95,6 +95,7 @@ def config_toml(proxy: ProxyAccess, tools: AgentTools | None = None) -> str:
         'wire_api = "responses"',
         "",
         *(_mcp_server_toml(tools) if tools is not None else []),
+        *(_mail_hook_toml(tools) if tools is not None else []),
     ])
 
 
@@ -107,6 +108,20 @@ def _mcp_server_toml(tools: AgentTools) -> list[str]:
         f"env_vars = [{', '.join(map(toml_string, VARIABLES))}]",
         'default_tools_approval_mode = "approve"',
         "startup_timeout_sec = 30",
+        "",
+    ]
+
+
+def _mail_hook_toml(tools: AgentTools) -> list[str]:
+    """Mail between tool calls: after each tool, `agentserver mail-hook` (in Codex's environment, which holds the
+    agent's variables) prints the messages sent meanwhile as the PostToolUse hook's additionalContext. Codex runs
+    it once trusted: CodexHarness._trust_mail_hook."""
+    return [
+        "[[hooks.PostToolUse]]",
+        "[[hooks.PostToolUse.hooks]]",
+        'type = "command"',
+        f"command = {toml_string(tools.mail_hook_command('codex'))}",
+        f"timeout = {MAIL_HOOK_TIMEOUT_SECONDS}",
         "",
     ]
 
@@ -382,6 +397,8 @@ class CodexHarness(Harness):
                     "experimentalApi": False, "requestAttestation": False,
                     "optOutNotificationMethods": QUIET_NOTIFICATIONS}})
                 await server.notify("initialized")
+                if self.tools is not None:
+                    await self._trust_mail_hook(server)
                 thread = await server.request("thread/resume" if request.resume else "thread/start",
                                               self.thread_params(request))
                 thread_id = str(thread["thread"]["id"])
@@ -395,6 +412,23 @@ class CodexHarness(Harness):
                                f"{process.stderr_tail()[-1000:]}".strip()) from error
         return CodexTurn(server, thread_id=thread_id, turn_id=turn_id, mode=request.permission_mode,
                          directory=self.directory)
+
+    async def _trust_mail_hook(self, server: AppServer) -> None:
+        """Codex runs a hook only once its exact definition is trusted (by the hash Codex computes; an untrusted one
+        is skipped without a word). Ours, from our own config.toml, is trusted as Codex's own /hooks review would:
+        the hash `hooks/list` reports, written back with `config/batchWrite`. Any other hook stays as it is."""
+        assert self.tools is not None
+        ours = self.tools.mail_hook_command("codex")
+        config = str(self.codex_home / "config.toml")
+        listed = await server.request("hooks/list", {"cwds": [str(self.directory)]})
+        trust = {hook["key"]: {"trusted_hash": hook["currentHash"]}
+                 for entry in listed.get("data") or [] for hook in entry.get("hooks") or []
+                 if hook.get("command") == ours and hook.get("sourcePath") == config
+                 and hook.get("trustStatus") != "trusted" and hook.get("currentHash")}
+        if trust:
+            await server.request("config/batchWrite", {"edits": [
+                {"keyPath": "hooks.state", "mergeStrategy": "upsert", "value": trust}], "filePath": config,
+                "reloadUserConfig": True})
 
 
 class CodexTurn(Turn):

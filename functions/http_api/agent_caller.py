@@ -22,7 +22,7 @@ from layers.shared.domain.principals import Principal
 from layers.shared.errors import NotAuthenticated, ValidationFailed
 
 TURN_HEADER = "x-agentserver-turn"
-_TURN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TURN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def current_agent(request: Request, sandboxes: Sandboxes) -> CallingAgent:
     if caller is None:
         raise NotAuthenticated("The token is unknown, or its agent or workspace is gone.")
     turn_id = request.headers.get(TURN_HEADER) or None
-    if turn_id is not None and not _TURN_ID.fullmatch(turn_id):
+    if turn_id is not None and not TURN_ID.fullmatch(turn_id):
         raise ValidationFailed(f"{TURN_HEADER} is not a turn id.")
     return CallingAgent(workspace_id=caller.workspace_id, sandbox_id=caller.sandbox_id, turn_id=turn_id)
 

@@ -350,3 +350,74 @@ def test_the_model_calls_the_agents_own_tools_in_ask_mode_without_an_approval(
                                  else "agentserver.list_agents")
     assert not result.data["is_error"] and f"agent:{registration['sandbox_id']}" in result.data["output"], result.data
 
+
+
+WAIT_FOR_RELEASE = "touch started; while [ ! -f release ]; do sleep 0.1; done; echo wrote"
+# What each CLI's model calls to run a command, and where its model requests go
+SHELL_TOOLS = {"claudecode": ScriptedToolCall("Bash", {"command": WAIT_FOR_RELEASE, "description": "Wait"},
+                                              when="refactor the parser"),
+               "codex": ScriptedToolCall("exec_command", {"cmd": WAIT_FOR_RELEASE}, when="refactor the parser")}
+MODEL_PATHS = {"claudecode": ("anthropic", "/anthropic/v1/messages"), "codex": ("openai", "/openai/v1/responses")}
+TOOL_RESULTS = {"claudecode": "tool_result", "codex": "function_call_output"}
+
+
+@pytest.mark.parametrize("kind", ["claudecode", "codex"])
+def test_a_message_sent_while_a_tool_runs_reaches_the_model_in_the_same_turn(
+        kind: str, upstream: FakeLlmUpstream, harness_stack: RunningStack, tmp_path: Path) -> None:
+    """Push between tool calls, for real: `agentserver connect --type <cli>`, the model's shell command waits for a
+    file; a message for the same thread arrives meanwhile and queues; once the tool ends, the CLI's PostToolUse hook
+    (`agentserver mail-hook`) hands it to the model: the next request of that same turn carries it, the message is
+    acked, and no turn of its own runs."""
+    browser, wid, code = new_code(harness_stack, "push")
+    home, project = tmp_path / "home", tmp_path / "project"
+    project.mkdir()
+    # Bash runs without asking (full-auto; the test machine may be root, declared a sandbox)
+    assert browser.put(f"/api/workspaces/{wid}/session-defaults",
+                       json={"model": None, "permission_mode": "full-auto"}).status_code == 200
+    process = start_connect("--type", kind, "--server", harness_stack.base_url, "--code", code, "--name",
+                            f"{kind}-box", "--directory", str(project), home=home,
+                            # PYTHONPATH: the hook (`python -m agent_client.mail_hook`, run in the project) imports
+                            # this checkout's agent_client even where the venv's editable install names another
+                            env={"IS_SANDBOX": "1", "PYTHONPATH": str(ROOT)})
+    note = "PUSHED-NOTE-7f3a: the tests live in t/"
+    try:
+        wait_until(lambda: (home / "registry.json").exists(), timeout=30)
+        sandbox_id = registered_sandbox(home)["sandbox_id"]
+        wait_until(lambda: browser.get(f"/api/sandboxes/{sandbox_id}").json()["status"] == "running", timeout=60)
+        upstream.tool_call = SHELL_TOOLS[kind]
+        provider, model_path = MODEL_PATHS[kind]
+
+        def send(message_id: str, text: str) -> None:
+            sent = browser.post(f"/api/workspaces/{wid}/messages", json={
+                "to": f"agent:{sandbox_id}", "message_id": message_id, "context_id": "ctx-push",
+                "parts": [{"kind": "text", "text": text}]})
+            assert sent.status_code == 201, sent.text
+
+        def status(message_id: str) -> dict:  # type: ignore[type-arg]
+            return dict(browser.get(f"/api/workspaces/{wid}/messages/{message_id}").json())
+
+        # Given the agent's turn for a first message, in the middle of a tool call
+        send("work", "Please refactor the parser")
+        wait_until(lambda: (project / "started").exists(), timeout=120)
+        before = len(upstream.requests_to(provider, model_path))
+        # When a second message for the same thread comes: it waits queued behind the running turn
+        send("note", note)
+        wait_until(lambda: status("note")["turn_id"], timeout=30)
+        assert status("note")["state"] == "queued"
+        (project / "release").touch()
+        # Then the turn ends, and the request that brought the tool's result to the model carried the message
+        wait_until(lambda: status("work")["state"] == "acked", timeout=120)
+        after = [seen.json for seen in upstream.requests_to(provider, model_path)[before:]]
+        with_result = [body for body in after if TOOL_RESULTS[kind] in json.dumps(body)]
+        assert with_result and note in json.dumps(with_result[0]), after
+        work, pushed = status("work"), status("note")
+        assert (pushed["state"], pushed["turn_id"], pushed["reason"]) == (
+            "acked", work["turn_id"], f"absorbed into turn {work['turn_id']}")
+        # and no turn of its own ran: the session's turns are the first one, completed, and the withdrawn one
+        turns = browser.get(f"/api/sessions/{work['session_id']}/turns").json()["items"]
+        assert [turn["status"] for turn in turns] == ["completed", "cancelled"], turns
+    finally:
+        upstream.tool_call = None
+        returncode, output = interrupt(process)
+    assert returncode == 0, output
+    assert "asx_" not in output  # the token never reaches the agent's output

@@ -12,11 +12,12 @@ import json
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 
 from agent_client.agent_info import AgentInfoSource
@@ -176,6 +177,54 @@ def test_a_worker_that_crashes_mid_batch_makes_no_second_turn_when_the_batch_com
         assert message.turn_id == made[f"{WS}/agent:sb-crash/{seq}/1"].id
 
 
+def test_concurrent_calls_of_a_running_turn_hand_out_each_message_once(dynamodb_tables: str) -> None:
+    # Given an agent's running turn with 12 messages queued behind it in its session (on DynamoDB Local)
+    store, queue = DynamoMailboxStore(), CountingQueue([])
+    limits = MailboxLimits(max_unacked=1000, sends_per_minute=10_000)
+    agent = Sandbox(sandbox_id="sb-busy", workspace_id=WS, name="laptop", kind=SandboxKind.local,
+                    agent_type=AgentType.claudecode, status=SandboxStatus.running, created_by="u-1", created_at=NOW)
+    to = Principal.agent(agent.sandbox_id)
+
+    def follow(turns: list[sessions.Turn]) -> None:  # the hook dal/session_delivery.py installs
+        for turn in turns:
+            mailboxes.follow_turn(store, queue, turn, limits=limits, now=NOW)
+
+    session_store = DynamoSessionStore(on_message_turns=follow)
+
+    class Offline:
+        def turns_waiting(self, agent: Sandbox, session_id: str) -> None:
+            pass
+
+    session_limits = sessions.SessionLimits(max_turn_text_bytes=200_000, max_queued_turns=20)
+    for number in range(13):
+        mailboxes.send_message(store, queue, workspace_id=WS, sender=Principal.member("u-1"), to=to,
+                               message_id=f"busy-{number}", context_id="c-busy", task_id=None,
+                               parts=[{"kind": "text", "text": f"note {number}"}], now=NOW, limits=limits)
+        made = mailboxes.deliver_to_agent(store, session_store, {agent.sandbox_id: agent}.get, Offline(),
+                                          workspace_id=WS, to=to, seq=number + 1, session_limits=session_limits,
+                                          limits=limits, now=NOW)
+        if number == 0:
+            [running] = sessions.claim_next_turn(session_store, sandbox_id=agent.sandbox_id,
+                                                 session_id=made.turn.session_id)  # type: ignore[union-attr]
+
+    # When 8 calls of that turn run at once
+    def absorb(_: int) -> list[str]:
+        return [message.message_id for message in mailboxes.absorb_into_turn(
+            store, session_store, workspace_id=WS, agent_id=agent.sandbox_id, turn_id=running.turn_id, limits=limits,
+            now=NOW)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        handed = [message_id for batch in pool.map(absorb, range(8)) for message_id in batch]
+    # Then each queued message went to exactly one of them, all acked, and the session's queue is empty
+    assert Counter(handed) == Counter(f"busy-{number}" for number in range(1, 13))
+    for seq in range(2, 14):
+        message = store.get_message(WS, to, seq)
+        assert message is not None and message.state == mailboxes.MessageState.acked
+        assert message.turn_id == running.turn_id
+    session = session_store.get_session(running.session_id)
+    assert session is not None and session.queued_turn_ids == () and session.current_turn_id == running.turn_id
+
+
 # End to end on the embedded stack -------------------------------------------------------------------
 
 
@@ -196,9 +245,9 @@ class ScriptedAgent:
     """The real agent client (tunnel, TurnRunner) with a scripted harness that answers every turn, on a thread
     of its own; started and stopped at will, like a laptop."""
 
-    def __init__(self, registration: dict, sandbox_id: str):
+    def __init__(self, registration: dict, sandbox_id: str, *, autoplay: bool = True):
         self.registration, self.sandbox_id = registration, sandbox_id
-        self.harness = ScriptedHarness(autoplay=["on ", "it"])
+        self.harness = ScriptedHarness(autoplay=["on ", "it"] if autoplay else None)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -225,6 +274,11 @@ class ScriptedAgent:
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
         assert ready.wait(10)
+
+    def on_its_loop(self, call: Callable[[], None]) -> None:
+        """Run `call` (a scripted turn's step) on the agent's own event loop."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(call)
 
     def stop(self) -> None:
         if self._loop and self._task:
@@ -407,3 +461,57 @@ def test_nothing_crosses_workspaces(mail_stack: RunningStack, team: Team) -> Non
     assert stranger.get(f"/api/workspaces/{their_wid}/messages/private").status_code == 404
     assert team.owner.get(f"/api/sandboxes/{theirs['sandbox_id']}/inbox").status_code == 404
     stranger.close()
+
+
+def test_a_working_agent_takes_in_messages_between_tool_calls_but_never_a_task_request(
+        mail_stack: RunningStack) -> None:
+    owner, wid, registration = registered_agent(mail_stack.base_url, f"push-{uuid.uuid4().hex[:6]}")
+    agent = ScriptedAgent(registration, registration["sandbox_id"], autoplay=False)
+    sid = agent.sandbox_id
+    try:
+        agent.start()
+        wait_until(lambda: owner.get(f"/api/sandboxes/{sid}").json()["status"] == "running", timeout=30)
+        # Given the agent working on a message's turn
+        send(owner, wid, f"agent:{sid}", message_id="work", context_id="ctx-push", text="refactor the parser")
+        wait_until(lambda: len(agent.harness.turns) == 1, timeout=30)
+        [working] = agent.harness.turns
+        agent.on_its_loop(working.start)
+        states_seen(owner, wid, "work", until="read")
+        running_turn = status_of(owner, wid, "work")["turn_id"]
+        # When a plain message and a task come for the same context: both queue behind the running turn
+        send(owner, wid, f"agent:{sid}", message_id="note", context_id="ctx-push", text="the tests live in t/")
+        task = owner.post(f"/api/workspaces/{wid}/tasks", json={"to": f"agent:{sid}", "text": "write a changelog",
+                                                                "context_id": "ctx-push"})
+        assert task.status_code == 201, task.text
+        request_id = f"task:{task.json()['task_id']}"
+        wait_until(lambda: all(status_of(owner, wid, m)["turn_id"] for m in ("note", request_id)), timeout=30)
+        with httpx.Client(base_url=mail_stack.base_url, timeout=30,
+                          headers={"Authorization": f"Bearer {registration['proxy_token']}"}) as as_agent:
+            # Then the running turn takes in the message (once), never the task's request
+            taken = as_agent.post(f"/api/agent/turns/{running_turn}/mail")
+            assert taken.status_code == 200, taken.text
+            assert [m["message_id"] for m in taken.json()["items"]] == ["note"]
+            assert "the tests live in t/" in taken.json()["text"] and "changelog" not in taken.json()["text"]
+            again = as_agent.post(f"/api/agent/turns/{running_turn}/mail")
+            assert again.status_code == 200 and again.json() == {"items": [], "text": ""}
+            # A turn that is not this agent's running one: 404; a member's credential: 401
+            assert as_agent.post("/api/agent/turns/tn-00000042-abcdef/mail").status_code == 404
+        assert owner.post(f"/api/agent/turns/{running_turn}/mail").status_code == 401
+        note = status_of(owner, wid, "note")
+        assert (note["state"], note["turn_id"], note["reason"]) == ("acked", running_turn,
+                                                                     f"absorbed into turn {running_turn}")
+        assert status_of(owner, wid, request_id)["state"] == "queued"
+        records = owner.get(f"/api/workspaces/{wid}/interactions", params={"limit": 100}).json()["items"]
+        assert any(r["message_id"] == "note" and r["state"] == "acked" and r["actor"] == f"agent:{sid}"
+                   and r["detail"] == f"absorbed into turn {running_turn}" for r in records)
+        # When the working turn ends, the task's request runs as its own turn; the absorbed message gets none
+        agent.on_its_loop(working.complete)
+        wait_until(lambda: len(agent.harness.turns) == 2, timeout=30)
+        assert "write a changelog" in agent.harness.turns[1].request.text
+        session = owner.get(f"/api/sessions/{note['session_id']}/turns").json()["items"]
+        statuses = [t["status"] for t in session]
+        assert len(statuses) == 3 and statuses[:2] == ["completed", "cancelled"]
+        assert status_of(owner, wid, "note")["state"] == "acked"  # its withdrawn turn did not fail it
+    finally:
+        agent.stop()
+        owner.close()

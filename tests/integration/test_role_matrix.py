@@ -217,6 +217,7 @@ AGENT_ROUTES: list[tuple[str, str, Callable[[World], Any] | None]] = [
     ("POST", "/api/agent/inbox/ack", lambda w: {"message_ids": ["m-none"]}),
     ("POST", "/api/agent/tasks", lambda w: {"to": "agent:sb-none", "text": "hi"}), ("GET", "/api/agent/tasks", None),
     ("GET", "/api/agent/tasks/t-none", None), ("POST", "/api/agent/tasks/t-none/cancel", None),
+    ("POST", "/api/agent/turns/tn-none/mail", None),
 ]
 ROWS = [
     Row("POST /api/auth/register", register, statuses(201, 201, 201, 201, 201, 201, anonymous=201)),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import sys
 import tomllib
 from pathlib import Path
@@ -230,7 +231,7 @@ def test_cli_flags_and_proxy_configuration(tmp_path: Path, monkeypatch: pytest.M
     config = config_toml(proxy)
     assert 'base_url = "http://127.0.0.1:9000/llm/v1"' in config and 'wire_api = "responses"' in config
     assert "asx_secret" not in config and "check_for_update_on_startup = false" in config
-    assert "mcp_servers" not in config
+    assert "mcp_servers" not in config and "hooks" not in config
 
 
 def test_each_harness_starts_the_agents_tools_with_the_token_only_in_its_environment(tmp_path: Path) -> None:
@@ -248,6 +249,11 @@ def test_each_harness_starts_the_agents_tools_with_the_token_only_in_its_environ
     assert config == {"mcpServers": {"agentserver": {"type": "stdio", "command": sys.executable,
                                                      "args": ["-m", "agent_client.mcp_server"], "alwaysLoad": True}}}
     assert argv[argv.index("--allowedTools") + 1] == "mcp__agentserver"
+    # and its PostToolUse hook (`agentserver mail-hook`) hands the model the mail that came meanwhile
+    hooks = json.loads(argv[argv.index("--settings") + 1])["hooks"]
+    assert hooks == {"PostToolUse": [{"matcher": "*", "hooks": [{
+        "type": "command", "command": f"{shlex.quote(sys.executable)} -m agent_client.mail_hook claudecode",
+        "timeout": 10}]}]}
     assert "asx_secret" not in " ".join(argv)
     assert expected.items() <= claude.environment(request).items()
     # Codex: config.toml names the server and the variables it passes on, never their values
@@ -258,6 +264,10 @@ def test_each_harness_starts_the_agents_tools_with_the_token_only_in_its_environ
         "command": sys.executable, "args": ["-m", "agent_client.mcp_server"],
         "env_vars": ["AGENTSERVER_API_URL", "AGENTSERVER_AGENT_TOKEN", "AGENTSERVER_TURN_ID"],
         "default_tools_approval_mode": "approve", "startup_timeout_sec": 30}
+    # and its PostToolUse hook, the same command (Codex trusts it at each start: CodexHarness._trust_mail_hook)
+    assert toml["hooks"] == {"PostToolUse": [{"hooks": [{
+        "type": "command", "command": f"{shlex.quote(sys.executable)} -m agent_client.mail_hook codex",
+        "timeout": 10}]}]}
     assert "asx_secret" not in config_toml(proxy, tools) and "asx_secret" not in " ".join(codex.argv())
     assert expected.items() <= codex.environment(request).items()
     # opencode: its config names the local server; the variables are in `opencode serve`'s environment

@@ -413,3 +413,92 @@ def test_only_stored_messages_count_against_the_rate(world: World) -> None:
     with pytest.raises(RateLimited):
         world.send(message_id="m-3", limits=limits)
     assert world.mail.last_seq_and_unacked(WS, BOB) == (2, 0)
+
+
+# Push between tool calls: a running turn takes in the messages queued behind it -------------------
+
+
+def _running_turn(world: World) -> sessions.Turn:
+    world.send(to=TO_AGENT)
+    turn = world.deliver(1).turn
+    assert turn is not None
+    [delivery] = sessions.claim_next_turn(world.sessions, sandbox_id=AGENT.sandbox_id)
+    sessions.append_events(world.sessions, session_id=turn.session_id, turn_id=turn.id, epoch=delivery.epoch,
+                           events=[NewEvent("e1", "turn.started", "2026-05-01T12:00:00Z", {})])
+    return turn
+
+
+def _absorb(world: World, turn_id: str, agent_id: str = AGENT.sandbox_id) -> list[mailboxes.Message]:
+    return mailboxes.absorb_into_turn(world.mail, world.sessions, workspace_id=WS, agent_id=agent_id,
+                                      turn_id=turn_id, limits=LIMITS, now=NOW)
+
+
+def test_a_running_turn_takes_in_queued_messages_but_never_a_task_request(world: World) -> None:
+    running = _running_turn(world)
+    world.send(to=TO_AGENT, message_id="m-2", parts=[{"kind": "text", "text": "also check the linter"}])
+    mailboxes.send_message(world.mail, world.queue, workspace_id=WS, sender=ALICE, to=TO_AGENT,
+                           message_id="task:t-1", context_id="ctx-1", task_id="t-1", parts=TEXT, now=NOW,
+                           limits=LIMITS)
+    world.send(to=TO_AGENT, message_id="task-result:t-0", parts=[{"kind": "text", "text": "the result"}])
+    queued = [world.deliver(seq).turn for seq in (2, 3, 4)]
+    assert all(turn is not None and turn.session_id == running.session_id for turn in queued)
+
+    absorbed = _absorb(world, running.id)
+
+    assert [m.message_id for m in absorbed] == ["m-2", "task-result:t-0"]
+    for seq in (2, 4):
+        message = world.message(TO_AGENT, seq)
+        assert (message.state, message.turn_id, message.acked_at) == (MessageState.acked, running.id, NOW)
+        assert message.reason == f"absorbed into turn {running.id}"
+    # The task's request keeps its own turn; the absorbed ones left the queue, cancelled
+    session = world.sessions.get_session(running.session_id)
+    assert session is not None and session.queued_turn_ids == (queued[1].id,)  # type: ignore[union-attr]
+    assert world.message(TO_AGENT, 3).state == MessageState.queued
+    for turn in (queued[0], queued[2]):
+        stored = world.sessions.get_turn(running.session_id, turn.id)  # type: ignore[union-attr]
+        assert stored is not None and stored.status == TurnStatus.cancelled
+    # The interaction record says where each went
+    page = world.mail.interactions.list(WS, after=None, limit=100, task_id=None, order="asc")
+    absorbed_records = [r for r in page.items if r.state == "acked" and r.message_id in ("m-2", "task-result:t-0")]
+    assert len(absorbed_records) == 2 and all(r.detail == f"absorbed into turn {running.id}"
+                                              and r.actor == "agent:sb-agent" for r in absorbed_records)
+    # Idempotent: a second call hands out nothing
+    assert _absorb(world, running.id) == []
+    # The running turn's own message still follows its turn
+    assert world.message(TO_AGENT, 1).state == MessageState.read
+
+
+def test_only_the_agents_own_running_turn_takes_in_mail(world: World) -> None:
+    running = _running_turn(world)
+    world.send(to=TO_AGENT, message_id="m-2")
+    world.deliver(2)
+    with pytest.raises(NotFound):
+        _absorb(world, running.id, agent_id="sb-other")  # another agent's turn
+    with pytest.raises(NotFound):
+        _absorb(world, "tn-00000009-abcdef")  # no such turn
+    queued = world.message(TO_AGENT, 2)
+    assert queued.state == MessageState.queued and queued.turn_id is not None
+    with pytest.raises(NotFound):
+        _absorb(world, queued.turn_id)  # a queued turn is not running
+    assert world.message(TO_AGENT, 2).state == MessageState.queued
+
+
+def test_withdrawing_races_leave_each_turn_to_one_caller_and_spare_a_started_one(world: World) -> None:
+    running = _running_turn(world)
+    world.send(to=TO_AGENT, message_id="m-2")
+    waiting = world.deliver(2).turn
+    assert waiting is not None
+
+    def withdraw(while_running: str) -> list[sessions.Turn]:
+        return sessions.withdraw_queued_turns(world.sessions, session_id=running.session_id,
+                                              while_running=while_running, turn_ids=[waiting.id],
+                                              reason=f"absorbed into turn {while_running}", now=NOW)
+
+    # Once the running turn ended, the delivery starts the waiting one: nothing is withdrawn from under it
+    assert withdraw("tn-00000099-ffffff") == []
+    [first] = withdraw(running.id)
+    assert first.id == waiting.id and first.status == TurnStatus.cancelled
+    assert withdraw(running.id) == []  # the concurrent second caller finds it gone
+    # The store's hook acked the message with the withdrawn turn (it never fails it as a cancel would)
+    message = world.message(TO_AGENT, 2)
+    assert message.state == MessageState.acked and message.turn_id == running.id

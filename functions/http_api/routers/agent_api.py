@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel
 
-from functions.http_api.agent_caller import AgentCaller, CallingAgent
+from functions.http_api.agent_caller import TURN_ID, AgentCaller, CallingAgent
 from functions.http_api.dependencies import Now, Store
 from functions.http_api.routers.cards import CardList, Directory
 from functions.http_api.routers.mailboxes import (
@@ -33,9 +33,16 @@ from layers.shared.dal.session_delivery import session_store
 from layers.shared.domain import mailboxes, principals, roles
 from layers.shared.domain.agents import Sandbox, SandboxStatus
 from layers.shared.domain.roles import Action
-from layers.shared.errors import NotAuthenticated
+from layers.shared.errors import NotAuthenticated, ValidationFailed
 
 router = APIRouter(tags=["agent API"])
+
+
+class AbsorbedMail(BaseModel):
+    """What a running turn took in: the messages (now acked) and the text to show the model."""
+
+    items: list[MessageOut]
+    text: str  # the rendered messages, one after another; "" when there were none
 
 
 class AgentMe(BaseModel):
@@ -117,3 +124,18 @@ def ack_inbox(body: AckIn, agent: AgentCaller, mail: Mailboxes, now: Now) -> Mes
     acked = mailboxes.ack(mail, workspace_id=agent.workspace_id, owner=agent.principal,
                           message_ids=body.message_ids, now=now, retention_days=mailbox_limits().retention_days)
     return MessageList(items=[_out(message) for message in acked])
+
+
+@router.post("/api/agent/turns/{turn_id}/mail", response_model=AbsorbedMail, response_model_by_alias=True)
+def absorb_mail(turn_id: str, agent: AgentCaller, mail: Mailboxes, now: Now) -> AbsorbedMail:
+    """Push between tool calls: the agent's running turn takes in the messages queued behind it in its session
+    (plain messages and task results; a task request keeps its own turn). Each is acked, its queued turn withdrawn,
+    and handed out once only. The harness's hook calls this after each tool call (docs/mcp.md)."""
+    roles.authorize_agent(Action.inbox_ack)
+    if not TURN_ID.fullmatch(turn_id):
+        raise ValidationFailed("That is not a turn id.")
+    absorbed = mailboxes.absorb_into_turn(mail, session_store(), workspace_id=agent.workspace_id,
+                                          agent_id=agent.sandbox_id, turn_id=turn_id, limits=mailbox_limits(),
+                                          now=now)
+    return AbsorbedMail(items=[_out(message) for message in absorbed],
+                        text="\n\n---\n\n".join(mailboxes.render(message) for message in absorbed))

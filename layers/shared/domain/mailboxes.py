@@ -219,7 +219,8 @@ def move(store: MailboxStore, message: Message | SourceMessage, state: MessageSt
         store.record(interaction(at=utcnow(), workspace_id=moved.workspace_id, actor=actor,
                                  kind=InteractionKind.message_state, sender=str(moved.sender), to=str(moved.to),
                                  message_id=moved.message_id, task_id=moved.task_id, state=state.value,
-                                 detail=moved.reason if state in (MessageState.failed, MessageState.queued) else None))
+                                 detail=moved.reason if state in (MessageState.failed, MessageState.queued)
+                                 or "reason" in conditions_and_fields else None))
     return moved
 
 
@@ -519,6 +520,69 @@ def deliver_to_agent(store: MailboxStore, session_store: SessionStore, agents: C
     return Delivered("turn", message, turn)
 
 
+# Push between tool calls: a running turn takes in the messages queued behind it ------------------------
+
+TASK_REQUEST_PREFIX = "task:"  # a task's request (domain/tasks.py): it needs a turn of its own, for the task's result
+ABSORBED_PREFIX = "absorbed into turn "
+MAX_ABSORBED = 20  # messages taken in at once; more stay queued for the next call
+
+
+class NoSuchRunningTurn(NotFound):
+    default_message = "This agent has no running turn by that id."
+
+
+def absorbable(message: Message) -> bool:
+    """A plain message or a task's result may be read mid-turn; a task request never (it is the task's own turn)."""
+    return not message.message_id.startswith(TASK_REQUEST_PREFIX)
+
+
+def running_session(session_store: SessionStore, *, workspace_id: str, agent_id: str,
+                    turn_id: str) -> sessions.Session:
+    """The session of the agent in which `turn_id` runs now; 404 for another agent's turn or one not running."""
+    for session_id in session_store.session_ids_in_state(agent_id, "running"):
+        session = session_store.get_session(session_id)
+        if session is not None and session.sandbox_id == agent_id and session.workspace_id == workspace_id \
+                and session.current_turn_id == turn_id and session.state == sessions.SessionState.running:
+            return session
+    raise NoSuchRunningTurn()
+
+
+def absorb_into_turn(store: MailboxStore, session_store: SessionStore, *, workspace_id: str, agent_id: str,
+                     turn_id: str, limits: MailboxLimits, now: datetime) -> list[Message]:
+    """The agent's running turn `turn_id` takes in the messages queued behind it in its session (turns made from
+    plain messages and task results, never task requests), so the agent reads them between two tool calls instead
+    of as later turns. Each one's queued turn is withdrawn (cancelled; a conditional write of the session, so two
+    concurrent calls never hand out the same message, and a turn the delivery started meanwhile stays its own) and
+    the message is `acked`, its reason naming the turn. The messages handed out by this call, oldest first."""
+    agent = Principal.agent(agent_id)
+    session = running_session(session_store, workspace_id=workspace_id, agent_id=agent_id, turn_id=turn_id)
+    candidates: dict[str, Message] = {}
+    for queued_id in session.queued_turn_ids:
+        turn = session_store.get_turn(session.id, queued_id)
+        source = SourceMessage.parse(turn.source_message or "") if turn is not None else None
+        if source is None or source.workspace_id != workspace_id or source.to != agent:
+            continue
+        message = store.get_message(workspace_id, agent, source.seq)
+        if message is not None and message.state == MessageState.queued and absorbable(message):
+            candidates[queued_id] = message
+        if len(candidates) >= MAX_ABSORBED:
+            break
+    if not candidates:
+        return []
+    reason = f"{ABSORBED_PREFIX}{turn_id}"
+    withdrawn = sessions.withdraw_queued_turns(session_store, session_id=session.id, while_running=turn_id,
+                                               turn_ids=list(candidates), reason=reason, now=now)
+    absorbed = []
+    for turn in withdrawn:
+        message = candidates[turn.id]
+        # The sessions store's hook acks it already on the withdrawn turn (follow_turn); this makes sure of it.
+        acked = move(store, message, MessageState.acked, actor=str(agent), from_states=frozenset(OPEN_STATES),
+                     reason=reason, acked_at=now, turn_id=turn_id, session_id=session.id,
+                     retention_days=limits.retention_days)
+        absorbed.append(acked or replace(message, state=MessageState.acked, acked_at=now, reason=reason))
+    return absorbed
+
+
 # The state each turn status gives its message.
 _FOLLOWS: dict[TurnStatus, MessageState] = {
     TurnStatus.delivered: MessageState.delivered,
@@ -552,6 +616,10 @@ def follow_turn(store: MailboxStore, queue: DeliveryQueue, turn: Turn, *, limits
         if message is None:
             return None
         reason = turn.reason or turn.status.value
+        if turn.status == TurnStatus.cancelled and reason.startswith(ABSORBED_PREFIX):  # read in a running turn
+            acked = move(store, message, MessageState.acked, actor=str(source.to), reason=reason, acked_at=now,
+                         **{**common, "turn_id": reason.removeprefix(ABSORBED_PREFIX)})
+            return MessageState.acked if acked else None
         if turn.status == TurnStatus.cancelled or source.attempt >= limits.max_deliveries:
             failed = move(store, message, MessageState.failed, actor=SYSTEM_ACTOR,
                           reason=f"{reason} (turn {turn.id})"[:500], **common)

@@ -203,7 +203,8 @@ ACTION_DESCRIPTIONS: dict[Action, str] = {
     Action.inbox_read: "Read one's own inbox and the messages one sent (GET /api/workspaces/{wid}/inbox, "
                        "/api/workspaces/{wid}/messages...; an agent: GET /api/agent/inbox, /api/agent/messages/{mid})",
     Action.inbox_ack: "Acknowledge messages in one's own inbox (POST /api/workspaces/{wid}/inbox/ack; an agent: "
-                      "POST /api/agent/inbox/ack)",
+                      "POST /api/agent/inbox/ack, and its running turn takes in the messages queued behind it, "
+                      "POST /api/agent/turns/{turn_id}/mail)",
     Action.agent_inbox_read: "See an agent's mailbox (GET /api/sandboxes/{sid}/inbox)",
     Action.task_create: "Delegate a task to an agent (POST /api/workspaces/{wid}/tasks; an agent: POST "
                         "/api/agent/tasks; A2A: POST /api/sandboxes/{sid}/a2a/message:send); to another member's "

@@ -523,6 +523,36 @@ def cancel_turn(store: SessionStore, *, session_id: str, turn_id: str, user_id: 
     return _retrying(attempt)
 
 
+def withdraw_queued_turns(store: SessionStore, *, session_id: str, while_running: str, turn_ids: Sequence[str],
+                          reason: str, now: datetime) -> list[Turn]:
+    """Cancel those of `turn_ids` that still wait in the session's queue, in one conditional write, while
+    `while_running` is the session's running turn (their content went into it: domain/mailboxes.py
+    absorb_into_turn). A turn delivered meanwhile, or one a concurrent call withdrew, is left alone; so is
+    everything once the running turn ended. The turns withdrawn by this call."""
+
+    def attempt() -> list[Turn]:
+        session = _session(store, session_id)
+        if session.current_turn_id != while_running or session.state != SessionState.running:
+            return []
+        waiting = [turn_id for turn_id in dict.fromkeys(turn_ids) if turn_id in session.queued_turn_ids]
+        turns = [turn for turn_id in waiting if (turn := store.get_turn(session_id, turn_id)) is not None
+                 and turn.status == TurnStatus.queued]
+        if not turns:
+            return []
+        gone = {turn.id for turn in turns}
+        after = _advance(session, last_seq=session.last_seq + len(turns),
+                         queued_turn_ids=tuple(t for t in session.queued_turn_ids if t not in gone))
+        events = [_server_event(session, session.last_seq + number, turn.id, TURN_FAILED,
+                                {"session_id": session.harness_session_id, "reason": reason, "cancelled": True,
+                                 "absorbed_into": while_running}, now)
+                  for number, turn in enumerate(turns, start=1)]
+        ended = [replace(turn, status=TurnStatus.cancelled, ended_at=now, reason=reason) for turn in turns]
+        store.write(session, after, events=events, turns=ended)
+        return ended
+
+    return _retrying(attempt)
+
+
 def claim_next_turn(store: SessionStore, *, sandbox_id: str, session_id: str | None = None, tunnel: str | None = None,
                     now: datetime | None = None) -> list[TurnDelivery]:
     """For each idle session of the agent with a queued turn: its oldest queued turn, now `delivered` under a new
