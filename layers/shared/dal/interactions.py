@@ -61,18 +61,22 @@ class DynamoInteractionLog:
     def __init__(self, retention_days: int):
         self.retention = timedelta(days=retention_days)
 
-    def record(self, interaction: Interaction) -> None:
+    def item(self, interaction: Interaction) -> InteractionItem:
+        """The record as its item: written alone (`record`), or within the transaction of the change it describes."""
         sort = f"{stamp(interaction.at)}#{interaction.id}"
         task_key = f"IXTASK#{interaction.workspace_id}#{interaction.task_id}" if interaction.task_id else None
+        return InteractionItem(
+            f"IX#{interaction.workspace_id}", sort, gsi1pk=task_key, gsi1sk=sort if task_key else None,
+            expires_at=int((interaction.at + self.retention).timestamp()), interaction_id=interaction.id,
+            at=interaction.at, workspace_id=interaction.workspace_id, actor=interaction.actor,
+            kind=interaction.kind.value, sender=interaction.sender, to=interaction.to,
+            message_id=interaction.message_id, task_id=interaction.task_id, state=interaction.state,
+            detail=interaction.detail,
+        )
+
+    def record(self, interaction: Interaction) -> None:
         try:
-            InteractionItem(
-                f"IX#{interaction.workspace_id}", sort, gsi1pk=task_key, gsi1sk=sort if task_key else None,
-                expires_at=int((interaction.at + self.retention).timestamp()), interaction_id=interaction.id,
-                at=interaction.at, workspace_id=interaction.workspace_id, actor=interaction.actor,
-                kind=interaction.kind.value, sender=interaction.sender, to=interaction.to,
-                message_id=interaction.message_id, task_id=interaction.task_id, state=interaction.state,
-                detail=interaction.detail,
-            ).save()
+            self.item(interaction).save()
         except Exception:  # the change it describes committed already; it must not fail for its trace
             logger.exception("interaction not recorded", extra={"kind": interaction.kind.value,
                                                                 "workspace_id": interaction.workspace_id})

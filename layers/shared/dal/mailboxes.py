@@ -24,7 +24,7 @@ from layers.shared.dal.aws import client, queue_url
 from layers.shared.dal.base import BaseModel, table_meta, transaction_connection
 from layers.shared.dal.identity import decode_cursor, encode_cursor
 from layers.shared.dal.interactions import DynamoInteractionLog
-from layers.shared.domain.interactions import Interaction, InteractionLog
+from layers.shared.domain.interactions import Interaction
 from layers.shared.domain.mailboxes import (
     OPEN_STATES,
     REACHED_FROM,
@@ -49,7 +49,7 @@ SEQ_WIDTH = 12
 # A send's transaction as PynamoDB sends it (condition checks, deletes, puts, updates, each in call order): the
 # message, OPEN#, the MSGID# index, the sender's claim; META, the sender's minute (RATE#). The cancellation reasons
 # come in that order.
-_APPEND_ITEMS, _CLAIM_ITEM, _RATE_ITEM = 6, 3, 5
+_APPEND_ITEMS, _CLAIM_ITEM, _RATE_ITEM = 7, 3, 6
 TERMINAL = frozenset({MessageState.acked, MessageState.failed})
 # A transaction cancelled because another writer got there first; anything else is a real error.
 _LOST_RACE = {"ConditionalCheckFailed", "TransactionConflict", "None", None}
@@ -148,7 +148,7 @@ def _lost_race(error: TransactWriteError) -> bool:
 class DynamoMailboxStore:
     """`MailboxStore` on DynamoDB: a send is one transaction conditional on the mailbox's last seq."""
 
-    def __init__(self, interactions: InteractionLog | None = None):
+    def __init__(self, interactions: DynamoInteractionLog | None = None):
         self.interactions = interactions or DynamoInteractionLog(mailbox_limits().retention_days)
 
     # Sending ------------------------------------------------------------------------------------
@@ -176,7 +176,8 @@ class DynamoMailboxStore:
         existing = self.get_message(workspace_id, parse(claim.owner), int(claim.seq)) if claim else None
         return existing, int(meta.last_seq or 0) if meta else 0, int(meta.unacked or 0) if meta else 0
 
-    def append(self, message: Message, *, last_seq: int, max_unacked: int, window: int, max_sends: int) -> None:
+    def append(self, message: Message, *, last_seq: int, max_unacked: int, window: int, max_sends: int,
+               sent: Interaction) -> None:
         mailbox = _mailbox(message.workspace_id, message.to)
         fresh = MailboxItem.pk.does_not_exist()
         try:
@@ -205,6 +206,8 @@ class DynamoMailboxStore:
                 transaction.save(MailboxItem(_sent(message.workspace_id, message.sender),
                                              f"MSGID#{message.message_id}", owner=str(message.to), seq=message.seq),
                                  condition=fresh)
+                # The send in the interaction record: with the message, or not at all (one round trip, no lost record)
+                transaction.save(self.interactions.item(sent))
         except TransactWriteError as error:
             codes = [getattr(reason, "code", None) for reason in error.cancellation_reasons or []]
             if len(codes) == _APPEND_ITEMS and codes[_CLAIM_ITEM] == "ConditionalCheckFailed":

@@ -175,11 +175,12 @@ class MailboxStore(Protocol):
                   to: Principal) -> tuple[Message | None, int, int]:
         """In one read: the message the sender stored under this id, if any, and `to`'s last seq and unacked count."""
 
-    def append(self, message: Message, *, last_seq: int, max_unacked: int, window: int, max_sends: int) -> None:
+    def append(self, message: Message, *, last_seq: int, max_unacked: int, window: int, max_sends: int,
+               sent: Interaction) -> None:
         """All at once: the mailbox's seq from `last_seq` to `message.seq` and its unacked count + 1 while below
         `max_unacked` (StoreChanged otherwise: read again), the message, the sender's count in `window` (epoch
-        minute) + 1 while below `max_sends` (OverRate otherwise), and the sender's claim of its id
-        (DuplicateMessage if claimed)."""
+        minute) + 1 while below `max_sends` (OverRate otherwise), the sender's claim of its id
+        (DuplicateMessage if claimed), and the send's interaction record `sent`."""
 
     def get_message(self, workspace_id: str, to: Principal, seq: int) -> Message | None: ...
     def seqs_of(self, workspace_id: str, to: Principal, message_id: str) -> list[int]:
@@ -322,9 +323,12 @@ def send_message(store: MailboxStore, queue: DeliveryQueue, *, workspace_id: str
             raise MailboxFull(f"{to} has {limits.max_unacked} unacknowledged messages; it must ack some first.")
         message = Message(workspace_id=workspace_id, to=to, seq=last_seq + 1, message_id=message_id, sender=sender,
                           context_id=context_id, parts=checked, sent_at=now, task_id=task_id)
+        sent = interaction(at=now, workspace_id=workspace_id, actor=str(sender), kind=InteractionKind.message_sent,
+                           sender=str(sender), to=str(to), message_id=message_id, task_id=task_id,
+                           state=MessageState.queued.value)
         try:
             store.append(message, last_seq=last_seq, max_unacked=limits.max_unacked, window=window,
-                         max_sends=limits.sends_per_minute)
+                         max_sends=limits.sends_per_minute, sent=sent)
         except OverRate:
             retry = (window + 1) * RATE_WINDOW_SECONDS - int(now.timestamp())
             raise RateLimited(f"At most {limits.sends_per_minute} messages a minute per sender.",
@@ -334,9 +338,6 @@ def send_message(store: MailboxStore, queue: DeliveryQueue, *, workspace_id: str
             if found is None:  # cannot happen: the claim and the message are written together
                 raise StoreChanged() from None
             return _resent(queue, found, to)
-        store.record(interaction(at=now, workspace_id=workspace_id, actor=str(sender),
-                                 kind=InteractionKind.message_sent, sender=str(sender), to=str(to),
-                                 message_id=message_id, task_id=task_id, state=MessageState.queued.value))
         if to.is_agent:
             queue.send(workspace_id, to, message_id, message.seq)
         return SendResult(message, duplicate=False)
@@ -522,7 +523,6 @@ def deliver_to_agent(store: MailboxStore, session_store: SessionStore, agents: C
 
 # Push between tool calls: a running turn takes in the messages queued behind it ------------------------
 
-TASK_REQUEST_PREFIX = "task:"  # a task's request (domain/tasks.py): it needs a turn of its own, for the task's result
 ABSORBED_PREFIX = "absorbed into turn "
 MAX_ABSORBED = 20  # messages taken in at once; more stay queued for the next call
 
@@ -533,7 +533,7 @@ class NoSuchRunningTurn(NotFound):
 
 def absorbable(message: Message) -> bool:
     """A plain message or a task's result may be read mid-turn; a task request never (it is the task's own turn)."""
-    return not message.message_id.startswith(TASK_REQUEST_PREFIX)
+    return not message.message_id.startswith(TASK_REQUEST_PREFIX + ":")
 
 
 def running_session(session_store: SessionStore, *, workspace_id: str, agent_id: str,
